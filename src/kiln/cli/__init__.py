@@ -1,0 +1,64 @@
+"""The ``kiln`` command: a thin dispatcher over one module per command group.
+
+Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its sub-commands
+with ``set_defaults(func=...)``; a command function takes the parsed arguments and returns the
+exit code. Errors are mapped to exit codes here, once: usage and plan errors exit 2, build and
+remote errors exit 1, Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from kiln._version import __version__
+from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
+
+_COMMAND_MODULES = ("plan", "emulator", "build")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="Build Tensorlake sandbox images from Dockerfiles."
+    )
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"kiln.cli.{name}").register(sub)
+    return parser
+
+
+def exit_code_for(error: KilnError) -> int:
+    if isinstance(error, UsageError | PlanError):
+        return EXIT_USAGE
+    if isinstance(error, BuildCancelled):
+        return EXIT_CANCELLED
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return func(args)
+    except KilnError as error:
+        print(f"kiln: error: {error.display()}", file=sys.stderr)
+        return exit_code_for(error)
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

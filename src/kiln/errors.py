@@ -1,0 +1,157 @@
+"""kiln's error hierarchy.
+
+Every error kiln raises on purpose is a :class:`KilnError`. Catch at the depth you need::
+
+    KilnError
+    ├── UsageError            bad options or arguments (CLI exit 2)
+    ├── PlanError             the Dockerfile or the build context cannot be planned (CLI exit 2)
+    │   ├── DockerfileError   carries the 1-based line number
+    │   └── ContextError      missing context, unreadable or changing files, bad extra files
+    ├── ConfigError           credentials or URLs are missing or inconsistent
+    ├── ApiError              a remote call failed; ``transient`` says whether a retry may help
+    │   ├── AuthenticationError   HTTP 401
+    │   ├── AuthorizationError    HTTP 403
+    │   ├── ServerError           any other non-2xx status
+    │   ├── ResponseError         a 2xx body that is not what the contract says (names the field)
+    │   └── TransportError        connect error, timeout, dropped connection (always transient)
+    └── BuildError            the build itself failed
+        ├── BuildFailed       wraps the cause once the builder sandbox exists (names sandbox and build)
+        ├── WithDiagnostics   wraps the cause once the proxy is ready (adds OOM / disk advice)
+        ├── PhaseTimeout      a phase overran its declared deadline
+        └── BuildCancelled    the build was cancelled
+
+Each error's message says what was wrong; ``hint`` (when set) says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base class of every error kiln raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+    def display(self) -> str:
+        """The message followed by the hint, as the CLI prints it."""
+        return f"{self}\nhint: {self.hint}" if self.hint else str(self)
+
+
+class UsageError(KilnError):
+    """An option or argument is invalid."""
+
+
+class PlanError(KilnError):
+    """The build cannot be planned from the given inputs."""
+
+
+class DockerfileError(PlanError):
+    """A Dockerfile instruction is malformed; ``line`` is its first physical line (1-based)."""
+
+    def __init__(self, line: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"line {line}: {message}", hint=hint)
+        self.line = line
+        self.reason = message
+
+
+class ContextError(PlanError):
+    """The build context is missing, unreadable, or changed while being archived."""
+
+
+class ConfigError(KilnError):
+    """Credentials, scope or URLs are missing or inconsistent."""
+
+
+class ApiError(KilnError):
+    """A remote call failed.
+
+    ``status`` is the HTTP status when there was a response; ``body`` is the (possibly truncated)
+    response text. ``transient`` is True when repeating the same call may succeed.
+    """
+
+    transient: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: str = "",
+        transient: bool | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.body = body
+        if transient is not None:
+            self.transient = transient
+
+
+class AuthenticationError(ApiError):
+    """HTTP 401: the token was refused."""
+
+
+class AuthorizationError(ApiError):
+    """HTTP 403: the token may not do this."""
+
+
+class ServerError(ApiError):
+    """Any other non-2xx response."""
+
+
+class ResponseError(ApiError):
+    """A successful response whose body breaks the contract (bad JSON, missing field)."""
+
+
+class TransportError(ApiError):
+    """No usable response: connect error, timeout, reset. Always transient."""
+
+    transient = True
+
+
+class BuildError(KilnError):
+    """The build failed."""
+
+
+class BuildFailed(BuildError):
+    """A failure after the builder sandbox exists: names the sandbox and the build."""
+
+    def __init__(self, source: BaseException, *, sandbox_id: str, build_id: str | None) -> None:
+        self.source = source
+        self.sandbox_id = sandbox_id
+        self.build_id = build_id
+        parts = [f"builder sandbox: {sandbox_id}"]
+        if build_id:
+            parts.append(f"build: {build_id}")
+        super().__init__(f"{source} ({', '.join(parts)})", hint=getattr(source, "hint", None))
+
+
+class WithDiagnostics(BuildError):
+    """A failure after the proxy is ready, with advice drawn from dmesg, df and the build log."""
+
+    def __init__(self, source: BaseException, advice: list[str]) -> None:
+        self.source = source
+        self.advice = list(advice)
+        text = "\n".join([str(source), *self.advice]) if self.advice else str(source)
+        super().__init__(text, hint=getattr(source, "hint", None))
+
+
+class PhaseTimeout(BuildError):
+    """A phase ran past its declared deadline."""
+
+    def __init__(self, phase: str, limit_s: float) -> None:
+        super().__init__(
+            f"phase {phase!r} did not finish within its {limit_s:g}s deadline",
+            hint="the platform may be overloaded; retry later, or raise the deadline",
+        )
+        self.phase = phase
+        self.limit_s = limit_s
+
+
+class BuildCancelled(BuildError):
+    """The build was cancelled before it finished."""
