@@ -167,9 +167,8 @@ class RichView:
         table = Table.grid(padding=(0, 2))
         now = time.monotonic()
         for name, started, ended in self._phases:
-            running = ended is None
-            seconds = (now if running else ended) - started
-            mark = "[bold cyan]>[/]" if running else "[green]✓[/]"
+            seconds = (now if ended is None else ended) - started
+            mark = "[bold cyan]>[/]" if ended is None else "[green]✓[/]"
             table.add_row(mark, name, f"{seconds:6.1f}s")
         log = Text("\n".join(self._log), style="dim")
         return Group(table, Text(self._status, style="bold"), log)
