@@ -1,1 +1,64 @@
-"""kiln.api"""
+"""kiln.api: the HTTP clients for Tensorlake's build API.
+
+One ``httpx.AsyncClient`` (from :func:`create_http_client`) is shared by the three clients of a
+build: :class:`PlatformClient` (templates and template builds), :class:`LifecycleClient` (builder
+sandboxes) and :class:`ProxyClient` (processes, files and signing inside one sandbox). Pass a
+``transport`` to swap the network for ``httpx.MockTransport`` or an in-process ASGI app.
+
+Failures are ``kiln.errors.ApiError`` subclasses; :func:`is_transient` says whether a retry may help.
+"""
+
+from kiln.api._http import create_http_client, is_transient
+from kiln.api._lifecycle import LifecycleClient
+from kiln.api._models import (
+    BuilderSpec,
+    ExitStatus,
+    OutputEvent,
+    ParentSpec,
+    PreparedBuild,
+    ProcessInfo,
+    RunResult,
+    SandboxCreated,
+    SandboxInfo,
+    Template,
+    exit_status,
+    template_payload,
+)
+from kiln.api._platform import PlatformClient
+from kiln.api._proxy import (
+    ChunkedUploadRefused,
+    ProxyClient,
+    multipart_max_parts,
+    process_payload,
+    sign_get_blob_request,
+    sign_put_artifact_request,
+)
+from kiln.api._settings import ApiSettings, AuthMode, Credentials
+
+__all__ = [
+    "ApiSettings",
+    "AuthMode",
+    "BuilderSpec",
+    "ChunkedUploadRefused",
+    "Credentials",
+    "ExitStatus",
+    "LifecycleClient",
+    "OutputEvent",
+    "ParentSpec",
+    "PlatformClient",
+    "PreparedBuild",
+    "ProcessInfo",
+    "ProxyClient",
+    "RunResult",
+    "SandboxCreated",
+    "SandboxInfo",
+    "Template",
+    "create_http_client",
+    "exit_status",
+    "is_transient",
+    "multipart_max_parts",
+    "process_payload",
+    "sign_get_blob_request",
+    "sign_put_artifact_request",
+    "template_payload",
+]

@@ -1,0 +1,65 @@
+"""The sandbox lifecycle client: create, get, delete (§3.2)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+
+from kiln.api._http import body_excerpt, error_for_status, parse_json, raise_for_status, send
+from kiln.api._models import SandboxCreated, SandboxInfo, structure
+from kiln.api._settings import ApiSettings
+from kiln.errors import ResponseError
+
+# A create that outlives the gateway's own deadline answers 504 but may still carry the new
+# sandbox in its body; reading it lets the caller clean that sandbox up instead of leaking it.
+GATEWAY_TIMEOUT = 504
+
+
+class LifecycleClient:
+    """Builder sandboxes on the lifecycle service."""
+
+    def __init__(self, settings: ApiSettings, http: httpx.AsyncClient) -> None:
+        self._http = http
+        self._base = f"{settings.lifecycle_base_url}{settings.lifecycle_path}"
+
+    def _url(self, sandbox_id: str | None = None) -> str:
+        return self._base if sandbox_id is None else f"{self._base}/{quote(sandbox_id, safe='')}"
+
+    async def create_sandbox(
+        self, *, image: str, cpus: float, memory_mb: int, disk_mb: int, timeout_secs: int
+    ) -> SandboxCreated:
+        """Ask for a builder sandbox; the answer's status is whatever the service says."""
+        body = {
+            "image": image,
+            "resources": {"cpus": cpus, "memory_mb": memory_mb, "disk_mb": disk_mb},
+            "timeout_secs": timeout_secs,
+        }
+        request = self._http.build_request("POST", self._url(), json=body)
+        response = await send(self._http, request)
+        if response.status_code == GATEWAY_TIMEOUT:
+            return _created_despite_timeout(response)
+        await raise_for_status(response)
+        return structure(parse_json(response), SandboxCreated, "create sandbox response")
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        request = self._http.build_request("GET", self._url(sandbox_id))
+        response = await send(self._http, request)
+        await raise_for_status(response)
+        data = parse_json(response)
+        if isinstance(data, dict) and "sandbox_id" not in data and "id" in data:
+            data = {**data, "sandbox_id": data["id"]}  # `id` is the field's older name
+        return structure(data, SandboxInfo, "get sandbox response")
+
+    async def delete_sandbox(self, sandbox_id: str) -> None:
+        request = self._http.build_request("DELETE", self._url(sandbox_id))
+        await raise_for_status(await send(self._http, request))
+
+
+def _created_despite_timeout(response: httpx.Response) -> SandboxCreated:
+    try:
+        return structure(parse_json(response), SandboxCreated, "create sandbox response")
+    except ResponseError:
+        raise error_for_status(
+            response.request, response.status_code, body_excerpt(response)
+        ) from None
