@@ -1,0 +1,145 @@
+"""Docker registry credentials for the builder's spec (reference §5.5 `dockerConfigJson`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.errors import ConfigError
+from kiln.machine.protocol import (
+    DOCKER_CONFIG_ENV,
+    default_docker_config_path,
+    load_docker_config_json,
+)
+
+SECRET = "s3cr3t-p4ss"
+BASIC = base64.b64encode(f"alice:{SECRET}".encode()).decode()
+TOKEN = "identity-token-do-not-leak"
+
+
+def write(tmp_path: Path, config: Any) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_keeps_only_registries_with_auth_or_identitytoken(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "auths": {
+                "ghcr.io": {"auth": BASIC, "email": "a@example.com"},
+                "registry.example": {"identitytoken": TOKEN},
+                "empty.example": {},
+                "blank.example": {"auth": "", "identitytoken": ""},
+            },
+            "credsStore": "desktop",
+            "psFormat": "table",
+        },
+    )
+    loaded = load_docker_config_json(path)
+    assert loaded is not None
+    assert json.loads(loaded) == {
+        "auths": {"ghcr.io": {"auth": BASIC}, "registry.example": {"identitytoken": TOKEN}}
+    }
+
+
+def test_username_and_password_are_encoded_as_auth(tmp_path: Path) -> None:
+    path = write(tmp_path, {"auths": {"r.example": {"username": "bob", "password": "pw"}}})
+    loaded = load_docker_config_json(path)
+    assert loaded is not None
+    assert json.loads(loaded)["auths"]["r.example"] == {
+        "auth": base64.b64encode(b"bob:pw").decode()
+    }
+
+
+def test_both_credential_kinds_are_kept_together(tmp_path: Path) -> None:
+    path = write(tmp_path, {"auths": {"r.example": {"auth": BASIC, "identitytoken": TOKEN}}})
+    loaded = load_docker_config_json(path)
+    assert loaded is not None
+    assert json.loads(loaded) == {"auths": {"r.example": {"auth": BASIC, "identitytoken": TOKEN}}}
+
+
+def test_output_is_compact_and_deterministic(tmp_path: Path) -> None:
+    path = write(tmp_path, {"auths": {"z.example": {"auth": BASIC}, "a.example": {"auth": BASIC}}})
+    loaded = load_docker_config_json(path)
+    assert (
+        loaded
+        == f'{{"auths":{{"a.example":{{"auth":"{BASIC}"}},"z.example":{{"auth":"{BASIC}"}}}}}}'
+    )
+
+
+@pytest.mark.parametrize("config", [{}, {"auths": {}}, {"auths": {"r": {"email": "x"}}}])
+def test_no_credentials_means_none(tmp_path: Path, config: Any) -> None:
+    assert load_docker_config_json(write(tmp_path, config)) is None
+
+
+def test_missing_file_means_none(tmp_path: Path) -> None:
+    assert load_docker_config_json(tmp_path / "nope" / "config.json") is None
+
+
+def test_default_path_honours_docker_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DOCKER_CONFIG_ENV, str(tmp_path))
+    assert default_docker_config_path() == tmp_path / "config.json"
+    write(tmp_path, {"auths": {"r.example": {"identitytoken": TOKEN}}})
+    assert load_docker_config_json() is not None
+
+
+def test_default_path_is_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DOCKER_CONFIG_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_docker_config_path() == tmp_path / ".docker" / "config.json"
+    assert load_docker_config_json() is None
+
+
+def _assert_no_secret(error: ConfigError) -> None:
+    shown = error.display() + repr(error.args)
+    for secret in (SECRET, BASIC, TOKEN, "alice"):
+        assert secret not in shown
+    # a chained library exception could carry a piece of the file into a traceback
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (f'{{"auths": {{"r": {{"auth": "{BASIC}", "identitytoken": "{TOKEN}"', "invalid JSON"),
+        (f'["{BASIC}", "{TOKEN}"]', "top level is not an object"),
+        (f'{{"auths": ["{BASIC}"], "x": "{TOKEN}"}}', '"auths" is not an object'),
+        (f'{{"auths": {{"r.example": "{BASIC}"}}}}', "'r.example' is not an object"),
+        (f'{{"auths": {{"r.example": {{"auth": "{SECRET}"}}}}}}', "not base64 of user:password"),
+    ],
+)
+def test_invalid_config_is_a_config_error_without_credentials(
+    tmp_path: Path, content: str, reason: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_docker_config_json(path)
+    assert str(caught.value).startswith(f"Failed to load Docker config: {path}")
+    assert reason in str(caught.value)
+    assert caught.value.hint
+    _assert_no_secret(caught.value)
+
+
+def test_undecodable_file_is_a_config_error_without_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"auths": {"r": {"auth": "' + BASIC.encode() + b'\xff"}}}')
+    with pytest.raises(ConfigError, match="not valid UTF-8") as caught:
+        load_docker_config_json(path)
+    _assert_no_secret(caught.value)
+
+
+def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
+    # a directory where the file should be: reading it fails with an OS error
+    (tmp_path / "config.json").mkdir()
+    with pytest.raises(ConfigError, match="Failed to load Docker config"):
+        load_docker_config_json(tmp_path / "config.json")

@@ -1,0 +1,128 @@
+"""Remote layout, builder argv and start payloads (reference §4; §7 items 51–53)."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kiln.errors import ResponseError
+from kiln.machine.protocol import (
+    BUILDER_PATH_ENV,
+    KEEPALIVE_INTERVAL_S,
+    REMOTE_ARCHIVE_PATH,
+    REMOTE_BUILD_DIR,
+    REMOTE_CONTEXT_DIR,
+    REMOTE_METADATA_PATH,
+    REMOTE_SPEC_PATH,
+    SANDBOX_TIMEOUT_SECS,
+    builder_argv,
+    builder_env,
+    builder_executable,
+    builder_start_payload,
+    start_payload,
+)
+
+B = "/var/lib/tensorlake/rootfs-builder/build"
+
+
+def test_remote_paths_match_the_reference() -> None:
+    paths = [
+        REMOTE_BUILD_DIR,
+        REMOTE_CONTEXT_DIR,
+        REMOTE_ARCHIVE_PATH,
+        REMOTE_SPEC_PATH,
+        REMOTE_METADATA_PATH,
+    ]
+    assert paths == [
+        B,
+        f"{B}/context",
+        f"{B}/context.tar.gz",
+        f"{B}/spec.json",
+        f"{B}/metadata.json",
+    ]
+
+
+def test_keepalive_renews_before_the_sandbox_expires() -> None:
+    assert SANDBOX_TIMEOUT_SECS == 300
+    assert KEEPALIVE_INTERVAL_S < SANDBOX_TIMEOUT_SECS
+
+
+def test_bare_builder_name_is_rewritten_to_its_installed_path() -> None:
+    # §7 item 51
+    assert builder_executable("tl-rootfs-build") == "/usr/local/bin/tl-rootfs-build"
+    assert builder_executable("/custom/tl-rootfs-build") == "/custom/tl-rootfs-build"
+    assert builder_env() == {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    assert builder_env()["PATH"] == BUILDER_PATH_ENV
+
+
+def test_builder_argv_appends_spec_and_metadata_paths() -> None:
+    assert builder_argv("tl-rootfs-build --verbose 'a b'") == [
+        "/usr/local/bin/tl-rootfs-build",
+        "--verbose",
+        "a b",
+        "--spec",
+        f"{B}/spec.json",
+        "--metadata-out",
+        f"{B}/metadata.json",
+    ]
+
+
+def test_only_the_exact_first_token_is_rewritten() -> None:
+    assert builder_argv("tl-rootfs-build-v2")[0] == "tl-rootfs-build-v2"
+    assert builder_argv("env tl-rootfs-build")[:2] == ["env", "tl-rootfs-build"]
+
+
+@pytest.mark.parametrize("command", ["tl-rootfs-build 'unclosed", 'tl-rootfs-build "x'])
+def test_unparsable_builder_command_is_a_response_error(command: str) -> None:
+    with pytest.raises(ResponseError, match="invalid rootfs builder command returned by platform"):
+        builder_argv(command)
+
+
+@pytest.mark.parametrize("command", ["", "   ", "\n"])
+def test_empty_builder_command_is_a_response_error(command: str) -> None:
+    with pytest.raises(ResponseError, match="empty rootfs builder command"):
+        builder_argv(command)
+
+
+@given(st.lists(st.text(min_size=1).filter(lambda s: "\x00" not in s), min_size=1, max_size=5))
+def test_builder_argv_round_trips_a_quoted_command(words: list[str]) -> None:
+    argv = builder_argv(shlex.join(words))
+    assert argv[0] == builder_executable(words[0])
+    assert argv[1:-4] == words[1:]
+    assert argv[-4:] == ["--spec", REMOTE_SPEC_PATH, "--metadata-out", REMOTE_METADATA_PATH]
+
+
+def test_root_payload_names_the_user_and_keeps_the_command() -> None:
+    # §7 item 52
+    payload = start_payload("tl-rootfs-build", ["--spec", "/tmp/spec.json"], as_root=True)
+    assert payload == {
+        "command": "tl-rootfs-build",
+        "args": ["--spec", "/tmp/spec.json"],
+        "user": "root",
+    }
+
+
+def test_non_root_payload_has_no_user_key() -> None:
+    # §7 item 53: a root-made directory would be unwritable to the file API
+    payload = start_payload("mkdir", ["-p", "/var/lib/tensorlake/rootfs-builder"])
+    assert payload == {"command": "mkdir", "args": ["-p", "/var/lib/tensorlake/rootfs-builder"]}
+
+
+def test_payload_always_carries_args_and_optional_keys_only_when_set() -> None:
+    assert start_payload("/bin/true", []) == {"command": "/bin/true", "args": []}
+    payload = start_payload("/bin/sh", ["-lc", "dmesg"], as_root=True, timeout_s=5)
+    assert payload["timeout"] == 5
+    assert "env" not in payload and "working_dir" not in payload
+
+
+def test_builder_start_payload_matches_the_official_client() -> None:
+    assert builder_start_payload("tl-rootfs-build") == {
+        "command": "/usr/local/bin/tl-rootfs-build",
+        "args": ["--spec", f"{B}/spec.json", "--metadata-out", f"{B}/metadata.json"],
+        "env": {"PATH": BUILDER_PATH_ENV},
+        "working_dir": B,
+        "user": "root",
+    }
