@@ -1,0 +1,589 @@
+"""The build context: walked with Docker's rules, streamed as a deterministic tar.gz.
+
+Choices, and why:
+
+- **What is sent.** Whatever ``docker build`` would send: `.dockerignore` with moby's semantics
+  (:mod:`kiln.plan.dockerignore`); the Dockerfile (when it lies inside the context) and
+  `.dockerignore` are always sent, even when a pattern excludes them.
+- **Symlinks stay symlinks.** A link is archived as a link and never followed, so a link to
+  ``/etc/passwd`` uploads a path, not the file. Sockets, devices and FIFOs cannot be archived and
+  are skipped with a warning. Hard links are archived as independent regular files.
+- **Directories get entries**, so empty directories and directory modes survive the remote
+  ``tar -x``. An excluded directory still gets one when something beneath it is re-included.
+- **Deterministic bytes.** Entries sorted by path, GNU headers, uid/gid 0, no user or group
+  names, mtime 0, modes kept (``& 0o7777``); gzip header with mtime 0 and no file name. The
+  uncompressed digest therefore depends on paths, modes, link targets and contents only, which is
+  what the resume logic compares.
+- **Bounded memory.** Files are read in pieces and compressed on the way; the stream is cut into
+  chunks of at most ``chunk_size`` bytes. Nothing holds the whole archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import io
+import os
+import queue
+import stat
+import tarfile
+import threading
+import zlib
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import structlog
+
+from kiln.errors import ContextError
+from kiln.plan.dockerignore import DOCKERIGNORE, PatternMatcher, read_dockerignore
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+# How much of a file is read at once: large enough for throughput, small enough to bound memory.
+_READ_SIZE = 1 << 20
+# Fast compression, as the reference: the archive is built once per upload and speed dominates.
+_GZIP_LEVEL = 1
+# zlib's own gzip wrapper writes a header with mtime 0 and no file name: deterministic.
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_PROGRESS_EVERY = 64 << 20
+# Chunks waiting between the archiving thread and the uploader: enough to keep both busy.
+_QUEUE_CHUNKS = 4
+_DISK_MODE_MASK = 0o7777
+# In-memory files keep permission bits only, as the reference does.
+_EXTRA_MODE_MASK = 0o777
+# Mode of the directory entries made for an extra file's missing parents.
+_IMPLIED_DIR_MODE = 0o755
+_PATH_SEP = "/"
+
+_log = structlog.get_logger("kiln.plan.context")
+
+
+class EntryKind(enum.StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@attrs.frozen
+class ContextEntry:
+    """One archive member: POSIX path relative to the context, kind, content size, mode bits."""
+
+    path: str
+    kind: EntryKind
+    size: int
+    mode: int
+    link_target: str = ""
+
+
+def _check_extra_path(_inst: object, _attr: attrs.Attribute[str], path: str) -> None:
+    parts = path.split(_PATH_SEP)
+    if not path or any(part in ("", ".", "..") for part in parts) or "\0" in path:
+        raise ContextError(
+            f"extra context file path {path!r} is not a clean relative path",
+            hint="use a relative POSIX path with no leading '/', no '.', '..' or empty parts",
+        )
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ContextError(
+            f"extra context file path {path!r} is not valid UTF-8",
+            hint="use a UTF-8 path",
+        ) from exc
+
+
+@attrs.frozen
+class ExtraFile:
+    """A file added to the context from memory (permission bits of ``mode`` are kept)."""
+
+    path: str = attrs.field(validator=_check_extra_path)
+    content: bytes
+    mode: int = 0o644
+
+
+@attrs.frozen
+class ContextSummary:
+    """What the context holds; ``digest`` is ``sha256:<hex>`` of the uncompressed tar stream."""
+
+    dir: str
+    files: int
+    bytes: int
+    digest: str
+
+
+@attrs.frozen
+class _StreamResult:
+    compressed_bytes: int
+    compressed_sha256: str
+    digest: str
+
+
+def summarize_context(
+    context_dir: str | os.PathLike[str],
+    *,
+    dockerfile: str | os.PathLike[str] | None = None,
+    extra_files: Sequence[ExtraFile] = (),
+) -> ContextSummary:
+    """Walk and digest the context without compressing it."""
+    archive = ContextArchive(context_dir, dockerfile=dockerfile, extra_files=extra_files)
+    tar_hash = hashlib.sha256()
+    for piece in archive.tar_stream():
+        tar_hash.update(piece)
+    return ContextSummary(
+        dir=str(archive.context_dir),
+        files=archive.files,
+        bytes=archive.uncompressed_bytes,
+        digest=f"sha256:{tar_hash.hexdigest()}",
+    )
+
+
+class ContextArchive:
+    """The context as a gzip tar stream.
+
+    ``entries()`` walks the context once. ``chunks()`` (or ``achunks()``) may be consumed more
+    than once, e.g. to retry an upload; each full pass sets ``compressed_bytes``,
+    ``compressed_sha256`` (hex) and ``digest`` (``sha256:<hex>`` of the uncompressed tar).
+    """
+
+    def __init__(
+        self,
+        context_dir: str | os.PathLike[str],
+        *,
+        dockerfile: str | os.PathLike[str] | None = None,
+        extra_files: Sequence[ExtraFile] = (),
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.context_dir = Path(os.path.abspath(context_dir))
+        self._dockerfile = dockerfile
+        self._extras = {extra.path: extra.content for extra in extra_files}
+        self._extra_files = tuple(extra_files)
+        self._chunk_size = chunk_size
+        self._on_progress = on_progress
+        self._on_warning = on_warning or _log_warning
+        self._entries: list[ContextEntry] | None = None
+        self._result: _StreamResult | None = None
+
+    def entries(self) -> list[ContextEntry]:
+        """The archive members in archive order (scanned on first call)."""
+        if self._entries is None:
+            _check_context_dir(self.context_dir)
+            always = _always_included(self.context_dir, self._dockerfile)
+            matcher = PatternMatcher(read_dockerignore(self.context_dir))
+            disk = _walk(self.context_dir, "", matcher, always, self._on_warning)
+            self._entries = _with_extras(disk, self._extra_files)
+        return list(self._entries)
+
+    @property
+    def files(self) -> int:
+        return sum(1 for entry in self.entries() if entry.kind is EntryKind.FILE)
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        """The sum of the regular files' sizes (not the tar's length)."""
+        return sum(entry.size for entry in self.entries())
+
+    @property
+    def compressed_bytes(self) -> int:
+        return self._finished().compressed_bytes
+
+    @property
+    def compressed_sha256(self) -> str:
+        return self._finished().compressed_sha256
+
+    @property
+    def digest(self) -> str:
+        return self._finished().digest
+
+    def tar_stream(self) -> Iterator[bytes]:
+        """The uncompressed tar, piece by piece, reporting progress as files are read."""
+        entries = self.entries()
+        progress = _Progress(sum(e.size for e in entries), self._on_progress)
+        written = 0
+        for entry in entries:
+            header = _header(entry)
+            written += len(header)
+            yield header
+            if entry.kind is EntryKind.FILE:
+                for piece in self._content(entry):
+                    progress.advance(len(piece))
+                    yield piece
+                padding = -entry.size % tarfile.BLOCKSIZE
+                written += entry.size + padding
+                yield tarfile.NUL * padding
+        # Two zero blocks end the archive; padding to a whole record is what tar(1) writes.
+        written += 2 * tarfile.BLOCKSIZE
+        yield tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-written % tarfile.RECORDSIZE))
+        progress.finish()
+
+    def chunks(self) -> Generator[bytes, None, None]:
+        """The gzip stream in chunks of at most ``chunk_size`` bytes."""
+        self._result = None
+        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+        tar_hash, gz_hash = hashlib.sha256(), hashlib.sha256()
+        pending = bytearray()
+        compressed = 0
+        for piece in self.tar_stream():
+            tar_hash.update(piece)
+            pending += compressor.compress(piece)
+            for chunk in _cut(pending, self._chunk_size, final=False):
+                gz_hash.update(chunk)
+                compressed += len(chunk)
+                yield chunk
+        pending += compressor.flush()
+        for chunk in _cut(pending, self._chunk_size, final=True):
+            gz_hash.update(chunk)
+            compressed += len(chunk)
+            yield chunk
+        self._result = _StreamResult(
+            compressed_bytes=compressed,
+            compressed_sha256=gz_hash.hexdigest(),
+            digest=f"sha256:{tar_hash.hexdigest()}",
+        )
+
+    async def achunks(self) -> AsyncIterator[bytes]:
+        """``chunks()`` produced in a worker thread, so reading and compressing overlap I/O.
+
+        At most a few chunks wait in between. When the consumer stops early (break, cancel,
+        error), the thread is told to stop and is joined before this generator finishes.
+        """
+        handoff = _Handoff(asyncio.get_running_loop())
+        worker = threading.Thread(
+            target=handoff.produce, args=(self.chunks,), name="kiln-context-archive", daemon=True
+        )
+        worker.start()
+        try:
+            while True:
+                item = await handoff.get()
+                if isinstance(item, _Failure):
+                    raise item.error
+                if item is None:
+                    return
+                yield item
+        finally:
+            handoff.stop()
+            await asyncio.to_thread(worker.join)
+
+    def _finished(self) -> _StreamResult:
+        if self._result is None:
+            raise RuntimeError("the archive stream has not been fully consumed yet")
+        return self._result
+
+    def _content(self, entry: ContextEntry) -> Iterator[bytes]:
+        if entry.path in self._extras:
+            yield self._extras[entry.path]
+        else:
+            yield from _read_file(self.context_dir, entry)
+
+
+def _log_warning(message: str) -> None:
+    _log.warning("context_entry_skipped", detail=message)
+
+
+def _check_context_dir(context_dir: Path) -> None:
+    if not context_dir.exists():
+        raise ContextError(
+            f"build context not found: {context_dir}",
+            hint="pass an existing directory as the build context (it defaults to the "
+            "Dockerfile's directory)",
+        )
+    if not context_dir.is_dir():
+        raise ContextError(
+            f"build context is not a directory: {context_dir}",
+            hint="pass the directory that holds the files the Dockerfile copies",
+        )
+
+
+def _always_included(
+    context_dir: Path, dockerfile: str | os.PathLike[str] | None
+) -> frozenset[str]:
+    """`.dockerignore` and the Dockerfile (when inside the context) are sent regardless."""
+    always = {DOCKERIGNORE}
+    if dockerfile is not None:
+        rel = os.path.relpath(os.path.abspath(dockerfile), context_dir)
+        if rel != os.curdir and not rel.startswith(os.pardir + os.sep):
+            always.add(Path(rel).as_posix())
+    return frozenset(always)
+
+
+def _walk(
+    root: Path,
+    rel_dir: str,
+    matcher: PatternMatcher,
+    always: frozenset[str],
+    warn: Callable[[str], None],
+) -> list[ContextEntry]:
+    """The entries below ``rel_dir``, deciding each path as Docker does."""
+    entries: list[ContextEntry] = []
+    for name, st in _list_dir(root, rel_dir):
+        rel = f"{rel_dir}{_PATH_SEP}{name}" if rel_dir else name
+        excluded = rel not in always and matcher.matches(rel)
+        if stat.S_ISDIR(st.st_mode):
+            if excluded and not _may_include_beneath(rel, matcher, always):
+                continue
+            below = _walk(root, rel, matcher, always, warn)
+            if below or not excluded:
+                entries.append(ContextEntry(rel, EntryKind.DIR, 0, st.st_mode & _DISK_MODE_MASK))
+                entries.extend(below)
+        elif not excluded:
+            entry = _leaf_entry(root, rel, st, warn)
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def _may_include_beneath(rel_dir: str, matcher: PatternMatcher, always: frozenset[str]) -> bool:
+    prefix = rel_dir + _PATH_SEP
+    return matcher.may_include_beneath(rel_dir) or any(p.startswith(prefix) for p in always)
+
+
+def _list_dir(root: Path, rel_dir: str) -> list[tuple[str, os.stat_result]]:
+    """Names and lstat results of one directory, sorted by name."""
+    where = root / rel_dir
+    try:
+        with os.scandir(where) as listing:
+            return sorted((e.name, e.stat(follow_symlinks=False)) for e in listing)
+    except FileNotFoundError as exc:
+        raise _vanished(rel_dir or ".") from exc
+    except PermissionError as exc:
+        raise _unreadable(rel_dir or ".", exc) from exc
+    except OSError as exc:
+        raise ContextError(
+            f"cannot list {where}: {exc.strerror or exc}",
+            hint="check the build context directory, or exclude it in .dockerignore",
+        ) from exc
+
+
+def _leaf_entry(
+    root: Path, rel: str, st: os.stat_result, warn: Callable[[str], None]
+) -> ContextEntry | None:
+    mode = st.st_mode & _DISK_MODE_MASK
+    if stat.S_ISREG(st.st_mode):
+        if not os.access(root / rel, os.R_OK):
+            raise _unreadable(rel, None)
+        return ContextEntry(rel, EntryKind.FILE, st.st_size, mode)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(root / rel)
+        except FileNotFoundError as exc:
+            raise _vanished(rel) from exc
+        return ContextEntry(rel, EntryKind.SYMLINK, 0, mode, link_target=target)
+    warn(f"skipping {rel}: a {_kind_name(st.st_mode)} cannot be part of a build context")
+    return None
+
+
+def _kind_name(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def _with_extras(disk: list[ContextEntry], extras: Sequence[ExtraFile]) -> list[ContextEntry]:
+    """Disk entries plus the in-memory files, refusing any that would clash on extraction."""
+    kinds = {entry.path: entry.kind for entry in disk}
+    added: list[ContextEntry] = []
+    for extra in sorted(extras, key=lambda e: e.path):
+        if extra.path in kinds:
+            raise _collision(extra.path, f"the {kinds[extra.path]} {extra.path!r}")
+        parts = extra.path.split(_PATH_SEP)
+        for depth in range(1, len(parts)):
+            parent = _PATH_SEP.join(parts[:depth])
+            kind = kinds.get(parent)
+            if kind is None:
+                # Explicit parents keep their mode independent of the extracting user's umask.
+                kinds[parent] = EntryKind.DIR
+                added.append(ContextEntry(parent, EntryKind.DIR, 0, _IMPLIED_DIR_MODE))
+            elif kind is not EntryKind.DIR:
+                raise _collision(extra.path, f"the {kind} {parent!r}")
+        kinds[extra.path] = EntryKind.FILE
+        mode = extra.mode & _EXTRA_MODE_MASK
+        added.append(ContextEntry(extra.path, EntryKind.FILE, len(extra.content), mode))
+    return sorted(disk + added, key=lambda e: e.path)
+
+
+def _header(entry: ContextEntry) -> bytes:
+    info = tarfile.TarInfo(entry.path)
+    info.mode = entry.mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    if entry.kind is EntryKind.FILE:
+        info.type, info.size = tarfile.REGTYPE, entry.size
+    elif entry.kind is EntryKind.DIR:
+        info.type = tarfile.DIRTYPE
+    else:
+        info.type, info.linkname = tarfile.SYMTYPE, entry.link_target
+    # surrogateescape round-trips file names that are not valid UTF-8 byte for byte.
+    return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def _read_file(root: Path, entry: ContextEntry) -> Iterator[bytes]:
+    """The file's bytes in pieces, failing if it is no longer what the walk saw."""
+    # O_NOFOLLOW: a file swapped for a symlink since the walk must not upload the link's target.
+    # O_NONBLOCK: a file swapped for a FIFO must not hang the open.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(root / entry.path, flags)
+    except FileNotFoundError as exc:
+        raise _vanished(entry.path) from exc
+    except PermissionError as exc:
+        raise _unreadable(entry.path, exc) from exc
+    except OSError as exc:
+        raise _changed(entry.path, "it is no longer a regular file") from exc
+    with open(fd, "rb", buffering=0) as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _changed(entry.path, "it is no longer a regular file")
+        if st.st_size != entry.size:
+            raise _changed(entry.path, f"its size went from {entry.size} to {st.st_size} bytes")
+        remaining = entry.size
+        while remaining:
+            piece = _read(handle, entry.path, min(_READ_SIZE, remaining))
+            if not piece:
+                raise _changed(entry.path, f"it shrank below {entry.size} bytes")
+            remaining -= len(piece)
+            yield piece
+        if _read(handle, entry.path, 1):
+            raise _changed(entry.path, f"it grew beyond {entry.size} bytes")
+
+
+def _read(handle: io.FileIO, rel: str, size: int) -> bytes:
+    try:
+        # None means "would block", which a regular file never does: treat it as no data.
+        return handle.read(size) or b""
+    except OSError as exc:
+        raise _unreadable(rel, exc) from exc
+
+
+def _cut(pending: bytearray, size: int, *, final: bool) -> Iterator[bytes]:
+    """Take whole chunks off the front of ``pending`` (and the rest too when ``final``)."""
+    while len(pending) >= size or (final and pending):
+        chunk = bytes(pending[:size])
+        del pending[:size]
+        yield chunk
+
+
+def _vanished(rel: str) -> ContextError:
+    return ContextError(
+        f"{rel} disappeared from the build context while it was being archived",
+        hint="stop whatever is changing the context during the build, or exclude that path in "
+        ".dockerignore",
+    )
+
+
+def _unreadable(rel: str, exc: OSError | None) -> ContextError:
+    reason = exc.strerror if exc is not None and exc.strerror else "permission denied"
+    return ContextError(
+        f"cannot read {rel} in the build context: {reason}",
+        hint="make it readable by the user running kiln, or exclude it in .dockerignore",
+    )
+
+
+def _changed(rel: str, what: str) -> ContextError:
+    return ContextError(
+        f"{rel} changed while the build context was being archived: {what}",
+        hint="stop whatever writes to the context during the build (or exclude that path in "
+        ".dockerignore), then retry",
+    )
+
+
+def _collision(path: str, other: str) -> ContextError:
+    return ContextError(
+        f"extra context file {path!r} collides with {other} in the build context",
+        hint="give the extra file another path, or exclude the clashing path in .dockerignore",
+    )
+
+
+class _Progress:
+    """Reports at 0 and at the end, whenever the whole percent rises, and every 64 MiB."""
+
+    def __init__(self, total: int, callback: Callable[[int, int], None] | None) -> None:
+        self._total = total
+        self._callback = callback
+        self._done = 0
+        self._reported_done = 0
+        self._reported_percent = self._percent()
+        self._report()
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        percent = self._percent()
+        if percent > self._reported_percent or self._done - self._reported_done >= _PROGRESS_EVERY:
+            self._reported_percent = percent
+            self._report()
+
+    def finish(self) -> None:
+        if self._reported_done != self._total or self._total == 0:
+            self._report()
+
+    def _percent(self) -> int:
+        return self._done * 100 // self._total if self._total else 0
+
+    def _report(self) -> None:
+        self._reported_done = self._done
+        if self._callback is not None:
+            self._callback(self._done, self._total)
+
+
+@attrs.frozen
+class _Failure:
+    error: BaseException
+
+
+class _Handoff:
+    """A bounded queue from the archiving thread to the event loop, with a stop switch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: queue.Queue[bytes | _Failure | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._ready = asyncio.Event()
+        self._stopped = threading.Event()
+
+    def produce(self, source: Callable[[], Generator[bytes, None, None]]) -> None:
+        """Thread body: forward every chunk, then None (the end) or the failure."""
+        try:
+            chunks = source()
+            try:
+                for chunk in chunks:
+                    if self._stopped.is_set():
+                        return
+                    self._put(chunk)
+            finally:
+                chunks.close()
+            self._put(None)
+        except Exception as exc:
+            self._put(_Failure(exc))
+
+    async def get(self) -> bytes | _Failure | None:
+        while True:
+            # Clear before looking, so a put that lands in between still wakes the wait.
+            self._ready.clear()
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                await self._ready.wait()
+
+    def stop(self) -> None:
+        """Ask the thread to stop and unblock it; it then ends within one chunk's work."""
+        self._stopped.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _put(self, item: bytes | _Failure | None) -> None:
+        # Blocks while the queue is full; stop() empties it, so a stopped consumer frees us.
+        self._queue.put(item)
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:
+            # The event loop is gone: nobody will read further.
+            self._stopped.set()
