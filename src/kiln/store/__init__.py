@@ -1,1 +1,66 @@
-"""kiln.store"""
+"""Durable builds: where a build's state, event log, cancel request and owner are kept.
+
+Three stores behind one :class:`Store` protocol, chosen by URL (``--store``, ``$KILN_STORE``)::
+
+    memory://                          in-process, for tests
+    sqlite:///relative/builds.db       the default, at $XDG_STATE_HOME/kiln/builds.db;
+    sqlite:////absolute/builds.db      several kiln processes on one machine
+    postgresql://user@host/db          many workers on many machines
+
+The machine's state is stored as an opaque JSON object with a compare-and-set version, so a stale
+writer cannot move a build backwards. A build is owned by one process at a time: the owner holds a
+lease it renews; a build whose lease expired, or whose owner process is gone from this host, is
+taken over by the next ``acquire`` or ``claim_next``.
+"""
+
+from kiln.store._base import (
+    DEFAULT_SCHEMA_VERSION,
+    HEAD_EVENTS,
+    TAIL_EVENTS,
+    AmbiguousBuildId,
+    BuildNotFound,
+    BuildRecord,
+    EventRow,
+    LeaseLost,
+    OwnedElsewhere,
+    Owner,
+    StaleWriteError,
+    Store,
+    StoreUnavailable,
+)
+from kiln.store._memory import MemoryStore
+from kiln.store._open import open_store
+from kiln.store._postgres import PostgresStore
+from kiln.store._sqlite import SQLiteStore
+from kiln.store._urls import ACCEPTED_FORMS, STORE_ENV, default_store_url, redact_url
+
+# Lease defaults for workers: renewing at a third of the lease survives two missed heartbeats
+# (a GC pause, a slow database) before another worker may take the build over.
+LEASE_S = 30.0
+RENEW_EVERY_S = 10.0
+
+__all__ = [
+    "ACCEPTED_FORMS",
+    "DEFAULT_SCHEMA_VERSION",
+    "HEAD_EVENTS",
+    "LEASE_S",
+    "RENEW_EVERY_S",
+    "STORE_ENV",
+    "TAIL_EVENTS",
+    "AmbiguousBuildId",
+    "BuildNotFound",
+    "BuildRecord",
+    "EventRow",
+    "LeaseLost",
+    "MemoryStore",
+    "OwnedElsewhere",
+    "Owner",
+    "PostgresStore",
+    "SQLiteStore",
+    "StaleWriteError",
+    "Store",
+    "StoreUnavailable",
+    "default_store_url",
+    "open_store",
+    "redact_url",
+]

@@ -1,0 +1,217 @@
+"""An in-process store for tests and embedding: nothing survives the process.
+
+Every method body runs without awaiting, so on one event loop each operation is atomic, which is
+all the atomicity a store living in one process needs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from kiln.store._base import (
+    AMBIGUOUS_SHOWN,
+    DEFAULT_SCHEMA_VERSION,
+    HEAD_EVENTS,
+    TAIL_EVENTS,
+    AmbiguousBuildId,
+    BuildNotFound,
+    BuildRecord,
+    Clock,
+    EventRow,
+    JsonObject,
+    LeaseLost,
+    OwnedElsewhere,
+    Owner,
+    StaleWriteError,
+    check_lease,
+    check_limit,
+    claimable,
+    duplicate_build,
+    owner_holds,
+    plan_events,
+)
+
+
+class MemoryStore:
+    """A :class:`~kiln.store.Store` kept in dictionaries."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.time,
+        head_events: int = HEAD_EVENTS,
+        tail_events: int = TAIL_EVENTS,
+    ) -> None:
+        self._clock = clock
+        self._head = head_events
+        self._tail = tail_events
+        self._builds: dict[str, BuildRecord] = {}
+        self._events: dict[str, builtins.list[EventRow]] = {}
+        self._event_totals: dict[str, int] = {}
+
+    async def create(
+        self,
+        *,
+        id: str,
+        name: str,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None = None,
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> BuildRecord:
+        if id in self._builds:
+            raise duplicate_build(id)
+        now = self._clock()
+        record = BuildRecord(
+            id=id,
+            name=name,
+            state=state,
+            version=1,
+            schema_version=schema_version,
+            data=copy.deepcopy(data),
+            sandbox_id=sandbox_id,
+            owner=None,
+            lease_expires_at=None,
+            cancel_requested=False,
+            created_at=now,
+            updated_at=now,
+            final=False,
+        )
+        self._builds[id] = record
+        self._events[id] = []
+        self._event_totals[id] = 0
+        return _copy(record)
+
+    async def save(
+        self,
+        id: str,
+        *,
+        expected_version: int,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None,
+        final: bool,
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> int:
+        record = self._require(id)
+        if record.version != expected_version:
+            raise StaleWriteError(
+                id, expected=expected_version, actual=record.version, reason="version moved"
+            )
+        if record.final:
+            raise StaleWriteError(
+                id, expected=expected_version, actual=record.version, reason="build finished"
+            )
+        self._builds[id] = attrs.evolve(
+            record,
+            state=state,
+            data=copy.deepcopy(data),
+            sandbox_id=sandbox_id,
+            final=final,
+            schema_version=schema_version,
+            version=record.version + 1,
+            updated_at=self._clock(),
+        )
+        return record.version + 1
+
+    async def get(self, id: str) -> BuildRecord | None:
+        if not id:
+            return None
+        if id in self._builds:
+            return _copy(self._builds[id])
+        matches = sorted(key for key in self._builds if key.startswith(id))
+        if len(matches) > 1:
+            raise AmbiguousBuildId(id, matches[:AMBIGUOUS_SHOWN])
+        return _copy(self._builds[matches[0]]) if matches else None
+
+    async def list(
+        self, *, state: str | None = None, limit: int = 100
+    ) -> builtins.list[BuildRecord]:
+        check_limit(limit)
+        # Insertion order breaks ties between builds created within one clock tick.
+        newest_first = reversed(builtins.list(self._builds.values()))
+        chosen = [r for r in newest_first if state is None or r.state == state]
+        chosen.sort(key=lambda r: r.created_at, reverse=True)
+        return [_copy(r) for r in chosen[:limit]]
+
+    async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:
+        record = self._require(id)
+        plan = plan_events(self._event_totals[id], len(events), head=self._head, tail=self._tail)
+        now = self._clock()
+        log = [e for e in self._events[id] if not plan.drop_from <= e.seq <= plan.drop_to]
+        for offset, ((kind, data), kept) in enumerate(zip(events, plan.keep, strict=True)):
+            if kept:
+                log.append(EventRow(plan.first_seq + offset, now, kind, copy.deepcopy(data)))
+        self._events[id] = log
+        self._event_totals[id] = plan.total
+        self._builds[id] = attrs.evolve(record, events_dropped=plan.dropped)
+
+    async def events(self, id: str, *, after_seq: int = 0) -> builtins.list[EventRow]:
+        self._require(id)
+        return [copy.deepcopy(e) for e in self._events[id] if e.seq > after_seq]
+
+    async def request_cancel(self, id: str) -> bool:
+        record = self._require(id)
+        if record.final:
+            return False
+        self._builds[id] = attrs.evolve(record, cancel_requested=True)
+        return True
+
+    async def acquire(self, id: str, owner: Owner, *, lease_s: float) -> BuildRecord:
+        check_lease(lease_s)
+        record = self._require(id)
+        now = self._clock()
+        if record.owner is not None and owner_holds(
+            record.owner, record.lease_expires_at, owner, now
+        ):
+            raise OwnedElsewhere(id, record.owner, record.lease_expires_at)
+        return _copy(self._take(record, owner, now + lease_s))
+
+    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> None:
+        check_lease(lease_s)
+        record = self._require(id)
+        if record.owner != owner:
+            raise LeaseLost(id, owner, record.owner)
+        self._builds[id] = attrs.evolve(record, lease_expires_at=self._clock() + lease_s)
+
+    async def release(self, id: str, owner: Owner) -> None:
+        record = self._require(id)
+        if record.owner == owner:
+            self._builds[id] = attrs.evolve(record, owner=None, lease_expires_at=None)
+
+    async def claim_next(self, owner: Owner, *, lease_s: float) -> BuildRecord | None:
+        check_lease(lease_s)
+        now = self._clock()
+        oldest_first = sorted(self._builds.values(), key=lambda r: r.created_at)
+        for record in oldest_first:
+            if claimable(record, owner, now):
+                return _copy(self._take(record, owner, now + lease_s))
+        return None
+
+    async def close(self) -> None:
+        """Nothing to close; the data lives as long as the object."""
+
+    def _take(self, record: BuildRecord, owner: Owner, lease_expires_at: float) -> BuildRecord:
+        # A change of owner moves the version, so the previous owner's next save is refused.
+        version = record.version if record.owner == owner else record.version + 1
+        taken = attrs.evolve(
+            record, owner=owner, lease_expires_at=lease_expires_at, version=version
+        )
+        self._builds[record.id] = taken
+        return taken
+
+    def _require(self, id: str) -> BuildRecord:
+        try:
+            return self._builds[id]
+        except KeyError:
+            raise BuildNotFound(id) from None
+
+
+def _copy(record: BuildRecord) -> BuildRecord:
+    # Callers may mutate the dict they get; the stored state must not change with it.
+    return attrs.evolve(record, data=copy.deepcopy(record.data))

@@ -1,0 +1,117 @@
+"""Versioned schema migrations, one numbered list for SQLite and PostgreSQL.
+
+Each database records the migrations it has applied in ``schema_migrations``; opening a store
+applies the missing ones in order, inside the same transaction that reads the table, so two
+processes opening one database at once apply each migration exactly once. A migration is never
+edited after release: a schema change is a new entry at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from kiln.errors import ConfigError
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    name: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+SQLITE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)"""
+
+POSTGRES_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)"""
+
+# ``ordinal`` orders builds created within one clock tick; ``event_count`` is the last event seq
+# ever handed out, so seqs stay unique after the bound deletes events.
+_BUILDS_COLUMNS = """
+    id TEXT PRIMARY KEY,
+    ordinal {ordinal},
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data {json} NOT NULL,
+    sandbox_id TEXT,
+    owner_host TEXT,
+    owner_pid BIGINT,
+    owner_worker TEXT,
+    lease_expires_at {real},
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    final BOOLEAN NOT NULL DEFAULT FALSE,
+    event_count BIGINT NOT NULL DEFAULT 0,
+    events_dropped BIGINT NOT NULL DEFAULT 0
+"""
+
+_EVENTS_COLUMNS = """
+    build_id TEXT NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    time {real} NOT NULL,
+    kind TEXT NOT NULL,
+    data {json} NOT NULL,
+    PRIMARY KEY (build_id, seq)
+"""
+
+
+def _initial(ordinal: str, json: str, real: str) -> tuple[str, ...]:
+    types = {"ordinal": ordinal, "json": json, "real": real}
+    return (
+        f"CREATE TABLE builds ({_BUILDS_COLUMNS.format(**types)})",
+        f"CREATE TABLE events ({_EVENTS_COLUMNS.format(**types)})",
+        "CREATE INDEX builds_by_age ON builds (created_at, ordinal)",
+        "CREATE INDEX builds_unfinished ON builds (final, created_at)",
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        name="builds and their event logs",
+        # SQLite has one automatic counter per table (rowid), so the store fills ``ordinal``.
+        sqlite=_initial("INTEGER NOT NULL", "TEXT", "REAL"),
+        postgres=_initial("BIGINT GENERATED ALWAYS AS IDENTITY", "JSONB", "DOUBLE PRECISION"),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+# The ``builds`` columns a BuildRecord is read from, in both dialects.
+RECORD_COLUMNS = (
+    "id, name, state, version, schema_version, data, sandbox_id, owner_host, owner_pid,"
+    " owner_worker, lease_expires_at, cancel_requested, created_at, updated_at, final,"
+    " events_dropped"
+)
+
+
+def pending(applied: Iterable[int], where: str) -> list[Migration]:
+    """The migrations still to apply, in order.
+
+    A database migrated by a newer kiln is refused rather than used: this kiln would not know
+    what the newer columns mean.
+    """
+    done = set(applied)
+    unknown = sorted(v for v in done if v > LATEST_VERSION)
+    if unknown:
+        raise ConfigError(
+            f"the store at {where} has schema version {unknown[-1]}, newer than this kiln knows"
+            f" ({LATEST_VERSION})",
+            hint="upgrade kiln, or point --store / KILN_STORE at another store",
+        )
+    return [m for m in MIGRATIONS if m.version not in done]

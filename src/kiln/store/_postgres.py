@@ -1,0 +1,349 @@
+"""The shared store: PostgreSQL, for many workers on many machines.
+
+Builds are rows. Every read-decide-write locks the build's row (``SELECT ... FOR UPDATE``) inside
+one transaction, and ``claim_next`` uses ``FOR UPDATE SKIP LOCKED`` so that workers racing for
+work each skip the rows another is already deciding about instead of queueing behind it.
+
+One connection per store, used by one operation at a time: a worker runs a handful of builds,
+each writing a few times per transition, so a pool would add moving parts and no throughput.
+Times are the workers' unix clocks (injectable for tests); leases are tens of seconds, so the
+usual clock skew between machines is well inside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+
+from kiln.store._base import (
+    AMBIGUOUS_SHOWN,
+    DEFAULT_SCHEMA_VERSION,
+    HEAD_EVENTS,
+    TAIL_EVENTS,
+    AmbiguousBuildId,
+    BuildNotFound,
+    BuildRecord,
+    Clock,
+    EventRow,
+    JsonObject,
+    LeaseLost,
+    OwnedElsewhere,
+    Owner,
+    StaleWriteError,
+    StoreUnavailable,
+    check_lease,
+    check_limit,
+    claimable,
+    duplicate_build,
+    owner_holds,
+    plan_events,
+    record_from_row,
+)
+from kiln.store._migrations import POSTGRES_LEDGER, RECORD_COLUMNS, pending
+from kiln.store._urls import redact_url, scrub
+
+Connection = psycopg.AsyncConnection[DictRow]
+
+# A fixed key for the advisory lock that serialises migrations between workers starting at once
+# (CREATE TABLE IF NOT EXISTS alone races on the system catalogs).
+MIGRATION_LOCK_KEY = 0x6B696C6E  # "kiln"
+
+# Give up connecting after this long: a worker with no database should say so, not hang.
+CONNECT_TIMEOUT_S = 10
+
+# How many candidate rows one claim locks and inspects. Free rows sort first, so the batch only
+# matters when the head of the queue is owned by live processes on this host whose pids must be
+# checked; a small batch keeps the rows locked (and skipped by other workers) few.
+CLAIM_BATCH = 16
+
+# Rows whose owner cannot be holding them any more, whatever host it was on.
+_FREE = "(owner_host IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+
+
+class PostgresStore:
+    """A :class:`~kiln.store.Store` in a PostgreSQL database (psycopg 3)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = time.time,
+        head_events: int = HEAD_EVENTS,
+        tail_events: int = TAIL_EVENTS,
+    ) -> None:
+        self._url = url
+        self._clock = clock
+        self._head = head_events
+        self._tail = tail_events
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def create(
+        self,
+        *,
+        id: str,
+        name: str,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None = None,
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> BuildRecord:
+        now = self._clock()
+        try:
+            async with self._transaction() as conn:
+                cursor = await conn.execute(
+                    "INSERT INTO builds (id, name, state, version, schema_version, data,"
+                    " sandbox_id, created_at, updated_at)"
+                    " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, %s)"
+                    f" RETURNING {RECORD_COLUMNS}",
+                    (id, name, state, schema_version, Jsonb(data), sandbox_id, now, now),
+                )
+                return _record(await cursor.fetchone())
+        except psycopg.errors.UniqueViolation:
+            raise duplicate_build(id) from None
+
+    async def save(
+        self,
+        id: str,
+        *,
+        expected_version: int,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None,
+        final: bool,
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> int:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE builds SET state = %s, data = %s, sandbox_id = %s, final = %s,"
+                " schema_version = %s, version = version + 1, updated_at = %s"
+                " WHERE id = %s AND version = %s AND NOT final RETURNING version",
+                (
+                    state,
+                    Jsonb(data),
+                    sandbox_id,
+                    final,
+                    schema_version,
+                    self._clock(),
+                    id,
+                    expected_version,
+                ),
+            )
+            row = await cursor.fetchone()
+            if row is not None:
+                return int(row["version"])
+            current = await _require(conn, id)
+        reason = "build finished" if current.final else "version moved"
+        raise StaleWriteError(id, expected=expected_version, actual=current.version, reason=reason)
+
+    async def get(self, id: str) -> BuildRecord | None:
+        if not id:
+            return None
+        async with self._transaction() as conn:
+            exact = await _fetch(conn, id)
+            if exact is not None:
+                return exact
+            cursor = await conn.execute(
+                f"SELECT {RECORD_COLUMNS} FROM builds WHERE left(id, %s) = %s ORDER BY id LIMIT %s",
+                (len(id), id, AMBIGUOUS_SHOWN),
+            )
+            rows = await cursor.fetchall()
+        if len(rows) > 1:
+            raise AmbiguousBuildId(id, [row["id"] for row in rows])
+        return _record(rows[0]) if rows else None
+
+    async def list(
+        self, *, state: str | None = None, limit: int = 100
+    ) -> builtins.list[BuildRecord]:
+        check_limit(limit)
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"SELECT {RECORD_COLUMNS} FROM builds WHERE %(state)s::text IS NULL"
+                " OR state = %(state)s ORDER BY created_at DESC, ordinal DESC LIMIT %(limit)s",
+                {"state": state, "limit": limit},
+            )
+            return [_record(row) for row in await cursor.fetchall()]
+
+    async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "SELECT event_count FROM builds WHERE id = %s FOR UPDATE", (id,)
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                raise BuildNotFound(id)
+            plan = plan_events(row["event_count"], len(events), head=self._head, tail=self._tail)
+            await conn.execute(
+                "DELETE FROM events WHERE build_id = %s AND seq BETWEEN %s AND %s",
+                (id, plan.drop_from, plan.drop_to),
+            )
+            kept = [
+                (id, plan.first_seq + offset, now, kind, Jsonb(data))
+                for offset, ((kind, data), keep) in enumerate(zip(events, plan.keep, strict=True))
+                if keep
+            ]
+            async with conn.cursor() as insert:
+                await insert.executemany(
+                    "INSERT INTO events (build_id, seq, time, kind, data)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    kept,
+                )
+            await conn.execute(
+                "UPDATE builds SET event_count = %s, events_dropped = %s WHERE id = %s",
+                (plan.total, plan.dropped, id),
+            )
+
+    async def events(self, id: str, *, after_seq: int = 0) -> builtins.list[EventRow]:
+        async with self._transaction() as conn:
+            await _require(conn, id)
+            cursor = await conn.execute(
+                "SELECT seq, time, kind, data FROM events WHERE build_id = %s AND seq > %s"
+                " ORDER BY seq",
+                (id, after_seq),
+            )
+            rows = await cursor.fetchall()
+        return [EventRow(row["seq"], row["time"], row["kind"], row["data"]) for row in rows]
+
+    async def request_cancel(self, id: str) -> bool:
+        async with self._transaction() as conn:
+            if (await _require(conn, id, lock=True)).final:
+                return False
+            await conn.execute("UPDATE builds SET cancel_requested = TRUE WHERE id = %s", (id,))
+            return True
+
+    async def acquire(self, id: str, owner: Owner, *, lease_s: float) -> BuildRecord:
+        check_lease(lease_s)
+        async with self._transaction() as conn:
+            record = await _require(conn, id, lock=True)
+            now = self._clock()
+            if record.owner is not None and owner_holds(
+                record.owner, record.lease_expires_at, owner, now
+            ):
+                raise OwnedElsewhere(id, record.owner, record.lease_expires_at)
+            return await _take(conn, record, owner, now + lease_s)
+
+    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> None:
+        check_lease(lease_s)
+        async with self._transaction() as conn:
+            record = await _require(conn, id, lock=True)
+            if record.owner != owner:
+                raise LeaseLost(id, owner, record.owner)
+            await conn.execute(
+                "UPDATE builds SET lease_expires_at = %s WHERE id = %s",
+                (self._clock() + lease_s, id),
+            )
+
+    async def release(self, id: str, owner: Owner) -> None:
+        async with self._transaction() as conn:
+            if (await _require(conn, id, lock=True)).owner == owner:
+                await conn.execute(
+                    "UPDATE builds SET owner_host = NULL, owner_pid = NULL, owner_worker = NULL,"
+                    " lease_expires_at = NULL WHERE id = %s",
+                    (id,),
+                )
+
+    async def claim_next(self, owner: Owner, *, lease_s: float) -> BuildRecord | None:
+        check_lease(lease_s)
+        async with self._transaction() as conn:
+            now = self._clock()
+            cursor = await conn.execute(
+                f"SELECT {RECORD_COLUMNS} FROM builds"
+                f" WHERE NOT final AND ({_FREE} OR owner_host = %(host)s)"
+                f" ORDER BY {_FREE} DESC, created_at, ordinal"
+                " LIMIT %(batch)s FOR UPDATE SKIP LOCKED",
+                {"now": now, "host": owner.host, "batch": CLAIM_BATCH},
+            )
+            for row in await cursor.fetchall():
+                record = _record(row)
+                if claimable(record, owner, now):
+                    return await _take(conn, record, owner, now + lease_s)
+            return None
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                async with conn.transaction():
+                    yield conn
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                raise self._unavailable(error) from None
+
+    async def _connection(self) -> Connection:
+        # A connection the server dropped is closed; the next operation reconnects.
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S
+            )
+            await _migrate(self._conn, redact_url(self._url))
+        return self._conn
+
+    def _unavailable(self, error: psycopg.Error) -> StoreUnavailable:
+        # ``from None``: the driver's exception may quote the connection string, password included.
+        return StoreUnavailable(
+            f"the PostgreSQL store {redact_url(self._url)} failed: {scrub(str(error), self._url)}",
+            hint="check that the database is up and the URL in --store / KILN_STORE is right",
+        )
+
+
+async def _migrate(conn: Connection, where: str) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        await conn.execute(POSTGRES_LEDGER)
+        cursor = await conn.execute("SELECT version FROM schema_migrations")
+        applied = [row["version"] for row in await cursor.fetchall()]
+        for migration in pending(applied, where):
+            for statement in migration.postgres:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, time.time()),
+            )
+
+
+async def _take(
+    conn: Connection, record: BuildRecord, owner: Owner, lease_expires_at: float
+) -> BuildRecord:
+    # A change of owner moves the version, so the previous owner's next save is refused.
+    version = record.version if record.owner == owner else record.version + 1
+    cursor = await conn.execute(
+        "UPDATE builds SET owner_host = %s, owner_pid = %s, owner_worker = %s,"
+        f" lease_expires_at = %s, version = %s WHERE id = %s RETURNING {RECORD_COLUMNS}",
+        (owner.host, owner.pid, owner.worker_id, lease_expires_at, version, record.id),
+    )
+    return _record(await cursor.fetchone())
+
+
+async def _fetch(conn: Connection, id: str, *, lock: bool = False) -> BuildRecord | None:
+    suffix = " FOR UPDATE" if lock else ""
+    cursor = await conn.execute(f"SELECT {RECORD_COLUMNS} FROM builds WHERE id = %s{suffix}", (id,))
+    row = await cursor.fetchone()
+    return _record(row) if row is not None else None
+
+
+async def _require(conn: Connection, id: str, *, lock: bool = False) -> BuildRecord:
+    record = await _fetch(conn, id, lock=lock)
+    if record is None:
+        raise BuildNotFound(id)
+    return record
+
+
+def _record(row: dict[str, Any] | None) -> BuildRecord:
+    # Only called on rows a statement just returned or that were checked for None.
+    assert row is not None
+    return record_from_row(row, row["data"])

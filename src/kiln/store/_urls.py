@@ -1,0 +1,104 @@
+"""Store URLs: what they may look like, where the default one points, and how to show one safely.
+
+The forms follow SQLAlchemy's, which users already write: ``sqlite:///relative.db`` and
+``sqlite:////absolute.db`` (three slashes, then the path), ``postgresql://user:pw@host/db``.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from kiln.errors import UsageError
+
+STORE_ENV = "KILN_STORE"
+
+ACCEPTED_FORMS = (
+    "memory://",
+    "sqlite:///relative/path.db",
+    "sqlite:////absolute/path.db",
+    "postgresql://user:password@host:5432/database",
+)
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_DEFAULT_FILE = Path("kiln") / "builds.db"
+_REDACTED = "***"
+
+
+@attrs.frozen
+class StoreLocation:
+    """A parsed store URL: ``path`` for SQLite, ``url`` (as given) for PostgreSQL."""
+
+    kind: Literal["memory", "sqlite", "postgres"]
+    path: Path | None = None
+    url: str | None = None
+
+
+def default_store_url(env: Mapping[str, str] | None = None) -> str:
+    """The SQLite file under the XDG state directory: ``$XDG_STATE_HOME/kiln/builds.db``, else
+    ``~/.local/state/kiln/builds.db``."""
+    env = os.environ if env is None else env
+    state_home = env.get("XDG_STATE_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    if not os.path.isabs(state_home):
+        home = env.get("HOME") or str(Path.home())
+        state_home = os.path.join(home, ".local", "state")
+    return _SQLITE_PREFIX + str(Path(state_home) / _DEFAULT_FILE)
+
+
+def parse_store_url(url: str) -> StoreLocation:
+    """Check a store URL and say which backend it names; UsageError lists the accepted forms."""
+    if url == "memory://":
+        return StoreLocation(kind="memory")
+    if url.startswith(_SQLITE_PREFIX) and len(url) > len(_SQLITE_PREFIX):
+        return StoreLocation(kind="sqlite", path=Path(url[len(_SQLITE_PREFIX) :]))
+    scheme = url.partition("://")[0]
+    if scheme in _POSTGRES_SCHEMES and "://" in url:
+        return StoreLocation(kind="postgres", url=url)
+    raise UsageError(
+        f"unsupported store URL {redact_url(url)!r}",
+        hint=f"use one of: {', '.join(ACCEPTED_FORMS)} (--store or ${STORE_ENV})",
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for messages and logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        # Too malformed to find the password in: show none of it past the scheme.
+        return f"{url.partition(':')[0]}:{_REDACTED}"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':' + _REDACTED if colon else ''}@{hostport}"
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, _REDACTED if k == "password" else v) for k, v in query]
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query, safe="/*"), parts.fragment)
+    )
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every password found in ``url`` replaced, for driver messages we pass on."""
+    for secret in _passwords(url):
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _passwords(url: str) -> list[str]:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return []
+    found = [parts.password] if parts.password else []
+    found += [v for k, v in urllib.parse.parse_qsl(parts.query) if k == "password" and v]
+    # The driver may quote the raw or the decoded form.
+    return [form for secret in found for form in {secret, urllib.parse.unquote(secret)}]
