@@ -1,0 +1,187 @@
+"""`.dockerignore` semantics: Docker's (moby/patternmatcher), not gitignore's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kiln.errors import ContextError
+from kiln.plan import PatternMatcher, read_dockerignore
+
+
+def excluded(patterns: list[str], path: str) -> bool:
+    return PatternMatcher(patterns).matches(path)
+
+
+# (pattern, path, excluded): a path is excluded when the pattern matches it or a parent directory.
+SINGLE_PATTERN_CASES = [
+    # Anchored at the context root: the difference from gitignore that matters most.
+    ("foo", "foo", True),
+    ("foo", "foo/bar/baz", True),
+    ("foo", "sub/foo", False),
+    ("foo", "foobar", False),
+    ("*.go", "main.go", True),
+    ("*.go", "cmd/main.go", False),
+    ("*", "anything", True),
+    ("*", "dir/file", True),  # through the parent `dir`
+    ("*/*.go", "cmd/main.go", True),
+    ("a*/b", "abc/b", True),
+    ("a*/b", "a/c/b", False),
+    ("a?b", "a/b", False),
+    ("a*b", "a/b", False),
+    ("abc?def", "abcZdef", True),
+    ("abc?def", "abcdef", False),
+    ("abc.def", "abcZdef", False),  # regex metacharacters are literal
+    ("a(b)c/def", "a(b)c/def", True),
+    ("a.|)$(}+{bc", "a.|)$(}+{bc", True),
+    (".*", ".git", True),
+    (".*", "git", False),
+    # `**` spans directories, including none.
+    ("**", "any/depth/at/all", True),
+    ("**/foo", "foo", True),
+    ("**/foo", "a/b/foo", True),
+    ("**/foo", "a/b/foo/inside", True),
+    ("**/foo", "a/b/xfoo", False),
+    ("**/*.log", "a/b/c.log", True),
+    ("**/*.log", "c.log", True),
+    ("**/**/*.txt", "file.txt", True),
+    ("**/dir2/*", "dir/dir2/file", True),
+    ("dir/**", "dir", False),
+    ("dir/**", "dir/file", True),
+    ("dir/**", "dir/a/b", True),
+    ("a**/*.txt", "a/dir/dir/file.txt", True),
+    ("a**b", "ax/b", True),
+    ("a**b", "axb", False),
+    # moby's suffix shortcut: `**file` is a plain suffix test.
+    ("**file", "dir/myfile", True),
+    # Character classes and escapes follow Go's filepath.Match.
+    ("a[b-d]e", "ace", True),
+    ("a[b-d]e", "aae", False),
+    ("a[^b-d]e", "aze", True),
+    ("ab[^c]", "abc", False),
+    ("[\\]a]", "]", True),
+    ("[\\-x]", "-", True),
+    ("[x\\-]", "z", False),
+    ("[a-ζ]*", "α", True),
+    ("a\\*b", "a*b", True),
+    ("a\\*b", "ab", False),
+    ("a\\\\", "a\\", True),
+    # Cleaning: `./`, trailing `/` and doubled slashes do not change the meaning.
+    ("./foo", "foo", True),
+    ("foo/", "foo/x", True),
+    ("a//b", "a/b", True),
+]
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), SINGLE_PATTERN_CASES)
+def test_single_pattern(pattern: str, path: str, expected: bool) -> None:
+    assert excluded([pattern], path) is expected
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "expected"),
+    [
+        # Exceptions apply in order: a later one re-includes, an earlier one is overridden.
+        (["*.go", "!main.go"], "main.go", False),
+        (["!main.go", "*.go"], "main.go", True),
+        # An exception can re-include beneath an excluded directory (gitignore cannot).
+        (["docs", "!docs/README.md"], "docs/README.md", False),
+        (["docs", "!docs/README.md"], "docs/other.md", True),
+        (["docs/*", "!docs/README.md"], "docs/README.md", False),
+        (["**", "!util/docker/web"], "util/docker/web/foo", False),
+        (["**", "!util/docker/web", "util/docker/web/foo"], "util/docker/web/foo", True),
+        (["**", "!dist/*.whl"], "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", False),
+        (["node_modules", "!node_modules/keep"], "node_modules/keep/a.js", False),
+        ([], "anything", False),
+        (["", "   "], "anything", False),
+    ],
+)
+def test_pattern_lists(patterns: list[str], path: str, expected: bool) -> None:
+    assert excluded(patterns, path) is expected
+
+
+@pytest.mark.parametrize(
+    "pattern", ["[", "a[", "[^", "[^bc", "[]a]", "[-]", "[x-]", "[-x]", "[a-b-c]", "\\", "[z-a]"]
+)
+def test_malformed_patterns_are_context_errors(pattern: str) -> None:
+    with pytest.raises(ContextError) as err:
+        PatternMatcher([pattern])
+    assert "bad pattern" in str(err.value)
+    assert err.value.hint is not None and ".dockerignore" in err.value.hint
+
+
+def test_a_lone_exclamation_mark_is_an_error() -> None:
+    with pytest.raises(ContextError, match="illegal exclusion pattern"):
+        PatternMatcher(["docs", "!"])
+
+
+def test_read_dockerignore_cleans_like_docker(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text(
+        "test1\n/test2\n/a/file/here\n\nlastfile\n# this is a comment\n! /inverted/abs/path\n"
+        "  # not a comment once indented\n./dot/./slash//\r\n!\n! \n"
+    )
+    assert read_dockerignore(tmp_path) == [
+        "test1",
+        "test2",
+        "a/file/here",
+        "lastfile",
+        "!inverted/abs/path",
+        "# not a comment once indented",
+        "dot/slash",
+        "!",
+        "!",
+    ]
+
+
+def test_read_dockerignore_strips_a_utf8_bom(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_bytes(b"\xef\xbb\xbfbuild\n")
+    assert read_dockerignore(tmp_path) == ["build"]
+
+
+def test_no_dockerignore_means_no_patterns(tmp_path: Path) -> None:
+    assert read_dockerignore(tmp_path) == []
+
+
+def test_an_unreadable_dockerignore_is_a_context_error(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").mkdir()
+    with pytest.raises(ContextError, match=r"cannot read .*\.dockerignore"):
+        read_dockerignore(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "directory", "expected"),
+    [
+        (["build"], "build", False),
+        (["build", "!build/keep"], "build", True),
+        (["build", "!build/keep"], "other", False),
+        (["build", "!build"], "build", True),
+        (["a", "!a/b/c"], "a/b", True),
+        (["a", "!ab"], "a", False),
+        # A glob exception could match anywhere: never skip.
+        (["a", "!**/keep"], "a", True),
+        (["a", "!*.txt"], "a", True),
+    ],
+)
+def test_may_include_beneath(patterns: list[str], directory: str, expected: bool) -> None:
+    assert PatternMatcher(patterns).may_include_beneath(directory) is expected
+
+
+_NAME = st.text(alphabet="abcxyz._-", min_size=1, max_size=6).filter(lambda s: s not in {".", ".."})
+_PATH = st.lists(_NAME, min_size=1, max_size=4).map("/".join)
+
+
+@settings(max_examples=200)
+@given(pattern=_PATH, path=_PATH)
+def test_plain_patterns_match_the_path_and_everything_beneath_only(pattern: str, path: str) -> None:
+    """Without glob characters a pattern names one path from the root, and all below it."""
+    expected = path == pattern or path.startswith(pattern + "/")
+    assert excluded([pattern], path) is expected
+
+
+@settings(max_examples=200)
+@given(pattern=_PATH, path=_PATH)
+def test_an_exception_for_the_same_pattern_undoes_it(pattern: str, path: str) -> None:
+    assert excluded([pattern, "!" + pattern], path) is False
