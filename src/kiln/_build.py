@@ -1,0 +1,233 @@
+"""The library API: build or import an image, as a coroutine, a handle, or a blocking call.
+
+``start_build`` / ``start_import`` plan the build (locally; errors are raised at once) and start
+the state machine in a task of the running loop, returning a :class:`Build` handle. The other
+entry points are conveniences over them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypedDict, Unpack
+
+import httpx
+
+from kiln.errors import BuildCancelled, BuildError
+from kiln.machine import (
+    BuildOptions,
+    BuildState,
+    Driver,
+    Event,
+    PersistHook,
+    Secrets,
+    Services,
+    StatusEvent,
+    load_machine_spec,
+    no_persist,
+)
+from kiln.plan import BuildPlan, plan_dockerfile, plan_import
+
+_log = logging.getLogger("kiln.build")
+
+DONE = "done"
+CANCELLED = "cancelled"
+
+
+class BuildKwargs(TypedDict, total=False):
+    """Options shared by every entry point; named as the CLI's flags."""
+
+    public: bool
+    disk_mb: int | None
+    builder_disk_mb: int | None
+    cpus: float | None
+    memory_mb: int | None
+    docker_compat: bool
+    api_url: str | None
+    api_key: str | None
+    pat: str | None
+    organization_id: str | None
+    project_id: str | None
+    namespace: str | None
+    # Seconds for the whole build; cleanup still runs after it passes.
+    deadline: float | None
+    on_event: Callable[[Event], None] | None
+    transport: httpx.AsyncBaseTransport | None
+    # Called with the state after every transition (kiln.store plugs in here).
+    persist: PersistHook | None
+
+
+class Build:
+    """A running build: watch it (``events()``, ``state``), stop it (``cancel()``), await it."""
+
+    def __init__(
+        self,
+        state: BuildState,
+        *,
+        secrets: Secrets,
+        on_event: Callable[[Event], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        persist: PersistHook | None = None,
+    ) -> None:
+        self._state = state
+        self._on_event = on_event
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._finished = False
+        self._services = Services(
+            spec=load_machine_spec(),
+            emit_event=self._deliver,
+            secrets=secrets,
+            transport=transport,
+        )
+        self._driver = Driver(self._services, persist=persist or no_persist)
+        self._task = asyncio.create_task(self._run(), name=f"kiln-build-{state.id}")
+
+    @property
+    def state(self) -> BuildState:
+        """The live state object (the same one the store receives)."""
+        return self._state
+
+    def cancel(self) -> None:
+        """Stop the build at its next await point; its sandbox is deleted before it ends."""
+        self._driver.cancel()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event of the build, from its start, until it ends (one consumer)."""
+        while not (self._finished and self._queue.empty()):
+            event = await self._queue.get()
+            if event is None:
+                return
+            yield event
+
+    async def result(self) -> dict[str, Any]:
+        """Wait for the end: the registered template, or the build's error raised."""
+        await asyncio.shield(self._task)
+        if self._state.outcome == DONE and self._state.result is not None:
+            return self._state.result
+        if self._state.outcome == CANCELLED:
+            raise BuildCancelled(
+                f"build of {self._state.plan.name!r} was cancelled",
+                hint="its builder sandbox was deleted; run the build again to retry",
+            )
+        if self._driver.error is not None:
+            raise self._driver.error
+        record = self._state.error
+        if record is None:
+            raise BuildError("the build failed")
+        raise BuildError(record.message, hint=record.hint)
+
+    def _deliver(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            # A broken callback must not fail the build (nor leave its sandbox behind).
+            _log.exception("on_event callback raised; the build continues")
+
+    async def _run(self) -> None:
+        try:
+            await self._driver.run(self._state)
+        finally:
+            await self._services.aclose()
+            self._finished = True
+            self._queue.put_nowait(None)
+
+
+def start_build(
+    dockerfile: str | os.PathLike[str],
+    *,
+    context: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    **options: Unpack[BuildKwargs],
+) -> Build:
+    """Plan a Dockerfile build and start it in the running loop."""
+    return _start(
+        plan_dockerfile(dockerfile, context=context, name=name), "Loading Dockerfile...", options
+    )
+
+
+def start_import(
+    reference: str, *, name: str | None = None, **options: Unpack[BuildKwargs]
+) -> Build:
+    """Plan the import of a registry image and start it in the running loop."""
+    plan = plan_import(reference, name=name)
+    return _start(plan, f"Importing registry image {plan.base_image}...", options)
+
+
+def resume_build(state: BuildState, **options: Unpack[BuildKwargs]) -> Build:
+    """Continue a build from a state loaded from a store; credentials come from ``options``."""
+    return _handle(state, options)
+
+
+async def build_image(
+    dockerfile: str | os.PathLike[str],
+    *,
+    context: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    **options: Unpack[BuildKwargs],
+) -> dict[str, Any]:
+    """Build an image from a Dockerfile; returns the registered template."""
+    return await start_build(dockerfile, context=context, name=name, **options).result()
+
+
+async def import_image(
+    reference: str, *, name: str | None = None, **options: Unpack[BuildKwargs]
+) -> dict[str, Any]:
+    """Import a registry image; returns the registered template."""
+    return await start_import(reference, name=name, **options).result()
+
+
+def build_image_sync(
+    dockerfile: str | os.PathLike[str],
+    *,
+    context: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    **options: Unpack[BuildKwargs],
+) -> dict[str, Any]:
+    """``build_image`` for scripts without an event loop."""
+    return asyncio.run(build_image(dockerfile, context=context, name=name, **options))
+
+
+def import_image_sync(
+    reference: str, *, name: str | None = None, **options: Unpack[BuildKwargs]
+) -> dict[str, Any]:
+    """``import_image`` for scripts without an event loop."""
+    return asyncio.run(import_image(reference, name=name, **options))
+
+
+def _start(plan: BuildPlan, loading: str, options: BuildKwargs) -> Build:
+    state = BuildState(plan=plan, options=_build_options(options))
+    build = _handle(state, options)
+    # Planning happened before the machine started; tell the caller it did, first.
+    build._deliver(StatusEvent(loading))
+    return build
+
+
+def _handle(state: BuildState, options: BuildKwargs) -> Build:
+    return Build(
+        state,
+        secrets=Secrets(api_key=options.get("api_key"), pat=options.get("pat")),
+        on_event=options.get("on_event"),
+        transport=options.get("transport"),
+        persist=options.get("persist"),
+    )
+
+
+def _build_options(options: BuildKwargs) -> BuildOptions:
+    return BuildOptions(
+        public=options.get("public", False),
+        disk_mb=options.get("disk_mb"),
+        builder_disk_mb=options.get("builder_disk_mb"),
+        cpus=options.get("cpus"),
+        memory_mb=options.get("memory_mb"),
+        docker_compat=options.get("docker_compat", False),
+        api_url=options.get("api_url"),
+        organization_id=options.get("organization_id"),
+        project_id=options.get("project_id"),
+        namespace=options.get("namespace"),
+        deadline_s=options.get("deadline"),
+    )

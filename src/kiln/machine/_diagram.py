@@ -1,0 +1,29 @@
+"""Render the declared machine as a Mermaid state diagram (``kiln diagram`` → diagrams/build.mmd).
+
+The output depends only on the declaration, in declaration order, so the committed file can be
+compared with a fresh rendering to prove it is not stale.
+"""
+
+from __future__ import annotations
+
+from kiln.machine._spec import MachineSpec
+
+INDENT = "    "
+# States that may hold a builder sandbox are shaded: every non-success edge out of them must
+# pass through cleanup, which the picture makes easy to check by eye.
+SANDBOX_CLASS = "holds_sandbox"
+SANDBOX_STYLE = "fill:#fff3d6,stroke:#b7791f"
+
+
+def render_mermaid(spec: MachineSpec) -> str:
+    """The machine as Mermaid ``stateDiagram-v2`` text, ending with a newline."""
+    lines = [f"%% generated from states/{spec.name}.toml by `kiln diagram`; do not edit", ""]
+    lines.append("stateDiagram-v2")
+    lines.append(f"{INDENT}[*] --> {spec.initial}")
+    lines += [f"{INDENT}{source} --> {dest} : {trigger}" for source, trigger, dest in spec.edges()]
+    lines += [f"{INDENT}{final} --> [*]" for final in spec.finals]
+    holding = [state.name for state in spec.states.values() if state.holds_sandbox]
+    if holding:
+        lines.append(f"{INDENT}classDef {SANDBOX_CLASS} {SANDBOX_STYLE}")
+        lines.append(f"{INDENT}class {','.join(holding)} {SANDBOX_CLASS}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,264 @@
+"""The driver: runs handlers and fires the machine's triggers, one state at a time.
+
+Handlers never fire triggers (a trigger fired from inside a transitions AsyncMachine callback
+cancels the callbacks still in flight). The driver alone does, after each handler returns:
+retry edges after a backoff while the state's attempt budget lasts, failure edges once it is
+spent or the state's deadline passes, cancel edges when ``cancel()`` was called. After every
+transition the state goes to the ``persist`` hook before the next handler runs, so a crash
+leaves a state a later process can resume from: ``Driver.run`` starts wherever the state says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from transitions.extensions.asyncio import AsyncMachine
+
+from kiln.errors import BuildCancelled, BuildError, BuildFailed, PhaseTimeout, WithDiagnostics
+from kiln.machine._events import TransitionEvent
+from kiln.machine._outcome import CANCELLED, Outcome, Trigger, fail, outcome_for
+from kiln.machine._services import Services
+from kiln.machine._spec import MachineSpec
+from kiln.machine._state import BuildState, ErrorRecord
+from kiln.machine.handlers import HANDLERS, Handler
+from kiln.machine.handlers.diagnostics import diagnose
+
+PersistHook = Callable[[BuildState], Awaitable[None]]
+
+# Where cleanup leads, by the trigger that entered it.
+_OUTCOME_BY_TRIGGER = {Trigger.SUCCEED: "done", Trigger.FAIL: "failed", Trigger.CANCEL: "cancelled"}
+# The whole build's deadline is reported as a phase of its own.
+OVERALL_PHASE = "build"
+
+
+async def no_persist(state: BuildState) -> None:
+    """The default store hook: keep nothing."""
+
+
+class _Model:
+    """What transitions moves between states; the BuildState mirrors its ``state``."""
+
+    state: str
+
+
+class Driver:
+    """Runs one build's state machine to a final state."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        persist: PersistHook = no_persist,
+        handlers: Mapping[str, Handler] = HANDLERS,
+    ) -> None:
+        self._services = services
+        self._spec: MachineSpec = services.spec
+        self._persist = persist
+        self._handlers = handlers
+        self._task: asyncio.Task[Any] | None = None
+        self._state: BuildState | None = None
+        self._cancel = False
+        # The live error behind state.error, with its cause chain; a resumed build only has
+        # the persisted record.
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Ask the build to stop: it moves to cleanup (then cancelled) at its next await point."""
+        self._cancel = True
+        state = self._state
+        if state is None:
+            return
+        state.cancel_requested = True
+        # Cleanup is never interrupted: it is what deletes the sandbox.
+        if self._task is not None and state.state != self._spec.cleanup:
+            self._task.cancel()
+
+    async def run(self, state: BuildState) -> BuildState:
+        """Drive ``state`` from the state it names to a final state, and return it."""
+        self._state = state
+        state.cancel_requested = state.cancel_requested or self._cancel
+        model = _Model()
+        machine = self._machine(model, state.state)
+        self._begin(state)
+        await self._persist(state)
+        caller_cancelled = False
+        while state.state not in self._spec.finals:
+            try:
+                outcome = await self._step(state)
+            except asyncio.CancelledError:
+                # The caller's task was cancelled: still delete the sandbox, then re-raise.
+                if caller_cancelled or state.state == self._spec.cleanup:
+                    raise
+                caller_cancelled = True
+                _uncancel()
+                state.cancel_requested = True
+                outcome = CANCELLED
+            trigger = await self._resolve(state, outcome)
+            await self._fire(machine, model, state, trigger)
+        if caller_cancelled:
+            raise asyncio.CancelledError
+        return state
+
+    def _machine(self, model: _Model, initial: str) -> AsyncMachine:
+        return AsyncMachine(
+            model=model,
+            states=[*self._spec.states, *self._spec.finals],
+            transitions=[
+                {"trigger": trigger, "source": source, "dest": dest}
+                for source, trigger, dest in self._spec.edges()
+            ],
+            initial=initial,
+            auto_transitions=False,
+        )
+
+    def _begin(self, state: BuildState) -> None:
+        now = self._services.clock.now()
+        if not state.created_at:
+            state.created_at = now
+            if state.options.deadline_s is not None:
+                state.deadline_at = now + state.options.deadline_s
+        # A resumed state's phase clock restarts: time spent with no process alive is not
+        # the phase's fault. The overall deadline stays absolute.
+        state.state_entered_at = now
+
+    async def _step(self, state: BuildState) -> Outcome:
+        """Run the current state's handler once, bounded by its deadline and by cancel()."""
+        if state.cancel_requested and state.state != self._spec.cleanup:
+            return CANCELLED
+        name = state.state
+        state.attempts[name] = state.attempts_in(name) + 1
+        left, timeout_error = self._time_left(state)
+        if left <= 0:
+            return fail(timeout_error)
+        self._task = asyncio.create_task(self._guarded(self._handlers[name], state, left))
+        try:
+            outcome: Outcome = await self._task
+        except asyncio.CancelledError:
+            if _caller_cancelled():
+                raise
+            return CANCELLED
+        finally:
+            self._task = None
+        return outcome
+
+    async def _guarded(self, handler: Handler, state: BuildState, limit_s: float) -> Outcome:
+        """The handler's outcome; an exception becomes the retry or the fail edge."""
+        _, timeout_error = self._time_left(state)
+        try:
+            async with asyncio.timeout(limit_s) as scope:
+                return await handler(state, self._services)
+        except TimeoutError as error:
+            return fail(timeout_error) if scope.expired() else outcome_for(error)
+        except Exception as error:
+            return outcome_for(error)
+
+    def _time_left(self, state: BuildState) -> tuple[float, PhaseTimeout]:
+        """Seconds the current handler may run, and the error for overrunning them."""
+        now = self._services.clock.now()
+        phase = self._spec.states[state.state]
+        left = phase.deadline_s - (now - state.state_entered_at)
+        error = PhaseTimeout(phase.name, phase.deadline_s)
+        # Cleanup ignores the overall deadline: deleting the sandbox matters most then.
+        overall = state.deadline_at
+        if overall is not None and state.state != self._spec.cleanup and overall - now < left:
+            left = overall - now
+            error = PhaseTimeout(OVERALL_PHASE, state.options.deadline_s or 0.0)
+        return left, error
+
+    async def _resolve(self, state: BuildState, outcome: Outcome) -> Trigger:
+        """Turn an outcome into the trigger to fire: wait before retries, record failures."""
+        if outcome.trigger is Trigger.RETRY:
+            if self._may_retry(state):
+                return await self._backoff(state, outcome)
+            outcome = fail(outcome.error or BuildError(f"{state.state}: retry budget spent"))
+        if outcome.trigger is Trigger.FAIL and outcome.error is not None:
+            await self._record_failure(state, outcome.error)
+        return outcome.trigger
+
+    def _may_retry(self, state: BuildState) -> bool:
+        phase = self._spec.states[state.state]
+        return "retry" in phase.on and state.attempts_in(phase.name) < phase.attempts
+
+    async def _backoff(self, state: BuildState, outcome: Outcome) -> Trigger:
+        delay = self._spec.backoff.delay(state.attempts_in(state.state))
+        left, _ = self._time_left(state)
+        self._services.logger(state).info(
+            "retrying", error=str(outcome.error), attempt=state.attempts_in(state.state)
+        )
+        self._task = asyncio.create_task(asyncio.sleep(max(0.0, min(delay, left))))
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            if _caller_cancelled():
+                raise
+            return Trigger.CANCEL
+        finally:
+            self._task = None
+        return Trigger.RETRY
+
+    async def _record_failure(self, state: BuildState, error: BaseException) -> None:
+        if state.state == self._spec.cleanup and state.error is not None:
+            return
+        decorated = await self._decorate(state, error)
+        self.error = decorated
+        state.error = ErrorRecord(
+            kind=type(decorated).__name__,
+            message=str(decorated),
+            hint=getattr(decorated, "hint", None),
+            advice=tuple(_advice_of(decorated)),
+        )
+        self._services.logger(state).warning("build failed", error=str(decorated))
+
+    async def _decorate(self, state: BuildState, error: BaseException) -> BaseException:
+        """Add diagnostics once the proxy answered, and the sandbox and build ids once it exists.
+
+        A PhaseTimeout stays as it is, so callers can catch it by type; its sandbox was
+        still deleted by cleanup.
+        """
+        if isinstance(error, PhaseTimeout | BuildCancelled | BuildFailed):
+            return error
+        if state.proxy_ready and state.state != self._spec.cleanup:
+            error = WithDiagnostics(error, await diagnose(state, self._services, error))
+        if state.sandbox_id is not None:
+            error = BuildFailed(error, sandbox_id=state.sandbox_id, build_id=state.build_id)
+        return error
+
+    async def _fire(
+        self, machine: AsyncMachine, model: _Model, state: BuildState, trigger: Trigger
+    ) -> None:
+        source = state.state
+        entered = state.state_entered_at
+        await machine.events[trigger.value].trigger(model)
+        dest = model.state
+        now = self._services.clock.now()
+        if dest != source:
+            state.state_entered_at = now
+        if dest == self._spec.cleanup and source != dest:
+            state.outcome = _OUTCOME_BY_TRIGGER[trigger]
+        if dest in self._spec.finals:
+            state.outcome = dest
+        state.state = dest
+        await self._persist(state)
+        self._services.emit(state, TransitionEvent(source, dest, trigger.value, now - entered))
+
+
+def _advice_of(error: BaseException) -> list[str]:
+    while error is not None:
+        if isinstance(error, WithDiagnostics):
+            return error.advice
+        error = getattr(error, "source", None)  # type: ignore[assignment]
+    return []
+
+
+def _caller_cancelled() -> bool:
+    """Whether the task running the driver (not just the handler task) is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

@@ -1,0 +1,41 @@
+"""What a handler reports back to the driver: which trigger to fire, and the error behind it."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from kiln.api import is_transient
+
+
+class Trigger(enum.StrEnum):
+    """The edge names of states/build.toml."""
+
+    SUCCEED = "succeed"
+    RETRY = "retry"
+    FAIL = "fail"
+    CANCEL = "cancel"
+
+
+@attrs.frozen
+class Outcome:
+    trigger: Trigger
+    error: BaseException | None = None
+
+
+SUCCEEDED = Outcome(Trigger.SUCCEED)
+CANCELLED = Outcome(Trigger.CANCEL)
+
+
+def retry(error: BaseException) -> Outcome:
+    return Outcome(Trigger.RETRY, error)
+
+
+def fail(error: BaseException) -> Outcome:
+    return Outcome(Trigger.FAIL, error)
+
+
+def outcome_for(error: BaseException) -> Outcome:
+    """An exception a handler raised: transient errors take the retry edge, the rest fail."""
+    return retry(error) if is_transient(error) else fail(error)

@@ -1,0 +1,164 @@
+"""What handlers use besides the state: API clients, the event sink, the clock.
+
+Services hold the live, unpersisted half of a build: credentials, the HTTP client and its
+connections, the caller's callback. They are rebuilt from the environment when a build resumes,
+which is why nothing here may be needed to *understand* the state, only to act on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import httpx
+import structlog
+
+from kiln.api import (
+    ApiSettings,
+    LifecycleClient,
+    PlatformClient,
+    ProxyClient,
+    create_http_client,
+)
+from kiln.errors import ConfigError
+from kiln.machine._events import BuildLogEvent, Event, StatusEvent, WarningEvent
+from kiln.machine._spec import MachineSpec
+from kiln.machine._state import BuildState
+
+EventSink = Callable[[Event], None]
+LOGGER_NAME = "kiln.build"
+
+
+@attrs.frozen
+class Secrets:
+    """Credentials passed by the caller; never persisted, never logged."""
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    pat: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class Clock:
+    """Wall time for persisted timestamps; injectable so tests can move it."""
+
+    now: Callable[[], float] = time.time
+
+
+@attrs.define
+class _Clients:
+    settings: ApiSettings
+    http: httpx.AsyncClient
+    platform: PlatformClient
+    lifecycle: LifecycleClient
+
+
+@attrs.define
+class Services:
+    spec: MachineSpec
+    emit_event: EventSink
+    secrets: Secrets = attrs.field(factory=Secrets)
+    env: Mapping[str, str] | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    clock: Clock = attrs.field(factory=Clock)
+    _clients: _Clients | None = None
+    _proxy: ProxyClient | None = None
+    _proxy_key: tuple[str, str | None, str | None] | None = None
+
+    # -- events ----------------------------------------------------------------------------
+
+    def logger(self, state: BuildState) -> Any:
+        return _base_logger().bind(
+            build_id=state.build_id, state=state.state, sandbox_id=state.sandbox_id
+        )
+
+    def emit(self, state: BuildState, event: Event) -> None:
+        """Deliver an event to the caller and log it with the build's bound context."""
+        self.logger(state).info(event.type, **_log_fields(event))
+        self.emit_event(event)
+
+    def status(self, state: BuildState, message: str) -> None:
+        self.emit(state, StatusEvent(message))
+
+    def warning(self, state: BuildState, message: str) -> None:
+        self.emit(state, WarningEvent(message))
+
+    def build_log(self, state: BuildState, line: str, stream: str) -> None:
+        self.emit(state, BuildLogEvent(line, stream))
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def settings(self, state: BuildState) -> ApiSettings:
+        return self._connect(state).settings
+
+    def platform(self, state: BuildState) -> PlatformClient:
+        return self._connect(state).platform
+
+    def lifecycle(self, state: BuildState) -> LifecycleClient:
+        return self._connect(state).lifecycle
+
+    def proxy(self, state: BuildState) -> ProxyClient:
+        """The proxy client of the state's sandbox, rebuilt when the sandbox's address changes."""
+        if state.sandbox_id is None:
+            raise ConfigError("no builder sandbox yet: the proxy is not reachable")
+        key = (state.sandbox_id, state.sandbox_url, state.routing_hint)
+        if self._proxy is None or self._proxy_key != key:
+            clients = self._connect(state)
+            self._proxy = ProxyClient.for_sandbox(
+                clients.settings,
+                clients.http,
+                sandbox_id=state.sandbox_id,
+                sandbox_url=state.sandbox_url,
+                routing_hint=state.routing_hint,
+            )
+            self._proxy_key = key
+        return self._proxy
+
+    def _connect(self, state: BuildState) -> _Clients:
+        if self._clients is None:
+            options = state.options
+            settings = ApiSettings.from_env(
+                self.env,
+                api_url=options.api_url,
+                api_key=self.secrets.api_key,
+                pat=self.secrets.pat,
+                organization_id=options.organization_id,
+                project_id=options.project_id,
+                namespace=options.namespace,
+            )
+            http = create_http_client(settings, transport=self.transport)
+            self._clients = _Clients(
+                settings=settings,
+                http=http,
+                platform=PlatformClient(settings, http),
+                lifecycle=LifecycleClient(settings, http),
+            )
+        return self._clients
+
+    async def aclose(self) -> None:
+        if self._clients is not None:
+            await self._clients.http.aclose()
+            self._clients = None
+            self._proxy = None
+
+
+def _base_logger() -> Any:
+    """structlog as the application configured it; else stdlib logging, silent by default.
+
+    A library must not print to stdout on its own, which unconfigured structlog would do.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger(LOGGER_NAME)
+    return structlog.wrap_logger(
+        logging.getLogger(LOGGER_NAME),
+        processors=[structlog.processors.KeyValueRenderer(key_order=["event"])],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+def _log_fields(event: Event) -> dict[str, object]:
+    fields = event.to_dict()
+    fields.pop("type")
+    return fields

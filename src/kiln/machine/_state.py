@@ -1,0 +1,163 @@
+"""The build's state object: everything a later process needs to continue the build.
+
+It is plain data (attrs, converted with cattrs) and never holds a secret: no token, no registry
+credentials (``dockerConfigJson`` is read again when ``spec.json`` is written). The driver writes
+it to the store after every transition, before the next handler runs, so each field records
+something that has *already happened* remotely; a resumed handler reads it to avoid doing that
+thing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import PurePath
+from typing import Any
+
+import attrs
+import cattrs
+
+from kiln.errors import BuildError
+from kiln.plan import BuildPlan
+
+SCHEMA_VERSION = 1
+
+
+@attrs.frozen
+class BuildOptions:
+    """The caller's build options, minus credentials (those come from the environment on resume)."""
+
+    public: bool = False
+    disk_mb: int | None = None
+    builder_disk_mb: int | None = None
+    cpus: float | None = None
+    memory_mb: int | None = None
+    docker_compat: bool = False
+    api_url: str | None = None
+    organization_id: str | None = None
+    project_id: str | None = None
+    namespace: str | None = None
+    deadline_s: float | None = None
+
+
+@attrs.frozen
+class ErrorRecord:
+    """A failure as persisted: enough to explain it after the process that saw it is gone."""
+
+    kind: str
+    message: str
+    hint: str | None = None
+    advice: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class BuilderInfo:
+    """The rootfs builder the platform asked for (prepare's ``builder`` block)."""
+
+    image: str
+    command: str
+    cpus: float
+    memory_mb: int
+    disk_mb: int
+
+
+@attrs.frozen
+class PreparedInfo:
+    """The typed fields of the prepare response that later phases decide on."""
+
+    snapshot_id: str
+    rootfs_node_kind: str
+    builder: BuilderInfo
+    has_parent: bool
+    parent_manifest_uri: str | None
+    parent_rootfs_disk_bytes: int | None
+    snapshot_uri: str | None
+    # Its presence selects the new (signed) path; absent means legacy.
+    snapshot_rel_path: str | None
+
+
+@attrs.define
+class BuildState:
+    """The mutable record of one build; ``state`` names the machine state it is in."""
+
+    plan: BuildPlan
+    options: BuildOptions = attrs.field(factory=BuildOptions)
+    id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    schema_version: int = SCHEMA_VERSION
+    state: str = "resolve_scope"
+    # Handler runs per state; the retry budget in states/build.toml is checked against it.
+    attempts: dict[str, int] = attrs.field(factory=dict)
+    created_at: float = 0.0
+    # Wall-clock time the current state was first entered; a retry does not reset it, so a
+    # state's deadline bounds all of its attempts together.
+    state_entered_at: float = 0.0
+    deadline_at: float | None = None
+    # The prepare response, after signing has spliced the signed upload into it.
+    prepared: dict[str, Any] | None = None
+    prepared_info: PreparedInfo | None = None
+    build_id: str | None = None
+    rootfs_disk_bytes: int | None = None
+    sandbox_id: str | None = None
+    sandbox_url: str | None = None
+    routing_hint: str | None = None
+    # The last status the lifecycle API reported; "running" lets wait_running skip its poll.
+    sandbox_status: str | None = None
+    sandbox_deleted: bool = False
+    # True once a command has run in the sandbox: from then on failures get diagnostics.
+    proxy_ready: bool = False
+    # True once the prepared raw spec holds the signed blocks (new path) or needs none (legacy).
+    signed: bool = False
+    signed_uri: str | None = None
+    # Set only after the remote tar succeeded: a resumed upload skips the context then.
+    context_digest: str | None = None
+    # Learned when a server refused a chunked PUT: later uploads spool and send Content-Length.
+    chunked_upload_refused: bool = False
+    builder_pid: int | None = None
+    # Follow streams replay from the start; this many leading events were already delivered.
+    output_events_delivered: int = 0
+    # A builder log line mentioned ENOSPC / "no space": feeds the disk advice.
+    disk_error_seen: bool = False
+    complete_body: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
+    cancel_requested: bool = False
+    # "done", "failed" or "cancelled": what cleanup is heading for, then where the build ended.
+    outcome: str | None = None
+
+    def attempts_in(self, state: str) -> int:
+        return self.attempts.get(state, 0)
+
+    def need_prepared(self) -> PreparedInfo:
+        """The prepared build; phases after ``prepare`` cannot run without it."""
+        if self.prepared_info is None or self.prepared is None or self.build_id is None:
+            raise BuildError(f"internal: state {self.state!r} reached without a prepared build")
+        return self.prepared_info
+
+    def need_sandbox_id(self) -> str:
+        if self.sandbox_id is None:
+            raise BuildError(f"internal: state {self.state!r} reached without a sandbox id")
+        return self.sandbox_id
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = _converter.unstructure(self)
+        return result
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildState:
+        return _converter.structure(data, cls)
+
+    @classmethod
+    def from_json(cls, text: str) -> BuildState:
+        return cls.from_dict(json.loads(text))
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter()
+    converter.register_unstructure_hook(PurePath, str)
+    return converter
+
+
+_converter = _make_converter()

@@ -1,0 +1,52 @@
+"""read_metadata and complete: turn the builder's metadata.json into a registered template."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kiln.errors import ResponseError
+from kiln.machine._outcome import SUCCEEDED, Outcome
+from kiln.machine._services import Services
+from kiln.machine._state import BuildState
+from kiln.machine.protocol import REMOTE_METADATA_PATH, PreparedView, complete_body
+
+TEMPLATE_ID_KEY = "id"
+MISSING_ID = "-"
+
+
+async def read_metadata(state: BuildState, services: Services) -> Outcome:
+    """Re-entry: reads metadata.json again; the builder wrote it once and reading is idempotent."""
+    info = state.need_prepared()
+    raw = await services.proxy(state).get_file(REMOTE_METADATA_PATH)
+    metadata = _parse_metadata(raw)
+    view = PreparedView(
+        snapshot_id=info.snapshot_id,
+        snapshot_uri=(state.prepared or {}).get("snapshotUri", info.snapshot_uri),
+        rootfs_node_kind=info.rootfs_node_kind,
+        parent_manifest_uri=info.parent_manifest_uri,
+        rootfs_disk_bytes=state.rootfs_disk_bytes or 0,
+    )
+    state.complete_body = complete_body(metadata, prepared=view, signed_uri=state.signed_uri)
+    return SUCCEEDED
+
+
+async def complete(state: BuildState, services: Services) -> Outcome:
+    """Re-entry: POSTs complete again unless state.result holds the registered template."""
+    if state.result is None:
+        services.status(state, "Completing image registration...")
+        build_id = state.build_id or ""
+        state.result = await services.platform(state).complete(build_id, state.complete_body or {})
+    template_id = state.result.get(TEMPLATE_ID_KEY) or MISSING_ID
+    services.status(state, f"Image '{state.plan.name}' registered ({template_id})")
+    return SUCCEEDED
+
+
+def _parse_metadata(raw: bytes) -> dict[str, Any]:
+    try:
+        metadata = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResponseError(f"rootfs builder metadata is not valid JSON: {error}") from error
+    if not isinstance(metadata, dict):
+        raise ResponseError("rootfs builder metadata is not a JSON object")
+    return metadata

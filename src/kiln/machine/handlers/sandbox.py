@@ -1,0 +1,103 @@
+"""create_sandbox, wait_running, proxy_ready: get a builder sandbox whose proxy answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kiln.errors import BuildError
+from kiln.machine._outcome import SUCCEEDED, Outcome
+from kiln.machine._services import Services
+from kiln.machine._state import BuildState
+from kiln.machine.handlers._remote import run_checked
+from kiln.machine.protocol import (
+    REMOTE_BUILD_DIR,
+    REMOTE_CONTEXT_DIR,
+    SANDBOX_TIMEOUT_SECS,
+)
+from kiln.plan.sizing import MIB, builder_resources, format_bytes, rootfs_disk_bytes
+
+RUNNING = "running"
+TERMINATED = "terminated"
+# Sandboxes usually start within a second: poll quickly at first, then back off so a slow
+# start costs few requests. The phase deadline in states/build.toml bounds the whole wait.
+POLL_FIRST_S = 0.05
+POLL_FACTOR = 2.0
+POLL_MAX_S = 1.0
+ROOT = "root"
+# Both directories world-writable in one root command: later steps (PUT, tar) act as the
+# sandbox user, whose fsuid cannot write into a root-owned 0755 directory.
+OPEN_DIR_MODE = "0777"
+
+
+async def create_sandbox(state: BuildState, services: Services) -> Outcome:
+    """Re-entry: reuses state.sandbox_id when the create already answered; else creates one."""
+    if state.sandbox_id is not None:
+        return SUCCEEDED
+    info = state.need_prepared()
+    rootfs = rootfs_disk_bytes(
+        disk_mb=state.options.disk_mb,
+        has_parent=info.has_parent,
+        parent_rootfs_disk_bytes=info.parent_rootfs_disk_bytes,
+    )
+    resources = builder_resources(
+        rootfs_disk_bytes=rootfs,
+        prepared_cpus=info.builder.cpus,
+        prepared_memory_mb=info.builder.memory_mb,
+        prepared_disk_mb=info.builder.disk_mb,
+        cpus=state.options.cpus,
+        memory_mb=state.options.memory_mb,
+        builder_disk_mb=state.options.builder_disk_mb,
+    )
+    state.rootfs_disk_bytes = rootfs
+    services.status(
+        state,
+        f"Builder resources: {resources.cpus:.2f} CPU, {format_bytes(resources.memory_mb * MIB)}, "
+        f"{format_bytes(resources.disk_mb * MIB)} disk",
+    )
+    services.status(state, f"Target rootfs size: {format_bytes(rootfs)}")
+    services.status(state, f"Creating rootfs builder sandbox from {info.builder.image}...")
+    created = await services.lifecycle(state).create_sandbox(
+        image=info.builder.image,
+        cpus=resources.cpus,
+        memory_mb=resources.memory_mb,
+        disk_mb=resources.disk_mb,
+        timeout_secs=SANDBOX_TIMEOUT_SECS,
+    )
+    state.sandbox_id = created.sandbox_id
+    state.sandbox_status = created.status
+    state.sandbox_url = _present(created.sandbox_url)
+    state.routing_hint = _present(created.routing_hint)
+    return SUCCEEDED
+
+
+async def wait_running(state: BuildState, services: Services) -> Outcome:
+    """Re-entry: polls again, unless the last answer already said running with a proxy URL."""
+    sandbox_id = state.need_sandbox_id()
+    delay = POLL_FIRST_S
+    while not (state.sandbox_status == RUNNING and state.sandbox_url):
+        info = await services.lifecycle(state).get_sandbox(sandbox_id)
+        state.sandbox_status = info.status
+        state.sandbox_url = _present(info.sandbox_url) or state.sandbox_url
+        state.routing_hint = state.routing_hint or _present(info.routing_hint)
+        if info.status == TERMINATED:
+            raise BuildError(f"Sandbox {sandbox_id} terminated before reaching 'running'")
+        if info.status == RUNNING:
+            break
+        await asyncio.sleep(delay)
+        delay = min(POLL_MAX_S, delay * POLL_FACTOR)
+    services.status(state, f"Rootfs builder sandbox {sandbox_id} is running")
+    return SUCCEEDED
+
+
+async def proxy_ready(state: BuildState, services: Services) -> Outcome:
+    """Re-entry: runs the same idempotent root mkdir again."""
+    args = ["-p", "-m", OPEN_DIR_MODE, REMOTE_BUILD_DIR, REMOTE_CONTEXT_DIR]
+    await run_checked(services.proxy(state), "mkdir", args, user=ROOT)
+    state.proxy_ready = True
+    return SUCCEEDED
+
+
+def _present(value: str | None) -> str | None:
+    """Trimmed, with empty meaning absent (reference §1)."""
+    stripped = (value or "").strip()
+    return stripped or None

@@ -1,0 +1,143 @@
+"""upload: stream the context archive into the sandbox and extract it, then write spec.json."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from kiln.api import ChunkedUploadRefused, ProxyClient
+from kiln.machine._outcome import SUCCEEDED, Outcome
+from kiln.machine._services import Services
+from kiln.machine._state import BuildState
+from kiln.machine.handlers._remote import run_checked
+from kiln.machine.protocol import (
+    REMOTE_ARCHIVE_PATH,
+    REMOTE_CONTEXT_DIR,
+    REMOTE_SPEC_PATH,
+    build_spec,
+    load_docker_config_json,
+    spec_json_bytes,
+)
+from kiln.plan.context import ContextArchive
+from kiln.plan.sizing import format_bytes
+
+FULL_PERCENT = 100
+# Reading a spooled archive back for a Content-Length upload: large enough to keep the socket
+# busy, small enough to bound memory.
+SPOOL_READ_CHUNK = 1 << 20
+
+
+async def upload(state: BuildState, services: Services) -> Outcome:
+    """Re-entry: skips the context once state.context_digest records its extraction; rewrites spec.json."""
+    proxy = services.proxy(state)
+    if not state.plan.is_import and state.context_digest is None:
+        await _upload_context(state, services, proxy)
+    prepared = state.prepared or {}
+    spec = build_spec(
+        prepared,
+        dockerfile=state.plan.dockerfile_text,
+        base_image=state.plan.base_image,
+        import_reference=state.plan.import_image_reference,
+        rootfs_disk_bytes=state.rootfs_disk_bytes or 0,
+        # Read at the last moment and never stored: registry credentials are secrets.
+        docker_config_json=load_docker_config_json(),
+        docker_compat=state.options.docker_compat,
+    )
+    await proxy.put_file(REMOTE_SPEC_PATH, spec_json_bytes(spec))
+    return SUCCEEDED
+
+
+async def _upload_context(state: BuildState, services: Services, proxy: ProxyClient) -> None:
+    context_dir = state.plan.context_dir or "."
+    services.status(state, "Uploading build context...")
+    services.status(state, f"Creating build context archive from {context_dir}...")
+    archive = _archive(state, services)
+    if state.chunked_upload_refused:
+        await _put_spooled(proxy, archive)
+    else:
+        try:
+            # The archive is produced while it is sent: no local copy, overlap of CPU and network.
+            await proxy.put_file(REMOTE_ARCHIVE_PATH, archive.achunks())
+        except ChunkedUploadRefused:
+            services.warning(
+                state, "The server refused a streamed upload; sending the archive with a length"
+            )
+            state.chunked_upload_refused = True
+            archive = _archive(state, services)
+            await _put_spooled(proxy, archive)
+    services.status(
+        state,
+        f"Build context: {archive.files} files, {format_bytes(archive.uncompressed_bytes)} "
+        f"uncompressed, {format_bytes(archive.compressed_bytes)} compressed",
+    )
+    services.status(state, "Untarring build context archive in builder sandbox...")
+    result = await run_checked(
+        proxy, "tar", ["-xzf", REMOTE_ARCHIVE_PATH, "-C", REMOTE_CONTEXT_DIR]
+    )
+    for line in result.stdout:
+        services.build_log(state, line, "stdout")
+    for line in result.stderr:
+        services.build_log(state, line, "stderr")
+    state.context_digest = archive.digest
+    await proxy.delete_file(REMOTE_ARCHIVE_PATH)
+    services.status(state, "Build context extracted; removed remote archive")
+
+
+def _archive(state: BuildState, services: Services) -> ContextArchive:
+    loop = asyncio.get_running_loop()
+
+    def from_thread(message: str, emit: Callable[[BuildState, str], None]) -> None:
+        # The archive is produced in a worker thread; events are delivered on the loop.
+        loop.call_soon_threadsafe(emit, state, message)
+
+    progress = _ArchiveProgress(lambda text: from_thread(text, services.status))
+    return ContextArchive(
+        state.plan.context_dir or ".",
+        dockerfile=state.plan.dockerfile_path,
+        on_progress=progress,
+        on_warning=lambda text: from_thread(text, services.warning),
+    )
+
+
+class _ArchiveProgress:
+    """Reports at 0 and 100 % and whenever the whole percent rises (reference §4)."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self._report = report
+        self._last: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = FULL_PERCENT if total <= 0 else min(FULL_PERCENT, done * FULL_PERCENT // total)
+        if self._last is not None and percent <= self._last:
+            return
+        self._last = percent
+        self._report(
+            f"Creating build context archive: {percent}% "
+            f"({format_bytes(done)} / {format_bytes(total)})"
+        )
+
+
+async def _put_spooled(proxy: ProxyClient, archive: ContextArchive) -> None:
+    """Spool the archive to a temporary file, then PUT it with a Content-Length."""
+    with tempfile.TemporaryDirectory(prefix="kiln-context-") as tmp:
+        path = Path(tmp) / "context.tar.gz"
+        await asyncio.to_thread(_write_chunks, archive, path)
+        await proxy.put_file(REMOTE_ARCHIVE_PATH, _read_chunks(path), length=path.stat().st_size)
+
+
+def _write_chunks(archive: ContextArchive, path: Path) -> None:
+    with path.open("wb") as out:
+        for chunk in archive.chunks():
+            out.write(chunk)
+
+
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    try:
+        while chunk := await asyncio.to_thread(os.read, fd, SPOOL_READ_CHUNK):
+            yield chunk
+    finally:
+        os.close(fd)
