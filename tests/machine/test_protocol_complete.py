@@ -241,3 +241,10 @@ def test_parse_metadata_reads_a_json_object() -> None:
 def test_parse_metadata_rejects_what_is_not_a_json_object(data: bytes) -> None:
     with pytest.raises(ResponseError, match="rootfs builder metadata is not"):
         parse_metadata(data)
+
+
+def test_a_reported_empty_string_is_kept_rather_than_replaced() -> None:
+    # only absence falls back to prepare; what the builder reported is passed on for the
+    # platform to judge
+    body = complete_body(durable(snapshot_id=""), prepared=prepared("base"), signed_uri=None)
+    assert body["snapshotId"] == ""

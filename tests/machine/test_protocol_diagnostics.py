@@ -102,8 +102,9 @@ def test_a_stderr_build_log_line_about_disk_leads_to_disk_advice() -> None:
 
 def test_advice_thresholds() -> None:
     # §7 item 11
+    assert DISK_ADVICE_THRESHOLD_PERCENT == 95
     assert advice(oom=False, disk_percent=94, disk_error=False) == []
-    both = advice(oom=True, disk_percent=DISK_ADVICE_THRESHOLD_PERCENT, disk_error=False)
+    both = advice(oom=True, disk_percent=95, disk_error=False)
     assert len(both) == 2
     assert "ran out of memory" in both[0] and "--memory-mb" in both[0]
     assert "ran out of disk space" in both[1] and "--builder-disk-mb" in both[1]

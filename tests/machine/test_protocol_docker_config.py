@@ -143,3 +143,8 @@ def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").mkdir()
     with pytest.raises(ConfigError, match="Failed to load Docker config"):
         load_docker_config_json(tmp_path / "config.json")
+
+
+def test_non_string_identitytoken_is_dropped(tmp_path: Path) -> None:
+    path = write(tmp_path, {"auths": {"r.example": {"identitytoken": 12345}}})
+    assert load_docker_config_json(path) is None

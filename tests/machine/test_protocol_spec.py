@@ -1,4 +1,4 @@
-"""Signing requests, splices and spec.json (reference §3.3, §5.4, §5.5; §7 items 34–36, 47–50)."""
+"""Signing requests, splices, spec.json (reference §3.3, §5.4, §5.5; §7 items 34–36, 47–50)."""
 
 from __future__ import annotations
 

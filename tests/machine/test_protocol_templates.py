@@ -146,3 +146,8 @@ def test_prepare_body_without_a_parent_is_a_base_with_a_null_parent() -> None:
     assert "parentTemplate" in body
     assert body["additionalLocalImages"] == []
     assert body["public"] is True
+
+
+def test_non_string_required_field_counts_as_missing() -> None:
+    with pytest.raises(ResponseError, match="without an id"):
+        template_payload(REFERENCE, template(id=17))

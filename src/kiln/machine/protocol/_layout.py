@@ -1,4 +1,4 @@
-"""Where things live inside the builder sandbox, how long it lives, and how processes start there."""
+"""Where things live in the builder sandbox, how long it lives, and how its processes start."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from kiln.errors import ResponseError
 from kiln.machine.protocol._layout import REMOTE_CONTEXT_DIR
 
 MIB = 1024 * 1024
-# Part size kiln asks the dataplane to sign for the snapshot upload: large enough that even a
-# 600 GiB rootfs stays under the part cap, small enough to retry a failed part cheaply.
+# Part size asked of the dataplane for the snapshot upload, as the official client asks it: with
+# the part cap below it covers a rootfs of up to 625 GiB, while a failed part stays cheap to retry.
 MULTIPART_PART_SIZE = 64 * MIB
 # S3 caps a multipart upload at 10,000 parts, and the dataplane's sign endpoint enforces the
 # same ceiling; asking for more would be refused.
@@ -28,7 +28,7 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 
 def _as_object(raw: object, what: str) -> dict[str, Any]:
-    """A deep copy of `raw` as a dict, so that splicing never mutates the caller's (persisted) data."""
+    """A deep copy of `raw` as a dict: splicing must never mutate the caller's (persisted) data."""
     if not isinstance(raw, Mapping):
         raise ResponseError(f"{what} is not a JSON object", hint=_MALFORMED_HINT)
     return copy.deepcopy(dict(raw))
