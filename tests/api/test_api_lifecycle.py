@@ -1,0 +1,106 @@
+"""The lifecycle client against a mock transport (§3.2)."""
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from kiln.api import ApiSettings, LifecycleClient, create_http_client
+from kiln.errors import ResponseError, ServerError
+
+TOKEN = "tl-secret-token-3b2a"
+
+
+class Server:
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if isinstance(self.body, str):
+            return httpx.Response(self.status, text=self.body)
+        return httpx.Response(self.status, json=self.body)
+
+    def client(self, api_url: str = "http://127.0.0.1:8900") -> LifecycleClient:
+        settings = ApiSettings.from_env({}, api_url=api_url, api_key=TOKEN, namespace="ns")
+        return LifecycleClient(
+            settings, create_http_client(settings, transport=httpx.MockTransport(self))
+        )
+
+
+async def test_create_sends_snake_case_body_to_namespaced_route() -> None:
+    server = Server(200, {"sandbox_id": "sbx1", "status": "pending", "sandbox_url": "http://p"})
+    created = await server.client().create_sandbox(
+        image="tensorlake/rootfs-builder", cpus=2.0, memory_mb=4096, disk_mb=30720, timeout_secs=300
+    )
+    request = server.requests[0]
+    assert str(request.url) == "http://127.0.0.1:8900/v1/namespaces/ns/sandboxes"
+    assert json.loads(request.content) == {
+        "image": "tensorlake/rootfs-builder",
+        "resources": {"cpus": 2.0, "memory_mb": 4096, "disk_mb": 30720},
+        "timeout_secs": 300,
+    }
+    assert (created.sandbox_id, created.status, created.sandbox_url) == (
+        "sbx1",
+        "pending",
+        "http://p",
+    )
+    assert created.routing_hint is None
+
+
+async def test_create_uses_sandbox_host_for_saas() -> None:
+    server = Server(200, {"sandbox_id": "sbx1", "status": "pending"})
+    await server.client("https://api.tensorlake.ai").create_sandbox(
+        image="i", cpus=1.0, memory_mb=1, disk_mb=1, timeout_secs=1
+    )
+    assert str(server.requests[0].url) == "https://sandbox.tensorlake.ai/sandboxes"
+
+
+async def test_create_reads_a_504_body_that_names_the_sandbox() -> None:
+    server = Server(504, {"sandbox_id": "sbx2", "status": "pending", "routing_hint": "r1"})
+    created = await server.client().create_sandbox(
+        image="i", cpus=1.0, memory_mb=1, disk_mb=1, timeout_secs=1
+    )
+    assert (created.sandbox_id, created.routing_hint) == ("sbx2", "r1")
+
+
+async def test_create_504_without_a_sandbox_is_a_transient_server_error() -> None:
+    server = Server(504, "gateway timeout")
+    with pytest.raises(ServerError) as info:
+        await server.client().create_sandbox(
+            image="i", cpus=1.0, memory_mb=1, disk_mb=1, timeout_secs=1
+        )
+    assert info.value.status == 504 and info.value.transient
+
+
+async def test_create_missing_status_is_named() -> None:
+    server = Server(200, {"sandbox_id": "sbx1"})
+    with pytest.raises(ResponseError, match="create sandbox response: missing field status"):
+        await server.client().create_sandbox(
+            image="i", cpus=1.0, memory_mb=1, disk_mb=1, timeout_secs=1
+        )
+
+
+async def test_get_reads_sandbox_and_accepts_id_alias() -> None:
+    body = {"id": "sbx1", "namespace": "ns", "status": "running", "routing_hint": "h", "x": 1}
+    server = Server(200, body)
+    info = await server.client().get_sandbox("sbx1")
+    assert str(server.requests[0].url) == "http://127.0.0.1:8900/v1/namespaces/ns/sandboxes/sbx1"
+    assert (info.sandbox_id, info.status, info.routing_hint) == ("sbx1", "running", "h")
+    assert info.raw["x"] == 1
+
+
+async def test_delete_sends_delete() -> None:
+    server = Server(204, "")
+    await server.client().delete_sandbox("sbx1")
+    assert server.requests[0].method == "DELETE"
+    assert server.requests[0].url.path == "/v1/namespaces/ns/sandboxes/sbx1"
+
+
+async def test_delete_failure_names_the_call() -> None:
+    server = Server(500, "")
+    with pytest.raises(ServerError, match="^DELETE /v1/namespaces/ns/sandboxes/sbx1: HTTP 500"):
+        await server.client().delete_sandbox("sbx1")

@@ -1,0 +1,353 @@
+"""The proxy client against a mock transport: routing (§1), processes, SSE, files, signing (§3.3)."""
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from kiln.api import (
+    ApiSettings,
+    ChunkedUploadRefused,
+    ProxyClient,
+    create_http_client,
+    multipart_max_parts,
+    sign_get_blob_request,
+    sign_put_artifact_request,
+)
+from kiln.errors import ResponseError, ServerError, TransportError
+
+TOKEN = "tl-secret-token-c0de"
+SSE = {"content-type": "text/event-stream"}
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def settings(proxy_override: str | None = None) -> ApiSettings:
+    env = {"TENSORLAKE_SANDBOX_PROXY_URL": proxy_override} if proxy_override else {}
+    return ApiSettings.from_env(env, api_url="https://api.tensorlake.ai", api_key=TOKEN)
+
+
+class Server:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.handler(request)
+
+    def proxy(
+        self,
+        sandbox_url: str | None = "https://sbx-1.sandbox.example",
+        routing_hint: str | None = None,
+        override: str | None = None,
+        sandbox_id: str = "sbx-1",
+    ) -> ProxyClient:
+        config = settings(override)
+        return ProxyClient.for_sandbox(
+            config,
+            create_http_client(config, transport=httpx.MockTransport(self)),
+            sandbox_id=sandbox_id,
+            sandbox_url=sandbox_url,
+            routing_hint=routing_hint,
+        )
+
+
+def sse(*events: Any) -> bytes:
+    return b"".join(f"data: {json.dumps(event)}\n\n".encode() for event in events)
+
+
+def answer(status: int = 200, **kwargs: Any) -> Handler:
+    return lambda request: httpx.Response(status, **kwargs)
+
+
+async def first_request(proxy_server: Server, proxy: ProxyClient) -> httpx.Request:
+    await proxy.delete_file("/x")
+    return proxy_server.requests[-1]
+
+
+# --- routing (§1) ---------------------------------------------------------------------------
+
+
+async def test_explicit_localhost_proxy_sets_host_override() -> None:  # §7 item 6
+    server = Server(answer())
+    # The create response's ingress endpoint plays no part: only sandbox_url or the override.
+    proxy = server.proxy(sandbox_url=None, override="http://localhost:9443", sandbox_id="sbx-123")
+    request = await first_request(server, proxy)
+    assert str(request.url).startswith("http://localhost:9443/api/v1/files?")
+    assert request.headers["host"] == "sbx-123.local"
+    assert request.headers["x-tensorlake-sandbox-id"] == "sbx-123"
+
+
+async def test_remote_proxy_keeps_host_without_override() -> None:  # §7 S2
+    server = Server(answer())
+    proxy = server.proxy(sandbox_url="https://sbx-1.sandbox.gcp-use4.tensorlake.ai/some/path")
+    request = await first_request(server, proxy)
+    assert request.url.host == "sbx-1.sandbox.gcp-use4.tensorlake.ai"
+    assert request.url.path == "/api/v1/files"
+    assert request.headers["host"] == "sbx-1.sandbox.gcp-use4.tensorlake.ai"
+    assert request.headers["x-tensorlake-sandbox-id"] == "sbx-1"
+    assert "x-tensorlake-route-hint" not in request.headers
+
+
+async def test_proxy_url_precedence() -> None:  # §7 S1
+    server = Server(answer())
+    chosen = server.proxy(sandbox_url="  https://server.example  ", override="https://env.example")
+    assert (await first_request(server, chosen)).url.host == "server.example"
+    fallback = server.proxy(sandbox_url="   ", override="https://env.example")
+    assert (await first_request(server, fallback)).url.host == "env.example"
+    with pytest.raises(ResponseError, match="did not include sandbox_url") as info:
+        server.proxy(sandbox_url=None, override=None)
+    assert info.value.hint and "TENSORLAKE_SANDBOX_PROXY_URL" in info.value.hint
+
+
+async def test_loopback_proxy_keeps_path_without_trailing_slash() -> None:
+    server = Server(answer())
+    proxy = server.proxy(sandbox_url="http://127.0.0.1:9443/proxy/")
+    request = await first_request(server, proxy)
+    assert request.url.path == "/proxy/api/v1/files"
+    assert request.headers["host"] == "sbx-1.local"
+
+
+async def test_ipv6_proxy_host_is_bracketed_and_route_hint_sent() -> None:
+    server = Server(answer())
+    proxy = server.proxy(sandbox_url="http://[::1]:7000/ignored", routing_hint="cell-4")
+    request = await first_request(server, proxy)
+    assert str(request.url).startswith("http://[::1]:7000/api/v1/files")
+    assert request.headers["x-tensorlake-route-hint"] == "cell-4"
+
+
+def test_invalid_proxy_url_is_a_response_error() -> None:
+    with pytest.raises(ResponseError, match="not an absolute http"):
+        Server(answer()).proxy(sandbox_url="sandbox.example")
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+async def test_run_is_one_request_and_collects_output() -> None:
+    events = sse(
+        {"pid": 12, "started_at": 1.0},
+        {"line": "hello", "timestamp": 1.1},
+        {"line": "warn", "timestamp": 1.2, "stream": "stderr"},
+        {"exit_code": 0},
+    )
+    server = Server(answer(headers=SSE, content=b": heartbeat\n\n" + events))
+    result = await server.proxy().run(
+        "mkdir", ["-p", "/b"], user="root", env={"A": "1"}, working_dir="/b", timeout=5
+    )
+    assert len(server.requests) == 1
+    request = server.requests[0]
+    assert (request.method, request.url.path) == ("POST", "/api/v1/processes/run")
+    assert request.headers["accept"] == "text/event-stream"
+    assert json.loads(request.content) == {
+        "command": "mkdir",
+        "args": ["-p", "/b"],
+        "env": {"A": "1"},
+        "working_dir": "/b",
+        "user": "root",
+        "timeout": 5,
+    }
+    assert (result.pid, result.exit_code, result.signal, result.oom_killed) == (12, 0, None, False)
+    assert (result.stdout, result.stderr) == (["hello"], ["warn"])
+
+
+async def test_run_omits_optional_payload_keys() -> None:
+    server = Server(answer(headers=SSE, content=sse({"signal": 9, "oom_killed": True})))
+    result = await server.proxy().run("true", [])
+    assert json.loads(server.requests[0].content) == {"command": "true", "args": []}
+    assert (result.pid, result.signal, result.oom_killed) == (None, 9, True)
+
+
+async def test_run_stream_ending_without_exit_is_transient() -> None:
+    server = Server(answer(headers=SSE, content=sse({"pid": 1, "started_at": 0})))
+    with pytest.raises(TransportError, match="stream ended before the process exited"):
+        await server.proxy().run("true", [])
+
+
+async def test_run_rejects_a_non_sse_answer() -> None:
+    server = Server(answer(json={"pid": 1}))
+    with pytest.raises(ResponseError, match="expected text/event-stream"):
+        await server.proxy().run("true", [])
+
+
+async def test_run_maps_a_not_running_sandbox_to_transient() -> None:
+    server = Server(answer(400, text="sandbox sbx-1 is not running"))
+    with pytest.raises(ServerError) as info:
+        await server.proxy().run("true", [])
+    assert info.value.transient
+
+
+PROCESS = {"pid": 5, "status": "running", "command": "tl", "args": ["--x"], "started_at": 1.0}
+
+
+async def test_start_list_and_get_processes() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == "/api/v1/processes":
+            return httpx.Response(200, json={"processes": [PROCESS, {**PROCESS, "pid": 6}]})
+        return httpx.Response(200, json=PROCESS)
+
+    server = Server(handler)
+    proxy = server.proxy()
+    started = await proxy.start_process("tl", ["--x"], user="root")
+    assert json.loads(server.requests[0].content) == {
+        "command": "tl",
+        "args": ["--x"],
+        "user": "root",
+    }
+    assert (started.pid, started.args) == (5, ["--x"])
+    assert [info.pid for info in await proxy.list_processes()] == [5, 6]
+    assert (await proxy.get_process(5)).status == "running"
+    assert server.requests[-1].url.path == "/api/v1/processes/5"
+
+
+async def test_list_processes_without_list_is_named() -> None:
+    server = Server(answer(json={}))
+    with pytest.raises(ResponseError, match="missing field processes"):
+        await server.proxy().list_processes()
+
+
+async def test_follow_yields_output_and_skips_noise() -> None:
+    body = (
+        b": keepalive\n\n"
+        + sse({"line": "a", "timestamp": 1})
+        + b"data: garbage\n\n"
+        + sse({"status": "ping"}, {"line": "b", "timestamp": 2, "stream": "stderr"})
+    )
+    server = Server(answer(headers=SSE, content=body))
+    events = [event async for event in server.proxy().follow(5)]
+    assert [(event.line, event.stream) for event in events] == [("a", "stdout"), ("b", "stderr")]
+    assert server.requests[0].url.path == "/api/v1/processes/5/output/follow"
+    assert server.requests[0].headers["accept"] == "text/event-stream"
+
+
+async def test_follow_raises_on_error_status_and_wrong_content_type() -> None:
+    with pytest.raises(ServerError, match="HTTP 502"):
+        [event async for event in Server(answer(502)).proxy().follow(5)]
+    with pytest.raises(ResponseError, match="expected text/event-stream"):
+        [event async for event in Server(answer(text="x")).proxy().follow(5)]
+
+
+async def test_follow_connection_drop_is_transient() -> None:
+    async def dropping() -> AsyncIterator[bytes]:
+        yield sse({"line": "a", "timestamp": 1})
+        raise httpx.ReadError("connection reset")
+
+    server = Server(lambda request: httpx.Response(200, headers=SSE, content=dropping()))
+    seen: list[str] = []
+    with pytest.raises(TransportError, match="ReadError") as info:
+        async for event in server.proxy().follow(5):
+            seen.append(event.line)
+    assert seen == ["a"]
+    assert info.value.transient
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+async def parts(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_put_bytes_sends_content_length_and_path_query() -> None:
+    server = Server(answer(201))
+    await server.proxy().put_file("/var/lib/b/spec.json", b"{}")
+    request = server.requests[0]
+    assert request.method == "PUT"
+    assert request.url.params["path"] == "/var/lib/b/spec.json"
+    assert request.headers["content-length"] == "2"
+    assert "transfer-encoding" not in request.headers
+    assert request.content == b"{}"
+
+
+async def test_put_stream_is_chunked() -> None:
+    server = Server(answer(200))
+    await server.proxy().put_file("/b/context.tar.gz", parts(b"ab", b"cd"))
+    request = server.requests[0]
+    assert request.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in request.headers
+    assert request.content == b"abcd"
+
+
+async def test_put_stream_with_length_is_not_chunked() -> None:
+    server = Server(answer(200))
+    await server.proxy().put_file("/b/context.tar.gz", parts(b"ab", b"cd"), length=4)
+    request = server.requests[0]
+    assert request.headers["content-length"] == "4"
+    assert "transfer-encoding" not in request.headers
+
+
+@pytest.mark.parametrize(
+    ("status", "body"), [(411, ""), (413, "chunked bodies not supported"), (400, "Length required")]
+)
+async def test_refused_chunked_upload_is_signalled(status: int, body: str) -> None:
+    server = Server(answer(status, text=body))
+    with pytest.raises(ChunkedUploadRefused) as info:
+        await server.proxy().put_file("/b/a", parts(b"x"))
+    assert info.value.status == status
+    assert not info.value.transient
+
+
+async def test_other_upload_failures_are_not_chunk_refusals() -> None:
+    with pytest.raises(ServerError):
+        await Server(answer(413, text="too large")).proxy().put_file("/b/a", parts(b"x"))
+    with pytest.raises(ServerError):
+        await Server(answer(411)).proxy().put_file("/b/a", b"x")
+
+
+async def test_get_and_delete_file() -> None:
+    server = Server(answer(200, content=b'{"snapshot_id": "s"}'))
+    proxy = server.proxy()
+    assert await proxy.get_file("/b/metadata.json") == b'{"snapshot_id": "s"}'
+    await proxy.delete_file("/b/context.tar.gz")
+    assert [(r.method, r.url.params["path"]) for r in server.requests] == [
+        ("GET", "/b/metadata.json"),
+        ("DELETE", "/b/context.tar.gz"),
+    ]
+
+
+async def test_missing_file_names_the_call() -> None:
+    with pytest.raises(ServerError, match=r"^GET /api/v1/files\?path=%2Fnope: HTTP 404"):
+        await Server(answer(404)).proxy().get_file("/nope")
+
+
+# --- health and signing ---------------------------------------------------------------------
+
+
+async def test_health() -> None:
+    assert await Server(answer(json={"healthy": True})).proxy().health() is True
+    assert await Server(answer(json={"healthy": False})).proxy().health() is False
+
+
+def test_sign_requests_match_the_contract() -> None:  # §7 S3
+    ten_gib = 10 * 1024**3
+    assert sign_put_artifact_request("snaps/a.tlsnap", max_parts=multipart_max_parts(ten_gib)) == {
+        "target": {"kind": "artifact", "rel_path": "snaps/a.tlsnap"},
+        "op": {
+            "kind": "put_artifact",
+            "multipart_hint": {"max_parts": 160, "part_size_bytes": 67108864},
+        },
+    }
+    assert sign_get_blob_request("gs://b/p") == {
+        "target": {"kind": "blob", "uri": "gs://b/p"},
+        "op": {"kind": "get_blob"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("size", "parts_expected"),
+    [(0, 1), (1, 1), (64 * 1024**2, 1), (64 * 1024**2 + 1, 2), (10**15, 10_000)],
+)
+def test_multipart_max_parts_is_clamped(size: int, parts_expected: int) -> None:
+    assert multipart_max_parts(size) == parts_expected
+
+
+async def test_sign_blob_posts_request_and_returns_opaque_json() -> None:
+    signed = {"kind": "s3_multipart", "uri": "s3://b/final", "partUrls": ["u1"]}
+    server = Server(answer(json=signed))
+    request_body = sign_get_blob_request("s3://b/p")
+    assert await server.proxy().sign_blob(request_body) == signed
+    assert server.requests[0].url.path == "/api/v1/blob/sign"
+    assert json.loads(server.requests[0].content) == request_body
