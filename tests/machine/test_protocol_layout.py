@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kiln.api import process_payload
 from kiln.errors import ResponseError
 from kiln.machine.protocol import (
     BUILDER_PATH_ENV,
@@ -17,12 +18,11 @@ from kiln.machine.protocol import (
     REMOTE_CONTEXT_DIR,
     REMOTE_METADATA_PATH,
     REMOTE_SPEC_PATH,
+    ROOT_USER,
     SANDBOX_TIMEOUT_SECS,
     builder_argv,
     builder_env,
     builder_executable,
-    builder_start_payload,
-    start_payload,
 )
 
 B = "/var/lib/tensorlake/rootfs-builder/build"
@@ -95,34 +95,22 @@ def test_builder_argv_round_trips_a_quoted_command(words: list[str]) -> None:
     assert argv[-4:] == ["--spec", REMOTE_SPEC_PATH, "--metadata-out", REMOTE_METADATA_PATH]
 
 
-def test_root_payload_names_the_user_and_keeps_the_command() -> None:
-    # §7 item 52
-    payload = start_payload("tl-rootfs-build", ["--spec", "/tmp/spec.json"], as_root=True)
+def test_builder_payload_runs_as_root_in_the_build_dir() -> None:
+    # §7 item 52, composed with kiln.api's payload builder the way the builder handler uses it
+    executable, *args = builder_argv("tl-rootfs-build")
+    payload = process_payload(
+        executable, args, user=ROOT_USER, env=builder_env(), working_dir=REMOTE_BUILD_DIR
+    )
     assert payload == {
-        "command": "tl-rootfs-build",
-        "args": ["--spec", "/tmp/spec.json"],
-        "user": "root",
-    }
-
-
-def test_non_root_payload_has_no_user_key() -> None:
-    # §7 item 53: a root-made directory would be unwritable to the file API
-    payload = start_payload("mkdir", ["-p", "/var/lib/tensorlake/rootfs-builder"])
-    assert payload == {"command": "mkdir", "args": ["-p", "/var/lib/tensorlake/rootfs-builder"]}
-
-
-def test_payload_always_carries_args_and_optional_keys_only_when_set() -> None:
-    assert start_payload("/bin/true", []) == {"command": "/bin/true", "args": []}
-    payload = start_payload("/bin/sh", ["-lc", "dmesg"], as_root=True, timeout_s=5)
-    assert payload["timeout"] == 5
-    assert "env" not in payload and "working_dir" not in payload
-
-
-def test_builder_start_payload_matches_the_official_client() -> None:
-    assert builder_start_payload("tl-rootfs-build") == {
         "command": "/usr/local/bin/tl-rootfs-build",
         "args": ["--spec", f"{B}/spec.json", "--metadata-out", f"{B}/metadata.json"],
         "env": {"PATH": BUILDER_PATH_ENV},
         "working_dir": B,
         "user": "root",
     }
+
+
+def test_non_root_payload_has_no_user_key() -> None:
+    # §7 item 53: a root-made directory would be unwritable to the file API
+    payload = process_payload("mkdir", ["-p", "/var/lib/tensorlake/rootfs-builder"])
+    assert payload == {"command": "mkdir", "args": ["-p", "/var/lib/tensorlake/rootfs-builder"]}

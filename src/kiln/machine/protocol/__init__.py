@@ -43,8 +43,6 @@ from kiln.machine.protocol._layout import (
     builder_argv,
     builder_env,
     builder_executable,
-    builder_start_payload,
-    start_payload,
 )
 from kiln.machine.protocol._spec import (
     MULTIPART_MAX_PARTS,
@@ -99,7 +97,6 @@ __all__ = [
     "builder_argv",
     "builder_env",
     "builder_executable",
-    "builder_start_payload",
     "command_failed_message",
     "complete_body",
     "default_docker_config_path",
@@ -118,6 +115,5 @@ __all__ = [
     "spec_json_bytes",
     "splice_downloads",
     "splice_signed_upload",
-    "start_payload",
     "template_payload",
 ]

@@ -1,10 +1,8 @@
-"""Where things live in the builder sandbox, how long it lives, and how its processes start."""
+"""Where things live in the builder sandbox, how long it lives, and how the builder is invoked."""
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 from kiln.errors import ResponseError
 
@@ -86,37 +84,3 @@ def builder_executable(executable: str) -> str:
 def builder_env() -> dict[str, str]:
     """The environment the builder runs with."""
     return {"PATH": BUILDER_PATH_ENV}
-
-
-def start_payload(
-    command: str,
-    args: Sequence[str],
-    *,
-    as_root: bool = False,
-    env: Mapping[str, str] | None = None,
-    working_dir: str | None = None,
-    timeout_s: int | None = None,
-) -> dict[str, Any]:
-    """The body of `POST /api/v1/processes` (and `/processes/run`).
-
-    `user` is sent only for root steps; otherwise the daemon's default (the sandbox user) applies,
-    which keeps the directories the step creates writable by the file API.
-    """
-    payload: dict[str, Any] = {"command": command, "args": list(args)}
-    if env is not None:
-        payload["env"] = dict(env)
-    if working_dir is not None:
-        payload["working_dir"] = working_dir
-    if as_root:
-        payload["user"] = ROOT_USER
-    if timeout_s is not None:
-        payload["timeout"] = timeout_s
-    return payload
-
-
-def builder_start_payload(command: str) -> dict[str, Any]:
-    """The start payload of the rootfs builder: as root, in the build dir, with its PATH."""
-    executable, *args = builder_argv(command)
-    return start_payload(
-        executable, args, as_root=True, env=builder_env(), working_dir=REMOTE_BUILD_DIR
-    )
