@@ -102,5 +102,5 @@ async def test_delete_sends_delete() -> None:
 
 async def test_delete_failure_names_the_call() -> None:
     server = Server(500, "")
-    with pytest.raises(ServerError, match="^DELETE /v1/namespaces/ns/sandboxes/sbx1: HTTP 500"):
+    with pytest.raises(ServerError, match=r"^DELETE /v1/namespaces/ns/sandboxes/sbx1: HTTP 500"):
         await server.client().delete_sandbox("sbx1")

@@ -163,7 +163,7 @@ async def test_prepare_missing_field_names_it() -> None:
     body = {**PREPARED, "builder": {**PREPARED["builder"]}}
     del body["builder"]["cpus"]
     server = Recorder(json_answer(200, body))
-    with pytest.raises(ResponseError, match="^prepare response: missing field builder.cpus$"):
+    with pytest.raises(ResponseError, match=r"^prepare response: missing field builder\.cpus$"):
         await server.client(api_key_settings()).prepare({})
 
 
