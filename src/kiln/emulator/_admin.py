@@ -1,0 +1,142 @@
+"""The emulator's own surface under ``/_emulator/`` (never part of the Tensorlake API).
+
+Builder behaviour, introspection for tests (sandboxes, processes, templates), reset, and the blob
+store's HTTP face that signed URLs point at. Fault rules and the request log are served by the
+network middleware in front of the app.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from kiln.emulator._blobs import key_from_uri
+from kiln.emulator._config import BuilderBehaviour
+from kiln.emulator._errors import bad_request
+from kiln.emulator._http import state_of
+from kiln.emulator._validate import json_object, optional
+
+ADMIN = "/_emulator"
+_BEHAVIOUR_FIELDS: dict[str, type] = {
+    "exit_code": int,
+    "oom_kill": bool,
+    "enospc": bool,
+    "duration_ms": int,
+    "log_lines": int,
+    "line_pace_ms": int,
+}
+
+
+async def set_builder(request: Request) -> JSONResponse:
+    """Replace the builder's behaviour; fields not given take the configured defaults."""
+    state = state_of(request)
+    body = await json_object(request)
+    unknown = sorted(set(body) - set(_BEHAVIOUR_FIELDS))
+    if unknown:
+        raise bad_request(f"unknown builder fields {unknown}; known: {sorted(_BEHAVIOUR_FIELDS)}")
+    defaults = state.config.builder
+    values = {
+        name: optional(body, name, kind, getattr(defaults, name))
+        for name, kind in _BEHAVIOUR_FIELDS.items()
+    }
+    try:
+        state.behaviour = BuilderBehaviour(**values)
+    except ValueError as problem:
+        raise bad_request(str(problem), code="INVALID_FIELD") from None
+    return JSONResponse(attrs.asdict(state.behaviour))
+
+
+async def get_builder(request: Request) -> JSONResponse:
+    return JSONResponse(attrs.asdict(state_of(request).behaviour))
+
+
+async def list_sandboxes(request: Request) -> JSONResponse:
+    """Every sandbox ever created since the last reset, with its status: the leak check."""
+    state = state_of(request)
+    state.reap()
+    now = time.monotonic()
+    sandboxes = [
+        {
+            "sandbox_id": s.id,
+            "namespace": s.namespace,
+            "status": s.status(now),
+            "image": s.image,
+            "created_at": s.created_at,
+            "termination_reason": s.terminated_reason,
+        }
+        for s in state.sandboxes.values()
+    ]
+    return JSONResponse({"sandboxes": sandboxes})
+
+
+async def list_processes(request: Request) -> JSONResponse:
+    """Every process started, per sandbox, with argv and the user it ran as."""
+    state = state_of(request)
+    processes: list[dict[str, Any]] = [
+        {"sandbox_id": s.id, "user": p.user, **p.info()}
+        for s in state.sandboxes.values()
+        for p in s.processes.values()
+    ]
+    return JSONResponse({"processes": processes})
+
+
+async def list_templates(request: Request) -> JSONResponse:
+    return JSONResponse({"templates": state_of(request).templates.all()})
+
+
+async def reset(request: Request) -> JSONResponse:
+    state_of(request).reset()
+    return JSONResponse({"reset": True})
+
+
+def _part_number(request: Request) -> int | None:
+    raw = request.query_params.get("partNumber")
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise bad_request(f"partNumber must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+async def put_blob(request: Request) -> JSONResponse:
+    """The signed upload target: a whole object, or one part of a multipart upload."""
+    state = state_of(request)
+    key = request.path_params["key"]
+    data = await request.body()
+    part = _part_number(request)
+    if part is None:
+        state.blobs.write(key, data)
+    else:
+        upload_id = request.query_params.get("uploadId") or "default"
+        state.blobs.write_part(key, upload_id, part, data)
+    return JSONResponse({"key": key, "size": len(data)})
+
+
+async def get_blob(request: Request) -> Response:
+    return Response(state_of(request).blobs.read(request.path_params["key"]))
+
+
+async def get_blob_by_uri(request: Request) -> Response:
+    uri = request.query_params.get("uri")
+    if not uri:
+        raise bad_request("missing query parameter 'uri' (s3://kiln-emulator/<key>)")
+    return Response(state_of(request).blobs.read(key_from_uri(uri)))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route(ADMIN + "/builder", set_builder, methods=["POST"]),
+        Route(ADMIN + "/builder", get_builder, methods=["GET"]),
+        Route(ADMIN + "/sandboxes", list_sandboxes, methods=["GET"]),
+        Route(ADMIN + "/processes", list_processes, methods=["GET"]),
+        Route(ADMIN + "/templates", list_templates, methods=["GET"]),
+        Route(ADMIN + "/reset", reset, methods=["POST"]),
+        Route(ADMIN + "/blobs", get_blob_by_uri, methods=["GET"]),
+        Route(ADMIN + "/blobs/{key:path}", put_blob, methods=["PUT"]),
+        Route(ADMIN + "/blobs/{key:path}", get_blob, methods=["GET"]),
+    ]

@@ -1,0 +1,71 @@
+"""The emulator as one ASGI app: Tensorlake's three APIs plus ``/_emulator/``, behind the network
+middleware (faults, request log, latency, bandwidth)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.types import ASGIApp
+
+from kiln.emulator import _admin, _lifecycle, _platform, _proxy
+from kiln.emulator._config import EmulatorConfig
+from kiln.emulator._errors import EXCEPTION_HANDLERS
+from kiln.emulator._state import EmulatorState
+from kiln.emulator.middleware import wrap_app
+
+# Expiry is also checked on every access; the sweep only makes idle sandboxes end on time even when
+# nobody is looking, so the leak check sees them terminated.
+REAP_INTERVAL_S = 0.1
+_TEMP_PREFIX = "kiln-emulator-"
+
+
+async def _reap_forever(state: EmulatorState) -> None:
+    while True:
+        state.reap()
+        await asyncio.sleep(REAP_INTERVAL_S)
+
+
+def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
+    """The wrapped app and the state behind it (the server needs both)."""
+    owns_data_dir = config.data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX)) if owns_data_dir else config.data_dir
+    assert data_dir is not None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = EmulatorState(config, data_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(_reap_forever(state))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            state.terminate_all("emulator stopped")
+            if owns_data_dir:
+                shutil.rmtree(data_dir, ignore_errors=True)
+
+    app = Starlette(
+        routes=[*_platform.routes(), *_lifecycle.routes(), *_proxy.routes(), *_admin.routes()],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.emulator = state
+    wrapped = wrap_app(
+        app,
+        faults=state.faults,
+        log=state.requests,
+        latency_ms=config.latency_ms,
+        bandwidth_mbps=config.bandwidth_mbps,
+    )
+    return wrapped, state
+
+
+def create_app(config: EmulatorConfig) -> ASGIApp:
+    """The emulator as an ASGI app, for uvicorn or ``httpx.ASGITransport``."""
+    return build_app(config)[0]

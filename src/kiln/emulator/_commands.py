@@ -1,0 +1,233 @@
+"""The built-in command table of a virtual sandbox.
+
+Nothing here starts a host process: each command the build protocol uses is reimplemented against
+the sandbox's virtual filesystem, and anything else exits 127 like an unknown program would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tarfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path, PurePosixPath
+
+import attrs
+
+from kiln.emulator._builder import run_builder
+from kiln.emulator._context import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    REMOTE_BUILD_DIR,
+    CommandContext,
+)
+from kiln.emulator._process import Exit, exited
+from kiln.emulator._sandbox import Sandbox
+from kiln.emulator._vfs import FsError, normalize
+
+EXIT_NOT_FOUND = 127
+_DF_PATHS = (REMOTE_BUILD_DIR, "/var/lib/docker", "/")
+_DF_HEADER = "Filesystem     1024-blocks      Used Available Capacity Mounted on"
+_KIB = 1024
+_PERCENT = 100
+# A program may be named bare or by its usual absolute location.
+_BIN_DIRS = ("/bin/", "/usr/bin/", "/usr/local/bin/", "/sbin/", "/usr/sbin/")
+
+
+Handler = Callable[[CommandContext, list[str]], Awaitable[Exit]]
+
+
+class _Usage(Exception):
+    """Bad arguments to a built-in; the message is what a real tool would print."""
+
+
+def program_name(command: str) -> str:
+    for directory in _BIN_DIRS:
+        if command.startswith(directory):
+            return command.removeprefix(directory)
+    return command
+
+
+async def run_command(ctx: CommandContext, command: str, args: list[str]) -> Exit:
+    name = program_name(command)
+    handler = _TABLE.get(name)
+    if handler is None:
+        ctx.err(f"{command}: command not found")
+        return exited(EXIT_NOT_FOUND)
+    try:
+        return await handler(ctx, args)
+    except _Usage as problem:
+        ctx.err(f"{name}: {problem}")
+        return exited(EXIT_USAGE)
+    except FsError as problem:
+        ctx.err(f"{name}: {problem.message}")
+        return exited(EXIT_FAILURE)
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise _Usage(f"invalid mode '{text}' (the emulator accepts octal modes only)") from None
+
+
+async def _true(_ctx: CommandContext, _args: list[str]) -> Exit:
+    return exited(EXIT_OK)
+
+
+async def _mkdir(ctx: CommandContext, args: list[str]) -> Exit:
+    parents, mode, paths = False, None, []
+    words = iter(args)
+    for word in words:
+        if word in ("-p", "--parents"):
+            parents = True
+        elif word == "-m":
+            mode = _octal_mode(next(words, ""))
+        elif word.startswith("-m"):
+            mode = _octal_mode(word.removeprefix("-m").lstrip("="))
+        elif word.startswith("-"):
+            raise _Usage(f"invalid option -- '{word}'")
+        else:
+            paths.append(word)
+    if not paths:
+        raise _Usage("missing operand")
+    for path in paths:
+        if mode is None:
+            ctx.sandbox.fs.mkdir(ctx.path(path), ctx.user, parents=parents)
+        else:
+            ctx.sandbox.fs.mkdir(ctx.path(path), ctx.user, parents=parents, mode=mode)
+    return exited(EXIT_OK)
+
+
+async def _chmod(ctx: CommandContext, args: list[str]) -> Exit:
+    if len(args) < 2 or args[0].startswith("-"):
+        raise _Usage("usage: chmod OCTAL-MODE PATH...")
+    mode = _octal_mode(args[0])
+    for path in args[1:]:
+        ctx.sandbox.fs.chmod(ctx.path(path), mode, ctx.user)
+    return exited(EXIT_OK)
+
+
+async def _rm(ctx: CommandContext, args: list[str]) -> Exit:
+    flags = "".join(a[1:] for a in args if a.startswith("-"))
+    if set(flags) - set("rRf"):
+        raise _Usage(f"invalid option in '{flags}' (supported: -r, -f)")
+    paths = [a for a in args if not a.startswith("-")]
+    recursive, force = bool(set(flags) & set("rR")), "f" in flags
+    for path in paths:
+        try:
+            ctx.sandbox.fs.remove(ctx.path(path), ctx.user, recursive=recursive)
+        except FsError as problem:
+            if not (force and problem.kind == "not_found"):
+                raise
+    return exited(EXIT_OK)
+
+
+@attrs.frozen
+class _TarJob:
+    archive: str
+    destination: str
+
+
+def _parse_tar(ctx: CommandContext, args: list[str]) -> _TarJob:
+    if not args:
+        raise _Usage("usage: tar -x[z]f ARCHIVE -C DIR")
+    flags, rest = args[0].lstrip("-"), args[1:]
+    if "x" not in flags or not flags.endswith("f") or set(flags) - set("xzf"):
+        raise _Usage(f"unsupported flags '{args[0]}' (the emulator extracts only: -x[z]f ARCHIVE)")
+    if not rest:
+        raise _Usage("option requires an argument -- 'f'")
+    archive, rest = rest[0], rest[1:]
+    destination = ctx.cwd
+    if rest[:1] == ["-C"] and len(rest) == 2:
+        destination = rest[1]
+    elif rest:
+        raise _Usage(f"unexpected arguments {rest!r} (expected: -C DIR)")
+    return _TarJob(ctx.path(archive), ctx.path(destination))
+
+
+def _extract(ctx: CommandContext, host_archive: Path, destination: str) -> list[str]:
+    """Unpack regular files and directories; returns the complaints (empty when all went well).
+
+    Like GNU tar, a leading '/' is stripped and a member containing '..' is skipped, so an archive
+    can never write outside the destination.
+    """
+    fs, problems = ctx.sandbox.fs, []
+    with tarfile.open(host_archive, "r:*") as archive:
+        for member in archive:
+            name = member.name.lstrip("/")
+            if name != member.name:
+                problems.append(f"tar: Removing leading '/' from member name {member.name!r}")
+            if ".." in PurePosixPath(name).parts:
+                problems.append(f"tar: {member.name}: Member name contains '..'; skipped")
+                continue
+            if name in ("", "."):
+                continue
+            target = normalize(f"{destination}/{name}")
+            try:
+                if member.isdir():
+                    fs.mkdir(target, ctx.user, parents=True)
+                elif member.isreg():
+                    fs.mkdir(str(PurePosixPath(target).parent), ctx.user, parents=True)
+                    source = archive.extractfile(member)
+                    assert source is not None  # a regular member always has data
+                    fs.copy_in(target, source, ctx.user, member.mode & 0o777)
+                else:
+                    problems.append(f"tar: {member.name}: not a regular file or directory; skipped")
+            except FsError as problem:
+                problems.append(f"tar: {problem.message}")
+    return problems
+
+
+async def _tar(ctx: CommandContext, args: list[str]) -> Exit:
+    job = _parse_tar(ctx, args)
+    host_archive = ctx.sandbox.fs.readable_host_path(job.archive, ctx.user)
+    if not ctx.sandbox.fs.is_dir(job.destination):
+        raise FsError("not_found", f"{job.destination}: Cannot open: No such file or directory")
+    try:
+        problems = await asyncio.to_thread(_extract, ctx, host_archive, job.destination)
+    except tarfile.TarError as bad:
+        ctx.err(f"tar: {job.archive}: This does not look like a tar archive ({bad})")
+        return exited(EXIT_USAGE)
+    for line in problems:
+        ctx.err(line)
+    return exited(EXIT_USAGE if problems else EXIT_OK)
+
+
+def df_lines(sandbox: Sandbox) -> list[str]:
+    """`df -P` for each diagnostic path that exists; a full disk (ENOSPC fault) shows 100%."""
+    total_kib = sandbox.disk_mb * _KIB
+    used_kib = total_kib if sandbox.disk_full else -(-sandbox.fs.usage_bytes() // _KIB)
+    percent = -(-used_kib * _PERCENT // total_kib) if total_kib else _PERCENT
+    row = f"/dev/vda1 {total_kib:>14} {used_kib:>9} {total_kib - used_kib:>9} {percent:>7}% /"
+    lines = []
+    for path in _DF_PATHS:
+        if sandbox.fs.is_dir(path):
+            lines += [_DF_HEADER, row]
+    return lines
+
+
+async def _sh(ctx: CommandContext, args: list[str]) -> Exit:
+    """Only the client's two failure-diagnostic scripts are understood; they read emulator state."""
+    script = args[1] if len(args) == 2 and args[0] in ("-c", "-lc") else ""
+    if "dmesg" in script:
+        lines = list(ctx.sandbox.dmesg)
+    elif "df -P" in script:
+        lines = df_lines(ctx.sandbox)
+    else:
+        ctx.err("sh: the emulator runs only its diagnostic scripts (dmesg, df): command not found")
+        return exited(EXIT_NOT_FOUND)
+    for line in lines:
+        ctx.process.emit(line)
+    return exited(EXIT_OK)
+
+
+_TABLE: dict[str, Handler] = {
+    "true": _true,
+    "mkdir": _mkdir,
+    "chmod": _chmod,
+    "rm": _rm,
+    "tar": _tar,
+    "sh": _sh,
+    "tl-rootfs-build": run_builder,
+}

@@ -1,0 +1,152 @@
+"""Running the emulator: uvicorn on a loopback socket, in a thread with its own event loop.
+
+The thread keeps the emulator's CPU work (tar extraction, snapshot packing) off the caller's loop
+and lets synchronous callers (the official client, the CLI) use it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import uvicorn
+
+from kiln.emulator._app import build_app
+from kiln.emulator._config import EmulatorConfig
+from kiln.emulator._state import EmulatorState
+
+START_TIMEOUT_S = 30.0
+# Open streams are ended before shutdown (every process is killed first), so this is a backstop
+# for a client that holds a connection open, not a normal wait.
+GRACEFUL_SHUTDOWN_S = 5.0
+STOP_TIMEOUT_S = GRACEFUL_SHUTDOWN_S + 5.0
+_BACKLOG = 128
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with a thread-safe signal for "the socket is being served"."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(_BACKLOG)
+    return sock
+
+
+class Emulator:
+    """A running emulator: ``with Emulator(config) as emu:`` or ``async with``; ``emu.url``."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self._sock: socket.socket | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state: EmulatorState | None = None
+        self._failure: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        if self._sock is None:
+            raise RuntimeError("the emulator is not running; start it first")
+        host, port = self._sock.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+
+    @property
+    def data_dir(self) -> Path:
+        if self._state is None:
+            raise RuntimeError("the emulator is not running; start it first")
+        return self._state.data_dir
+
+    def start(self) -> Emulator:
+        if self._thread is not None:
+            raise RuntimeError("this emulator is already running")
+        app, self._state = build_app(self.config)
+        self._sock = _listen(self.config.host, self.config.port)
+        self._server = _Server(
+            uvicorn.Config(
+                app,
+                lifespan="on",
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+            )
+        )
+        self._thread = threading.Thread(target=self._run, name="kiln-emulator", daemon=True)
+        self._thread.start()
+        if not self._server.ready.wait(START_TIMEOUT_S) or self._failure is not None:
+            self.stop()
+            raise RuntimeError(f"the emulator did not start: {self._failure!r}")
+        return self
+
+    def _run(self) -> None:
+        assert self._server is not None and self._sock is not None
+        try:
+            asyncio.run(self._serve(self._server, self._sock))
+        except BaseException as failure:  # reported to the thread that called start()
+            self._failure = failure
+        finally:
+            self._server.ready.set()
+
+    async def _serve(self, server: _Server, sock: socket.socket) -> None:
+        self._loop = asyncio.get_running_loop()
+        await server.serve(sockets=[sock])
+
+    def stop(self) -> None:
+        """End every process (so open streams close), then shut uvicorn down and join its thread."""
+        if self._thread is None:
+            return
+        if self._loop is not None and self._state is not None and not self._loop.is_closed():
+            # The loop may close between the check and the call; then there is nothing to end.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._state.terminate_all, "emulator stopped")
+        assert self._server is not None
+        self._server.should_exit = True
+        self._thread.join(STOP_TIMEOUT_S)
+        if self._sock is not None:
+            self._sock.close()
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Emulator:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+def start_emulator(config: EmulatorConfig | None = None) -> Emulator:
+    """Start an emulator; the caller stops it with ``.stop()``."""
+    return Emulator(config).start()
