@@ -59,13 +59,22 @@ MIGRATION_LOCK_KEY = 0x6B696C6E  # "kiln"
 # Give up connecting after this long: a worker with no database should say so, not hang.
 CONNECT_TIMEOUT_S = 10
 
-# How many candidate rows one claim locks and inspects. Free rows sort first, so the batch only
-# matters when the head of the queue is owned by live processes on this host whose pids must be
-# checked; a small batch keeps the rows locked (and skipped by other workers) few.
+# How many leased rows owned from this host one claim locks to check their owners' pids; few, so
+# that other workers skip few rows while we look.
 CLAIM_BATCH = 16
 
 # Rows whose owner cannot be holding them any more, whatever host it was on.
 _FREE = "(owner_host IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+_NOT_MINE = "(owner_host, owner_pid, owner_worker) IS DISTINCT FROM (%(host)s, %(pid)s, %(worker)s)"
+_CLAIM_FREE = (
+    f"SELECT {RECORD_COLUMNS} FROM builds WHERE NOT final AND {_FREE} AND {_NOT_MINE}"
+    " ORDER BY created_at, ordinal LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+_CLAIM_LOCAL = (
+    f"SELECT {RECORD_COLUMNS} FROM builds WHERE NOT final AND NOT {_FREE}"
+    f" AND owner_host = %(host)s AND {_NOT_MINE}"
+    " ORDER BY created_at, ordinal LIMIT %(batch)s FOR UPDATE SKIP LOCKED"
+)
 
 
 class PostgresStore:
@@ -253,16 +262,23 @@ class PostgresStore:
 
     async def claim_next(self, owner: Owner, *, lease_s: float) -> BuildRecord | None:
         check_lease(lease_s)
+        now = self._clock()
+        params = {
+            "now": now,
+            "host": owner.host,
+            "pid": owner.pid,
+            "worker": owner.worker_id,
+            "batch": CLAIM_BATCH,
+        }
         async with self._transaction() as conn:
-            now = self._clock()
-            cursor = await conn.execute(
-                f"SELECT {RECORD_COLUMNS} FROM builds"
-                f" WHERE NOT final AND ({_FREE} OR owner_host = %(host)s)"
-                f" ORDER BY {_FREE} DESC, created_at, ordinal"
-                " LIMIT %(batch)s FOR UPDATE SKIP LOCKED",
-                {"now": now, "host": owner.host, "batch": CLAIM_BATCH},
-            )
-            for row in await cursor.fetchall():
+            # Free rows first, one at a time, so that racing workers each lock a different row.
+            cursor = await conn.execute(_CLAIM_FREE, params)
+            candidates = await cursor.fetchall()
+            if not candidates:
+                # Only the pid of an owner on this host can show it dead before its lease ends.
+                cursor = await conn.execute(_CLAIM_LOCAL, params)
+                candidates = await cursor.fetchall()
+            for row in candidates:
                 record = _record(row)
                 if claimable(record, owner, now):
                     return await _take(conn, record, owner, now + lease_s)
