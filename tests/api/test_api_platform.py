@@ -12,7 +12,7 @@ from kiln.errors import AuthenticationError, AuthorizationError, ResponseError, 
 
 TOKEN = "tl-secret-token-9e4d"
 API = "https://api.tensorlake.ai"
-PREPARED = {
+PREPARED: dict[str, Any] = {
     "buildId": "build-1",
     "snapshotId": "snapshot-prepared",
     "snapshotUri": "s3://bucket/prepared.tlsnap",
@@ -130,7 +130,7 @@ async def test_template_lookup_other_status_is_fatal() -> None:
 
 async def test_prepare_sends_body_and_keeps_raw() -> None:
     server = Recorder(json_answer(201, PREPARED))
-    body = {"name": "hello", "parentTemplate": None, "additionalLocalImages": []}
+    body: dict[str, Any] = {"name": "hello", "parentTemplate": None, "additionalLocalImages": []}
     prepared = await server.client(api_key_settings()).prepare(body)
     request = server.requests[0]
     assert request.method == "POST"
