@@ -71,10 +71,13 @@ class Sandbox:
         self.fs.destroy()
 
     def describe(self, sandbox_url: str) -> dict[str, Any]:
-        """The lifecycle API's view, with every field the official client requires."""
+        """The lifecycle API's view, with every field the official client requires.
+
+        ``id`` is deliberately absent: the official client reads it as an alias of ``sandbox_id``
+        and refuses a body carrying both ("duplicate field `sandbox_id`").
+        """
         return {
             "sandbox_id": self.id,
-            "id": self.id,
             "namespace": self.namespace,
             "status": self.status(time.monotonic()),
             "image": self.image,
