@@ -30,7 +30,7 @@ import stat
 import tarfile
 import threading
 import zlib
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -244,7 +244,7 @@ class ContextArchive:
             digest=f"sha256:{tar_hash.hexdigest()}",
         )
 
-    async def achunks(self) -> AsyncIterator[bytes]:
+    async def achunks(self) -> AsyncGenerator[bytes, None]:
         """``chunks()`` produced in a worker thread, so reading and compressing overlap I/O.
 
         At most a few chunks wait in between. When the consumer stops early (break, cancel,
