@@ -1,5 +1,15 @@
 """kiln: build Tensorlake sandbox images through an explicit, persisted state machine."""
 
+from kiln._build import (
+    Build,
+    build_image,
+    build_image_sync,
+    import_image,
+    import_image_sync,
+    resume_build,
+    start_build,
+    start_import,
+)
 from kiln._version import __version__
 from kiln.errors import (
     ApiError,
@@ -10,14 +20,36 @@ from kiln.errors import (
     UsageError,
     WithDiagnostics,
 )
+from kiln.machine import (
+    BuildLogEvent,
+    BuildState,
+    Event,
+    StatusEvent,
+    TransitionEvent,
+    WarningEvent,
+)
 
 __all__ = [
     "ApiError",
+    "Build",
     "BuildError",
     "BuildFailed",
+    "BuildLogEvent",
+    "BuildState",
+    "Event",
     "KilnError",
     "PlanError",
+    "StatusEvent",
+    "TransitionEvent",
     "UsageError",
+    "WarningEvent",
     "WithDiagnostics",
     "__version__",
+    "build_image",
+    "build_image_sync",
+    "import_image",
+    "import_image_sync",
+    "resume_build",
+    "start_build",
+    "start_import",
 ]
