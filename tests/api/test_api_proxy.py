@@ -1,5 +1,6 @@
 """The proxy client against a mock transport: routing (§1), processes, SSE, files, signing (§3.3)."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +22,9 @@ from kiln.errors import ResponseError, ServerError, TransportError
 TOKEN = "tl-secret-token-c0de"
 SSE = {"content-type": "text/event-stream"}
 Handler = Callable[[httpx.Request], httpx.Response]
+# Far more than socket buffers hold, so the server hangs up mid-body.
+EARLY_REFUSAL_CHUNKS = 512
+EARLY_REFUSAL_CHUNK_BYTES = 64 * 1024
 
 
 def settings(proxy_override: str | None = None) -> ApiSettings:
@@ -351,3 +355,38 @@ async def test_sign_blob_posts_request_and_returns_opaque_json() -> None:
     assert await server.proxy().sign_blob(request_body) == signed
     assert server.requests[0].url.path == "/api/v1/blob/sign"
     assert json.loads(server.requests[0].content) == request_body
+
+
+async def test_early_411_over_a_real_socket_is_signalled() -> None:
+    # A real HTTP/1.1 server (nginx without chunked support, say) answers 411 as soon as it has
+    # the headers, then drains the body it refused ("lingering close") before hanging up; the
+    # refusal must surface as ChunkedUploadRefused, not as a broken connection.
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        while await reader.read(EARLY_REFUSAL_CHUNK_BYTES):
+            pass
+        writer.close()
+
+    async def large_archive() -> AsyncIterator[bytes]:
+        for _ in range(EARLY_REFUSAL_CHUNKS):
+            yield bytes(EARLY_REFUSAL_CHUNK_BYTES)
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = settings()
+    try:
+        async with create_http_client(config) as http:
+            proxy = ProxyClient.for_sandbox(
+                config,
+                http,
+                sandbox_id="sbx-1",
+                sandbox_url=f"http://127.0.0.1:{port}",
+                routing_hint=None,
+            )
+            with pytest.raises(ChunkedUploadRefused):
+                await proxy.put_file("/b/context.tar.gz", large_archive())
+    finally:
+        server.close()
+        await server.wait_closed()
