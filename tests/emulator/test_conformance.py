@@ -1,0 +1,363 @@
+"""Conformance: the official Tensorlake client (its Rust core) completes builds against the emulator.
+
+The client is the peer that keeps the emulator honest: it is not kiln code, so a wire mistake
+cannot hide by being made the same way on both sides. Every call uses the legacy protocol
+(``cas=False``) in namespace ``default``. Expected behaviour comes from the wire contract
+(``shared/reference/tensorlake-build-api.md``); section numbers below refer to it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import tensorlake._cloud_sdk as sdk
+
+from kiln.emulator import Emulator, EmulatorConfig
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO = REPO / "examples" / "hello" / "Dockerfile"
+MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
+# Shaped like a real key so that a leak would be easy to spot; the emulator accepts any token.
+TOKEN = "tl_apikey_conformance_0123456789abcdef"
+NAMESPACE = "default"
+ORG, PROJECT = "org-conformance", "proj-conformance"
+
+PROCESSES = "/api/v1/processes"
+FOLLOW = r"^/api/v1/processes/\d+/output/follow$"
+# The hello build runs eight processes (§9): /bin/true, mkdir, chmod, mkdir, mkdir context, tar,
+# mkdir, and the builder last; so the builder's follow is the one after the first seven.
+FOLLOWS_BEFORE_BUILDER = 7
+# Counted from this emulator's log for examples/hello: §9 lists the same sequence, and counting its
+# lines gives 34 (its prose says 33; the list, not the prose, is what the client does).
+HELLO_REQUESTS = 34
+# §3.5: how often a failed start lists the processes before it starts again.
+RECOVERY_LISTINGS = 10
+# The builder stand-in paces its log lines so that it is still running when its stream is cut.
+SLOW_BUILDER = {"line_pace_ms": 150}
+
+
+@attrs.frozen
+class Run:
+    """One call of the official client: its result or its error, and every event it emitted."""
+
+    result: dict[str, Any] | None
+    error: Exception | None
+    events: list[dict[str, Any]]
+
+    def text(self) -> str:
+        return "\n".join(e["message"] for e in self.events)
+
+    def ok(self) -> dict[str, Any]:
+        assert self.error is None, f"build failed: {self.error!r}\n{self.text()}"
+        assert self.result is not None
+        return self.result
+
+    def failure(self) -> str:
+        assert self.error is not None, f"expected a failure, got {self.result!r}"
+        return str(self.error)
+
+
+class Peer:
+    """The official client pointed at one emulator, plus that emulator's introspection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url)
+
+    def _call(self, function: Callable[..., Any], *args: Any, **options: Any) -> Run:
+        events: list[dict[str, Any]] = []
+        options = {"cas": False, "namespace": NAMESPACE, "emit": events.append, **options}
+        try:
+            result = function(self.url, TOKEN, *args, **options)
+        except sdk.CloudSandboxClientError as error:
+            return Run(None, error, events)
+        # The binding hands the registered template back as JSON text.
+        return Run(json.loads(result), None, events)
+
+    def build(self, dockerfile: Path, **options: Any) -> Run:
+        return self._call(sdk.build_sandbox_image, str(dockerfile), **options)
+
+    def import_image(self, reference: str, **options: Any) -> Run:
+        return self._call(sdk.import_sandbox_image, reference, **options)
+
+    def get(self, path: str, **params: str) -> Any:
+        response = self.http.get(path, params=params)
+        assert response.is_success, response.text
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = self.http.post(path, json=body)
+        assert response.is_success, response.text
+        return response.json()
+
+    def requests(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self.get("/_emulator/requests")
+        return entries
+
+    def calls(self) -> list[str]:
+        return [f"{e['method']} {e['path']}" for e in self.requests()]
+
+    def template(self, name: str) -> dict[str, Any]:
+        templates = self.get("/_emulator/templates")["templates"]
+        found = [t for t in templates if t["name"] == name]
+        assert len(found) == 1, f"template {name!r} not in {templates!r}"
+        template: dict[str, Any] = found[0]
+        return template
+
+    def live_sandboxes(self) -> list[dict[str, Any]]:
+        sandboxes: list[dict[str, Any]] = self.get("/_emulator/sandboxes")["sandboxes"]
+        return [s for s in sandboxes if s["status"] != "terminated"]
+
+    def assert_clean(self) -> None:
+        """What must hold after every run: nothing left running, no token in the log."""
+        assert self.live_sandboxes() == []
+        assert TOKEN not in self.http.get("/_emulator/requests").text
+
+
+@pytest.fixture
+def conformance_emulator() -> Iterator[Callable[..., Peer]]:
+    """Start an emulator with the given config options; everything started is stopped after."""
+    running: list[tuple[Emulator, Peer]] = []
+
+    def start(**config: Any) -> Peer:
+        emulator = Emulator(EmulatorConfig(**config))
+        emulator.__enter__()
+        peer = Peer(emulator.url)
+        running.append((emulator, peer))
+        return peer
+
+    yield start
+    for emulator, peer in reversed(running):
+        peer.http.close()
+        emulator.__exit__(None, None, None)
+
+
+@pytest.fixture
+def conformance_peer(conformance_emulator: Callable[..., Peer]) -> Peer:
+    return conformance_emulator()
+
+
+def snapshot_members(peer: Peer, template: dict[str, Any]) -> set[str]:
+    blob = peer.http.get("/_emulator/blobs", params={"uri": template["snapshotUri"]})
+    assert blob.is_success, blob.text
+    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as archive:
+        return {m.name for m in archive.getmembers() if m.isfile()}
+
+
+# -- builds that must complete -----------------------------------------------------------------
+
+
+def test_plain_dockerfile_builds_and_registers(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    run = peer.build(HELLO)
+    result = run.ok()
+    assert result["name"] == "hello"
+    assert f"Legacy image 'hello' registered ({result['id']})" in run.text()
+    assert peer.template("hello")["id"] == result["id"]
+    peer.assert_clean()
+
+
+def test_snapshot_holds_exactly_what_dockerignore_allows(conformance_peer: Peer) -> None:
+    conformance_peer.build(HELLO).ok()
+    members = snapshot_members(conformance_peer, conformance_peer.template("hello"))
+    context = {m.removeprefix("context/") for m in members if m.startswith("context/")}
+    # .dockerignore drops *.log and notes/; the .dockerignore file itself is still sent (§4).
+    assert context == {".dockerignore", "Dockerfile", "hello.py", "requirements.txt"}
+
+
+def test_hello_takes_a_fixed_number_of_requests(conformance_peer: Peer) -> None:
+    conformance_peer.build(HELLO).ok()
+    calls = conformance_peer.calls()
+    assert len(calls) == HELLO_REQUESTS, "\n".join(calls)
+    assert calls[:4] == [
+        "GET /platform/v1/sandbox-templates/by-name/python:3.12-slim",
+        "POST /platform/v1/sandbox-template-builds",
+        f"POST /v1/namespaces/{NAMESPACE}/sandboxes",
+        calls[3],
+    ]
+    assert calls[-1].startswith(f"DELETE /v1/namespaces/{NAMESPACE}/sandboxes/")
+
+
+def test_proxy_requests_name_their_sandbox(conformance_peer: Peer) -> None:
+    conformance_peer.build(HELLO).ok()
+    proxied = [e for e in conformance_peer.requests() if e["path"].startswith("/api/v1/")]
+    assert proxied
+    assert {e["sandbox"] for e in proxied} == {proxied[0]["sandbox"]}
+    assert proxied[0]["sandbox"] is not None
+
+
+def test_multistage_looks_up_its_side_images(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    run = peer.build(MULTISTAGE)
+    assert run.ok()["name"] == "multistage"
+    lookups = [c for c in peer.calls() if "/sandbox-templates/by-name/" in c]
+    # The final FROM holds `${PY_VERSION}`: unresolvable, so it is not looked up (§3.1); the
+    # demoted build stage image and the COPY --from image are.
+    assert lookups == [
+        "GET /platform/v1/sandbox-templates/by-name/golang:1.22",
+        "GET /platform/v1/sandbox-templates/by-name/busybox:1.36",
+    ]
+    assert "EXPOSE" in run.text()
+    peer.assert_clean()
+
+
+def test_registry_import_uploads_no_context(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    run = peer.import_image("python:3.12-slim")
+    assert run.ok()["name"] == "python"
+    assert not [c for c in peer.calls() if "by-name" in c], "an import looks nothing up (§3.1)"
+    assert not [e for e in peer.requests() if "context.tar.gz" in str(e["query"])]
+    assert snapshot_members(peer, peer.template("python")) == {"spec.json"}
+    peer.assert_clean()
+
+
+def test_child_of_a_registered_image_is_a_diff(conformance_peer: Peer, tmp_path: Path) -> None:
+    peer = conformance_peer
+    parent = peer.build(HELLO).ok()
+    child = tmp_path / "child" / "Dockerfile"
+    child.parent.mkdir()
+    child.write_text("FROM hello\nRUN echo child\n")
+    run = peer.build(child)
+    run.ok()
+    assert "Build mode: RootfsDiff" in run.text()
+    lookup = [e for e in peer.requests() if e["path"].endswith("/by-name/hello")]
+    assert [e["status"] for e in lookup] == [200]
+    template = peer.template("child")
+    assert template["rootfsNodeKind"] == "diff"
+    assert template["id"] != parent["id"]
+    peer.assert_clean()
+
+
+def test_signed_path(conformance_emulator: Callable[..., Peer]) -> None:
+    peer = conformance_emulator(sign_mode="new")
+    peer.build(HELLO).ok()
+    assert "POST /api/v1/blob/sign" in peer.calls()
+    assert snapshot_members(peer, peer.template("hello"))
+    peer.assert_clean()
+
+
+def test_pat_mode_uses_scoped_routes(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    peer.build(HELLO, use_scope_headers=True, organization_id=ORG, project_id=PROJECT).ok()
+    platform = [c for c in peer.calls() if " /platform/" in c]
+    prefix = f"/platform/v1/organizations/{ORG}/projects/{PROJECT}/"
+    assert platform
+    assert all(c.split(" ", 1)[1].startswith(prefix) for c in platform), platform
+    peer.assert_clean()
+
+
+# -- faults: the client must behave as the contract predicts ------------------------------------
+
+
+@pytest.mark.slow
+def test_502_on_proxy_startup_is_retried(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    peer.post(
+        "/_emulator/faults",
+        {
+            "match": {"method": "POST", "path": f"^{PROCESSES}$"},
+            "action": {"status": 502},
+            "times": 1,
+        },
+    )
+    peer.build(HELLO).ok()
+    # §3.5: a failed start looks for an already started /bin/true (there is none: the request never
+    # reached the sandbox), gives up after ten listings a second apart, then starts it again. The
+    # readiness probe emits nothing, so the log is the only witness.
+    entries = peer.requests()
+    starts = [e["status"] for e in entries if e["method"] == "POST" and e["path"] == PROCESSES]
+    assert starts[:2] == [502, 200]
+    assert [e["path"] for e in entries].count(PROCESSES) == len(starts) + RECOVERY_LISTINGS
+    peer.assert_clean()
+
+
+@pytest.mark.slow
+def test_cut_builder_stream_reattaches(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    peer.post("/_emulator/builder", SLOW_BUILDER)
+    peer.post(
+        "/_emulator/faults",
+        {
+            "match": {"method": "GET", "path": FOLLOW},
+            "action": {"cut_stream_after": 2},
+            "after": FOLLOWS_BEFORE_BUILDER,
+            "times": 1,
+        },
+    )
+    run = peer.build(HELLO)
+    run.ok()
+    assert "reattaching" in run.text()
+    # The replayed lines are dropped by the client, so each builder line is emitted exactly once.
+    logs = [e["message"] for e in run.events if e["type"] == "build_log"]
+    assert len(logs) == len(set(logs))
+    peer.assert_clean()
+
+
+def test_builder_oom_kill_fails_with_memory_advice(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    peer.post("/_emulator/builder", {"oom_kill": True})
+    message = peer.build(HELLO).failure()
+    assert "OOM killer" in message
+    assert "ran out of memory" in message
+    assert "builder sandbox:" in message
+    peer.assert_clean()
+
+
+def test_builder_enospc_fails_with_disk_advice(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    peer.post("/_emulator/builder", {"enospc": True})
+    message = peer.build(HELLO).failure()
+    assert "ran out of disk space" in message
+    assert "builder_disk_mb" in message
+    assert "ran out of memory" not in message
+    peer.assert_clean()
+
+
+@pytest.mark.slow
+def test_reset_on_builder_stream_reattaches(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    peer.post("/_emulator/builder", SLOW_BUILDER)
+    peer.post(
+        "/_emulator/faults",
+        {
+            "match": {"method": "GET", "path": FOLLOW},
+            "action": {"reset": True},
+            "after": FOLLOWS_BEFORE_BUILDER,
+            "times": 1,
+        },
+    )
+    run = peer.build(HELLO)
+    run.ok()
+    # §3.5 step 5: a follow error while the process runs counts one attempt and reattaches.
+    assert "Process stream interrupted; reattaching to process" in run.text()
+    peer.assert_clean()
+
+
+def test_reset_on_sandbox_poll_is_fatal_but_cleans_up(conformance_peer: Peer) -> None:
+    peer = conformance_peer
+    peer.post(
+        "/_emulator/faults",
+        {"match": {"method": "GET", "path": r"/sandboxes/[^/]+$"}, "action": {"reset": True}},
+    )
+    message = peer.build(HELLO).failure()
+    # §3.4: the SDK wraps a dropped connection as a middleware error, which is never transient,
+    # so the status poll does not retry it; the sandbox exists by then, so it is still deleted.
+    assert "builder sandbox:" in message
+    assert peer.calls()[-1].startswith("DELETE /v1/namespaces/")
+    peer.assert_clean()
+
+
+def test_token_never_reaches_the_request_log(conformance_peer: Peer) -> None:
+    conformance_peer.build(HELLO).ok()
+    conformance_peer.import_image("python:3.12-slim").ok()
+    log = conformance_peer.http.get("/_emulator/requests").text
+    assert len(conformance_peer.requests()) > HELLO_REQUESTS
+    assert TOKEN not in log
