@@ -258,7 +258,11 @@ class ProxyClient:
         return structure(data, ProcessInfo, "get process response")
 
     async def follow(self, pid: int) -> AsyncIterator[OutputEvent]:
-        """The process's output from its first line (every follow replays), until it exits."""
+        """The process's output from its first line (every follow replays), until it exits.
+
+        A caller that may stop early should wrap it in `contextlib.aclosing` so the stream is
+        closed at once rather than when the generator is collected.
+        """
         request = self._request(
             "GET",
             f"{PROCESSES}/{pid}/output/follow",
