@@ -7,6 +7,7 @@ The forms follow SQLAlchemy's, which users already write: ``sqlite:///relative.d
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _DEFAULT_FILE = Path("kiln") / "builds.db"
 _REDACTED = "***"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 @attrs.frozen
@@ -58,13 +60,24 @@ def parse_store_url(url: str) -> StoreLocation:
         return StoreLocation(kind="memory")
     if url.startswith(_SQLITE_PREFIX) and len(url) > len(_SQLITE_PREFIX):
         return StoreLocation(kind="sqlite", path=Path(url[len(_SQLITE_PREFIX) :]))
-    scheme = url.partition("://")[0]
-    if scheme in _POSTGRES_SCHEMES and "://" in url:
+    scheme, separator, _ = url.partition("://")
+    if separator and scheme in _POSTGRES_SCHEMES:
         return StoreLocation(kind="postgres", url=url)
     raise UsageError(
-        f"unsupported store URL {redact_url(url)!r}",
+        f"unsupported store URL ({_describe(url)})",
         hint=f"use one of: {', '.join(ACCEPTED_FORMS)} (--store or ${STORE_ENV})",
     )
+
+
+def _describe(url: str) -> str:
+    # Only the scheme is quoted back: the rest of a URL we cannot parse may hold a password, and
+    # without knowing its form we cannot tell where.
+    scheme = url.partition(":")[0]
+    if scheme == "sqlite":
+        return "a sqlite URL needs three slashes and then the path"
+    if url and _SCHEME.fullmatch(scheme):
+        return f"scheme {scheme!r}"
+    return "no scheme"
 
 
 def redact_url(url: str) -> str:

@@ -1,0 +1,108 @@
+"""What only the SQLite store has to get right: the file, WAL, migrations, several processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import ConfigError
+from kiln.store import SQLiteStore, StoreUnavailable
+from kiln.store._migrations import LATEST_VERSION, MIGRATIONS
+
+# Another kiln process writing to the same file.
+_OTHER_PROCESS = """
+import asyncio, sys
+from kiln.store import open_store
+async def main():
+    store = open_store(sys.argv[1])
+    record = await store.get("mine")
+    await store.save("mine", expected_version=record.version, state="from-child", data={"by": "child"},
+                     sandbox_id=None, final=False)
+    await store.create(id="theirs", name="child", state="prepare", data={})
+    await store.close()
+asyncio.run(main())
+"""
+
+
+def _tables(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "b.db")
+    await store.create(id="b-1", name="n", state="s", data={})
+    await store.close()
+    assert _tables(tmp_path / "b.db", "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_opening_twice_migrates_once_and_keeps_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    first = SQLiteStore(path)
+    await first.create(id="b-1", name="n", state="s", data={"k": "v"})
+    await first.close()
+    second = SQLiteStore(path)
+    assert (await second.get("b-1")).data == {"k": "v"}  # type: ignore[union-attr]
+    await second.close()
+    applied = _tables(path, "SELECT version FROM schema_migrations ORDER BY version")
+    assert applied == [(m.version,) for m in MIGRATIONS]
+
+
+async def test_a_database_from_a_newer_kiln_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    store = SQLiteStore(path)
+    await store.list()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", (LATEST_VERSION + 1,)
+        )
+    later = SQLiteStore(path)
+    with pytest.raises(ConfigError, match="newer than this kiln"):
+        await later.list()
+    await later.close()
+
+
+async def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    one, two = SQLiteStore(path), SQLiteStore(path)
+    await one.create(id="b-1", name="n", state="prepare", data={})
+    version = await two.save(
+        "b-1", expected_version=1, state="upload", data={}, sandbox_id=None, final=False
+    )
+    assert (await one.get("b-1")).version == version  # type: ignore[union-attr]
+    await one.close()
+    await two.close()
+
+
+async def test_another_process_sees_and_makes_writes(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    store = SQLiteStore(path)
+    await store.create(id="mine", name="n", state="prepare", data={})
+    subprocess.run([sys.executable, "-c", _OTHER_PROCESS, f"sqlite:///{path}"], check=True)
+    mine = await store.get("mine")
+    assert (mine.state, mine.data, mine.version) == ("from-child", {"by": "child"}, 2)  # type: ignore[union-attr]
+    assert (await store.get("theirs")) is not None
+    await store.close()
+
+
+async def test_an_unusable_location_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    store = SQLiteStore(blocker / "builds.db")
+    with pytest.raises(StoreUnavailable, match="a-file"):
+        await store.list()
+    await store.close()
+
+
+async def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    path.write_bytes(b"this is not a database" * 100)
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        await store.list()
+    await store.close()
