@@ -1,0 +1,166 @@
+"""Helpers for the machine's tests: an in-process emulator, its admin API, a driver runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+
+from kiln.emulator import Emulator, EmulatorConfig
+from kiln.machine import (
+    Backoff,
+    BuildOptions,
+    BuildState,
+    Driver,
+    Event,
+    MachineSpec,
+    Secrets,
+    Services,
+    load_machine_spec,
+)
+from kiln.plan import BuildPlan, plan_dockerfile, plan_import
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO = REPO / "examples" / "hello" / "Dockerfile"
+MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
+TOKEN = "test-token-not-a-secret"
+# Retries in tests wait milliseconds, not seconds: the budget is what is under test.
+FAST_BACKOFF = Backoff(initial_s=0.01, factor=2.0, max_s=0.05)
+
+
+def fast_spec(**state_changes: dict[str, Any]) -> MachineSpec:
+    """The declared machine with a quick backoff and optional per-state overrides."""
+    spec = load_machine_spec()
+    states = dict(spec.states)
+    for name, changes in state_changes.items():
+        states[name] = attrs.evolve(states[name], **changes)
+    return attrs.evolve(spec, backoff=FAST_BACKOFF, states=states)
+
+
+class Admin:
+    """The emulator's /_emulator/ API, for setting faults and checking what happened."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._http = httpx.AsyncClient(base_url=url)
+
+    async def requests(self) -> list[dict[str, Any]]:
+        return (await self._http.get("/_emulator/requests")).json()  # type: ignore[no-any-return]
+
+    async def sandboxes(self) -> list[dict[str, Any]]:
+        return (await self._http.get("/_emulator/sandboxes")).json()["sandboxes"]  # type: ignore[no-any-return]
+
+    async def live_sandboxes(self) -> list[dict[str, Any]]:
+        return [s for s in await self.sandboxes() if s["status"] != "terminated"]
+
+    async def processes(self) -> list[dict[str, Any]]:
+        return (await self._http.get("/_emulator/processes")).json()["processes"]  # type: ignore[no-any-return]
+
+    async def templates(self) -> list[dict[str, Any]]:
+        return (await self._http.get("/_emulator/templates")).json()["templates"]  # type: ignore[no-any-return]
+
+    async def fault(
+        self, method: str, path: str, action: dict[str, Any], *, times: int = 1, after: int = 0
+    ) -> None:
+        rule = {"match": {"method": method, "path": path}, "action": action}
+        response = await self._http.post(
+            "/_emulator/faults", json={**rule, "times": times, "after": after}
+        )
+        assert response.status_code == 201, response.text
+
+    async def builder(self, **behaviour: Any) -> None:
+        response = await self._http.post("/_emulator/builder", json=behaviour)
+        assert response.status_code == 200, response.text
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(data_dir: Path, **config: Any) -> AsyncIterator[Admin]:
+    """An emulator and its admin client; on exit, checks that no sandbox was left running."""
+    async with Emulator(EmulatorConfig(data_dir=data_dir, **config)) as emulator:
+        admin = Admin(emulator.url)
+        try:
+            yield admin
+            assert await admin.live_sandboxes() == [], "a builder sandbox was left running"
+        finally:
+            await admin.aclose()
+
+
+def hello_plan() -> BuildPlan:
+    return plan_dockerfile(HELLO)
+
+
+def import_plan() -> BuildPlan:
+    return plan_import("python:3.12-slim")
+
+
+@attrs.define
+class Run:
+    """A driver run in the background, with its events."""
+
+    state: BuildState
+    driver: Driver
+    services: Services
+    events: list[Event]
+    task: asyncio.Task[BuildState] | None = None
+
+    async def finish(self) -> BuildState:
+        assert self.task is not None
+        try:
+            return await self.task
+        finally:
+            await self.services.aclose()
+
+    def states_entered(self) -> list[str]:
+        return [e.dest for e in self.events if e.type == "transition"]  # type: ignore[union-attr]
+
+    def messages(self, kind: str) -> list[str]:
+        return [e.message for e in self.events if e.type == kind]  # type: ignore[union-attr]
+
+
+def start_run(
+    admin: Admin,
+    plan: BuildPlan | None = None,
+    *,
+    spec: MachineSpec | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    options: BuildOptions | None = None,
+    persist: Callable[[BuildState], Any] | None = None,
+    state: BuildState | None = None,
+) -> Run:
+    """Start the driver on a new (or given) state against the emulator."""
+    events: list[Event] = []
+    state = state or BuildState(
+        plan=plan or hello_plan(), options=options or BuildOptions(api_url=admin.url)
+    )
+    services = Services(
+        spec=spec or fast_spec(),
+        emit_event=events.append,
+        secrets=Secrets(api_key=TOKEN),
+        transport=transport,
+    )
+    kwargs = {"persist": persist} if persist else {}
+    driver = Driver(services, **kwargs)
+    run = Run(state=state, driver=driver, services=services, events=events)
+    run.task = asyncio.create_task(driver.run(state))
+    return run
+
+
+async def run_to_end(admin: Admin, plan: BuildPlan | None = None, **kwargs: Any) -> Run:
+    run = start_run(admin, plan, **kwargs)
+    await run.finish()
+    return run
+
+
+async def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` on the loop until it holds (no sleeping on a fixed guess)."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.002)

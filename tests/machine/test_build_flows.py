@@ -1,0 +1,137 @@
+"""Whole builds against the in-process emulator: the happy paths and what they cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from machine_support import (
+    MULTISTAGE,
+    Admin,
+    import_plan,
+    run_to_end,
+    running_emulator,
+)
+
+from kiln.machine import BuildState
+from kiln.plan import plan_dockerfile
+
+# The official client makes 33 requests for examples/hello (reference §9); kiln's budget.
+HELLO_REQUEST_BUDGET = 16
+
+HAPPY_PATH = [
+    "prepare",
+    "create_sandbox",
+    "wait_running",
+    "proxy_ready",
+    "sign",
+    "upload",
+    "run_builder",
+    "read_metadata",
+    "complete",
+    "cleanup",
+    "done",
+]
+
+
+async def test_hello_builds_and_registers_its_template(emulator: Admin) -> None:
+    run = await run_to_end(emulator)
+    assert run.state.state == "done"
+    assert run.states_entered() == HAPPY_PATH
+    assert run.state.result is not None
+    templates = await emulator.templates()
+    assert [t["name"] for t in templates] == ["hello"]
+    assert run.state.result["id"] == templates[0]["id"]
+
+
+async def test_hello_costs_at_most_sixteen_requests(emulator: Admin) -> None:
+    await run_to_end(emulator)
+    requests = await emulator.requests()
+    assert len(requests) <= HELLO_REQUEST_BUDGET, [(r["method"], r["path"]) for r in requests]
+    assert all(r["status"] < 400 or r["status"] == 404 for r in requests)
+
+
+async def test_hello_status_lines_follow_the_reference_wording(emulator: Admin) -> None:
+    run = await run_to_end(emulator)
+    statuses = run.messages("status")
+    expected_prefixes = [
+        "Selected image name: hello",
+        "Preparing rootfs build...",
+        "Build mode: RootfsBase",
+        "Builder resources: 2.00 CPU",
+        "Target rootfs size: 10.0 GiB",
+        "Creating rootfs builder sandbox from ",
+        "Rootfs builder sandbox ",
+        "Uploading build context...",
+        "Creating build context archive from ",
+        "Build context: ",
+        "Untarring build context archive in builder sandbox...",
+        "Build context extracted; removed remote archive",
+        "Running offline rootfs builder...",
+        "Completing image registration...",
+        "Image 'hello' registered (tmpl-",
+    ]
+    positions = [
+        next(i for i, s in enumerate(statuses) if s.startswith(prefix))
+        for prefix in expected_prefixes
+    ]
+    assert positions == sorted(positions)
+    assert run.messages("build_log"), "the builder's log lines are delivered"
+
+
+async def test_multistage_builds(emulator: Admin) -> None:
+    run = await run_to_end(emulator, plan_dockerfile(MULTISTAGE))
+    assert run.state.state == "done"
+
+
+async def test_import_skips_the_context(emulator: Admin) -> None:
+    run = await run_to_end(emulator, import_plan())
+    assert run.state.state == "done"
+    paths = [r["query"].get("path", "") for r in await emulator.requests()]
+    assert not any(p.endswith("context.tar.gz") for p in paths)
+    assert run.state.context_digest is None
+
+
+async def test_a_build_from_a_registered_name_is_a_diff(emulator: Admin, tmp_path: Path) -> None:
+    await run_to_end(emulator)
+    child = tmp_path / "child" / "Dockerfile"
+    child.parent.mkdir()
+    child.write_text("FROM hello\nRUN echo child\n", encoding="utf-8")
+    run = await run_to_end(emulator, plan_dockerfile(child))
+    assert run.state.state == "done"
+    assert "Build mode: RootfsDiff" in run.messages("status")
+    assert run.state.result is not None
+    assert run.state.result["rootfsNodeKind"] == "diff"
+
+
+async def test_the_signed_path_builds(tmp_path: Path) -> None:
+    async with running_emulator(tmp_path / "emu", sign_mode="new") as admin:
+        run = await run_to_end(admin)
+        assert run.state.state == "done"
+        assert run.state.signed_uri is not None
+        signs = [r for r in await admin.requests() if r["path"] == "/api/v1/blob/sign"]
+        assert signs
+
+
+async def test_a_sandbox_that_starts_slowly_is_polled_until_running(tmp_path: Path) -> None:
+    async with running_emulator(tmp_path / "emu", start_delay_ms=150) as admin:
+        run = await run_to_end(admin)
+        assert run.state.state == "done"
+        polls = [
+            r for r in await admin.requests() if r["method"] == "GET" and "/sandboxes/" in r["path"]
+        ]
+        assert 1 <= len(polls) <= 8
+
+
+async def test_the_store_hook_sees_every_transition_before_the_next_handler(
+    emulator: Admin,
+) -> None:
+    seen: list[str] = []
+
+    async def persist(state: BuildState) -> None:
+        seen.append(state.state)
+        # Every persisted snapshot must survive the trip through JSON.
+        assert BuildState.from_json(state.to_json()).state == state.state
+
+    run = await run_to_end(emulator, persist=persist)
+    assert seen == ["resolve_scope", *HAPPY_PATH]
+    assert run.state.outcome == "done"
