@@ -266,8 +266,8 @@ def _check_arguments(keyword: str, args: str, escape: str) -> tuple[str, ...] | 
     if keyword in JSON_OR_LIST_KEYWORDS:
         return _maybe_json(args)
     if keyword == "HEALTHCHECK":
-        _maybe_json(_after_first_word(args))
-    elif keyword in NAME_VALUE_KEYWORDS:
+        return _healthcheck_json(args)
+    if keyword in NAME_VALUE_KEYWORDS:
         _check_name_values(keyword, args, escape)
     return None
 
@@ -291,13 +291,14 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"not JSON: {name}")
 
 
-def _after_first_word(args: str) -> str:
+def _healthcheck_json(args: str) -> tuple[str, ...] | None:
+    """HEALTHCHECK <type> [command]: the command may be exec form, reported after the type."""
     view = _byte_view(args)
     sep = next((i for i, ch in enumerate(view) if ch in _GO_SPACE), len(view))
     if sep == 0:
-        return ""
-    rest = view[sep:].lstrip(_GO_SPACE_CHARS)
-    return _from_byte_view(rest)
+        return None
+    command = _maybe_json(_from_byte_view(view[sep:].lstrip(_GO_SPACE_CHARS)))
+    return None if command is None else (_from_byte_view(view[:sep]), *command)
 
 
 def _check_name_values(keyword: str, args: str, escape: str) -> None:

@@ -1,0 +1,4 @@
+ARG VERSION
+ARG FLAVOR=
+FROM python:${VERSION:-3.11}${FLAVOR:+-}${FLAVOR}
+RUN python -V

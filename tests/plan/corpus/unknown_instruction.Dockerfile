@@ -1,0 +1,3 @@
+FROM alpine:3.20
+FROBNICATE the widgets
+RUN echo still fine
