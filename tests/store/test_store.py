@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -14,6 +15,7 @@ from kiln.errors import UsageError
 from kiln.store import (
     AmbiguousBuildId,
     BuildNotFound,
+    LeaseKeeper,
     LeaseLost,
     OwnedElsewhere,
     Owner,
@@ -380,3 +382,49 @@ async def test_concurrent_claimers_never_share_a_build(backend: Backend) -> None
     for record in await first.list():
         assert record.owner in owners
     assert len({c.owner for c in claims if c is not None}) == builds
+
+
+# --- heartbeat -------------------------------------------------------------------------------
+
+# Fast beats so the test waits milliseconds; the deadline only bounds a broken keeper.
+BEAT_S = 0.01
+WAIT_DEADLINE_S = 5.0
+
+
+async def _until(condition: Callable[[], Awaitable[bool]]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_DEADLINE_S
+    while not await condition():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(BEAT_S)
+
+
+async def test_the_lease_keeper_renews_the_lease(backend: Backend, store: Store) -> None:
+    await make(store)
+    await store.acquire("b-1", FAR_A, lease_s=LEASE_S)
+
+    async def renewed() -> bool:
+        record = await store.get("b-1")
+        return record is not None and record.lease_expires_at == backend.clock.now + LEASE_S
+
+    async with LeaseKeeper(store, "b-1", FAR_A, lease_s=LEASE_S, every_s=BEAT_S) as keeper:
+        backend.clock.advance(25)
+        await _until(renewed)
+        keeper.check()
+
+
+async def test_the_lease_keeper_reports_a_takeover(backend: Backend, store: Store) -> None:
+    await make(store)
+    await store.acquire("b-1", FAR_A, lease_s=LEASE_S)
+    backend.clock.advance(LEASE_S)
+    await store.acquire("b-1", FAR_B, lease_s=LEASE_S)
+
+    async with LeaseKeeper(store, "b-1", FAR_A, lease_s=LEASE_S, every_s=BEAT_S) as keeper:
+
+        async def lost() -> bool:
+            return keeper.lost is not None
+
+        await _until(lost)
+        with pytest.raises(LeaseLost, match="worker-b"):
+            keeper.check()
+    assert (await store.get("b-1")).owner == FAR_B  # type: ignore[union-attr]

@@ -28,16 +28,12 @@ from kiln.store._base import (
     Store,
     StoreUnavailable,
 )
+from kiln.store._lease import LEASE_S, RENEW_EVERY_S, LeaseKeeper
 from kiln.store._memory import MemoryStore
 from kiln.store._open import open_store
 from kiln.store._postgres import PostgresStore
 from kiln.store._sqlite import SQLiteStore
 from kiln.store._urls import ACCEPTED_FORMS, STORE_ENV, default_store_url, redact_url
-
-# Lease defaults for workers: renewing at a third of the lease survives two missed heartbeats
-# (a GC pause, a slow database) before another worker may take the build over.
-LEASE_S = 30.0
-RENEW_EVERY_S = 10.0
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -51,6 +47,7 @@ __all__ = [
     "BuildNotFound",
     "BuildRecord",
     "EventRow",
+    "LeaseKeeper",
     "LeaseLost",
     "MemoryStore",
     "OwnedElsewhere",

@@ -107,8 +107,10 @@ class PostgresCluster:
             return
         root, self._root = self._root, None
         try:
-            # immediate: nothing in a test cluster is worth a clean checkpoint
-            _run("pg_ctl", "-D", str(root / "data"), "-m", "immediate", "-w", "stop")
+            # No pid file: the server never started (initdb or the start failed), nothing to stop.
+            if (root / "data" / "postmaster.pid").exists():
+                # immediate: nothing in a test cluster is worth a clean checkpoint
+                _run("pg_ctl", "-D", str(root / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
