@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import itertools
 import json
 import re
@@ -39,10 +40,8 @@ BYTES_PER_SECOND_PER_MBPS = 125_000
 BURST_BYTES = 16 * 1024
 
 SSE_CONTENT_TYPE = b"text/event-stream"
-# A `cut` stream looks like a server that closed cleanly mid-stream, which is what a proxy idle
-# timeout does; the reset action instead promises one byte it never sends, so the client sees a
-# truncated message (a transport error), not a well-formed empty answer.
-RESET_PROMISED_BYTES = b"1"
+# Not a valid header name (no spaces allowed): see `_reset` for why it is sent at all.
+RESET_HEADER = (b"kiln emulator reset", b"")
 
 # Query parameters whose values may carry credentials (pre-signed URLs, tokens). The files API's
 # `path=` is not one of them and stays readable in the log.
@@ -429,11 +428,16 @@ def _is_sse(start: Message) -> bool:
 
 
 async def _reset(send: Send) -> None:
-    # Headers that promise a body, then nothing: under uvicorn, an app that returns without
-    # completing its response gets its connection closed, so the client reads a truncated message
-    # (httpx: RemoteProtocolError) rather than any status it could act on.
-    headers = [(b"content-length", str(len(RESET_PROMISED_BYTES)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    # ASGI has no "drop the connection" message, and an app that raises before responding gets a
+    # 500, so the drop is provoked: a response start whose header name is illegal. uvicorn marks
+    # the response started, then its HTTP parser refuses to serialise the head, so nothing reaches
+    # the wire; when the app returns with the response incomplete, uvicorn closes the connection.
+    # The client sees a connection closed without a response (a transport error, as with a real
+    # reset), never a status it could act on: headers first would let a client that ignores
+    # bodies, like the official one on PUT, take the drop for a success.
+    start = {"type": "http.response.start", "status": 200, "headers": [RESET_HEADER]}
+    with contextlib.suppress(Exception):
+        await send(start)
 
 
 class _Network:
