@@ -1,0 +1,186 @@
+"""The proxy API and the virtual sandbox behind it: processes, files, permissions, tar."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import httpx
+import pytest
+
+from kiln.emulator import Emulator
+
+from .conftest import (
+    BUILD_DIR,
+    SANDBOXES,
+    SandboxDriver,
+    prepare,
+    run_builder,
+    sse_events,
+    stage_build,
+    tar_gz,
+)
+
+
+@pytest.mark.parametrize(
+    "path", ["/../../etc/x", "/tmp/../../etc/passwd", "relative/x", "/tmp/a/../../../x"]
+)
+def test_file_api_refuses_path_traversal(
+    sandbox: SandboxDriver, emulator: Emulator, path: str
+) -> None:
+    response = sandbox.put(path, b"pwned")
+    assert response.status_code == 400
+    assert response.json()["code"] == "INVALID"
+    assert not any(p.name == "x" for p in emulator.data_dir.rglob("x"))
+
+
+def test_root_made_directory_is_not_writable_by_the_file_api(sandbox: SandboxDriver) -> None:
+    info, _ = sandbox.run("mkdir", "-p", BUILD_DIR, root=True)
+    assert info["exit_code"] == 0
+    refused = sandbox.put(f"{BUILD_DIR}/context.tar.gz", b"data")
+    assert refused.status_code == 403
+    assert "Permission denied" in refused.json()["error"]
+    info, _ = sandbox.run("chmod", "0777", BUILD_DIR, root=True)
+    assert info["exit_code"] == 0
+    assert sandbox.put(f"{BUILD_DIR}/context.tar.gz", b"data").status_code == 200
+    assert sandbox.get(f"{BUILD_DIR}/context.tar.gz").content == b"data"
+
+
+def test_sandbox_user_cannot_mkdir_under_root_owned_directory(sandbox: SandboxDriver) -> None:
+    info, lines = sandbox.run("mkdir", "-p", f"{BUILD_DIR}/x")
+    assert info["exit_code"] == 1
+    assert "Permission denied" in lines[0]["line"]
+    assert lines[0]["stream"] == "stderr"
+
+
+def test_unknown_command_exits_127(sandbox: SandboxDriver) -> None:
+    info, lines = sandbox.run("ls", "-la")
+    assert (info["status"], info["exit_code"]) == ("exited", 127)
+    assert lines == [
+        {"line": "ls: command not found", "timestamp": lines[0]["timestamp"], "stream": "stderr"}
+    ]
+
+
+def test_true_exits_zero_and_info_has_the_contract_fields(sandbox: SandboxDriver) -> None:
+    info, lines = sandbox.run("/bin/true")
+    assert lines == []
+    assert info["status"] == "exited"
+    assert info["exit_code"] == 0
+    assert info["stdin_writable"] is False
+    assert "managed" not in info
+    assert {"pid", "command", "args", "started_at", "ended_at", "signal", "oom_killed"} <= set(info)
+
+
+def test_pids_increase_per_sandbox(sandbox: SandboxDriver) -> None:
+    pids = [sandbox.start("true")["pid"] for _ in range(3)]
+    assert pids == [1, 2, 3]
+    listed = sandbox.request("GET", "/api/v1/processes").json()["processes"]
+    assert [p["pid"] for p in listed] == pids
+
+
+def test_every_follow_replays_from_the_start(sandbox: SandboxDriver) -> None:
+    pid = sandbox.start("tar", "-xzf", "/nope.tgz", "-C", "/tmp")["pid"]
+    first = sandbox.follow(pid)
+    second = sandbox.follow(pid)
+    assert first == second
+    assert first and "No such file" in first[0]["line"]
+
+
+def test_run_streams_started_output_and_exited(sandbox: SandboxDriver) -> None:
+    body = {"command": "/bin/sh", "args": ["-lc", "dmesg 2>/dev/null || true"], "user": "root"}
+    response = sandbox.request("POST", "/api/v1/processes/run", json={**body, "timeout": 5})
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    assert set(events[0]) == {"pid", "started_at"}
+    assert all("timestamp" in e and e["stream"] == "stdout" for e in events[1:-1])
+    assert any("Linux version" in e["line"] for e in events[1:-1])
+    assert events[-1] == {"exit_code": 0, "signal": None, "oom_killed": False}
+
+
+def test_unknown_shell_script_is_command_not_found(sandbox: SandboxDriver) -> None:
+    info, lines = sandbox.run("sh", "-c", "rm -rf /")
+    assert info["exit_code"] == 127
+    assert "command not found" in lines[0]["line"]
+
+
+def _upload_and_extract(sandbox: SandboxDriver, archive: bytes) -> tuple[dict, list[dict]]:
+    assert sandbox.put("/tmp/in.tar.gz", archive).status_code == 200
+    sandbox.run("mkdir", "-p", "/tmp/out")
+    return sandbox.run("tar", "-xzf", "/tmp/in.tar.gz", "-C", "/tmp/out")
+
+
+def test_tar_extracts_regular_files(sandbox: SandboxDriver) -> None:
+    info, _ = _upload_and_extract(sandbox, tar_gz({"a.txt": b"A", "sub/b.txt": b"B"}))
+    assert info["exit_code"] == 0
+    assert sandbox.get("/tmp/out/a.txt").content == b"A"
+    assert sandbox.get("/tmp/out/sub/b.txt").content == b"B"
+
+
+def test_tar_skips_dotdot_members_and_strips_absolute_ones(
+    sandbox: SandboxDriver, emulator: Emulator
+) -> None:
+    archive = tar_gz({"../escape.txt": b"x", "/abs.txt": b"y", "ok.txt": b"z"})
+    info, lines = _upload_and_extract(sandbox, archive)
+    assert info["exit_code"] == 2
+    assert any("contains '..'" in line["line"] for line in lines)
+    assert sandbox.get("/tmp/out/abs.txt").content == b"y"
+    assert sandbox.get("/tmp/escape.txt").status_code == 404
+    assert list(emulator.data_dir.rglob("escape.txt")) == []
+
+
+def test_tar_skips_symlinks(sandbox: SandboxDriver, emulator: Emulator) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        link = tarfile.TarInfo("link")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        archive.addfile(link)
+    info, lines = _upload_and_extract(sandbox, buffer.getvalue())
+    assert info["exit_code"] == 2
+    assert "not a regular file" in lines[0]["line"]
+    assert [p for p in emulator.data_dir.rglob("link")] == []
+
+
+def test_process_timeout_kills(sandbox: SandboxDriver, http: httpx.Client) -> None:
+    assert http.post("/_emulator/builder", json={"duration_ms": 30_000}).status_code == 200
+    dockerfile = "FROM scratch\n"
+    stage_build(sandbox, prepare(http, "slow", dockerfile), dockerfile, {"f": b"1"})
+    info, lines = run_builder(sandbox, timeout=0.2)
+    assert (info["status"], info["signal"], info["exit_code"]) == ("signaled", 9, None)
+    assert "timeout" in lines[-1]["line"]
+
+
+def test_file_delete_and_missing_file(sandbox: SandboxDriver) -> None:
+    assert sandbox.put("/tmp/f", b"1").status_code == 200
+    assert sandbox.request("DELETE", "/api/v1/files", params={"path": "/tmp/f"}).status_code == 200
+    missing = sandbox.get("/tmp/f")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "NOT_FOUND"
+
+
+def test_unknown_sandbox_is_a_proxy_error(http: httpx.Client) -> None:
+    response = http.get("/api/v1/health", headers={"Host": "sbx-nope.local"})
+    assert response.status_code == 502
+    assert "PROXY_ERROR: Failed to proxy request: sandbox not found" in response.text
+
+
+def test_deleted_sandbox_is_not_running(sandbox: SandboxDriver, http: httpx.Client) -> None:
+    assert http.delete(f"{SANDBOXES}/{sandbox.id}").status_code == 200
+    response = sandbox.request("GET", "/api/v1/health")
+    assert response.status_code == 400
+    assert f"sandbox {sandbox.id} is not running" in response.json()["error"]
+    assert http.get(f"{SANDBOXES}/{sandbox.id}").json()["status"] == "terminated"
+
+
+def test_sandbox_header_routes_without_host(sandbox: SandboxDriver, http: httpx.Client) -> None:
+    response = http.get("/api/v1/health", headers={"X-Tensorlake-Sandbox-Id": sandbox.id})
+    assert response.json() == {"healthy": True}
+
+
+def test_bad_process_payload_names_the_field(sandbox: SandboxDriver) -> None:
+    response = sandbox.request("POST", "/api/v1/processes", json={"args": []})
+    assert response.status_code == 400
+    assert "'command'" in response.json()["error"]
+    response = sandbox.request("POST", "/api/v1/processes", json={"command": "true", "args": "x"})
+    assert response.status_code == 400
+    assert "'args'" in response.json()["error"]
