@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import ConfigError
-from kiln.store import SQLiteStore, StoreUnavailable
+from kiln.store import OwnedElsewhere, Owner, SQLiteStore, StoreUnavailable
 from kiln.store._migrations import LATEST_VERSION, MIGRATIONS
 
 # Another kiln process writing to the same file.
@@ -105,4 +105,42 @@ async def test_a_corrupt_file_is_a_store_error(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     with pytest.raises(StoreUnavailable, match="not a database"):
         await store.list()
+    await store.close()
+
+
+# A kiln process that owns a build until told to stop.
+_OWNER_PROCESS = """
+import asyncio, sys
+from kiln.store import Owner, open_store
+async def main():
+    store = open_store(sys.argv[1])
+    await store.acquire("b-1", Owner.current("child"), lease_s=30)
+    await store.close()
+asyncio.run(main())
+print("owned", flush=True)
+sys.stdin.readline()
+"""
+
+
+async def test_a_live_owner_process_is_named_and_its_death_frees_the_build(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    store = SQLiteStore(path)
+    await store.create(id="b-1", name="n", state="prepare", data={})
+    child = subprocess.Popen(
+        [sys.executable, "-c", _OWNER_PROCESS, f"sqlite:///{path}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "owned\n"
+        with pytest.raises(OwnedElsewhere, match=f"pid {child.pid} ") as caught:
+            await store.acquire("b-1", Owner.current("resumer"), lease_s=30)
+        assert caught.value.owner.worker_id == "child"
+    finally:
+        child.kill()
+        child.wait()
+    # Its lease has most of 30 s to run, but its process is gone from this host.
+    taken = await store.acquire("b-1", Owner.current("resumer"), lease_s=30)
+    assert taken.owner == Owner.current("resumer")
     await store.close()

@@ -44,9 +44,10 @@ _PROCESS_TOKEN = uuid.uuid4().hex[:12]
 class Owner:
     """The process that runs a build: its host, pid and a worker id unique to that process."""
 
-    host: str
-    pid: int
-    worker_id: str
+    host: str = attrs.field(validator=attrs.validators.min_len(1))
+    # Positive: os.kill(0 or a negative pid) would address process groups, not one process.
+    pid: int = attrs.field(validator=attrs.validators.gt(0))
+    worker_id: str = attrs.field(validator=attrs.validators.min_len(1))
 
     @classmethod
     def current(cls, worker_id: str | None = None) -> Owner:
