@@ -8,6 +8,7 @@ cannot hide by being made the same way on both sides. Every call uses the legacy
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -48,8 +49,12 @@ FOLLOWS_BEFORE_BUILDER = 7
 HELLO_REQUESTS = 34
 # §3.5: how often a failed start lists the processes before it starts again.
 RECOVERY_LISTINGS = 10
-# The builder stand-in paces its log lines so that it is still running when its stream is cut.
 MS_PER_S = 1000
+# 1 MB at 16 Mbit/s (2 MB/s) takes 500 ms; the bound leaves room for the link's small burst.
+UPLOAD_BYTES = 1_000_000
+BANDWIDTH_MBPS = 16
+MIN_UPLOAD_MS = 400
+# The builder stand-in paces its log lines so that it is still running when its stream is cut.
 SLOW_BUILDER = {"line_pace_ms": 150}
 
 
@@ -138,22 +143,17 @@ def conformance_emulator() -> Iterator[Callable[..., Peer]]:
     Before stopping, every emulator must show what holds after any run, failed or not: no live
     sandbox and no token anywhere in the request log.
     """
-    running: list[tuple[Emulator, Peer]] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(**config: Any) -> Peer:
-        emulator = Emulator(EmulatorConfig(**config))
-        emulator.__enter__()
-        peer = Peer(emulator.url)
-        running.append((emulator, peer))
-        return peer
+        def start(**config: Any) -> Peer:
+            emulator = stack.enter_context(Emulator(EmulatorConfig(**config)))
+            peer = Peer(emulator.url)
+            # Unwound last-in first-out: the check runs while client and emulator are still up.
+            stack.callback(peer.http.close)
+            stack.callback(peer.assert_clean)
+            return peer
 
-    yield start
-    for emulator, peer in reversed(running):
-        try:
-            peer.assert_clean()
-        finally:
-            peer.http.close()
-            emulator.__exit__(None, None, None)
+        yield start
 
 
 @pytest.fixture
@@ -171,6 +171,13 @@ def snapshot_files(peer: Peer, template: dict[str, Any]) -> dict[str, bytes]:
             if content is not None:
                 files[member.name] = content.read()
     return files
+
+
+def add_reset(peer: Peer, method: str, path: str, **limits: int) -> None:
+    peer.post(
+        "/_emulator/faults",
+        {"match": {"method": method, "path": path}, "action": {"reset": True}, **limits},
+    )
 
 
 # -- builds that must complete -----------------------------------------------------------------
@@ -202,12 +209,12 @@ def test_hello_takes_a_fixed_number_of_requests(conformance_peer: Peer) -> None:
     conformance_peer.build(HELLO).ok()
     calls = conformance_peer.calls()
     assert len(calls) == HELLO_REQUESTS, "\n".join(calls)
-    assert calls[:4] == [
+    assert calls[:3] == [
         "GET /platform/v1/sandbox-templates/by-name/python:3.12-slim",
         "POST /platform/v1/sandbox-template-builds",
         f"POST /v1/namespaces/{NAMESPACE}/sandboxes",
-        calls[3],
     ]
+    assert calls[3].startswith(f"GET /v1/namespaces/{NAMESPACE}/sandboxes/")
     assert calls[-1].startswith(f"DELETE /v1/namespaces/{NAMESPACE}/sandboxes/")
 
 
@@ -348,23 +355,16 @@ def test_builder_enospc_fails_with_disk_advice(conformance_peer: Peer) -> None:
 def test_reset_on_builder_stream_reattaches(conformance_peer: Peer) -> None:
     peer = conformance_peer
     peer.post("/_emulator/builder", SLOW_BUILDER)
-    reset(peer, "GET", FOLLOW, after=FOLLOWS_BEFORE_BUILDER, times=1)
+    add_reset(peer, "GET", FOLLOW, after=FOLLOWS_BEFORE_BUILDER, times=1)
     run = peer.build(HELLO)
     run.ok()
     # §3.5 step 5: a follow error while the process runs counts one attempt and reattaches.
     assert "Process stream interrupted; reattaching to process" in run.text()
 
 
-def reset(peer: Peer, method: str, path: str, **limits: int) -> None:
-    peer.post(
-        "/_emulator/faults",
-        {"match": {"method": method, "path": path}, "action": {"reset": True}, **limits},
-    )
-
-
 def test_dropped_sandbox_polls_are_retried_by_the_http_layer(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    reset(peer, "GET", SANDBOX, times=2)
+    add_reset(peer, "GET", SANDBOX, times=2)
     peer.build(HELLO).ok()
     # Observed, not in the contract: the lifecycle client re-sends a GET whose connection dropped,
     # at once and up to three attempts in all, below the build's own retry logic (§3.4).
@@ -376,7 +376,7 @@ def test_dropped_sandbox_polls_are_retried_by_the_http_layer(conformance_peer: P
 
 def test_a_sandbox_poll_that_always_drops_fails_the_build(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    reset(peer, "GET", SANDBOX)
+    add_reset(peer, "GET", SANDBOX)
     message = peer.build(HELLO).failure()
     # §3.4: a dropped connection surfaces as a middleware error, never transient, so the status
     # wait gives up; the sandbox exists by then, so the error names it and it is still deleted.
@@ -387,7 +387,7 @@ def test_a_sandbox_poll_that_always_drops_fails_the_build(conformance_peer: Peer
 
 def test_a_dropped_create_fails_before_any_sandbox_exists(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    reset(peer, "POST", r"/sandboxes$")
+    add_reset(peer, "POST", r"/sandboxes$")
     message = peer.build(HELLO).failure()
     # §0 step 5: errors before the sandbox exists are raised unwrapped, and there is nothing to delete.
     assert "error sending request" in message
@@ -398,7 +398,7 @@ def test_a_dropped_create_fails_before_any_sandbox_exists(conformance_peer: Peer
 
 def test_a_dropped_proxy_call_fails_the_build_and_cleans_up(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    reset(peer, "GET", r"^/api/v1/files$")
+    add_reset(peer, "GET", r"^/api/v1/files$")
     message = peer.build(HELLO).failure()
     # Unlike the lifecycle client, the proxy client does not re-send: the metadata read fails once
     # and for good, after diagnostics ran (§5.7) and found nothing to advise.
@@ -422,15 +422,15 @@ def test_latency_applies_to_every_request_of_the_official_client(
 def test_bandwidth_paces_the_context_upload(
     conformance_emulator: Callable[..., Peer], tmp_path: Path
 ) -> None:
-    # 16 Mbit/s is 2 MB/s; random bytes do not compress, so the archive is about 1 MB: >= 0.4 s.
-    peer = conformance_emulator(bandwidth_mbps=16)
+    peer = conformance_emulator(bandwidth_mbps=BANDWIDTH_MBPS)
     (tmp_path / "Dockerfile").write_text("FROM python:3.12-slim\nCOPY blob /blob\n")
-    (tmp_path / "blob").write_bytes(random.Random(0).randbytes(1_000_000))
+    # Random bytes do not compress, so the archive is as large as the file.
+    (tmp_path / "blob").write_bytes(random.Random(0).randbytes(UPLOAD_BYTES))
     peer.build(tmp_path / "Dockerfile").ok()
     [upload] = [
         e for e in peer.requests() if e["method"] == "PUT" and "context" in e["query"]["path"]
     ]
-    assert upload["duration_ms"] >= 400
+    assert upload["duration_ms"] >= MIN_UPLOAD_MS
 
 
 def test_token_never_reaches_the_request_log(conformance_peer: Peer) -> None:
