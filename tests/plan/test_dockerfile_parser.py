@@ -113,6 +113,14 @@ def test_json_form_is_recognised() -> None:
     assert onbuild.sub_keyword == "RUN"
 
 
+def test_deeply_nested_onbuild_is_checked_at_every_level() -> None:
+    nested = "ONBUILD " * 3000
+    (_, onbuild) = parse_dockerfile(f"FROM a\n{nested}RUN x\n").instructions
+    assert onbuild.sub_keyword == "ONBUILD"
+    with pytest.raises(DockerfileError, match="strings only"):
+        parse_dockerfile(f"FROM a\n{nested}RUN [1]\n")
+
+
 def test_bom_and_crlf() -> None:
     assert _lines("\ufeffFROM a\r\nRUN b \\\r\n c\r\n") == [(1, "FROM a"), (2, "RUN b  c")]
 

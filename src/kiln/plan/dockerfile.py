@@ -238,25 +238,42 @@ class _Node:
 
 
 def _node(line: str, escape: str) -> _Node:
-    """Split a logical line into keyword, flags and arguments; ValueError where BuildKit errs."""
+    """Split a logical line into keyword, flags and arguments; ValueError where BuildKit errs.
+
+    ONBUILD wraps another instruction (which may be ONBUILD again); every level is checked, and
+    the wrapped instruction decides whether heredocs may follow.
+    """
+    levels = [_level(line, escape)]
+    while levels[-1].keyword == "ONBUILD" and levels[-1].args:
+        levels.append(_level(levels[-1].args, escape))
+    top = levels[0]
+    sub = levels[1] if len(levels) > 1 else None
+    heredoc_level = sub or top
+    return _Node(
+        keyword=top.keyword,
+        flags=top.flags,
+        args=top.args,
+        json_args=top.json_args,
+        sub_keyword=sub.keyword if sub else None,
+        can_contain_heredoc=heredoc_level.keyword in HEREDOC_KEYWORDS
+        and heredoc_level.json_args is None,
+    )
+
+
+@attrs.frozen
+class _Level:
+    keyword: str
+    flags: tuple[str, ...]
+    args: str
+    json_args: tuple[str, ...] | None
+
+
+def _level(line: str, escape: str) -> _Level:
     parts = _WORD_SEPARATOR.split(line.strip(_GO_SPACE_CHARS), maxsplit=1)
     keyword = _ascii_upper(parts[0])
     args, flags = _extract_flags(parts[1]) if len(parts) == 2 else ("", ())
     args = args.strip(_GO_SPACE_CHARS)
-    json_args = _check_arguments(keyword, args, escape)
-    heredoc_keyword, heredoc_json = keyword, json_args
-    sub_keyword = None
-    if keyword == "ONBUILD" and args:
-        sub = _node(args, escape)
-        sub_keyword, heredoc_keyword, heredoc_json = sub.keyword, sub.keyword, sub.json_args
-    return _Node(
-        keyword=keyword,
-        flags=flags,
-        args=args,
-        json_args=json_args,
-        sub_keyword=sub_keyword,
-        can_contain_heredoc=heredoc_keyword in HEREDOC_KEYWORDS and heredoc_json is None,
-    )
+    return _Level(keyword, flags, args, _check_arguments(keyword, args, escape))
 
 
 def _check_arguments(keyword: str, args: str, escape: str) -> tuple[str, ...] | None:
