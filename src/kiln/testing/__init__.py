@@ -1,1 +1,36 @@
-"""kiln.testing"""
+"""kiln.testing: what a project that embeds kiln needs to test its integration.
+
+- A pytest plugin (:mod:`kiln.testing.plugin`, loaded automatically, or with
+  ``pytest -p kiln.testing``) with the fixtures ``kiln_emulator`` and ``kiln_store``.
+- :func:`run_build`: run one build to its end against the emulator and get back a
+  :class:`BuildRun` (final state, events, log lines, the emulator's request log).
+- :class:`EmulatorClient`: faults, builder behaviour and introspection of a running emulator.
+- :mod:`kiln.testing.strategies`: hypothesis strategies built from ``states/`` (transition
+  sequences, fault schedules) and realistic Dockerfiles; it needs ``hypothesis`` installed.
+
+    async def test_my_service_survives_a_flaky_platform(kiln_emulator):
+        kiln_emulator.add_fault({"status": 503}, method="POST", path="/sandboxes$", times=2)
+        run = await run_build(kiln_emulator, "Dockerfile")
+        assert run.outcome == "done" and kiln_emulator.live_sandboxes() == []
+"""
+
+from kiln.testing._client import EmulatorClient
+from kiln.testing._faults import TARGETS, FaultSchedule, RequestFault, Target
+from kiln.testing._run import TEST_TOKEN, BuildRun, persist_to, run_build, without_backoff
+from kiln.testing.plugin import kiln_emulator, kiln_emulator_server, kiln_store
+
+__all__ = [
+    "TARGETS",
+    "TEST_TOKEN",
+    "BuildRun",
+    "EmulatorClient",
+    "FaultSchedule",
+    "RequestFault",
+    "Target",
+    "kiln_emulator",
+    "kiln_emulator_server",
+    "kiln_store",
+    "persist_to",
+    "run_build",
+    "without_backoff",
+]

@@ -1,4 +1,59 @@
-"""kiln's pytest plugin (entry point ``kiln``): fixtures for people who embed kiln.
+"""kiln's pytest plugin: fixtures for projects that embed kiln.
 
-Fixtures are added here as the pieces they wrap land (emulator, stores).
+pytest loads it by itself when kiln is installed (entry point ``kiln``); ``pytest -p kiln.testing``
+loads it explicitly, e.g. under ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
+
+``kiln_emulator``
+    An :class:`~kiln.testing.EmulatorClient` for an in-process emulator started once per session
+    and reset before every test: ``.url`` to build against, plus faults and introspection.
+    Inside a hypothesis ``@given`` test, call ``kiln_emulator.reset()`` at the start of each
+    example (and suppress ``HealthCheck.function_scoped_fixture``).
+``kiln_store``
+    A fresh, empty build store; the test runs once with the in-memory store and once with SQLite.
 """
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.emulator import Emulator, EmulatorConfig
+from kiln.store import MemoryStore, SQLiteStore, Store
+from kiln.testing._client import EmulatorClient
+
+STORE_KINDS = ("memory", "sqlite")
+SQLITE_FILE = "builds.db"
+
+
+@pytest.fixture(scope="session")
+def kiln_emulator_server() -> Iterator[Emulator]:
+    """The session's emulator (one loopback port, a temporary data directory)."""
+    with Emulator(EmulatorConfig()) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def kiln_emulator(kiln_emulator_server: Emulator) -> Iterator[EmulatorClient]:
+    """The session's emulator, reset: no sandboxes, templates, faults or logged requests."""
+    with EmulatorClient(kiln_emulator_server.url) as client:
+        client.reset()
+        yield client
+
+
+@pytest.fixture(params=STORE_KINDS)
+def kiln_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty store of each kind in turn."""
+    store: Store = (
+        MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / SQLITE_FILE)
+    )
+    yield store
+    # A private loop: the test's own loop (pytest-asyncio's, anyio's) may be gone or still
+    # installed, and asyncio.run would replace whichever is current.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(store.close())
+    finally:
+        loop.close()

@@ -1,0 +1,169 @@
+"""Fault schedules: which request fails how and when, what the builder does, and what a build
+under that schedule must end as.
+
+A schedule holds at most one request fault per phase, which keeps its verdict exact: each attempt
+of a phase makes the faulted request once, so ``times`` transient faults cost ``times`` extra
+attempts, and the build is ``done`` exactly when every phase's extra attempts fit its budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from kiln.machine import MachineSpec
+from kiln.testing._client import EmulatorClient
+
+# Answers the client retries (§3.4): gateway errors, and a connection reset.
+TRANSIENT_STATUSES = (502, 503, 504)
+# Answers that end the build at once. 404 is left out on purpose: several calls give it a meaning
+# of its own (no parent template, sandbox already deleted), so it is not a plain failure there.
+PERMANENT_STATUSES = (400, 401, 403, 409, 500)
+# A lost sandbox, as the proxy reports it: a 400 whose body says "not running" is transient, so
+# kiln retries until the phase's budget is spent.
+LOST_SANDBOX_STATUS = 400
+LOST_SANDBOX_BODY = '{"code": "NOT_RUNNING", "message": "sandbox is not running (status: lost)"}'
+PROXY_PATHS = r"^/api/v1/"
+DONE = "done"
+FAILED = "failed"
+
+
+@attrs.frozen
+class Target:
+    """A kind of request kiln makes, and the phase of each such request in a fault-free build."""
+
+    name: str
+    method: str
+    path: str
+    phases: tuple[str, ...]
+
+
+# In the order a fault-free Dockerfile build makes them (legacy signing: no sign requests).
+TARGETS: tuple[Target, ...] = (
+    Target("template_lookup", "GET", r"^/platform/v1/sandbox-templates/by-name/", ("prepare",)),
+    Target("prepare", "POST", r"^/platform/v1/sandbox-template-builds$", ("prepare",)),
+    Target("create_sandbox", "POST", r"^/v1/namespaces/[^/]+/sandboxes$", ("create_sandbox",)),
+    Target("run_command", "POST", r"^/api/v1/processes/run$", ("proxy_ready", "upload")),
+    Target("put_file", "PUT", r"^/api/v1/files$", ("upload", "upload")),
+    Target("start_builder", "POST", r"^/api/v1/processes$", ("run_builder",)),
+    Target("follow", "GET", r"^/api/v1/processes/\d+/output/follow$", ("run_builder",)),
+    Target("process_status", "GET", r"^/api/v1/processes/\d+$", ("run_builder",)),
+    Target("read_file", "GET", r"^/api/v1/files$", ("read_metadata",)),
+    Target("complete", "POST", r"/complete$", ("complete",)),
+    Target("delete_sandbox", "DELETE", r"^/v1/namespaces/[^/]+/sandboxes/[^/]+$", ("cleanup",)),
+)
+TARGETS_BY_NAME: Mapping[str, Target] = {target.name: target for target in TARGETS}
+# The phase of each proxy request of a fault-free build, in order: where a sandbox can be lost.
+PROXY_PHASES = (
+    "proxy_ready",
+    "upload",
+    "upload",
+    "upload",
+    "upload",
+    "run_builder",
+    "run_builder",
+    "run_builder",
+    "read_metadata",
+)
+
+
+@attrs.frozen
+class RequestFault:
+    """The ``after``+1-th request of ``target`` and the ones after it get ``action``, ``times``
+    times: ``{"status": N}``, ``{"reset": True}``, ``{"delay_ms": N}`` or
+    ``{"cut_stream_after": N}``."""
+
+    target: Target
+    action: Mapping[str, Any]
+    times: int
+    after: int = 0
+
+    @property
+    def phase(self) -> str:
+        return self.target.phases[self.after]
+
+    @property
+    def transient(self) -> bool:
+        """Whether kiln retries this answer (a delay is no failure at all)."""
+        status = self.action.get("status")
+        return status is None or status in TRANSIENT_STATUSES
+
+    @property
+    def harmless(self) -> bool:
+        """A delay, or a stream cut short, which at worst costs one attempt per firing."""
+        return "delay_ms" in self.action
+
+    def rule(self) -> dict[str, Any]:
+        return {
+            "action": dict(self.action),
+            "method": self.target.method,
+            "path": self.target.path,
+            "times": self.times,
+            "after": self.after,
+        }
+
+
+@attrs.frozen
+class FaultSchedule:
+    """Request faults (one per phase at most), builder behaviour and an optional lost sandbox."""
+
+    faults: tuple[RequestFault, ...] = ()
+    # Fields for POST /_emulator/builder: exit_code, oom_kill, enospc.
+    builder: Mapping[str, Any] = attrs.field(factory=dict)
+    # The index in PROXY_PHASES of the first proxy request that finds the sandbox gone.
+    sandbox_lost_at: int | None = None
+
+    def install(self, emulator: EmulatorClient) -> None:
+        """Put the schedule in place on a (freshly reset) emulator."""
+        for fault in self.faults:
+            emulator.add_fault(**fault.rule())
+        if self.builder:
+            emulator.set_builder(**self.builder)
+        if self.sandbox_lost_at is not None:
+            emulator.add_fault(
+                {"status": LOST_SANDBOX_STATUS, "body": LOST_SANDBOX_BODY},
+                path=PROXY_PATHS,
+                times=None,
+                after=self.sandbox_lost_at,
+            )
+
+    def failing_phase(self, spec: MachineSpec) -> str | None:
+        """The phase the build must fail in, or None when it must end ``done``."""
+        order = list(spec.states)
+        failing = [
+            fault.phase
+            for fault in self.faults
+            if fault.phase != spec.cleanup and _exceeds(fault, spec)
+        ]
+        if self.builder_fails:
+            failing.append("run_builder")
+        if self.sandbox_lost_at is not None:
+            failing.append(PROXY_PHASES[self.sandbox_lost_at])
+        return min(failing, key=order.index, default=None)
+
+    def expected_outcome(self, spec: MachineSpec) -> str:
+        return DONE if self.failing_phase(spec) is None else FAILED
+
+    def leaks_sandbox(self, spec: MachineSpec) -> bool:
+        """Whether cleanup's delete keeps failing past its budget (kiln then warns and leaves)."""
+        return any(fault.phase == spec.cleanup and _exceeds(fault, spec) for fault in self.faults)
+
+    @property
+    def builder_fails(self) -> bool:
+        return bool(
+            self.builder.get("exit_code")
+            or self.builder.get("oom_kill")
+            or self.builder.get("enospc")
+        )
+
+
+def _exceeds(fault: RequestFault, spec: MachineSpec) -> bool:
+    """Whether the fault alone is more than the phase's attempt budget absorbs."""
+    if fault.harmless:
+        return False
+    if not fault.transient and fault.phase != spec.cleanup:
+        return True
+    # Each firing costs the phase one attempt; the attempt after the last firing succeeds.
+    return fault.times + 1 > spec.states[fault.phase].attempts

@@ -1,0 +1,158 @@
+"""Run one build to its end against an emulator and keep everything a test wants to look at."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from kiln.machine import (
+    Backoff,
+    BuildOptions,
+    BuildState,
+    Driver,
+    Event,
+    MachineSpec,
+    PersistHook,
+    Secrets,
+    Services,
+    TransitionEvent,
+    load_machine_spec,
+    no_persist,
+)
+from kiln.plan import BuildPlan, plan_dockerfile
+from kiln.store import Store
+from kiln.testing._client import EmulatorClient
+
+# Any token is accepted by the emulator; this one is distinctive so a test can grep for leaks.
+TEST_TOKEN = "kiln-testing-token-0123456789abcdef"
+# Retries wait no time in tests: the attempt budgets, not the wall clock, are what is tested.
+NO_BACKOFF = Backoff(initial_s=0.0, factor=1.0, max_s=0.0)
+LOGGER = "kiln"
+
+
+def without_backoff(spec: MachineSpec | None = None) -> MachineSpec:
+    """The declared machine (or ``spec``) with retries that do not wait."""
+    return attrs.evolve(spec or load_machine_spec(), backoff=NO_BACKOFF)
+
+
+@attrs.frozen
+class BuildRun:
+    """How one build went: its final state, its events, the log lines kiln wrote and the
+    emulator's request log."""
+
+    state: BuildState
+    events: tuple[Event, ...]
+    logs: tuple[str, ...]
+    requests: tuple[dict[str, Any], ...]
+    # The live error behind ``state.error`` (with its cause chain), None when the build is done.
+    error: BaseException | None
+
+    @property
+    def outcome(self) -> str | None:
+        """``done``, ``failed`` or ``cancelled``."""
+        return self.state.outcome
+
+    def transitions(self) -> list[tuple[str, str, str]]:
+        """Every transition as ``(source, trigger, dest)``, in order."""
+        return [
+            (event.source, event.trigger, event.dest)
+            for event in self.events
+            if isinstance(event, TransitionEvent)
+        ]
+
+
+async def run_build(
+    emulator: EmulatorClient,
+    dockerfile: str | os.PathLike[str] | BuildPlan,
+    *,
+    store: Store | None = None,
+    spec: MachineSpec | None = None,
+    options: BuildOptions | None = None,
+    api_key: str = TEST_TOKEN,
+) -> BuildRun:
+    """Build ``dockerfile`` (a path, or a plan) against ``emulator`` and return how it went.
+
+    The build state is written to ``store`` after every transition when one is given. ``spec``
+    defaults to the declared machine without backoff, so retries cost no wall time.
+    """
+    plan = dockerfile if isinstance(dockerfile, BuildPlan) else plan_dockerfile(dockerfile)
+    state = BuildState(plan=plan, options=options or BuildOptions(api_url=emulator.url))
+    events: list[Event] = []
+    services = Services(
+        spec=spec or without_backoff(), emit_event=events.append, secrets=Secrets(api_key=api_key)
+    )
+    driver = Driver(services, persist=persist_to(store) if store is not None else no_persist)
+    with _captured_logs() as logs:
+        try:
+            await driver.run(state)
+        finally:
+            await services.aclose()
+    return BuildRun(
+        state=state,
+        events=tuple(events),
+        logs=tuple(logs),
+        requests=tuple(emulator.requests()),
+        error=driver.error,
+    )
+
+
+def persist_to(store: Store) -> PersistHook:
+    """A persist hook writing the state to ``store``: created on the first call, then saved with
+    compare-and-set against the version the previous call wrote."""
+    finals = frozenset(load_machine_spec().finals)
+    version: int | None = None
+
+    async def persist(state: BuildState) -> None:
+        nonlocal version
+        data = state.to_dict()
+        if version is None:
+            record = await store.create(
+                id=state.id,
+                name=state.plan.name,
+                state=state.state,
+                data=data,
+                sandbox_id=state.sandbox_id,
+            )
+            version = record.version
+            return
+        version = await store.save(
+            state.id,
+            expected_version=version,
+            state=state.state,
+            data=data,
+            sandbox_id=state.sandbox_id,
+            final=state.state in finals,
+        )
+
+    return persist
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self._lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def _captured_logs() -> Iterator[list[str]]:
+    """Every line kiln logs through stdlib logging meanwhile (structlog's fallback route)."""
+    lines: list[str] = []
+    logger = logging.getLogger(LOGGER)
+    handler = _ListHandler(lines)
+    previous = logger.level
+    logger.addHandler(handler)
+    # kiln logs progress at INFO, which the root logger's default WARNING would drop.
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
