@@ -77,16 +77,45 @@ class Admin:
         response = await self._http.post("/_emulator/builder", json=behaviour)
         assert response.status_code == 200, response.text
 
+    async def reset(self) -> None:
+        response = await self._http.post("/_emulator/reset")
+        assert response.status_code == 200, response.text
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-@contextlib.asynccontextmanager
-async def running_emulator(data_dir: Path, **config: Any) -> AsyncIterator[Admin]:
-    """An emulator and its admin client; on exit, checks that no sandbox was left running."""
-    async with Emulator(EmulatorConfig(data_dir=data_dir, **config)) as emulator:
-        admin = Admin(emulator.url)
+class EmulatorPool:
+    """Emulators shared by the tests of a session, one per configuration, reset between tests.
+
+    Starting a server costs more than a whole build against it; the emulator's reset makes a
+    shared one as good as new (state, templates, faults and request log cleared).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._stack = contextlib.ExitStack()
+        self._urls: dict[tuple[tuple[str, Any], ...], str] = {}
+
+    def url(self, **config: Any) -> str:
+        key = tuple(sorted(config.items()))
+        if key not in self._urls:
+            data_dir = self._root / f"emulator-{len(self._urls)}"
+            emulator = self._stack.enter_context(
+                Emulator(EmulatorConfig(data_dir=data_dir, **config))
+            )
+            self._urls[key] = emulator.url
+        return self._urls[key]
+
+    def close(self) -> None:
+        self._stack.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self, **config: Any) -> AsyncIterator[Admin]:
+        """A freshly reset emulator; on exit, checks that no sandbox was left running."""
+        admin = Admin(self.url(**config))
         try:
+            await admin.reset()
             yield admin
             assert await admin.live_sandboxes() == [], "a builder sandbox was left running"
         finally:

@@ -7,9 +7,9 @@ from pathlib import Path
 from machine_support import (
     MULTISTAGE,
     Admin,
+    EmulatorPool,
     import_plan,
     run_to_end,
-    running_emulator,
 )
 
 from kiln.machine import BuildState
@@ -103,8 +103,8 @@ async def test_a_build_from_a_registered_name_is_a_diff(emulator: Admin, tmp_pat
     assert run.state.result["rootfsNodeKind"] == "diff"
 
 
-async def test_the_signed_path_builds(tmp_path: Path) -> None:
-    async with running_emulator(tmp_path / "emu", sign_mode="new") as admin:
+async def test_the_signed_path_builds(emulator_pool: EmulatorPool) -> None:
+    async with emulator_pool.running(sign_mode="new") as admin:
         run = await run_to_end(admin)
         assert run.state.state == "done"
         assert run.state.signed_uri is not None
@@ -112,8 +112,10 @@ async def test_the_signed_path_builds(tmp_path: Path) -> None:
         assert signs
 
 
-async def test_a_sandbox_that_starts_slowly_is_polled_until_running(tmp_path: Path) -> None:
-    async with running_emulator(tmp_path / "emu", start_delay_ms=150) as admin:
+async def test_a_sandbox_that_starts_slowly_is_polled_until_running(
+    emulator_pool: EmulatorPool,
+) -> None:
+    async with emulator_pool.running(start_delay_ms=150) as admin:
         run = await run_to_end(admin)
         assert run.state.state == "done"
         polls = [

@@ -1,0 +1,167 @@
+"""Cancellation from every state, and the builder's start recovery and reattach."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from machine_support import (
+    Admin,
+    EmulatorPool,
+    fast_spec,
+    run_to_end,
+    start_run,
+    wait_for,
+)
+
+from kiln.machine import Backoff, BuildState, load_machine_spec
+
+SPEC = load_machine_spec()
+BUILDER = "/usr/local/bin/tl-rootfs-build"
+
+
+@pytest.mark.parametrize("at", [s for s in SPEC.states if s != SPEC.cleanup])
+async def test_cancel_on_entering_any_state_ends_cancelled(emulator: Admin, at: str) -> None:
+    holder: dict[str, Any] = {}
+
+    async def persist(state: BuildState) -> None:
+        if state.state == at:
+            holder["run"].driver.cancel()
+
+    run = start_run(emulator, persist=persist)
+    holder["run"] = run
+    await run.finish()
+    assert run.state.state == "cancelled"
+    assert run.state.cancel_requested
+    entered = run.states_entered()
+    if SPEC.states[at].holds_sandbox:
+        assert entered[-2:] == ["cleanup", "cancelled"]
+    else:
+        assert "cleanup" not in entered
+    assert at not in run.state.attempts, "the cancelled state's handler never ran"
+
+
+async def test_cancel_during_cleanup_still_deletes_and_keeps_the_outcome(emulator: Admin) -> None:
+    holder: dict[str, Any] = {}
+
+    async def persist(state: BuildState) -> None:
+        if state.state == "cleanup":
+            holder["run"].driver.cancel()
+
+    run = start_run(emulator, persist=persist)
+    holder["run"] = run
+    await run.finish()
+    # The image was registered before the cancel: cleanup deletes the sandbox and the build
+    # ends as what it was heading for.
+    assert run.state.state == "done"
+    assert run.state.sandbox_deleted
+
+
+async def test_cancel_while_the_builder_runs(emulator: Admin) -> None:
+    await emulator.builder(duration_ms=10_000, log_lines=1)
+    run = start_run(emulator)
+    await wait_for(lambda: bool(run.messages("build_log")))
+    run.driver.cancel()
+    await run.finish()
+    assert run.state.state == "cancelled"
+    assert run.states_entered()[-3:] == ["run_builder", "cleanup", "cancelled"]
+    assert run.state.sandbox_deleted
+
+
+async def test_cancel_while_waiting_for_the_sandbox(emulator_pool: EmulatorPool) -> None:
+    async with emulator_pool.running(start_delay_ms=10_000) as admin:
+        run = start_run(admin)
+        await wait_for(
+            lambda: run.state.state == "wait_running" and run.state.sandbox_id is not None
+        )
+        run.driver.cancel()
+        await run.finish()
+        assert run.state.state == "cancelled"
+
+
+async def test_cancel_during_a_retry_backoff(emulator: Admin) -> None:
+    await emulator.fault("POST", r"/sandbox-template-builds$", {"status": 503}, times=100)
+    # A backoff far longer than the test may take: only cancel() can end it in time.
+    slow = attrs.evolve(fast_spec(), backoff=Backoff(initial_s=60, factor=1, max_s=60))
+    run = start_run(emulator, spec=slow)
+    while not any(r["status"] == 503 for r in await emulator.requests()):
+        await asyncio.sleep(0.01)
+    await wait_for(lambda: run.driver._task is not None)
+    run.driver.cancel()
+    async with asyncio.timeout(5):
+        await run.finish()
+    assert run.state.state == "cancelled"
+    assert run.state.attempts["prepare"] == 1
+
+
+async def test_cancelling_the_caller_task_still_deletes_the_sandbox(emulator: Admin) -> None:
+    await emulator.builder(duration_ms=10_000, log_lines=1)
+    run = start_run(emulator)
+    await wait_for(lambda: bool(run.messages("build_log")))
+    assert run.task is not None
+    run.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run.finish()
+    assert run.state.state == "cancelled"
+    assert run.state.sandbox_deleted
+
+
+class LoseFirstStartResponse(httpx.AsyncBaseTransport):
+    """Forwards every request; the first builder start really happens but answers 502."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.method == "POST" and request.url.path == "/api/v1/processes" and not self.lost:
+            self.lost += 1
+            await response.aread()
+            await response.aclose()
+            return httpx.Response(502, text="Failed to proxy request", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_started_builder_whose_answer_was_lost_is_adopted(emulator: Admin) -> None:
+    transport = LoseFirstStartResponse()
+    run = await run_to_end(emulator, transport=transport)
+    assert transport.lost == 1
+    assert run.state.state == "done"
+    builders = [p for p in await emulator.processes() if p["command"] == BUILDER]
+    assert len(builders) == 1, "adopted the started builder instead of starting a second"
+    assert run.state.builder_pid == builders[0]["pid"]
+    assert any("already-started process" in w for w in run.messages("warning"))
+
+
+async def test_a_cut_stream_is_reattached_without_duplicate_lines(emulator: Admin) -> None:
+    lines = 8
+    await emulator.builder(log_lines=lines, line_pace_ms=30)
+    await emulator.fault("GET", r"/output/follow$", {"cut_stream_after": 3}, times=2)
+    run = await run_to_end(emulator)
+    assert run.state.state == "done"
+    logs = run.messages("build_log")
+    progress = [line for line in logs if line.startswith("progress ")]
+    assert progress == [f"progress {n}/{lines}" for n in range(1, lines + 1)]
+    assert len(logs) == len(set(logs))
+    follows = [r for r in await emulator.requests() if r["path"].endswith("/output/follow")]
+    assert len(follows) == 3
+    builders = [p for p in await emulator.processes() if p["command"] == BUILDER]
+    assert len(builders) == 1
+
+
+async def test_a_stream_that_keeps_ending_early_spends_the_budget(emulator: Admin) -> None:
+    await emulator.builder(duration_ms=10_000, log_lines=1)
+    await emulator.fault("GET", r"/output/follow$", {"cut_stream_after": 0}, times=1000)
+    run = await run_to_end(emulator, spec=fast_spec(run_builder={"attempts": 3}))
+    assert run.state.state == "failed"
+    assert run.state.attempts["run_builder"] == 3
+    assert "ended before process" in str(run.driver.error)
+    builders = [p for p in await emulator.processes() if p["command"] == BUILDER]
+    assert len(builders) == 1
