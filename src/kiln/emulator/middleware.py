@@ -52,6 +52,7 @@ SANDBOX_HOST_SUFFIX = ".local"
 RULE_KEYS = frozenset({"match", "action", "times", "after"})
 MATCH_KEYS = frozenset({"method", "path"})
 ACTION_KINDS = ("status", "delay_ms", "reset", "cut_stream_after")
+# A fault replaces the final response; 1xx statuses are interim and cannot end an exchange.
 MIN_STATUS = 200
 MAX_STATUS = 599
 
