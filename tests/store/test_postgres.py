@@ -19,7 +19,7 @@ LEASE_S = 30.0
 
 def _query(url: str, sql: str) -> list[tuple[object, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql).fetchall()
 
 
 async def test_workers_starting_together_migrate_once(postgres_db_url: str) -> None:

@@ -15,6 +15,7 @@ from kiln.errors import UsageError
 from kiln.store import (
     AmbiguousBuildId,
     BuildNotFound,
+    BuildRecord,
     LeaseKeeper,
     LeaseLost,
     OwnedElsewhere,
@@ -40,7 +41,9 @@ def dead_pid() -> int:
     return child.pid
 
 
-async def make(store: Store, id: str = "b-1", *, name: str = "hello", state: str = "prepare"):  # type: ignore[no-untyped-def]
+async def make(
+    store: Store, id: str = "b-1", *, name: str = "hello", state: str = "prepare"
+) -> BuildRecord:
     return await store.create(id=id, name=name, state=state, data=STATE)
 
 
