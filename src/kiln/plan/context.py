@@ -21,16 +21,20 @@ Choices, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import io
 import os
 import queue
 import stat
+import struct
 import tarfile
 import threading
 import zlib
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -44,8 +48,22 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 _READ_SIZE = 1 << 20
 # Fast compression, as the reference: the archive is built once per upload and speed dominates.
 _GZIP_LEVEL = 1
-# zlib's own gzip wrapper writes a header with mtime 0 and no file name: deterministic.
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
+# gzip header: deflate, no flags (so no file name), mtime 0, "fastest" extra flag, OS unknown.
+# Fixed bytes, so the archive is the same whichever machine builds it.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+_RAW_DEFLATE = -zlib.MAX_WBITS
+# An empty final deflate block: closes a stream made of sync-flushed pieces.
+_DEFLATE_END = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _RAW_DEFLATE).flush()
+# The tar stream is compressed in blocks of this size on several threads (zlib releases the GIL);
+# deflate of incompressible data runs at tens of MB/s per core, so one core is the bottleneck.
+_DEFLATE_BLOCK = 1 << 20
+# Deflate's window: each block is primed with this much of what precedes it, so splitting the
+# stream costs almost no compression.
+_DEFLATE_WINDOW = 32 << 10
+# Beyond a few threads the upload, not compression, is the limit; more would only cost memory.
+_MAX_DEFLATE_THREADS = 4
+_U32 = 0xFFFFFFFF
+_GZIP_THREAD_NAME = "kiln-context-gzip"
 _PROGRESS_EVERY = 64 << 20
 # Chunks waiting between the archiving thread and the uploader: enough to keep both busy.
 _QUEUE_CHUNKS = 4
@@ -173,7 +191,7 @@ class ContextArchive:
             _check_context_dir(self.context_dir)
             always = _always_included(self.context_dir, self._dockerfile)
             matcher = PatternMatcher(read_dockerignore(self.context_dir))
-            disk = _walk(self.context_dir, "", matcher, always, self._on_warning)
+            disk = _walk(str(self.context_dir), "", matcher, always, self._on_warning)
             self._entries = _with_extras(disk, self._extra_files)
         return list(self._entries)
 
@@ -222,26 +240,18 @@ class ContextArchive:
     def chunks(self) -> Generator[bytes, None, None]:
         """The gzip stream in chunks of at most ``chunk_size`` bytes."""
         self._result = None
-        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
-        tar_hash, gz_hash = hashlib.sha256(), hashlib.sha256()
-        pending = bytearray()
+        gzip = _ParallelGzip()
+        gz_hash = hashlib.sha256()
         compressed = 0
-        for piece in self.tar_stream():
-            tar_hash.update(piece)
-            pending += compressor.compress(piece)
-            for chunk in _cut(pending, self._chunk_size, final=False):
+        with contextlib.closing(gzip.stream(self.tar_stream())) as pieces:
+            for chunk in _rechunk(pieces, self._chunk_size):
                 gz_hash.update(chunk)
                 compressed += len(chunk)
                 yield chunk
-        pending += compressor.flush()
-        for chunk in _cut(pending, self._chunk_size, final=True):
-            gz_hash.update(chunk)
-            compressed += len(chunk)
-            yield chunk
         self._result = _StreamResult(
             compressed_bytes=compressed,
             compressed_sha256=gz_hash.hexdigest(),
-            digest=f"sha256:{tar_hash.hexdigest()}",
+            digest=gzip.tar_digest,
         )
 
     async def achunks(self) -> AsyncGenerator[bytes, None]:
@@ -276,7 +286,7 @@ class ContextArchive:
         if entry.path in self._extras:
             yield self._extras[entry.path]
         else:
-            yield from _read_file(self.context_dir, entry)
+            yield from _read_file(str(self.context_dir), entry)
 
 
 def _log_warning(message: str) -> None:
@@ -310,7 +320,7 @@ def _always_included(
 
 
 def _walk(
-    root: Path,
+    root: str,
     rel_dir: str,
     matcher: PatternMatcher,
     always: frozenset[str],
@@ -340,9 +350,9 @@ def _may_include_beneath(rel_dir: str, matcher: PatternMatcher, always: frozense
     return matcher.may_include_beneath(rel_dir) or any(p.startswith(prefix) for p in always)
 
 
-def _list_dir(root: Path, rel_dir: str) -> list[tuple[str, os.stat_result]]:
+def _list_dir(root: str, rel_dir: str) -> list[tuple[str, os.stat_result]]:
     """Names and lstat results of one directory, sorted by name."""
-    where = root / rel_dir
+    where = os.path.join(root, rel_dir)
     try:
         with os.scandir(where) as listing:
             return sorted((e.name, e.stat(follow_symlinks=False)) for e in listing)
@@ -358,16 +368,16 @@ def _list_dir(root: Path, rel_dir: str) -> list[tuple[str, os.stat_result]]:
 
 
 def _leaf_entry(
-    root: Path, rel: str, st: os.stat_result, warn: Callable[[str], None]
+    root: str, rel: str, st: os.stat_result, warn: Callable[[str], None]
 ) -> ContextEntry | None:
     mode = st.st_mode & _DISK_MODE_MASK
     if stat.S_ISREG(st.st_mode):
-        if not os.access(root / rel, os.R_OK):
+        if not os.access(os.path.join(root, rel), os.R_OK):
             raise _unreadable(rel, None)
         return ContextEntry(rel, EntryKind.FILE, st.st_size, mode)
     if stat.S_ISLNK(st.st_mode):
         try:
-            target = os.readlink(root / rel)
+            target = os.readlink(os.path.join(root, rel))
         except FileNotFoundError as exc:
             raise _vanished(rel) from exc
         return ContextEntry(rel, EntryKind.SYMLINK, 0, mode, link_target=target)
@@ -408,29 +418,62 @@ def _with_extras(disk: list[ContextEntry], extras: Sequence[ExtraFile]) -> list[
     return sorted(disk + added, key=lambda e: e.path)
 
 
+_KIND_TYPE = {
+    EntryKind.FILE: tarfile.REGTYPE,
+    EntryKind.DIR: tarfile.DIRTYPE,
+    EntryKind.SYMLINK: tarfile.SYMTYPE,
+}
+# surrogateescape round-trips file names that are not valid UTF-8 byte for byte.
+_NAME_ENCODING = ("utf-8", "surrogateescape")
+_NAME_FIELD = 100
+# The size field holds 11 octal digits; larger sizes need GNU's base-256 form.
+_OCTAL_SIZE_LIMIT = 8**11
+_CHECKSUM_FIELD = slice(148, 156)
+
+
 def _header(entry: ContextEntry) -> bytes:
+    """The entry's GNU tar header, byte-identical to ``tarfile``'s own.
+
+    Headers are written here for the common case because ``TarInfo.tobuf`` dominates the time
+    of archiving many small files; long names and huge sizes are left to ``tarfile``.
+    """
+    name = entry.path.encode(*_NAME_ENCODING) + (b"/" if entry.kind is EntryKind.DIR else b"")
+    link = entry.link_target.encode(*_NAME_ENCODING)
+    too_long = len(name) > _NAME_FIELD or len(link) > _NAME_FIELD
+    if too_long or entry.size >= _OCTAL_SIZE_LIMIT:
+        return _tarfile_header(entry)
+    block = bytearray(tarfile.BLOCKSIZE)
+    block[0 : len(name)] = name
+    # mode, uid 0, gid 0, size, mtime 0, checksum placeholder (spaces), type, link name, magic;
+    # user and group names and the device fields stay empty (all NUL).
+    fields = b"%07o\0" % entry.mode + b"0000000\0" * 2 + b"%011o\0" % entry.size
+    fields += b"00000000000\0" + b" " * 8 + _KIND_TYPE[entry.kind]
+    block[100 : 100 + len(fields)] = fields
+    block[157 : 157 + len(link)] = link
+    block[257:265] = tarfile.GNU_MAGIC
+    block[_CHECKSUM_FIELD] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _tarfile_header(entry: ContextEntry) -> bytes:
     info = tarfile.TarInfo(entry.path)
     info.mode = entry.mode
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     info.mtime = 0
-    if entry.kind is EntryKind.FILE:
-        info.type, info.size = tarfile.REGTYPE, entry.size
-    elif entry.kind is EntryKind.DIR:
-        info.type = tarfile.DIRTYPE
-    else:
-        info.type, info.linkname = tarfile.SYMTYPE, entry.link_target
-    # surrogateescape round-trips file names that are not valid UTF-8 byte for byte.
-    return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape")
+    info.type = _KIND_TYPE[entry.kind]
+    info.size = entry.size
+    info.linkname = entry.link_target
+    return info.tobuf(tarfile.GNU_FORMAT, *_NAME_ENCODING)
 
 
-def _read_file(root: Path, entry: ContextEntry) -> Iterator[bytes]:
+def _read_file(root: str, entry: ContextEntry) -> Iterator[bytes]:
     """The file's bytes in pieces, failing if it is no longer what the walk saw."""
     # O_NOFOLLOW: a file swapped for a symlink since the walk must not upload the link's target.
     # O_NONBLOCK: a file swapped for a FIFO must not hang the open.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(root / entry.path, flags)
+        fd = os.open(os.path.join(root, entry.path), flags)
     except FileNotFoundError as exc:
         raise _vanished(entry.path) from exc
     except PermissionError as exc:
@@ -462,12 +505,76 @@ def _read(handle: io.FileIO, rel: str, size: int) -> bytes:
         raise _unreadable(rel, exc) from exc
 
 
-def _cut(pending: bytearray, size: int, *, final: bool) -> Iterator[bytes]:
-    """Take whole chunks off the front of ``pending`` (and the rest too when ``final``)."""
-    while len(pending) >= size or (final and pending):
-        chunk = bytes(pending[:size])
-        del pending[:size]
-        yield chunk
+def _rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The same bytes regrouped into pieces of exactly ``size`` (the last may be shorter)."""
+    pending = bytearray()
+    for piece in pieces:
+        pending += piece
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
+
+
+class _ParallelGzip:
+    """One gzip member compressed in parallel blocks, pigz's way, with deterministic output.
+
+    Each block of the input is deflated on its own thread as a raw deflate stream primed with
+    the 32 KiB that precede it and ended by a sync flush (byte-aligned, not final); the pieces
+    concatenate into one valid deflate stream, closed by an empty final block. The output depends
+    only on the input and the block size, never on timing or thread count.
+    """
+
+    def __init__(self) -> None:
+        self._tar_hash = hashlib.sha256()
+        self._crc = 0
+        self._length = 0
+
+    @property
+    def tar_digest(self) -> str:
+        return f"sha256:{self._tar_hash.hexdigest()}"
+
+    def stream(self, data: Iterable[bytes]) -> Generator[bytes, None, None]:
+        threads = min(os.cpu_count() or 1, _MAX_DEFLATE_THREADS)
+        yield _GZIP_HEADER
+        with ThreadPoolExecutor(threads, thread_name_prefix=_GZIP_THREAD_NAME) as pool:
+            # At most one block per thread plus one waiting: bounded memory, all threads busy.
+            running: deque[Future[bytes]] = deque()
+            window = b""
+            try:
+                for block in _rechunk(data, _DEFLATE_BLOCK):
+                    self._account(block)
+                    running.append(pool.submit(_deflate_block, block, window))
+                    window = _next_window(window, block)
+                    while len(running) > threads:
+                        yield running.popleft().result()
+                while running:
+                    yield running.popleft().result()
+            finally:
+                for future in running:
+                    future.cancel()
+        yield _DEFLATE_END + struct.pack("<II", self._crc, self._length & _U32)
+
+    def _account(self, block: bytes) -> None:
+        self._tar_hash.update(block)
+        self._crc = zlib.crc32(block, self._crc)
+        self._length += len(block)
+
+
+def _deflate_block(block: bytes, window: bytes) -> bytes:
+    if window:
+        deflate = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _RAW_DEFLATE, zdict=window)
+    else:
+        deflate = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _RAW_DEFLATE)
+    return deflate.compress(block) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _next_window(window: bytes, block: bytes) -> bytes:
+    """The last 32 KiB of the stream so far."""
+    if len(block) >= _DEFLATE_WINDOW:
+        return block[-_DEFLATE_WINDOW:]
+    return (window + block)[-_DEFLATE_WINDOW:]
 
 
 def _vanished(rel: str) -> ContextError:
