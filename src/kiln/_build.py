@@ -15,6 +15,7 @@ from typing import Any, TypedDict, Unpack
 
 import httpx
 
+from kiln.durable._session import Session
 from kiln.errors import BuildCancelled, BuildError
 from kiln.machine import (
     BuildOptions,
@@ -29,6 +30,7 @@ from kiln.machine import (
     no_persist,
 )
 from kiln.plan import BuildPlan, plan_dockerfile, plan_import
+from kiln.store import Store
 
 _log = logging.getLogger("kiln.build")
 
@@ -57,6 +59,8 @@ class BuildKwargs(TypedDict, total=False):
     transport: httpx.AsyncBaseTransport | None
     # Called with the state after every transition (kiln.store plugs in here).
     persist: PersistHook | None
+    # Persist the build there (state, events, ownership, cross-process cancel); see kiln.durable.
+    store: Store | None
 
 
 class Build:
@@ -70,9 +74,11 @@ class Build:
         on_event: Callable[[Event], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         persist: PersistHook | None = None,
+        session: Session | None = None,
     ) -> None:
         self._state = state
         self._on_event = on_event
+        self._session = session
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._finished = False
         self._services = Services(
@@ -81,7 +87,8 @@ class Build:
             secrets=secrets,
             transport=transport,
         )
-        self._driver = Driver(self._services, persist=persist or no_persist)
+        hook = session.persist if session is not None else persist or no_persist
+        self._driver = Driver(self._services, persist=hook)
         self._task = asyncio.create_task(self._run(), name=f"kiln-build-{state.id}")
 
     @property
@@ -120,6 +127,8 @@ class Build:
 
     def _deliver(self, event: Event) -> None:
         self._queue.put_nowait(event)
+        if self._session is not None:
+            self._session.record(event)
         if self._on_event is None:
             return
         try:
@@ -130,7 +139,11 @@ class Build:
 
     async def _run(self) -> None:
         try:
-            await self._driver.run(self._state)
+            if self._session is not None:
+                finals = self._services.spec.finals
+                await self._session.run(self._driver, self._state, frozenset(finals))
+            else:
+                await self._driver.run(self._state)
         finally:
             await self._services.aclose()
             self._finished = True
@@ -207,13 +220,17 @@ def _start(plan: BuildPlan, loading: str, options: BuildKwargs) -> Build:
     return build
 
 
-def _handle(state: BuildState, options: BuildKwargs) -> Build:
+def _handle(state: BuildState, options: BuildKwargs, session: Session | None = None) -> Build:
+    store = options.get("store")
+    if session is None and store is not None:
+        session = Session(store)
     return Build(
         state,
         secrets=Secrets(api_key=options.get("api_key"), pat=options.get("pat")),
         on_event=options.get("on_event"),
         transport=options.get("transport"),
         persist=options.get("persist"),
+        session=session,
     )
 
 

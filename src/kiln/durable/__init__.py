@@ -1,0 +1,20 @@
+"""Durable builds: persisted state, resume after a crash, cross-process cancel, orphan reaping.
+
+A :class:`Session` plugs a :mod:`kiln.store` store into the build machine's driver: the state and
+the build's events are written after every transition (and checkpointed while a phase runs), the
+build is owned under a renewed lease, and a cancel recorded by another process is noticed within
+about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state ready to run again.
+"""
+
+from kiln.durable._resume import SANDBOX_LOST, load_state, prepare_resume
+from kiln.durable._session import KILL_AFTER_TRANSITION_ENV, POLL_S, BuildHandedOver, Session
+
+__all__ = [
+    "KILL_AFTER_TRANSITION_ENV",
+    "POLL_S",
+    "SANDBOX_LOST",
+    "BuildHandedOver",
+    "Session",
+    "load_state",
+    "prepare_resume",
+]

@@ -1,0 +1,117 @@
+"""Getting a persisted build ready to run again in this process.
+
+The handlers already know how to be entered a second time (each one's docstring says how); what
+only a resume has to decide is whether the world still matches the state: a cancel requested
+while nobody ran the build, and a builder sandbox that may have disappeared meanwhile.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from kiln.errors import ApiError
+from kiln.machine import BuildState, ErrorRecord, MachineSpec, Services
+from kiln.store import BuildRecord
+
+HTTP_NOT_FOUND = 404
+TERMINATED = "terminated"
+FAILED = "failed"
+SANDBOX_LOST = "SandboxLost"
+# The state a lost sandbox sends the build back to with --retry-lost-sandbox: everything from
+# prepare on belongs to the lost sandbox (the prepared build, the signed upload, the context).
+RETRY_FROM = "prepare"
+# What a fresh state keeps from the old one when it starts over from prepare: who and what it
+# builds, when it started (the overall deadline stays absolute), and what it learned about the
+# server (a refused chunked upload will be refused again).
+_KEPT_ON_RETRY = (
+    "plan",
+    "options",
+    "id",
+    "created_at",
+    "deadline_at",
+    "cancel_requested",
+    "chunked_upload_refused",
+)
+
+Event = tuple[str, dict[str, object]]
+
+
+def load_state(record: BuildRecord) -> BuildState:
+    """The machine state persisted in ``record``."""
+    return BuildState.from_dict(record.data)
+
+
+async def prepare_resume(
+    state: BuildState,
+    record: BuildRecord,
+    services: Services,
+    *,
+    retry_lost_sandbox: bool,
+) -> list[Event]:
+    """Bring ``state`` up to date before the driver runs it again; returns events for the log."""
+    spec = services.spec
+    events: list[Event] = [("resumed", {"state": state.state, "version": record.version})]
+    state.cancel_requested = state.cancel_requested or record.cancel_requested
+    _count_interrupted_attempt(state)
+    if _needs_sandbox_check(state, spec) and await _sandbox_lost(state, services):
+        events.append(_lose_sandbox(state, spec, retry=retry_lost_sandbox))
+    return events
+
+
+def _count_interrupted_attempt(state: BuildState) -> None:
+    """The crashed process may have run the current handler without recording it: count it.
+
+    This is what makes run_builder look for an already-started builder before starting one.
+    """
+    state.attempts[state.state] = max(1, state.attempts_in(state.state))
+
+
+def _needs_sandbox_check(state: BuildState, spec: MachineSpec) -> bool:
+    phase = spec.states.get(state.state)
+    return (
+        phase is not None
+        and phase.holds_sandbox
+        and state.state != spec.cleanup
+        and state.sandbox_id is not None
+        and not state.sandbox_deleted
+        and not state.cancel_requested
+    )
+
+
+async def _sandbox_lost(state: BuildState, services: Services) -> bool:
+    """Whether the lifecycle API says the sandbox is gone; an unclear answer means it is not."""
+    try:
+        info = await services.lifecycle(state).get_sandbox(state.need_sandbox_id())
+    except ApiError as error:
+        return error.status == HTTP_NOT_FOUND
+    return info.status == TERMINATED
+
+
+def _lose_sandbox(state: BuildState, spec: MachineSpec, *, retry: bool) -> Event:
+    sandbox_id = state.sandbox_id
+    where = state.state
+    if retry:
+        _start_over(state)
+        return ("sandbox_lost", {"sandbox_id": sandbox_id, "state": where, "then": RETRY_FROM})
+    state.error = ErrorRecord(
+        kind=SANDBOX_LOST,
+        message=(
+            f"builder sandbox {sandbox_id} is gone (the build was in {where!r} when its process"
+            " stopped); the build cannot continue without it"
+        ),
+        hint="build again, or resume with --retry-lost-sandbox to start over from prepare",
+    )
+    # Cleanup still runs: it confirms the sandbox is gone and ends the build as failed.
+    state.outcome = FAILED
+    state.state = spec.cleanup
+    return ("sandbox_lost", {"sandbox_id": sandbox_id, "state": where, "then": FAILED})
+
+
+def _start_over(state: BuildState) -> None:
+    """Reset every field of ``state`` except the kept ones, and put it in RETRY_FROM."""
+    fresh = BuildState(
+        **{name: getattr(state, name) for name in _KEPT_ON_RETRY},
+    )
+    for field in attrs.fields(BuildState):
+        setattr(state, field.name, getattr(fresh, field.name))
+    state.state = RETRY_FROM

@@ -1,0 +1,244 @@
+"""One process's hold on one persisted build: its state writes, its event log, its lease.
+
+A :class:`Session` is the driver's ``persist`` hook and the sink for the build's events. At every
+transition it writes the state (compare-and-set on the store's version) and the events gathered
+since the last write, before the next handler runs. While a handler runs, a ticker does the same
+every ``poll_s`` seconds when anything changed (so a builder's pid and its delivered log lines
+reach the store long before the phase ends), and polls the store for a cancel request made by
+another process. The lease is renewed in the background; losing it, or losing a compare-and-set,
+stops the build where it stands without cleanup: the new owner carries on from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from kiln.errors import BuildError, KilnError
+from kiln.machine import BuildState, Driver, Event
+from kiln.store import (
+    LEASE_S,
+    RENEW_EVERY_S,
+    LeaseKeeper,
+    LeaseLost,
+    Owner,
+    StaleWriteError,
+    Store,
+    StoreUnavailable,
+)
+
+JsonObject = dict[str, Any]
+
+# How often a running build looks at the store for a cancel request and checkpoints its state:
+# a `kiln cancel` from another process takes effect within about this long, and a crash loses at
+# most this much of a running phase's progress (its log lines, a builder pid just learned).
+POLL_S = 0.5
+
+# Testing hook, not a user option: when set to N, the process SIGKILLs itself right after the
+# N-th transition has been written to the store. The crash tests use it to stop a `kiln build`
+# at every point of the machine and resume it from another process.
+KILL_AFTER_TRANSITION_ENV = "KILN_TEST_KILL_AFTER_TRANSITION"
+
+_log = structlog.get_logger("kiln.durable")
+
+
+class BuildHandedOver(BuildError):
+    """This process stopped running the build; it continues elsewhere (or on ``kiln resume``)."""
+
+
+class Session:
+    """Persist one build to ``store`` while this process owns it.
+
+    ``version`` is the store version this session last wrote or acquired; ``None`` means the
+    build is new and :meth:`run` creates its record first.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        owner: Owner | None = None,
+        version: int | None = None,
+        lease_s: float = LEASE_S,
+        renew_every_s: float = RENEW_EVERY_S,
+        poll_s: float = POLL_S,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.owner = owner or Owner.current()
+        self._version = version
+        self._lease_s = lease_s
+        self._renew_every_s = renew_every_s
+        self._poll_s = poll_s
+        self._kill_after = _kill_after(os.environ if env is None else env)
+        self._pending: list[tuple[str, JsonObject]] = []
+        self._saved_json: str | None = None
+        self._lock = asyncio.Lock()
+        self._stop_reason: KilnError | None = None
+        self._driver_task: asyncio.Task[BuildState] | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._persists = 0
+        self._finals: frozenset[str] = frozenset()
+
+    # -- the hooks the Build plugs in -------------------------------------------------------
+
+    def record(self, event: Event | tuple[str, JsonObject]) -> None:
+        """Queue an event for the build's log; it is written with the next state write."""
+        if isinstance(event, tuple):
+            self._pending.append(event)
+            return
+        data = event.to_dict()
+        self._pending.append((str(data.pop("type")), data))
+
+    async def persist(self, state: BuildState) -> None:
+        """The driver's hook: write the state and the queued events, then look for a cancel."""
+        if self._stop_reason is not None:
+            raise self._stop_reason
+        if self._keeper is not None:
+            self._keeper.check()
+        async with self._lock:
+            await self._write(state, force=True)
+        self._persists += 1
+        # The first write of a run records where it starts; the later ones follow transitions.
+        transitions = self._persists - 1
+        if self._kill_after is not None and transitions == self._kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if not state.cancel_requested and await self._cancel_requested(state.id):
+            state.cancel_requested = True
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, driver: Driver, state: BuildState, final_states: frozenset[str]) -> None:
+        """Own the build, drive it to a final state (or until stopped), then give it up."""
+        self._finals = final_states
+        if state.state in final_states:
+            return
+        if self._version is None:
+            await self._create(state)
+        try:
+            async with LeaseKeeper(
+                self.store,
+                state.id,
+                self.owner,
+                lease_s=self._lease_s,
+                every_s=self._renew_every_s,
+            ) as keeper:
+                self._keeper = keeper
+                await self._drive(driver, state)
+        finally:
+            self._keeper = None
+            with contextlib.suppress(KilnError):
+                await self.store.release(state.id, self.owner)
+
+    async def stop(self, state: BuildState, reason: str) -> None:
+        """Checkpoint the build and stop driving it, without cleanup, so it can be resumed."""
+        async with self._lock:
+            if self._stop_reason is not None:
+                return
+            with contextlib.suppress(KilnError):
+                await self._write(state, force=False)
+                await self.store.append_events(
+                    state.id, [("handed_over", {"reason": reason, "state": state.state})]
+                )
+            self._stop_reason = BuildHandedOver(
+                f"build {state.id} stopped in state {state.state!r}: {reason}",
+                hint=f"it continues on `kiln resume {state.id}` or in a worker",
+            )
+        if self._driver_task is not None:
+            self._driver_task.cancel()
+
+    async def _create(self, state: BuildState) -> None:
+        await self.store.create(
+            id=state.id,
+            name=state.plan.name,
+            state=state.state,
+            data=state.to_dict(),
+            sandbox_id=state.sandbox_id,
+            schema_version=state.schema_version,
+        )
+        record = await self.store.acquire(state.id, self.owner, lease_s=self._lease_s)
+        self._version = record.version
+
+    async def _drive(self, driver: Driver, state: BuildState) -> None:
+        self._driver_task = asyncio.create_task(driver.run(state))
+        ticker = asyncio.create_task(self._tick(driver, state))
+        try:
+            await self._driver_task
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stop_reason is None or (task is not None and task.cancelling()):
+                raise
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        if self._stop_reason is not None:
+            raise self._stop_reason
+        # The last transition's event is emitted after its state write: flush it.
+        await self._flush_events(state.id)
+
+    async def _tick(self, driver: Driver, state: BuildState) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                await self._checkpoint(driver, state)
+            except (StaleWriteError, LeaseLost) as error:
+                await self.stop(state, f"ownership lost ({error})")
+                return
+            except StoreUnavailable as error:
+                # The next tick or transition tries again; the lease outlives a short outage.
+                _log.warning("store unavailable", build_id=state.id, error=str(error))
+
+    async def _checkpoint(self, driver: Driver, state: BuildState) -> None:
+        if self._keeper is not None:
+            self._keeper.check()
+        async with self._lock:
+            if self._stop_reason is not None:
+                return
+            await self._write(state, force=False)
+        if not state.cancel_requested and await self._cancel_requested(state.id):
+            driver.cancel()
+
+    async def _write(self, state: BuildState, *, force: bool) -> None:
+        """Save the state if it changed (always when ``force``), then append the queued events.
+
+        The state and the events are taken in one synchronous step, so the log written never
+        runs ahead of the state (``output_events_delivered``) that says how much was delivered.
+        """
+        data = state.to_dict()
+        text = state.to_json()
+        events, self._pending = self._pending, []
+        if force or text != self._saved_json:
+            assert self._version is not None
+            self._version = await self.store.save(
+                state.id,
+                expected_version=self._version,
+                state=state.state,
+                data=data,
+                sandbox_id=state.sandbox_id,
+                final=state.state in self._finals,
+                schema_version=state.schema_version,
+            )
+            self._saved_json = text
+        if events:
+            await self.store.append_events(state.id, events)
+
+    async def _flush_events(self, build_id: str) -> None:
+        events, self._pending = self._pending, []
+        if events:
+            await self.store.append_events(build_id, events)
+
+    async def _cancel_requested(self, build_id: str) -> bool:
+        record = await self.store.get(build_id)
+        return record is not None and record.cancel_requested
+
+
+def _kill_after(env: Mapping[str, str]) -> int | None:
+    raw = env.get(KILL_AFTER_TRANSITION_ENV, "").strip()
+    return int(raw) if raw.isdigit() else None
