@@ -48,6 +48,12 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
 class Emulator:
     """A running emulator: ``with Emulator(config) as emu:`` or ``async with``; ``emu.url``."""
 
@@ -59,14 +65,14 @@ class Emulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: EmulatorState | None = None
         self._failure: BaseException | None = None
+        self._url: str | None = None
 
     @property
     def url(self) -> str:
-        if self._sock is None:
-            raise RuntimeError("the emulator is not running; start it first")
-        host, port = self._sock.getsockname()[:2]
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
+        """The base URL; still readable after stop, so a test can check nothing answers there."""
+        if self._url is None:
+            raise RuntimeError("the emulator was never started")
+        return self._url
 
     @property
     def data_dir(self) -> Path:
@@ -79,6 +85,7 @@ class Emulator:
             raise RuntimeError("this emulator is already running")
         app, self._state = build_app(self.config)
         self._sock = _listen(self.config.host, self.config.port)
+        self._url = _url_of(self._sock)
         self._server = _Server(
             uvicorn.Config(
                 app,
