@@ -12,6 +12,7 @@ from typing import Any
 import dockerfile as buildkit
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from strategies import dockerfiles
 
 from kiln.errors import DockerfileError
@@ -25,16 +26,21 @@ def _read(path: Path) -> str:
     return path.read_bytes().decode("utf-8")
 
 
+def _upper(keyword: str | None) -> str:
+    # BuildKit matches keywords case-insensitively; kiln upper-cases ASCII letters only.
+    return "".join(ch.upper() if ch.isascii() else ch for ch in keyword or "")
+
+
 def _oracle_view(command: Any) -> tuple[Any, ...]:
     return (
-        command.cmd.upper(),
-        command.sub_cmd.upper() if command.sub_cmd else None,
+        _upper(command.cmd),
+        _upper(command.sub_cmd) if command.sub_cmd else None,
         tuple(command.flags),
         command.start_line,
         command.end_line,
         tuple((doc.name, doc.content, doc.file_descriptor) for doc in command.heredocs),
         tuple(command.value) if command.json else None,
-        tuple(command.value) if command.cmd.upper() == "FROM" else None,
+        tuple(command.value) if _upper(command.cmd) == "FROM" else None,
     )
 
 
@@ -73,6 +79,34 @@ def test_corpus_file_parses_like_buildkit(path: Path) -> None:
 @given(dockerfiles())
 def test_generated_dockerfiles_parse_like_buildkit(text: str) -> None:
     _assert_agree(text)
+
+
+# Fragments that stress the parser's corners: keywords, escapes, comments, heredoc markers,
+# quotes, JSON, flags, odd whitespace and non-ASCII bytes inside flags.
+TOKENS = (
+    *("FROM", "RUN", "COPY", "ADD", "CMD", "SHELL", "VOLUME", "onbuild", "ENV", "LABEL"),
+    *("HEALTHCHECK", " ", "  ", "\t", "\x0b", "\xa0", "é", "\\", "\\\\", "`", "#", "\t#"),
+    *("# escape=`", "# syntax=x", "<<", "<<-", "0<<", "EOF", "'EOF'", '<<E"O"F', '"', "'"),
+    *("[", "]", '"a"', "1", "NaN", "=", "a", ";", "--from=x", "--mount=a", "--", " --", "$X"),
+    *("\n", "\n", "\n", "\r\n"),
+)
+
+
+def _outcome(parse: Any, error: type[Exception], view: Any, text: str) -> Any:
+    try:
+        return [view(item) for item in parse(text)]
+    except error:
+        return "rejected"
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(TOKENS), max_size=30).map("".join))
+def test_token_soup_parses_like_buildkit(text: str) -> None:
+    expected = _outcome(buildkit.parse_string, buildkit.GoParseError, _oracle_view, text)
+    actual = _outcome(lambda t: parse_dockerfile(t).instructions, DockerfileError, _kiln_view, text)
+    if expected == "rejected" and actual == []:
+        return  # BuildKit rejects a file with no instructions; kiln's planner does the same
+    assert actual == expected
 
 
 EDGE_CASES = [
