@@ -117,3 +117,30 @@ async def test_an_unreachable_database_is_reported_without_its_password() -> Non
     assert SECRET not in message
     # The driver's own exception is not chained in, so a traceback cannot print it either.
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://kiln:{SECRET}@[::1/x",  # libpq quotes the whole URL back
+        f"postgresql://kiln:{SECRET}%zz@db/x",  # libpq quotes the bad token: the password
+        f"postgresql://kiln:{SECRET}@db/x?bogus=1",
+    ],
+)
+def test_a_postgresql_url_libpq_refuses_is_a_usage_error_without_its_password(url: str) -> None:
+    with pytest.raises(UsageError, match="invalid PostgreSQL URL") as caught:
+        open_store(url)
+    assert SECRET not in caught.value.display()
+
+
+async def test_a_store_built_on_a_bad_url_refuses_it_at_first_use() -> None:
+    store = PostgresStore(f"postgresql://kiln:{SECRET}@127.0.0.1:1/x?bogus=1")
+    with pytest.raises(UsageError, match="bogus") as caught:
+        await store.get("b-1")
+    await store.close()
+    assert SECRET not in caught.value.display()
+
+
+def test_redact_url_leaves_a_url_without_password_verbatim() -> None:
+    for url in ("postgresql:///db?host=/run/pg&user=kiln", "postgresql://kiln@db:5432/x"):
+        assert redact_url(url) == url

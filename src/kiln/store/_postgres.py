@@ -23,6 +23,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from kiln.errors import UsageError
 from kiln.store._base import (
     AMBIGUOUS_SHOWN,
     DEFAULT_SCHEMA_VERSION,
@@ -303,16 +304,28 @@ class PostgresStore:
     async def _connection(self) -> Connection:
         # A connection the server dropped is closed; the next operation reconnects.
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S
-            )
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._url,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                )
+            except psycopg.ProgrammingError as error:
+                # An option libpq parses but refuses, such as sslmode=bogus.
+                raise UsageError(
+                    f"invalid PostgreSQL URL {redact_url(self._url)}:"
+                    f" {scrub(str(error).strip(), self._url)}",
+                    hint="fix the URL in --store / KILN_STORE",
+                ) from None
             await _migrate(self._conn, redact_url(self._url))
         return self._conn
 
     def _unavailable(self, error: psycopg.Error) -> StoreUnavailable:
         # ``from None``: the driver's exception may quote the connection string, password included.
         return StoreUnavailable(
-            f"the PostgreSQL store {redact_url(self._url)} failed: {scrub(str(error), self._url)}",
+            f"the PostgreSQL store {redact_url(self._url)} failed:"
+            f" {scrub(str(error).strip(), self._url)}",
             hint="check that the database is up and the URL in --store / KILN_STORE is right",
         )
 

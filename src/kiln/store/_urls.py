@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 import attrs
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from kiln.errors import UsageError
 
@@ -62,6 +64,7 @@ def parse_store_url(url: str) -> StoreLocation:
         return StoreLocation(kind="sqlite", path=Path(url[len(_SQLITE_PREFIX) :]))
     scheme, separator, _ = url.partition("://")
     if separator and scheme in _POSTGRES_SCHEMES:
+        _check_conninfo(url)
         return StoreLocation(kind="postgres", url=url)
     raise UsageError(
         f"unsupported store URL ({_describe(url)})",
@@ -80,27 +83,40 @@ def _describe(url: str) -> str:
     return "no scheme"
 
 
+def _check_conninfo(url: str) -> None:
+    # libpq's own parser, so that what it would refuse at connect time is refused here, as a
+    # usage error, before anything runs.
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error as error:
+        raise UsageError(
+            f"invalid PostgreSQL URL {redact_url(url)}: {scrub(str(error).strip(), url)}",
+            hint=f"write it as {ACCEPTED_FORMS[-1]} (percent-encode special characters)",
+        ) from None
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, fit for messages and logs."""
+    """The URL with any password replaced, fit for messages and logs; the rest left verbatim."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         # Too malformed to find the password in: show none of it past the scheme.
         return f"{url.partition(':')[0]}:{_REDACTED}"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}{':' + _REDACTED if colon else ''}@{hostport}"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if at and colon:
+        url = url.replace(f"//{parts.netloc}", f"//{user}:{_REDACTED}@{hostport}", 1)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, _REDACTED if k == "password" else v) for k, v in query]
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query, safe="/*"), parts.fragment)
-    )
+    if any(key == "password" for key, _ in query):
+        hidden = [(k, _REDACTED if k == "password" else v) for k, v in query]
+        url = url.replace(f"?{parts.query}", f"?{urllib.parse.urlencode(hidden, safe='/*')}", 1)
+    return url
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` with every password found in ``url`` replaced, for driver messages we pass on."""
+    """``text`` with ``url`` and every password found in it replaced, for driver messages we pass
+    on (libpq quotes the URL it could not parse, password and all)."""
+    text = text.replace(url, redact_url(url))
     for secret in _passwords(url):
         text = text.replace(secret, _REDACTED)
     return text
