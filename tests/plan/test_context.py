@@ -139,6 +139,26 @@ def test_dockerfile_and_dockerignore_are_always_sent(tmp_path: Path) -> None:
     assert file_paths(archive) == [".dockerignore", "docker/Dockerfile"]
 
 
+def test_the_dockerfile_specific_ignore_file_applies(tmp_path: Path) -> None:
+    make_tree(
+        tmp_path,
+        {
+            ".dockerignore": b"a.txt\n",
+            "Dockerfile": b"FROM scratch\n",
+            "Dockerfile.dockerignore": b"b.txt\n",
+            "a.txt": b"",
+            "b.txt": b"",
+        },
+    )
+    archive = ContextArchive(tmp_path, dockerfile=tmp_path / "Dockerfile")
+    assert file_paths(archive) == [
+        ".dockerignore",
+        "Dockerfile",
+        "Dockerfile.dockerignore",
+        "a.txt",
+    ]
+
+
 def test_a_dockerfile_outside_the_context_is_not_sent(tmp_path: Path) -> None:
     context = make_tree(tmp_path / "ctx", {"a.txt": b"a"})
     dockerfile = make_tree(tmp_path, {"Dockerfile": b"FROM scratch\n"}) / "Dockerfile"

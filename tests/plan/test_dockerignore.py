@@ -141,6 +141,16 @@ def test_read_dockerignore_strips_a_utf8_bom(tmp_path: Path) -> None:
     assert read_dockerignore(tmp_path) == ["build"]
 
 
+def test_a_dockerfile_specific_ignore_file_wins(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text("root\n")
+    (tmp_path / "build").mkdir()
+    dockerfile = tmp_path / "build" / "app.Dockerfile"
+    assert read_dockerignore(tmp_path, dockerfile=dockerfile) == ["root"]
+    (tmp_path / "build" / "app.Dockerfile.dockerignore").write_text("specific\n")
+    assert read_dockerignore(tmp_path, dockerfile=dockerfile) == ["specific"]
+    assert read_dockerignore(tmp_path) == ["root"]
+
+
 def test_no_dockerignore_means_no_patterns(tmp_path: Path) -> None:
     assert read_dockerignore(tmp_path) == []
 

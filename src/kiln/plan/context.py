@@ -193,7 +193,8 @@ class ContextArchive:
         if self._entries is None:
             _check_context_dir(self.context_dir)
             always = _always_included(self.context_dir, self._dockerfile)
-            matcher = PatternMatcher(read_dockerignore(self.context_dir))
+            patterns = read_dockerignore(self.context_dir, dockerfile=self._dockerfile)
+            matcher = PatternMatcher(patterns)
             disk = _walk(str(self.context_dir), "", matcher, always, self._on_warning)
             self._entries = _with_extras(disk, self._extra_files)
         return list(self._entries)

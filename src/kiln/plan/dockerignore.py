@@ -9,13 +9,15 @@ The differences matter because kiln must never drop a file ``docker build`` woul
   an excluded directory (gitignore cannot);
 - a pattern matching a directory matches everything beneath it (parent-directory matching).
 
-The file is read the way Docker's CLI reads it (``ignorefile.ReadAll``): a line starting with
-``#`` is a comment, lines are trimmed, each pattern is ``filepath.Clean``-ed and a leading ``/``
-is dropped.
+A Dockerfile-specific ``<name>.dockerignore`` beside the Dockerfile replaces the root one, as
+in BuildKit. The file is read the way Docker's CLI reads it (``ignorefile.ReadAll``): a line
+starting with ``#`` is a comment, lines are trimmed, each pattern is ``filepath.Clean``-ed and a
+leading ``/`` is dropped.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections.abc import Callable, Sequence
@@ -40,9 +42,19 @@ _GLOB_CHARS = frozenset("*?[\\")
 _FIX_HINT = "fix or remove this line of .dockerignore (patterns follow Go's filepath.Match syntax)"
 
 
-def read_dockerignore(context_dir: Path) -> list[str]:
-    """The cleaned patterns of ``<context_dir>/.dockerignore``; no file means no patterns."""
+def read_dockerignore(
+    context_dir: str | os.PathLike[str], *, dockerfile: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """The cleaned patterns that apply to the context; no ignore file means no patterns.
+
+    As in BuildKit, ``<dockerfile>.dockerignore`` next to the Dockerfile, when it exists, is
+    used instead of ``<context_dir>/.dockerignore``.
+    """
     path = Path(context_dir) / DOCKERIGNORE
+    if dockerfile is not None:
+        specific = Path(f"{os.fspath(dockerfile)}{DOCKERIGNORE}")
+        if specific.is_file():
+            path = specific
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -50,7 +62,7 @@ def read_dockerignore(context_dir: Path) -> list[str]:
     except OSError as exc:
         raise ContextError(
             f"cannot read {path}: {exc.strerror or exc}",
-            hint="make .dockerignore readable, or remove it",
+            hint=f"make {path.name} readable, or remove it",
         ) from exc
     # Go strings are bytes: keep undecodable bytes as they are instead of failing.
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix(_UTF8_BOM)
