@@ -246,3 +246,39 @@ def test_reset_forgets_templates(http: httpx.Client) -> None:
     assert http.get("/_emulator/requests").json() == []
     assert http.get(BY_NAME + "gone").status_code == 404
     assert http.get("/_emulator/sandboxes").json() == {"sandboxes": []}
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"snapshotUri": "s3://kiln-emulator/elsewhere.tlsnap"}, "was told to upload"),
+        ({"rootfsNodeKind": "diff"}, "does not match the prepared"),
+        ({"snapshotId": "snapshot-other"}, "is not the one prepared"),
+        ({"snapshotSizeBytes": -1}, "snapshotSizeBytes"),
+    ],
+)
+def test_complete_checks_the_body_against_the_build(
+    http: httpx.Client, change: dict[str, Any], complaint: str
+) -> None:
+    prepared = prepare(http, "n", "FROM a\n")
+    http.put(prepared["upload"]["url"], content=b"snapshot")
+    body = {
+        "snapshotId": prepared["snapshotId"],
+        "snapshotUri": prepared["snapshotUri"],
+        "snapshotFormatVersion": "durable_archive_v1",
+        "snapshotSizeBytes": 8,
+        "rootfsDiskBytes": 1,
+        "rootfsNodeKind": "base",
+        **change,
+    }
+    response = http.post(f"{BUILDS}/{prepared['buildId']}/complete", json=body)
+    assert response.status_code == 400
+    assert complaint in response.json()["error"]
+
+
+def test_blob_keys_cannot_clash(http: httpx.Client) -> None:
+    assert http.put("/_emulator/blobs/a", content=b"1").status_code == 200
+    clash = http.put("/_emulator/blobs/a/b", content=b"2")
+    assert clash.status_code == 409
+    assert clash.json()["code"] == "BLOB_KEY_CONFLICT"
+    assert http.get("/_emulator/blobs", params={"uri": "gs://x/y"}).status_code == 400

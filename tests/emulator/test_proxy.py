@@ -184,3 +184,9 @@ def test_bad_process_payload_names_the_field(sandbox: SandboxDriver) -> None:
     response = sandbox.request("POST", "/api/v1/processes", json={"command": "true", "args": "x"})
     assert response.status_code == 400
     assert "'args'" in response.json()["error"]
+
+
+def test_truncated_archive_fails_like_tar(sandbox: SandboxDriver) -> None:
+    info, lines = _upload_and_extract(sandbox, tar_gz({"a.txt": b"A" * 10_000})[:40])
+    assert info["exit_code"] == 2
+    assert "does not look like a tar archive" in lines[-1]["line"]

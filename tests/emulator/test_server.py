@@ -12,9 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from kiln.cli import main
 from kiln.emulator import Emulator, EmulatorConfig, create_app, start_emulator
+from kiln.emulator._errors import EXCEPTION_HANDLERS
 
 from .conftest import (
     AUTH,
@@ -130,3 +135,17 @@ def test_cli_prints_the_url_and_exits_zero_on_ctrl_c(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_unexpected_errors_answer_json_without_a_traceback() -> None:
+    def explode(_request: Request) -> Response:
+        raise RuntimeError("secret internals")
+
+    app = Starlette(routes=[Route("/boom", explode)], exception_handlers=EXCEPTION_HANDLERS)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://emu") as http:
+        response = await http.get("/boom")
+    assert response.status_code == 500
+    assert response.json()["code"] == "INTERNAL"
+    assert "secret internals" not in response.text
+    assert "Traceback" not in response.text

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
-from kiln.emulator._errors import bad_request, not_found
+from kiln.emulator._errors import EmulatorError, bad_request, not_found
 
 BUCKET = "kiln-emulator"
 URI_PREFIX = f"s3://{BUCKET}/"
@@ -44,10 +44,18 @@ class BlobStore:
 
     def write(self, key: str, data: bytes) -> int:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(data)
-        os.replace(partial, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        except (NotADirectoryError, FileExistsError, IsADirectoryError):
+            # Keys are paths, so "a" and "a/b" cannot both be objects.
+            raise EmulatorError(
+                409,
+                "BLOB_KEY_CONFLICT",
+                f"cannot store {uri_for(key)}: it clashes with another key",
+            ) from None
         return len(data)
 
     def write_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import tarfile
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 
@@ -186,7 +187,8 @@ async def _tar(ctx: CommandContext, args: list[str]) -> Exit:
         raise FsError("not_found", f"{job.destination}: Cannot open: No such file or directory")
     try:
         problems = await asyncio.to_thread(_extract, ctx, host_archive, job.destination)
-    except tarfile.TarError as bad:
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as bad:
+        # Not a tar, not gzip, or cut short: what a client uploading a truncated archive sees.
         ctx.err(f"tar: {job.archive}: This does not look like a tar archive ({bad})")
         return exited(EXIT_USAGE)
     for line in problems:

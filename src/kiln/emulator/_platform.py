@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from kiln.emulator._blobs import BLOB_ROUTE, URI_PREFIX, key_from_uri, uri_for
+from kiln.emulator._blobs import BLOB_ROUTE, key_from_uri, uri_for
 from kiln.emulator._errors import EmulatorError, bad_request, not_found
 from kiln.emulator._http import authorize, public_url, require_token, state_of
 from kiln.emulator._state import Build, EmulatorState, new_id
@@ -145,6 +145,7 @@ def _pending_build(state: EmulatorState, build_id: str) -> Build:
 
 
 def _check_snapshot(state: EmulatorState, build: Build, body: dict[str, Any]) -> str:
+    """The snapshot named must be the one this build was told to produce, and must exist."""
     snapshot_id = field(body, "snapshotId", str)
     if snapshot_id != build.snapshot_id:
         raise bad_request(
@@ -152,7 +153,12 @@ def _check_snapshot(state: EmulatorState, build: Build, body: dict[str, Any]) ->
             f"({build.snapshot_id!r})"
         )
     uri = field(body, "snapshotUri", str)
-    if uri.startswith(URI_PREFIX) and not state.blobs.exists(key_from_uri(uri)):
+    if uri != build.snapshot_uri:
+        raise bad_request(
+            f"snapshotUri {uri} is not where build {build.id} was told to upload "
+            f"({build.snapshot_uri})"
+        )
+    if not state.blobs.exists(key_from_uri(uri)):
         raise bad_request(f"snapshotUri {uri} was never uploaded", code="SNAPSHOT_MISSING")
     return uri
 
@@ -170,8 +176,10 @@ async def complete(request: Request) -> JSONResponse:
     body = await json_object(request)
     build = _pending_build(state, request.path_params["build_id"])
     kind = field(body, "rootfsNodeKind", str)
-    if kind not in NODE_KINDS:
-        raise bad_request(f"field 'rootfsNodeKind' must be one of {NODE_KINDS}, got {kind!r}")
+    if kind != build.rootfs_node_kind:
+        raise bad_request(
+            f"rootfsNodeKind {kind!r} does not match the prepared {build.rootfs_node_kind!r}"
+        )
     template: dict[str, Any] = {
         "id": new_id("tmpl"),
         "name": build.name,
