@@ -296,6 +296,24 @@ def test_from_matches_an_earlier_stage_name_exactly() -> None:
     assert _plan(text) == ("base", True, ("ubuntu",))
 
 
+def test_space_separated_flag_values_do_not_confuse_boolean_flags() -> None:
+    text = (
+        "FROM golang AS build\nFROM alpine\n"
+        "COPY --link --chown 1:1 --from busybox /a /b\n"
+        "RUN --network none --mount type=bind,from=node:20,target=/n make\n"
+    )
+    assert _plan(text)[2] == ("golang", "busybox", "node:20")
+
+
+def test_double_dash_ends_the_flags() -> None:
+    assert _plan("FROM alpine\nCOPY -- --from=busybox /a /b\n")[2] == ()
+
+
+def test_copy_from_without_value_is_an_error() -> None:
+    with pytest.raises(DockerfileError, match="missing value for Dockerfile flag '--from'"):
+        plan_dockerfile(text="FROM a\nCOPY --from\n", context="/c")
+
+
 def test_run_mount_from_any_position_and_type() -> None:
     text = (
         "FROM rust AS chef\nFROM debian\n"

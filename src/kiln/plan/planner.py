@@ -49,6 +49,10 @@ IGNORED_KEYWORDS = frozenset(
 # Docker's rule for `FROM ... AS <name>` (checked after lower-casing, as Docker does).
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9\-_.]*")
 _STAGE_INDEX = re.compile(r"[+-]?[0-9]+")
+# Flags that take a value, so that `--name value` (space-separated) can claim the next word.
+VALUE_FLAGS = frozenset(
+    {"platform", "from", "chown", "chmod", "exclude", "checksum", "mount", "network", "security"}
+)
 _VARIABLE = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([^}]*)\})")
 _BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+])(.*))?", re.DOTALL)
 
@@ -320,18 +324,34 @@ def _stage(
 
 
 def _from_words(instruction: Instruction) -> list[str]:
-    """FROM's words after its flags; a flag written `--platform value` takes the next word."""
+    """FROM's words after its flags."""
+    return _flags_and_words(instruction)[1]
+
+
+def _flags_and_words(instruction: Instruction) -> tuple[list[tuple[str, str]], list[str]]:
+    """The instruction's flags as (name, value) pairs, and the words left after them.
+
+    BuildKit's parser splits ``--name=value``; ``--name value`` (which the Rust client and newer
+    BuildKit accept) leaves the value as the next word, so a value-taking flag claims it here.
+    """
+    flags = list(instruction.flags)
     words = list(instruction.words)
-    for flag in instruction.flags:
-        if "=" not in flag:
+    pairs = []
+    claimed = False  # BuildKit stops at a claimed value, so flags may follow it among the words
+    while flags or (claimed and words and words[0].startswith("--") and words[0] != "--"):
+        flag = flags.pop(0) if flags else words.pop(0)
+        name, eq, value = flag.partition("=")
+        claimed = not eq and name.removeprefix("--") in VALUE_FLAGS
+        if claimed:
             if not words:
                 raise DockerfileError(
                     instruction.line,
                     f"missing value for Dockerfile flag '{flag}'",
                     hint=f"write {flag}=<value>",
                 )
-            words.pop(0)
-    return words
+            value = words.pop(0)
+        pairs.append((name, value))
+    return pairs, words
 
 
 def _stage_alias(words: list[str], line: int) -> str | None:
@@ -368,28 +388,16 @@ def _classify(line: int, written: str, expanded: str | None) -> UnresolvableRefe
 
 def _side_references(instruction: Instruction) -> list[str]:
     """`COPY --from` values, or the `from=` of every `RUN --mount`."""
+    flags = _flags_and_words(instruction)[0]
     if instruction.keyword == "COPY":
-        return _copy_from(instruction)
-    values = []
-    for flag in instruction.flags:
-        name, _, body = flag.partition("=")
-        if name == "--mount":
-            values += [
-                value
-                for key, _, value in (part.partition("=") for part in body.split(","))
-                if key.strip().lower() == "from" and value
-            ]
-    return values
-
-
-def _copy_from(instruction: Instruction) -> list[str]:
-    words = list(instruction.words)
-    for flag in instruction.flags:
-        if flag == "--from" and words:
-            return [words[0]]
-        if flag.startswith("--from=") and flag != "--from=":
-            return [flag.removeprefix("--from=")]
-    return []
+        return [value for name, value in flags if name == "--from" and value][:1]
+    return [
+        value
+        for name, body in flags
+        if name == "--mount"
+        for key, _, value in (part.partition("=") for part in body.split(","))
+        if key.strip().lower() == "from" and value
+    ]
 
 
 def _side_reference(
