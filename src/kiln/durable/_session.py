@@ -86,6 +86,10 @@ class Session:
         self._persists = 0
         self._finals: frozenset[str] = frozenset()
 
+    def adopt(self, version: int) -> None:
+        """Continue an existing build that this session's owner has acquired at ``version``."""
+        self._version = version
+
     # -- the hooks the Build plugs in -------------------------------------------------------
 
     def record(self, event: Event | tuple[str, JsonObject]) -> None:

@@ -1,0 +1,191 @@
+"""The worker: runs the builds of a shared store, resumes stalled ones, reaps orphans.
+
+Each claim takes the oldest build nobody live owns (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so
+workers racing for builds never get the same one), with a lease the build's session renews. A
+build submitted with :func:`kiln.submit` and a build whose owner died look the same to a worker:
+both are resumed from their persisted state. :meth:`Worker.drain` (SIGTERM in ``kiln worker``)
+stops claiming, stops each running build at a persisted point without cleaning it up, releases
+its lease so another worker can take it over at once, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import attrs
+import httpx
+import structlog
+
+from kiln._build import Build
+from kiln._service import resume_owned
+from kiln.durable import BuildHandedOver, Session
+from kiln.durable._reap import reap
+from kiln.errors import KilnError
+from kiln.machine import Secrets
+from kiln.store import LEASE_S, RENEW_EVERY_S, BuildRecord, Owner, Store, StoreUnavailable
+
+# How long an idle worker waits before looking for work again. Claiming is one indexed query,
+# so a second keeps a queued build's wait short without loading the database.
+CLAIM_POLL_S = 1.0
+# Orphans cost money but are rare: a sweep a minute finds them soon enough.
+REAP_EVERY_S = 60.0
+DRAINING = "the worker is draining (SIGTERM)"
+
+_log = structlog.get_logger("kiln.worker")
+
+
+def _at_least_one(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
+
+
+@attrs.frozen
+class WorkerConfig:
+    """How many builds at once, and the timings of leases, claims and reaping."""
+
+    concurrency: int = attrs.field(default=1, validator=_at_least_one)
+    lease_s: float = LEASE_S
+    renew_every_s: float = RENEW_EVERY_S
+    poll_s: float = CLAIM_POLL_S
+    reap_every_s: float = REAP_EVERY_S
+    worker_id: str | None = None
+
+
+@attrs.define
+class _Running:
+    task: asyncio.Task[None]
+    session: Session
+    build: Build | None = None
+
+
+class Worker:
+    """Run builds from ``store`` until :meth:`drain` is called; credentials as for a build."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: WorkerConfig | None = None,
+        *,
+        api_key: str | None = None,
+        pat: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config or WorkerConfig()
+        self.owner = Owner.current(self._config.worker_id)
+        self._secrets = Secrets(api_key=api_key, pat=pat)
+        self._transport = transport
+        self._running: dict[str, _Running] = {}
+        self._draining = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._log: Any = _log.bind(worker_id=self.owner.worker_id)
+
+    @property
+    def running(self) -> list[str]:
+        """The ids of the builds this worker runs now."""
+        return list(self._running)
+
+    def drain(self) -> None:
+        """Stop claiming; stop the running builds at a persisted point; make run() return."""
+        self._draining.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        self._log.info("worker started", concurrency=self._config.concurrency)
+        reaper = asyncio.create_task(self._reap_periodically())
+        try:
+            while not self._draining.is_set():
+                if len(self._running) < self._config.concurrency:
+                    record = await self._claim()
+                    if record is not None:
+                        self._start(record)
+                        continue
+                await self._idle()
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await self._stop_all()
+        self._log.info("worker stopped")
+
+    async def _claim(self) -> BuildRecord | None:
+        try:
+            return await self._store.claim_next(self.owner, lease_s=self._config.lease_s)
+        except StoreUnavailable as error:
+            self._log.warning("store unavailable", error=str(error))
+            return None
+
+    async def _idle(self) -> None:
+        """Wait for a poll interval, a finished build, or drain(): whichever comes first."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._config.poll_s):
+                await self._wake.wait()
+
+    def _start(self, record: BuildRecord) -> None:
+        session = Session(
+            self._store,
+            owner=self.owner,
+            lease_s=self._config.lease_s,
+            renew_every_s=self._config.renew_every_s,
+        )
+        task = asyncio.create_task(self._run_one(record, session), name=f"kiln-{record.id}")
+        self._running[record.id] = _Running(task=task, session=session)
+
+    async def _run_one(self, record: BuildRecord, session: Session) -> None:
+        log = self._log.bind(id=record.id, state=record.state)
+        running = self._running[record.id]
+        build: Build | None = None
+        try:
+            log.info("build claimed", name=record.name)
+            build = await resume_owned(
+                record,
+                session,
+                api_key=self._secrets.api_key,
+                pat=self._secrets.pat,
+                transport=self._transport,
+            )
+            running.build = build
+            if self._draining.is_set():
+                await session.stop(build.state, DRAINING)
+            await build.result()
+            log.info("build finished", state=build.state.state)
+        except BuildHandedOver as handed:
+            log.info("build handed over", state=_state_of(build, record), reason=str(handed))
+        except KilnError as error:
+            log.info("build ended", state=_state_of(build, record), error=str(error))
+        except Exception:
+            log.exception("build crashed in the worker", state=_state_of(build, record))
+        finally:
+            del self._running[record.id]
+            self._wake.set()
+
+    async def _stop_all(self) -> None:
+        for running in list(self._running.values()):
+            if running.build is not None:
+                await running.session.stop(running.build.state, DRAINING)
+        tasks = [running.task for running in self._running.values()]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reap_periodically(self) -> None:
+        while True:
+            try:
+                for orphan in await reap(
+                    self._store, secrets=self._secrets, transport=self._transport
+                ):
+                    self._log.info(
+                        "reaped orphan sandbox",
+                        id=orphan.build_id,
+                        state=orphan.state,
+                        sandbox_id=orphan.sandbox_id,
+                        reason=orphan.reason,
+                    )
+            except KilnError as error:
+                self._log.warning("reap failed", error=str(error))
+            await asyncio.sleep(self._config.reap_every_s)
+
+
+def _state_of(build: Build | None, record: BuildRecord) -> str:
+    return build.state.state if build is not None else record.state

@@ -1,0 +1,200 @@
+"""Orphaned builder sandboxes: the store knows them, and no live build will ever delete them.
+
+Two kinds: a build that ended without deleting its sandbox (its cleanup's deletes all failed),
+and a build nobody owns that nobody has touched for ``abandoned_after_s`` (its process crashed
+and no one resumed it). The grace period keeps the reaper off a build whose owner died a moment
+ago and which a worker or ``kiln resume`` is about to take over. Before touching an abandoned
+build the reaper acquires it, so a resumer and the reaper cannot act on it at once; the build
+then ends as failed, since its sandbox is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import attrs
+import httpx
+
+from kiln.api import LifecycleClient
+from kiln.durable._resume import load_state
+from kiln.errors import ApiError, KilnError
+from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
+from kiln.store import LEASE_S, BuildRecord, OwnedElsewhere, Owner, StaleWriteError, Store
+from kiln.store._base import owner_holds
+
+# Long enough that a stalled build is picked up by a worker or a `kiln resume` first; short
+# enough that a leaked sandbox does not run (and cost) for long.
+ABANDONED_AFTER_S = 600.0
+# Every build the store holds is looked at; ended builds are skipped without a remote call.
+SCAN_LIMIT = 100_000
+HTTP_NOT_FOUND = 404
+TERMINATED = "terminated"
+FAILED = "failed"
+REAPED = "Reaped"
+
+
+@attrs.frozen
+class Orphan:
+    """A builder sandbox to delete, and the build that left it."""
+
+    build_id: str
+    name: str
+    state: str
+    sandbox_id: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return attrs.asdict(self)
+
+
+async def reap(
+    store: Store,
+    *,
+    dry_run: bool = False,
+    secrets: Secrets | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    abandoned_after_s: float = ABANDONED_AFTER_S,
+    clock: Callable[[], float] = time.time,
+) -> list[Orphan]:
+    """Find the orphaned sandboxes that still exist and (unless ``dry_run``) delete them."""
+    reaper = _Reaper(store, secrets or Secrets(), transport)
+    try:
+        found: list[Orphan] = []
+        for record in await store.list(limit=SCAN_LIMIT):
+            orphan = await reaper.inspect(record, clock(), abandoned_after_s)
+            if orphan is None:
+                continue
+            if dry_run or await reaper.delete(record, orphan):
+                found.append(orphan)
+        return found
+    finally:
+        await reaper.aclose()
+
+
+def _reason(record: BuildRecord, state: BuildState, now: float, grace_s: float) -> str | None:
+    """Why the build's sandbox is an orphan, or None when it is not (or there is none)."""
+    if state.sandbox_id is None or state.sandbox_deleted:
+        return None
+    if record.final:
+        return f"the build ended ({record.state}) without deleting it"
+    claimant = Owner.current()
+    if owner_holds(record.owner, record.lease_expires_at, claimant, now):
+        return None
+    idle = now - record.updated_at
+    if idle < grace_s:
+        return None
+    return f"the build has had no live owner for {idle:.0f}s (abandoned in {record.state!r})"
+
+
+class _Reaper:
+    def __init__(
+        self, store: Store, secrets: Secrets, transport: httpx.AsyncBaseTransport | None
+    ) -> None:
+        self._store = store
+        self._secrets = secrets
+        self._transport = transport
+        self._spec = load_machine_spec()
+        # One set of API clients per distinct target: builds may name different API URLs.
+        self._services: dict[tuple[object, ...], Services] = {}
+
+    async def inspect(self, record: BuildRecord, now: float, grace_s: float) -> Orphan | None:
+        state = load_state(record)
+        reason = _reason(record, state, now, grace_s)
+        if reason is None or not await self._exists(state):
+            return None
+        return Orphan(
+            build_id=record.id,
+            name=record.name,
+            state=record.state,
+            sandbox_id=state.need_sandbox_id(),
+            reason=reason,
+        )
+
+    async def delete(self, record: BuildRecord, orphan: Orphan) -> bool:
+        """Delete the sandbox; an abandoned build is taken over first and ends as failed.
+
+        False when the build was taken over by someone else in the meantime."""
+        if record.final:
+            await self._delete_sandbox(load_state(record))
+            await self._store.append_events(record.id, [("reaped", orphan.to_dict())])
+            return True
+        owner = Owner.current()
+        try:
+            held = await self._store.acquire(record.id, owner, lease_s=LEASE_S)
+        except OwnedElsewhere:
+            return False
+        try:
+            # Taking the build over moves its version by one; any more means it moved on
+            # (someone resumed it) between the scan and the acquire.
+            taken_over = record.version if record.owner == owner else record.version + 1
+            if held.version != taken_over:
+                return False
+            state = load_state(held)
+            await self._delete_sandbox(state)
+            _fail_reaped(state, orphan)
+            await self._store.save(
+                record.id,
+                expected_version=held.version,
+                state=state.state,
+                data=state.to_dict(),
+                sandbox_id=state.sandbox_id,
+                final=True,
+                schema_version=state.schema_version,
+            )
+            await self._store.append_events(record.id, [("reaped", orphan.to_dict())])
+        except StaleWriteError:
+            return False
+        finally:
+            with contextlib.suppress(KilnError):
+                await self._store.release(record.id, owner)
+        return True
+
+    async def _exists(self, state: BuildState) -> bool:
+        try:
+            info = await self._lifecycle(state).get_sandbox(state.need_sandbox_id())
+        except ApiError as error:
+            if error.status == HTTP_NOT_FOUND:
+                return False
+            raise
+        return info.status != TERMINATED
+
+    async def _delete_sandbox(self, state: BuildState) -> None:
+        try:
+            await self._lifecycle(state).delete_sandbox(state.need_sandbox_id())
+        except ApiError as error:
+            if error.status != HTTP_NOT_FOUND:
+                raise
+        state.sandbox_deleted = True
+
+    def _lifecycle(self, state: BuildState) -> LifecycleClient:
+        options = state.options
+        key = (options.api_url, options.namespace, options.organization_id, options.project_id)
+        services = self._services.get(key)
+        if services is None:
+            services = Services(
+                spec=self._spec,
+                emit_event=lambda _event: None,
+                secrets=self._secrets,
+                transport=self._transport,
+            )
+            self._services[key] = services
+        return services.lifecycle(state)
+
+    async def aclose(self) -> None:
+        for services in self._services.values():
+            await services.aclose()
+
+
+def _fail_reaped(state: BuildState, orphan: Orphan) -> None:
+    state.error = ErrorRecord(
+        kind=REAPED,
+        message=(
+            f"build abandoned in {orphan.state!r}: its builder sandbox {orphan.sandbox_id}"
+            " was deleted by `kiln reap`"
+        ),
+        hint="build it again",
+    )
+    state.outcome = FAILED
+    state.state = FAILED
