@@ -16,6 +16,12 @@ the same boundaries, keywords, flags and line numbers. This module follows Build
 Where BuildKit rejects a file at parse time (bad escape directive, repeated directive,
 unterminated heredoc, JSON array of non-strings, malformed ENV/LABEL), kiln raises
 :class:`~kiln.errors.DockerfileError` with the line number. Nothing else is raised for any text.
+
+The test oracle vendors an older BuildKit parser than today's ``docker build``; where they differ,
+kiln follows today's: ``# check=`` is a directive (it does not end the directive block), and exec
+form needs the whole argument to be one JSON array (trailing text makes it shell form).
+Like BuildKit, flags are scanned byte by byte, so non-ASCII text inside a flag comes out as
+BuildKit returns it.
 """
 
 from __future__ import annotations
