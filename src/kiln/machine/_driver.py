@@ -19,7 +19,7 @@ from transitions.extensions.asyncio import AsyncMachine
 from kiln.errors import BuildCancelled, BuildError, BuildFailed, PhaseTimeout, WithDiagnostics
 from kiln.machine._events import TransitionEvent
 from kiln.machine._outcome import CANCELLED, Outcome, Trigger, fail, outcome_for
-from kiln.machine._services import Services
+from kiln.machine._services import CheckpointFailed, Services
 from kiln.machine._spec import MachineSpec
 from kiln.machine._state import BuildState, ErrorRecord
 from kiln.machine.handlers import HANDLERS, Handler
@@ -56,6 +56,7 @@ class Driver:
         self._services = services
         self._spec: MachineSpec = services.spec
         self._persist = persist
+        services.checkpoint_hook = persist
         self._handlers = handlers
         self._task: asyncio.Task[Any] | None = None
         self._state: BuildState | None = None
@@ -87,6 +88,8 @@ class Driver:
         while state.state not in self._spec.finals:
             try:
                 outcome = await self._step(state)
+            except CheckpointFailed as failed:
+                raise failed.original from None
             except asyncio.CancelledError:
                 # The caller's task was cancelled: still delete the sandbox, then re-raise.
                 if caller_cancelled or state.state == self._spec.cleanup:
@@ -115,6 +118,7 @@ class Driver:
 
     def _begin(self, state: BuildState) -> None:
         now = self._services.clock.now()
+        self._services.resumed = bool(state.created_at)
         if not state.created_at:
             state.created_at = now
             if state.options.deadline_s is not None:

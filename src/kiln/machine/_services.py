@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -29,6 +29,7 @@ from kiln.machine._spec import MachineSpec
 from kiln.machine._state import BuildState
 
 EventSink = Callable[[Event], None]
+CheckpointHook = Callable[[BuildState], Awaitable[None]]
 LOGGER_NAME = "kiln.build"
 
 
@@ -38,6 +39,23 @@ class Secrets:
 
     api_key: str | None = attrs.field(default=None, repr=False)
     pat: str | None = attrs.field(default=None, repr=False)
+
+
+class CheckpointFailed(BaseException):
+    """The store refused a mid-handler write; the driver re-raises ``original`` and stops.
+
+    A BaseException so that no handler's error handling turns it into a build failure: a
+    store that lost ownership must stop this process, not make it clean up (and delete the
+    sandbox) under the new owner's feet.
+    """
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+async def _no_checkpoint(state: BuildState) -> None:
+    """Keep nothing."""
 
 
 @attrs.frozen
@@ -63,6 +81,11 @@ class Services:
     env: Mapping[str, str] | None = None
     transport: httpx.AsyncBaseTransport | None = None
     clock: Clock = attrs.field(factory=Clock)
+    # The driver's store hook, for handlers that must record a remote side effect at once.
+    checkpoint_hook: CheckpointHook = _no_checkpoint
+    # True when this process continues a build another process began: remote work of the
+    # current state may already have happened without being recorded.
+    resumed: bool = False
     _clients: _Clients | None = None
     _proxy: ProxyClient | None = None
     _proxy_key: tuple[str, str | None, str | None] | None = None
@@ -87,6 +110,13 @@ class Services:
 
     def build_log(self, state: BuildState, line: str, stream: str) -> None:
         self.emit(state, BuildLogEvent(line, stream))
+
+    async def checkpoint(self, state: BuildState) -> None:
+        """Persist the state now: a remote side effect (a sandbox, a process) just happened."""
+        try:
+            await self.checkpoint_hook(state)
+        except Exception as error:
+            raise CheckpointFailed(error) from error
 
     # -- clients ---------------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ async def run_builder(state: BuildState, services: Services) -> Outcome:
     proxy = services.proxy(state)
     if state.builder_pid is None:
         state.builder_pid = await _start_or_adopt(state, services, proxy, argv)
+        # Recorded at once: a process that resumes this build reattaches instead of starting.
+        await services.checkpoint(state)
     keepalive = asyncio.create_task(_keepalive(proxy))
     try:
         status = await _follow_until_exit(state, services, proxy, state.builder_pid)
@@ -59,10 +61,10 @@ async def _start_or_adopt(
     """Start the builder; when an earlier attempt may have started it, adopt that one instead.
 
     A start whose response was lost may still have started the process, and two builders
-    would race on the same output paths: so after any failed start (this attempt's, or an
-    earlier attempt's) the process list is searched first.
+    would race on the same output paths: so after any failed start (this attempt's, an
+    earlier attempt's, or a crashed process's) the process list is searched first.
     """
-    if state.attempts_in(state.state) > 1:
+    if state.attempts_in(state.state) > 1 or services.resumed:
         adopted = _match(await proxy.list_processes(), argv)
         if adopted is not None:
             return adopted
@@ -76,8 +78,10 @@ async def _start_or_adopt(
             working_dir=REMOTE_BUILD_DIR,
         )
     except ApiError as error:
+        attempt = state.attempts_in(state.state)
         services.warning(
-            state, "Process start attempt failed; looking for an already-started process..."
+            state,
+            f"Process start attempt {attempt} failed; looking for an already-started process...",
         )
         adopted = _match(await proxy.list_processes(), argv)
         if adopted is None:

@@ -67,6 +67,8 @@ async def create_sandbox(state: BuildState, services: Services) -> Outcome:
     state.sandbox_status = created.status
     state.sandbox_url = _present(created.sandbox_url)
     state.routing_hint = _present(created.routing_hint)
+    # Recorded before anything else can fail: a sandbox nobody knows of is never deleted.
+    await services.checkpoint(state)
     return SUCCEEDED
 
 

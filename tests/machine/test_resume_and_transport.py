@@ -1,0 +1,104 @@
+"""Resuming from a persisted state, keepalive, and the chunked-upload fallback."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from machine_support import Admin, run_to_end, start_run
+
+from kiln.machine import BuildState
+from kiln.machine.handlers import builder as builder_handler
+
+BUILDER = "/usr/local/bin/tl-rootfs-build"
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing in the driver may catch it."""
+
+
+def crash_when(condition):  # type: ignore[no-untyped-def]
+    """A store hook that saves the state as JSON, then 'crashes' once ``condition`` holds."""
+    saved: list[str] = []
+
+    async def persist(state: BuildState) -> None:
+        saved.append(state.to_json())
+        if condition(state):
+            raise Crash
+
+    return persist, saved
+
+
+async def _crash_then_resume(emulator: Admin, condition) -> tuple[BuildState, list[str]]:  # type: ignore[no-untyped-def]
+    persist, saved = crash_when(condition)
+    first = start_run(emulator, persist=persist)
+    with pytest.raises(Crash):
+        await first.finish()
+    resumed = BuildState.from_json(saved[-1])
+    second = await run_to_end(emulator, state=resumed)
+    return second.state, second.states_entered()
+
+
+async def test_resume_after_a_crash_right_after_create_reuses_the_sandbox(emulator: Admin) -> None:
+    state, _ = await _crash_then_resume(emulator, lambda s: s.sandbox_id is not None)
+    assert state.state == "done"
+    assert len(await emulator.sandboxes()) == 1
+
+
+async def test_resume_reattaches_to_the_persisted_builder(emulator: Admin) -> None:
+    await emulator.builder(duration_ms=200, log_lines=4, line_pace_ms=20)
+    state, entered = await _crash_then_resume(emulator, lambda s: s.builder_pid is not None)
+    assert state.state == "done"
+    assert entered[0] == "read_metadata", "resumed inside run_builder, not before it"
+    builders = [p for p in await emulator.processes() if p["command"] == BUILDER]
+    assert len(builders) == 1
+
+
+async def test_resume_from_a_state_boundary(emulator: Admin) -> None:
+    state, entered = await _crash_then_resume(emulator, lambda s: s.state == "upload")
+    assert state.state == "done"
+    assert entered[0] == "run_builder"
+
+
+async def test_keepalive_pings_while_the_builder_runs_and_stops_after(
+    emulator: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builder_handler, "KEEPALIVE_INTERVAL_S", 0.03)
+    await emulator.builder(duration_ms=250, log_lines=1)
+    run = await run_to_end(emulator)
+    assert run.state.state == "done"
+    requests = await emulator.requests()
+    pings = [i for i, r in enumerate(requests) if r["path"] == "/api/v1/health"]
+    assert pings, "the sandbox was kept alive"
+    metadata = next(
+        i for i, r in enumerate(requests) if r["query"].get("path", "").endswith("metadata.json")
+    )
+    assert max(pings) < metadata, "the keepalive stopped when the builder returned"
+
+
+class RefuseChunkedUploads(httpx.AsyncBaseTransport):
+    """A proxy that answers 411 to a chunked PUT, as some do."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.refused = 0
+        self.sized_puts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and "transfer-encoding" in request.headers:
+            self.refused += 1
+            return httpx.Response(411, text="Length Required", request=request)
+        if request.method == "PUT" and "content-length" in request.headers:
+            self.sized_puts += 1
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_refused_chunked_upload_is_spooled_and_sent_with_a_length(emulator: Admin) -> None:
+    transport = RefuseChunkedUploads()
+    run = await run_to_end(emulator, transport=transport)
+    assert run.state.state == "done"
+    assert transport.refused == 1
+    assert run.state.chunked_upload_refused
+    assert run.state.context_digest is not None
