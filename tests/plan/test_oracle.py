@@ -145,6 +145,9 @@ EDGE_CASES = [
     "FROM a\nENV =b\n",
     "\ufeffFROM a\n",
     'FROM a\nCOPY ["a", "b"]\nCOPY []\n',
+    "FROM a\nRUN " + "[" * 5000 + "\n",
+    "FROM a\nRUN " + "x" * 65531 + "\n",
+    "FROM a\nRUN " + "x" * 65531,
 ]
 
 
@@ -184,6 +187,9 @@ REJECTED = [
     "FROM a\nENV X\n",
     "FROM a\nENV a=b c\n",
     "FROM a\nLABEL x\n",
+    "FROM a\nRUN " + "x" * 65532 + "\n",
+    "FROM a\nRUN " + "x" * 65532,
+    "FROM a\nRUN " + "é" * 40000 + "\n",
 ]
 
 

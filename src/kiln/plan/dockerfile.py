@@ -45,6 +45,9 @@ JSON_OR_LIST_KEYWORDS = frozenset({"ADD", "COPY", "VOLUME"})
 NAME_VALUE_KEYWORDS = frozenset({"ENV", "LABEL"})
 
 _UTF8_BOM = "\ufeff"
+# BuildKit reads lines with a bufio.Scanner, whose 64 KiB buffer must hold a whole line and its
+# newline: the longest line it accepts, newline not counted, is one byte less.
+MAX_LINE_BYTES = 64 * 1024 - 1
 # Go's unicode.IsSpace; Python's str.isspace also accepts \x1c-\x1f, which Go does not.
 _GO_SPACE = frozenset(
     "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
@@ -128,6 +131,7 @@ class _Parser:
     def __attrs_post_init__(self) -> None:
         self.lines = _physical_lines(self.text.removeprefix(_UTF8_BOM))
         self.continuation = _continuation_pattern(self.escape)
+        _check_line_lengths(self.lines)
 
     def parse(self) -> Dockerfile:
         instructions = list(self._instructions())
@@ -300,7 +304,7 @@ def _maybe_json(args: str) -> tuple[str, ...] | None:
         return None
     try:
         value = json.loads(args, parse_constant=_reject_constant)
-    except ValueError:
+    except (ValueError, RecursionError):  # Go's decoder also gives up on very deep nesting
         return None
     if not isinstance(value, list):
         return None
@@ -541,6 +545,20 @@ def _physical_lines(text: str) -> list[str]:
     lines = text.split("\n")
     with_ends = [line + "\n" for line in lines[:-1]]
     return with_ends + ([lines[-1]] if lines[-1] else [])
+
+
+def _check_line_lengths(lines: list[str]) -> None:
+    for number, line in enumerate(lines, start=1):
+        content = line.removesuffix("\n")
+        # A UTF-8 character is at most 4 bytes, so only long lines need encoding to be measured.
+        if len(content) * 4 <= MAX_LINE_BYTES:
+            continue
+        if len(content.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+            raise DockerfileError(
+                number,
+                f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}",
+                hint="split the line with line continuations, or move the data into a file",
+            )
 
 
 def _trim_newline(line: str) -> str:
