@@ -12,7 +12,7 @@ from machine_support import (
     run_to_end,
 )
 
-from kiln.machine import BuildState
+from kiln.machine import BuildOptions, BuildState
 from kiln.plan import plan_dockerfile
 
 # The official client makes 33 requests for examples/hello (reference §9); kiln's budget.
@@ -141,3 +141,12 @@ async def test_the_store_hook_sees_every_transition_before_the_next_handler(
     assert seen.count("create_sandbox") == 2
     assert seen.count("run_builder") == 2
     assert run.state.outcome == "done"
+
+
+async def test_plan_and_option_warnings_come_first(emulator: Admin) -> None:
+    options = BuildOptions(api_url=emulator.url, docker_compat=True)
+    run = await run_to_end(emulator, plan_dockerfile(MULTISTAGE), options=options)
+    assert run.state.state == "done"
+    warnings = run.messages("warning")
+    assert any("'EXPOSE'" in w for w in warnings), warnings
+    assert any("Docker compatibility mode is enabled" in w for w in warnings)
