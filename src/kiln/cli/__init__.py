@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from kiln._version import __version__
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
-_COMMAND_MODULES = ("plan", "emulator", "build")
+_COMMAND_MODULES = ("plan", "emulator", "build", "durable")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -20,6 +20,7 @@ from typing import Any
 from kiln.cli._paths import user_state_dir
 from kiln.cli._view import JsonView, PlainView, RichView, View
 from kiln.errors import BuildCancelled, KilnError
+from kiln.store import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,11 +34,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     build.add_argument("dockerfile", nargs="?", default="Dockerfile", help="default: ./Dockerfile")
     build.add_argument("--context", help="build context directory (default: the Dockerfile's)")
     _add_common(build)
+    _add_store(build)
     build.set_defaults(func=_run_build)
 
     imp = sub.add_parser("import", help="import a registry image as a sandbox image")
     imp.add_argument("reference", help="registry image reference, e.g. python:3.12-slim")
     _add_common(imp)
+    _add_store(imp)
     imp.set_defaults(func=_run_import)
 
     diagram = sub.add_parser("diagram", help="render diagrams/ from states/")
@@ -56,6 +59,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", help="Tensorlake API URL (default: $TENSORLAKE_API_URL)")
     parser.add_argument("--deadline", type=_positive_float, help="overall limit in seconds")
     parser.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+
+
+def _add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        help="where the build is persisted, so `kiln resume` can continue it"
+        " (default: $KILN_STORE, else the SQLite file in the state dir)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -155,25 +166,43 @@ async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[str | N
 
 
 async def _drive_async(args: argparse.Namespace, start: Callable[..., Any], view: View) -> int:
-    async with _target(args, view) as api_url:
-        embedded = api_url is not None and not args.api_url
-        kwargs: dict[str, Any] = {"api_url": api_url} if api_url else {}
-        if embedded:
-            kwargs["api_key"] = "kiln-embedded-emulator"
-        build = start(**kwargs)
-        with _interrupts(build, view), view:
-            async for event in build.events():
-                view.event(event)
-            try:
-                result = await build.result()
-            except BuildCancelled as error:
-                view.failed(error, build.state)
-                return EXIT_CANCELLED
-            except KilnError as error:
-                view.failed(error, build.state)
-                return EXIT_FAILED
-        view.done(result, build.state)
-        return EXIT_OK
+    from kiln.store import open_store
+
+    store = open_store(args.store)
+    try:
+        async with _target(args, view) as api_url:
+            return await _follow(args, start, view, api_url, store)
+    finally:
+        await store.close()
+
+
+async def _follow(
+    args: argparse.Namespace,
+    start: Callable[..., Any],
+    view: View,
+    api_url: str | None,
+    store: Store,
+) -> int:
+    embedded = api_url is not None and not args.api_url
+    kwargs: dict[str, Any] = {"api_url": api_url} if api_url else {}
+    if embedded:
+        kwargs["api_key"] = "kiln-embedded-emulator"
+    build = start(store=store, **kwargs)
+    # Before anything else: after a crash, this id is what `kiln resume` needs.
+    view.notice(f"Build {build.state.id} (continue it after a crash: kiln resume {build.state.id})")
+    with _interrupts(build, view), view:
+        async for event in build.events():
+            view.event(event)
+        try:
+            result = await build.result()
+        except BuildCancelled as error:
+            view.failed(error, build.state)
+            return EXIT_CANCELLED
+        except KilnError as error:
+            view.failed(error, build.state)
+            return EXIT_FAILED
+    view.done(result, build.state)
+    return EXIT_OK
 
 
 @contextlib.contextmanager

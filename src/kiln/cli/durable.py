@@ -1,0 +1,396 @@
+"""Persisted builds: ``kiln resume``, ``cancel``, ``status``, ``ls``, ``logs``, ``reap``,
+``submit`` and ``worker``.
+
+Every command reads the store named by ``--store``, else ``$KILN_STORE``, else the default SQLite
+file under the user's state directory: the same one ``kiln build`` writes to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+
+from kiln.cli.build import _add_common, _interrupts, _make_view, _options, _positive_int
+from kiln.errors import BuildCancelled, KilnError, UsageError
+from kiln.store import BuildNotFound, BuildRecord, EventRow, Store, open_store
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+EXIT_BY_OUTCOME = {"done": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+# How many of the last build log lines `kiln status` shows: the lines just before a failure.
+STATUS_LOG_LINES = 10
+# How often `kiln logs --follow` looks for new lines; the running build writes about as often.
+FOLLOW_POLL_S = 0.5
+LIST_LIMIT = 100
+STORE_HELP = "build store URL (default: $KILN_STORE, else the SQLite file in the state dir)"
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add the commands for persisted builds."""
+    resume = _command(sub, "resume", "continue a persisted build from where it stopped", _resume)
+    resume.add_argument("build_id", help="build id (or a unique prefix)")
+    resume.add_argument(
+        "--retry-lost-sandbox",
+        action="store_true",
+        help="if the builder sandbox is gone, start over from prepare instead of failing",
+    )
+    resume.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+
+    cancel = _command(sub, "cancel", "ask a build to stop (from any process)", _cancel)
+    cancel.add_argument("build_id", help="build id (or a unique prefix)")
+
+    status = _command(sub, "status", "show a build: state, phases, sandbox, log, error", _status)
+    status.add_argument("build_id", help="build id (or a unique prefix)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    ls = _command(sub, "ls", "list builds, newest first", _ls)
+    ls.add_argument("--state", help="only builds in this state (e.g. failed, run_builder)")
+    ls.add_argument("--json", action="store_true", help="print a JSON list")
+
+    logs = _command(sub, "logs", "print a build's persisted log", _logs)
+    logs.add_argument("build_id", help="build id (or a unique prefix)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+
+    reap = _command(sub, "reap", "delete builder sandboxes no live build owns", _reap)
+    reap.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
+
+    submit = _command(sub, "submit", "queue a Dockerfile build for a worker", _submit)
+    submit.add_argument("dockerfile", nargs="?", default="Dockerfile", help="default: Dockerfile")
+    submit.add_argument("--context", help="build context directory (the worker must read it)")
+    _add_common(submit)
+
+    worker = _command(sub, "worker", "run queued and stalled builds from a shared store", _worker)
+    worker.add_argument("--concurrency", type=_positive_int, default=1, help="builds at once")
+    worker.add_argument("--worker-id", help="name in ownership records (default: per process)")
+    worker.add_argument("--lease-s", type=_seconds, help="lease length (default: 30)")
+    worker.add_argument("--heartbeat-s", type=_seconds, help="lease renewal (default: 10)")
+    worker.add_argument("--poll-s", type=_seconds, help="idle wait between claims (default: 1)")
+
+
+def _command(
+    sub: argparse._SubParsersAction[Any],
+    name: str,
+    help_text: str,
+    run: Callable[[argparse.Namespace, Store], Awaitable[int]],
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    parser.add_argument("--store", help=STORE_HELP)
+    parser.set_defaults(func=lambda args: _with_store(args, run))
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
+
+
+def _with_store(
+    args: argparse.Namespace, run: Callable[[argparse.Namespace, Store], Awaitable[int]]
+) -> int:
+    async def main() -> int:
+        store = open_store(args.store)
+        try:
+            return await run(args, store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
+
+
+async def _find(store: Store, build_id: str) -> BuildRecord:
+    record = await store.get(build_id)
+    if record is None:
+        raise BuildNotFound(build_id)
+    return record
+
+
+# -- resume -------------------------------------------------------------------------------------
+
+
+async def _resume(args: argparse.Namespace, store: Store) -> int:
+    from kiln._service import resume
+
+    record = await _find(store, args.build_id)
+    if record.final:
+        print(f"build {record.id} already ended: {record.state} (not run again)")
+        _print_status(record, await store.events(record.id))
+        return EXIT_BY_OUTCOME.get(record.state, EXIT_FAILED)
+    build = await resume(record.id, store=store, retry_lost_sandbox=args.retry_lost_sandbox)
+    view = _make_view(args)
+    view.notice(f"Resuming build {record.id} from {build.state.state!r}")
+    with _interrupts(build, view), view:
+        async for event in build.events():
+            view.event(event)
+        try:
+            result = await build.result()
+        except BuildCancelled as error:
+            view.failed(error, build.state)
+            return EXIT_CANCELLED
+        except KilnError as error:
+            view.failed(error, build.state)
+            return EXIT_FAILED
+    view.done(result, build.state)
+    return EXIT_OK
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+async def _cancel(args: argparse.Namespace, store: Store) -> int:
+    record = await _find(store, args.build_id)
+    if not await store.request_cancel(record.id):
+        print(f"build {record.id} already ended: {record.state}")
+        return EXIT_OK
+    if record.owner is not None and record.lease_expires_at is not None:
+        print(
+            f"cancel requested for build {record.id} ({record.state}); "
+            f"{record.owner.describe()} stops it and deletes its sandbox"
+        )
+    else:
+        print(
+            f"cancel requested for build {record.id} ({record.state}); nothing runs it now: "
+            f"`kiln resume {record.id}` (or a worker) deletes its sandbox and ends it as cancelled"
+        )
+    return EXIT_OK
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+async def _status(args: argparse.Namespace, store: Store) -> int:
+    record = await _find(store, args.build_id)
+    events = await store.events(record.id)
+    if args.json:
+        print(json.dumps(status_dict(record, events), indent=2, default=str))
+    else:
+        _print_status(record, events)
+    return EXIT_OK
+
+
+def status_dict(record: BuildRecord, events: Sequence[EventRow]) -> dict[str, Any]:
+    """What ``kiln status --json`` prints."""
+    data = record.data
+    error = data.get("error")
+    return {
+        **record.summary(),
+        "version": record.version,
+        "final": record.final,
+        "owner": None if record.owner is None else record.owner.describe(),
+        "lease_expires_at": record.lease_expires_at,
+        "cancel_requested": record.cancel_requested,
+        "remote_build_id": data.get("build_id"),
+        "result": data.get("result"),
+        "error": error,
+        "timeline": timeline(events, record),
+        "log_tail": log_tail(events),
+        "events_dropped": record.events_dropped,
+    }
+
+
+def timeline(events: Sequence[EventRow], record: BuildRecord) -> list[dict[str, Any]]:
+    """One row per phase the build went through, with the time spent in it, from its log."""
+    rows = [
+        {
+            "phase": event.data.get("source"),
+            "duration_s": round(float(event.data.get("duration_s", 0.0)), 3),
+            "then": event.data.get("trigger"),
+            "to": event.data.get("dest"),
+        }
+        for event in events
+        if event.kind == "transition"
+    ]
+    if not record.final:
+        since = record.data.get("state_entered_at") or record.updated_at
+        rows.append(
+            {
+                "phase": record.state,
+                "duration_s": round(max(0.0, time.time() - float(since)), 3),
+                "then": None,
+                "to": None,
+            }
+        )
+    return rows
+
+
+def log_tail(events: Sequence[EventRow], lines: int = STATUS_LOG_LINES) -> list[str]:
+    log = [str(e.data.get("message", "")) for e in events if e.kind == "build_log"]
+    return log[-lines:]
+
+
+def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
+    info = status_dict(record, events)
+    print(f"build     {record.id}  ({record.name})")
+    print(f"state     {record.state}{'  (cancel requested)' if record.cancel_requested else ''}")
+    print(f"created   {_when(record.created_at)}   updated {_when(record.updated_at)}")
+    print(f"sandbox   {record.sandbox_id or '-'}")
+    if info["owner"]:
+        print(f"owner     {info['owner']}, lease until {_when(record.lease_expires_at)}")
+    if info["result"]:
+        print(f"template  {info['result'].get('id', '-')}")
+    print("phases")
+    for row in info["timeline"]:
+        ongoing = "" if row["then"] else "  (in progress)" if not record.final else ""
+        print(f"  {row['phase']:<15} {row['duration_s']:>9.2f}s  {row['then'] or ''}{ongoing}")
+    if info["log_tail"]:
+        print("last log lines")
+        for line in info["log_tail"]:
+            print(f"  | {line}")
+    error = info["error"]
+    if error:
+        print(f"error     {error.get('message')}")
+        if error.get("hint"):
+            print(f"hint      {error['hint']}")
+        for advice in error.get("advice") or ():
+            print(f"advice    {advice}")
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds")
+
+
+# -- ls -----------------------------------------------------------------------------------------
+
+
+async def _ls(args: argparse.Namespace, store: Store) -> int:
+    records = await store.list(state=args.state, limit=LIST_LIMIT)
+    if args.json:
+        print(json.dumps([record.summary() for record in records], indent=2))
+        return EXIT_OK
+    for record in records:
+        print(
+            f"{record.id}  {record.state:<14} {record.name:<24} "
+            f"{record.sandbox_id or '-':<24} {_when(record.updated_at)}"
+        )
+    return EXIT_OK
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+async def _logs(args: argparse.Namespace, store: Store) -> int:
+    record = await _find(store, args.build_id)
+    seen = 0
+    while True:
+        for event in await store.events(record.id, after_seq=seen):
+            seen = event.seq
+            line = log_line(event)
+            if line is not None:
+                print(line, flush=True)
+        if not args.follow or record.final:
+            return EXIT_OK
+        await asyncio.sleep(FOLLOW_POLL_S)
+        # Read the record after the events: a final record means every event is written.
+        record = await _find(store, record.id)
+
+
+def log_line(event: EventRow) -> str | None:
+    """How ``kiln logs`` prints one persisted event."""
+    data = event.data
+    if event.kind == "build_log":
+        return str(data.get("message", ""))
+    if event.kind == "status":
+        return f"-- {data.get('message', '')}"
+    if event.kind == "warning":
+        return f"-- warning: {data.get('message', '')}"
+    if event.kind == "transition":
+        return f"-- {data.get('source')} -> {data.get('dest')} ({data.get('trigger')})"
+    return f"-- {event.kind}: {json.dumps(data, default=str)}"
+
+
+# -- reap ---------------------------------------------------------------------------------------
+
+
+async def _reap(args: argparse.Namespace, store: Store) -> int:
+    from kiln.durable._reap import reap
+
+    orphans = await reap(store, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for orphan in orphans:
+        print(f"{verb} sandbox {orphan.sandbox_id} of build {orphan.build_id}: {orphan.reason}")
+    if not orphans:
+        print("no orphaned builder sandboxes")
+    return EXIT_OK
+
+
+# -- submit -------------------------------------------------------------------------------------
+
+
+async def _submit(args: argparse.Namespace, store: Store) -> int:
+    from kiln._service import submit
+
+    build_id = await submit(
+        args.dockerfile, store=store, context=args.context, api_url=args.api_url, **_options(args)
+    )
+    print(json.dumps({"id": build_id}) if args.json else build_id)
+    return EXIT_OK
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+async def _worker(args: argparse.Namespace, store: Store) -> int:
+    from kiln._worker import Worker, WorkerConfig
+
+    _log_json()
+    defaults = WorkerConfig()
+    config = WorkerConfig(
+        concurrency=args.concurrency,
+        lease_s=args.lease_s or defaults.lease_s,
+        renew_every_s=args.heartbeat_s or defaults.renew_every_s,
+        poll_s=args.poll_s or defaults.poll_s,
+        worker_id=args.worker_id,
+    )
+    if config.renew_every_s >= config.lease_s:
+        raise UsageError(
+            f"--heartbeat-s ({config.renew_every_s}) must be shorter than --lease-s"
+            f" ({config.lease_s})",
+            hint="renew at a third of the lease, so two missed heartbeats are survived",
+        )
+    worker = Worker(store, config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.drain)
+    try:
+        await worker.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return EXIT_OK
+
+
+def _log_json() -> None:
+    """structlog as JSON lines on stderr, one object per event, for a log collector."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
