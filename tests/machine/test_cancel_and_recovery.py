@@ -165,3 +165,21 @@ async def test_a_stream_that_keeps_ending_early_spends_the_budget(emulator: Admi
     assert "ended before process" in str(run.driver.error)
     builders = [p for p in await emulator.processes() if p["command"] == BUILDER]
     assert len(builders) == 1
+
+
+async def test_cancelling_the_caller_during_a_backoff_still_deletes_the_sandbox(
+    emulator: Admin,
+) -> None:
+    await emulator.fault("GET", r"/api/v1/files$", {"status": 502}, times=100)
+    slow = attrs.evolve(fast_spec(), backoff=Backoff(initial_s=60, factor=1, max_s=60))
+    run = start_run(emulator, spec=slow)
+    while not any(r["status"] == 502 for r in await emulator.requests()):
+        await asyncio.sleep(0.01)
+    await wait_for(lambda: run.driver._task is not None)
+    assert run.task is not None
+    run.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await run.finish()
+    assert run.state.state == "cancelled"
+    assert run.state.sandbox_deleted

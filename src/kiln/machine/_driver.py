@@ -88,17 +88,20 @@ class Driver:
         while state.state not in self._spec.finals:
             try:
                 outcome = await self._step(state)
+                trigger = await self._resolve(state, outcome)
             except CheckpointFailed as failed:
                 raise failed.original from None
             except asyncio.CancelledError:
-                # The caller's task was cancelled: still delete the sandbox, then re-raise.
-                if caller_cancelled or state.state == self._spec.cleanup:
+                # The caller's task was cancelled: the sandbox is still deleted (a second
+                # cancellation gives up on that), then the cancellation goes on up.
+                if caller_cancelled:
                     raise
                 caller_cancelled = True
                 _uncancel()
                 state.cancel_requested = True
-                outcome = CANCELLED
-            trigger = await self._resolve(state, outcome)
+                if state.state == self._spec.cleanup:
+                    continue  # run cleanup again: it was interrupted mid-delete
+                trigger = Trigger.CANCEL
             await self._fire(machine, model, state, trigger)
         if caller_cancelled:
             raise asyncio.CancelledError
