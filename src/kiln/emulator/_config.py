@@ -12,6 +12,8 @@ SignMode = Literal["legacy", "new"]
 SIGN_MODES: tuple[SignMode, ...] = ("legacy", "new")
 
 DEFAULT_HOST = "127.0.0.1"
+# A process exit status is one byte.
+MAX_EXIT_CODE = 255
 # The builder stand-in is instant by default so test suites stay fast; `--builder-duration-ms` and
 # `POST /_emulator/builder` slow it down to make live log streaming and timeouts observable.
 DEFAULT_BUILDER_DURATION_MS = 0
@@ -34,6 +36,11 @@ def _non_negative(_instance: object, attribute: attrs.Attribute[int], value: int
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
 
 
+def _exit_code(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= MAX_EXIT_CODE:
+        raise ValueError(f"{attribute.name} must be within 0..{MAX_EXIT_CODE}, got {value}")
+
+
 def _positive_or_none(
     _instance: object, attribute: attrs.Attribute[float | None], value: float | None
 ) -> None:
@@ -50,7 +57,7 @@ class BuilderBehaviour:
     evidence in dmesg), ``enospc`` makes it run out of disk (evidence in its log and in df).
     """
 
-    exit_code: int = 0
+    exit_code: int = attrs.field(default=0, validator=_exit_code)
     oom_kill: bool = False
     enospc: bool = False
     duration_ms: int = attrs.field(default=DEFAULT_BUILDER_DURATION_MS, validator=_non_negative)

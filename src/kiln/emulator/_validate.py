@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -13,10 +14,26 @@ T = TypeVar("T")
 _MISSING = object()
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, and neither does any real client.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = (
+            json.loads(raw, parse_float=_finite, parse_constant=_no_constants)
+            if raw.strip()
+            else {}
+        )
     except ValueError as problem:
         raise bad_request(f"request body is not valid JSON: {problem}") from None
     if not isinstance(body, dict):
