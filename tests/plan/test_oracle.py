@@ -19,6 +19,7 @@ from kiln.errors import DockerfileError
 from kiln.plan import Instruction, parse_dockerfile
 
 CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.Dockerfile"))
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*/Dockerfile"))
 MIN_CORPUS_SIZE = 40
 
 
@@ -72,6 +73,11 @@ def test_corpus_is_large_enough() -> None:
 
 @pytest.mark.parametrize("path", CORPUS, ids=[path.stem for path in CORPUS])
 def test_corpus_file_parses_like_buildkit(path: Path) -> None:
+    _assert_agree(_read(path))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.parent.name for path in EXAMPLES])
+def test_example_parses_like_buildkit(path: Path) -> None:
     _assert_agree(_read(path))
 
 

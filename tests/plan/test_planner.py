@@ -366,6 +366,13 @@ def test_no_from_is_a_plan_error() -> None:
         plan_dockerfile(text="ARG X=1\nRUN echo\n", context="/c")
 
 
+def test_plan_records_are_validated() -> None:
+    with pytest.raises(ValueError):
+        UnresolvableReference(1, "x", "typo")
+    with pytest.raises(ValueError):
+        IgnoredInstruction(0, "EXPOSE")
+
+
 # --- item 60 ---------------------------------------------------------------------------------
 
 

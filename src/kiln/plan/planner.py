@@ -12,12 +12,16 @@ Dockerfiles are written for ``docker build``, so where the two differ kiln does 
 - **Instruction boundaries** come from a BuildKit-compatible parser (:mod:`kiln.plan.dockerfile`):
   a comment or blank line inside a ``\\`` continuation does not end the instruction; heredoc
   bodies are never instructions; ``# escape=`` is honoured; flags are split off as BuildKit does.
+  Continued lines are joined as BuildKit joins them (the escape character and newline removed,
+  spacing kept), so ``RUN echo one \\`` + ``  && echo two`` is ``RUN echo one   && echo two``.
 - **Numeric ``COPY --from=<n>``** names stage *n* (an internal stage), not an image called
-  ``0``; an index past the last stage is an error, as in Docker.
+  ``0``; an index past the last stage is an error, as in Docker. ``RUN --mount=...,from=``
+  takes stage names only, as in BuildKit.
 - **Stage names** match ``--from`` case-insensitively and may name any stage of the file, as in
   BuildKit; ``FROM <stage>`` matches an earlier stage's name exactly (BuildKit keeps stage names
   lower-cased and compares the base name as written).
-- **``scratch``** is never an image to look up, wherever it appears.
+- **``scratch``** is never an image to look up, wherever it appears. A final ``FROM scratch``
+  leaves ``base_image`` as ``scratch``: the build must treat it as "no base", not a template.
 - **Global ``ARG`` defaults** (declared before the first ``FROM``) are substituted into ``FROM``
   and ``--from`` references for planning. A variable with no default leaves the reference
   literal and unresolvable (``build_arg_expansion``). The Dockerfile text is sent verbatim.
@@ -67,17 +71,17 @@ _REASON_TEXT = {
 class UnresolvableReference:
     """An image reference kiln cannot map to a template; the builder pulls it instead."""
 
-    line: int
+    line: int = attrs.field(validator=attrs.validators.ge(1))
     reference: str
-    reason: str  # BUILD_ARG_EXPANSION or DIGEST_PIN
+    reason: str = attrs.field(validator=attrs.validators.in_((BUILD_ARG_EXPANSION, DIGEST_PIN)))
 
 
 @attrs.frozen
 class IgnoredInstruction:
     """An instruction that is applied during the build but has no effect on sandboxes."""
 
-    line: int
-    keyword: str
+    line: int = attrs.field(validator=attrs.validators.ge(1))
+    keyword: str = attrs.field(validator=attrs.validators.in_(IGNORED_KEYWORDS))
 
 
 @attrs.frozen
