@@ -89,10 +89,19 @@ class SandboxDriver:
         return self.request("GET", "/api/v1/files", params={"path": path})
 
 
-@pytest.fixture
-def emulator(tmp_path: Any) -> Iterator[Emulator]:
-    with Emulator(EmulatorConfig(data_dir=tmp_path / "data")) as emu:
+@pytest.fixture(scope="module")
+def shared_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    # One server per module keeps the suite fast (stopping uvicorn costs a few hundred ms);
+    # `emulator` resets it before every test, so tests still start from nothing.
+    with Emulator(EmulatorConfig(data_dir=tmp_path_factory.mktemp("data"))) as emu:
         yield emu
+
+
+@pytest.fixture
+def emulator(shared_emulator: Emulator) -> Emulator:
+    response = httpx.post(shared_emulator.url + "/_emulator/reset")
+    assert response.status_code == 200
+    return shared_emulator
 
 
 @pytest.fixture
