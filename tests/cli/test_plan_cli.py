@@ -161,3 +161,11 @@ def test_dockerfile_error_exits_2_with_line_and_hint(
 def test_missing_dockerfile_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(tmp_path / "Dockerfile")]) == 2
     assert "Dockerfile not found" in capsys.readouterr().err
+
+
+def test_missing_context_exits_2(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", str(project / "Dockerfile"), "--context", str(project / "missing")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "missing" in captured.err
