@@ -10,7 +10,9 @@ from kiln._build import (
     start_build,
     start_import,
 )
+from kiln._service import resume, submit
 from kiln._version import __version__
+from kiln._worker import Worker, WorkerConfig
 from kiln.errors import (
     ApiError,
     BuildError,
@@ -44,12 +46,16 @@ __all__ = [
     "UsageError",
     "WarningEvent",
     "WithDiagnostics",
+    "Worker",
+    "WorkerConfig",
     "__version__",
     "build_image",
     "build_image_sync",
     "import_image",
     "import_image_sync",
+    "resume",
     "resume_build",
     "start_build",
     "start_import",
+    "submit",
 ]
