@@ -149,3 +149,19 @@ async def test_unexpected_errors_answer_json_without_a_traceback() -> None:
     assert response.json()["code"] == "INTERNAL"
     assert "secret internals" not in response.text
     assert "Traceback" not in response.text
+
+
+def test_cli_reports_a_busy_port(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    port = emulator.url.rsplit(":", 1)[1]
+    assert main(["emulator", "--port", port]) == 2
+    assert "Address already in use" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_impossible_port(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["emulator", "--port", "70000"]) == 2
+    assert "0..65535" in capsys.readouterr().err
+
+
+def test_localhost_is_served_on_ipv4(tmp_path: Path) -> None:
+    with Emulator(EmulatorConfig(host="localhost", data_dir=tmp_path)) as emu:
+        assert emu.url.startswith("http://127.0.0.1:")

@@ -12,6 +12,7 @@ SignMode = Literal["legacy", "new"]
 SIGN_MODES: tuple[SignMode, ...] = ("legacy", "new")
 
 DEFAULT_HOST = "127.0.0.1"
+MAX_PORT = 65535
 # A process exit status is one byte.
 MAX_EXIT_CODE = 255
 # The builder stand-in is instant by default so test suites stay fast; `--builder-duration-ms` and
@@ -34,6 +35,11 @@ def is_loopback(host: str) -> bool:
 def _non_negative(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _port(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= MAX_PORT:
+        raise ValueError(f"{attribute.name} must be within 0..{MAX_PORT} (0 picks a free one)")
 
 
 def _exit_code(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -74,7 +80,7 @@ class EmulatorConfig:
     """
 
     host: str = DEFAULT_HOST
-    port: int = attrs.field(default=0, validator=_non_negative)
+    port: int = attrs.field(default=0, validator=_port)
     data_dir: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     api_key: str | None = None
     sign_mode: SignMode = attrs.field(default="legacy", validator=attrs.validators.in_(SIGN_MODES))

@@ -40,7 +40,11 @@ class _Server(uvicorn.Server):
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # "localhost" may resolve to ::1 first; IPv4 keeps the URL a plain 127.0.0.1, which clients
+    # recognise as local (reference §1: localhost and 127.0.0.1 get the namespaced paths).
+    candidates.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, kind, proto, _name, address = candidates[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
@@ -83,9 +87,13 @@ class Emulator:
     def start(self) -> Emulator:
         if self._thread is not None:
             raise RuntimeError("this emulator is already running")
-        app, self._state = build_app(self.config)
-        self._sock = _listen(self.config.host, self.config.port)
-        self._url = _url_of(self._sock)
+        sock = _listen(self.config.host, self.config.port)
+        try:
+            app, self._state = build_app(self.config)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._url = sock, _url_of(sock)
         self._server = _Server(
             uvicorn.Config(
                 app,
