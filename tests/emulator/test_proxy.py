@@ -190,3 +190,10 @@ def test_truncated_archive_fails_like_tar(sandbox: SandboxDriver) -> None:
     info, lines = _upload_and_extract(sandbox, tar_gz({"a.txt": b"A" * 10_000})[:40])
     assert info["exit_code"] == 2
     assert "does not look like a tar archive" in lines[-1]["line"]
+
+
+def test_large_upload_round_trips(sandbox: SandboxDriver) -> None:
+    # Larger than two write batches, with a tail, so every branch of the streaming write runs.
+    data = bytes(range(256)) * (9 * 4096 + 7)
+    assert sandbox.put("/tmp/big", data).json()["size"] == len(data)
+    assert sandbox.get("/tmp/big").content == data

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from kiln.emulator._errors import EmulatorError, bad_request, not_found
 
@@ -42,13 +45,14 @@ class BlobStore:
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def write(self, key: str, data: bytes) -> int:
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """A file to fill; it becomes the object only when the block ends without an error."""
         target = self.path(key)
+        partial = target.with_name(target.name + ".partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            partial.write_bytes(data)
-            os.replace(partial, target)
+            handle = partial.open("wb")
         except (NotADirectoryError, FileExistsError, IsADirectoryError):
             # Keys are paths, so "a" and "a/b" cannot both be objects.
             raise EmulatorError(
@@ -56,6 +60,16 @@ class BlobStore:
                 "BLOB_KEY_CONFLICT",
                 f"cannot store {uri_for(key)}: it clashes with another key",
             ) from None
+        try:
+            with handle:
+                yield handle
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def write(self, key: str, data: bytes) -> int:
+        with self.writer(key) as handle:
+            handle.write(data)
         return len(data)
 
     def write_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> None:

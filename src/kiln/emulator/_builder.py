@@ -140,9 +140,15 @@ def _read_spec(ctx: CommandContext, path: str) -> _Spec:
 
 
 def _pack(ctx: CommandContext, spec: _Spec) -> int:
-    """Write the snapshot archive straight to the blob the signed URL names; returns its size."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+    """Write the snapshot archive straight to the blob the signed URL names; returns its size.
+
+    The builder runs inside the emulator, so "uploading" to its own signed URL is writing the
+    object that URL names; streaming to the file keeps a large context out of memory.
+    """
+    with (
+        ctx.blobs.writer(spec.upload_key) as handle,
+        tarfile.open(fileobj=handle, mode="w:gz") as archive,
+    ):
         spec_bytes = json.dumps(spec.raw, indent=2, sort_keys=True).encode()
         info = tarfile.TarInfo("spec.json")
         info.size = len(spec_bytes)
@@ -150,7 +156,7 @@ def _pack(ctx: CommandContext, spec: _Spec) -> int:
         if spec.context_dir is not None:
             for relative, host in ctx.sandbox.fs.walk_files(spec.context_dir):
                 archive.add(host, arcname=f"context/{relative}", recursive=False)
-    return ctx.blobs.write(spec.upload_key, buffer.getvalue())
+    return ctx.blobs.size(spec.upload_key)
 
 
 def _metadata(spec: _Spec, size: int) -> dict[str, Any]:
