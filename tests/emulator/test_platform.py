@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
+from kiln.errors import ConfigError
 
 from .conftest import AUTH, SANDBOXES, SandboxDriver, prepare, run_builder, stage_build
 
@@ -282,3 +283,31 @@ def test_blob_keys_cannot_clash(http: httpx.Client) -> None:
     assert clash.status_code == 409
     assert clash.json()["code"] == "BLOB_KEY_CONFLICT"
     assert http.get("/_emulator/blobs", params={"uri": "gs://x/y"}).status_code == 400
+
+
+def test_a_corrupt_template_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "templates.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="not valid JSON") as refused:
+        Emulator(EmulatorConfig(data_dir=tmp_path)).start()
+    assert refused.value.hint is not None
+
+
+def test_diff_complete_must_name_the_prepared_parent(http: httpx.Client) -> None:
+    parent = build_template(http, "base-image", "FROM a\n")
+    payload = {"templateId": parent["id"], "name": "base-image", "snapshotId": parent["snapshotId"]}
+    child = prepare(
+        http, "child", "FROM base-image\n", rootfsNodeKind="diff", parentTemplate=payload
+    )
+    http.put(child["upload"]["url"], content=b"snapshot")
+    body = {
+        "snapshotId": child["snapshotId"],
+        "snapshotUri": child["snapshotUri"],
+        "snapshotFormatVersion": "durable_archive_v1",
+        "snapshotSizeBytes": 8,
+        "rootfsDiskBytes": 1,
+        "rootfsNodeKind": "diff",
+        "parentManifestUri": "s3://kiln-emulator/other.tlsnap",
+    }
+    response = http.post(f"{BUILDS}/{child['buildId']}/complete", json=body)
+    assert response.status_code == 400
+    assert "not the prepared parent" in response.json()["error"]

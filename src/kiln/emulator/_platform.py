@@ -163,6 +163,14 @@ def _check_snapshot(state: EmulatorState, build: Build, body: dict[str, Any]) ->
     return uri
 
 
+def _parent_uri(build: Build, body: dict[str, Any]) -> str:
+    uri = field(body, "parentManifestUri", str)
+    expected = build.parent["parentManifestUri"] if build.parent else None
+    if uri != expected:
+        raise bad_request(f"parentManifestUri {uri} is not the prepared parent ({expected})")
+    return uri
+
+
 def _size(body: dict[str, Any], key: str) -> int:
     value = field(body, key, int)
     if value < 0:
@@ -193,7 +201,7 @@ async def complete(request: Request) -> JSONResponse:
         "buildId": build.id,
     }
     if kind == "diff":
-        template["parentManifestUri"] = field(body, "parentManifestUri", str)
+        template["parentManifestUri"] = _parent_uri(build, body)
     build.completed = True
     state.templates.register(template)
     return JSONResponse(template)

@@ -95,25 +95,24 @@ def _process_request(sandbox: Sandbox, body: dict[str, Any]) -> ProcessRequest:
         raise bad_request(f"working_dir {working_dir} does not exist", code="INVALID_FIELD")
     # Built-in commands read no environment, but a malformed one is still the client's bug.
     optional(body, "env", dict, {})
-    timeout = optional(body, "timeout", float, 0.0)
+    has_timeout = body.get("timeout") is not None
     return ProcessRequest(
         command=non_empty(field(body, "command", str), "command"),
         args=args,
         root=user == "root",
         working_dir=working_dir,
-        timeout_s=positive(timeout, "timeout") if body.get("timeout") is not None else None,
+        timeout_s=positive(field(body, "timeout", float), "timeout") if has_timeout else None,
     )
 
 
-async def _start(request: Request) -> tuple[Sandbox, Process]:
+async def _start(request: Request) -> Process:
     sandbox = routed(request)
     spec = _process_request(sandbox, await json_object(request))
-    return sandbox, state_of(request).start_process(sandbox, spec)
+    return state_of(request).start_process(sandbox, spec)
 
 
 async def start_process(request: Request) -> JSONResponse:
-    _sandbox, process = await _start(request)
-    return JSONResponse(process.info())
+    return JSONResponse((await _start(request)).info())
 
 
 async def list_processes(request: Request) -> JSONResponse:
@@ -158,8 +157,7 @@ async def _run_events(process: Process) -> AsyncIterator[dict[str, Any]]:
 
 
 async def run_process(request: Request) -> StreamingResponse:
-    _sandbox, process = await _start(request)
-    return _event_stream(_run_events(process))
+    return _event_stream(_run_events(await _start(request)))
 
 
 def _file_path(request: Request) -> str:

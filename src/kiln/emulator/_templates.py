@@ -7,15 +7,28 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kiln.errors import ConfigError
+
+
+def _load(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        loaded = json.loads(path.read_text())
+    except ValueError as problem:
+        raise ConfigError(
+            f"the emulator's template file {path} is not valid JSON: {problem}",
+            hint="delete it (its templates are lost) or start with another --data-dir",
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"the emulator's template file {path} must hold a JSON object")
+    return loaded
+
 
 class TemplateStore:
     """Templates by name (a later build of the same name replaces the earlier one)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._by_name: dict[str, dict[str, Any]] = (
-            json.loads(path.read_text()) if path.is_file() else {}
-        )
+        self._by_name: dict[str, dict[str, Any]] = _load(path) if path.is_file() else {}
 
     def by_name(self, name: str) -> dict[str, Any] | None:
         return self._by_name.get(name)
