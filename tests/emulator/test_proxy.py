@@ -197,3 +197,42 @@ def test_large_upload_round_trips(sandbox: SandboxDriver) -> None:
     data = bytes(range(256)) * (9 * 4096 + 7)
     assert sandbox.put("/tmp/big", data).json()["size"] == len(data)
     assert sandbox.get("/tmp/big").content == data
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "says"),
+    [
+        (["mkdir"], 2, "missing operand"),
+        (["mkdir", "-x", "/tmp/a"], 2, "invalid option"),
+        (["chmod", "u+w", "/tmp"], 2, "octal"),
+        (["chmod", "0777"], 2, "usage"),
+        (["rm", "/tmp/none"], 1, "No such file"),
+        (["rm", "-q", "/tmp"], 2, "invalid option"),
+        (["tar", "-cf", "/tmp/x"], 2, "unsupported flags"),
+        (["mkdir", "/tmp/a/b"], 1, "No such file"),
+    ],
+)
+def test_builtins_reject_bad_arguments_like_the_real_tools(
+    sandbox: SandboxDriver, argv: list[str], code: int, says: str
+) -> None:
+    info, lines = sandbox.run(*argv)
+    assert info["exit_code"] == code
+    assert says in lines[-1]["line"]
+
+
+def test_mkdir_mode_and_rm_recursive(sandbox: SandboxDriver) -> None:
+    assert sandbox.run("mkdir", "-p", "-m", "0555", "/tmp/ro/inner")[0]["exit_code"] == 0
+    assert sandbox.put("/tmp/ro/inner/f", b"x").status_code == 403
+    assert sandbox.put("/tmp/ro/f", b"x").status_code == 200
+    assert sandbox.run("rm", "-rf", "/tmp/ro", "/tmp/missing")[0]["exit_code"] == 0
+    assert sandbox.get("/tmp/ro/f").status_code == 404
+
+
+def test_relative_paths_resolve_against_working_dir(sandbox: SandboxDriver) -> None:
+    info, _ = sandbox.run("mkdir", "made", working_dir="/tmp")
+    assert info["exit_code"] == 0
+    assert sandbox.put("/tmp/made/f", b"x").status_code == 200
+    missing = sandbox.request(
+        "POST", "/api/v1/processes", json={"command": "true", "working_dir": "/nope"}
+    )
+    assert missing.status_code == 400
