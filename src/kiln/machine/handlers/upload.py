@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from kiln.api import ChunkedUploadRefused, ProxyClient
 from kiln.machine._outcome import SUCCEEDED, Outcome
@@ -33,8 +34,26 @@ SPOOL_READ_CHUNK = 1 << 20
 async def upload(state: BuildState, services: Services) -> Outcome:
     """Re-entry: skips the context once state.context_digest records its extraction; rewrites spec.json."""
     proxy = services.proxy(state)
-    if not state.plan.is_import and state.context_digest is None:
-        await _upload_context(state, services, proxy)
+    if state.plan.is_import or state.context_digest is not None:
+        await _write_spec(state, proxy)
+        return SUCCEEDED
+    archive = await _send_context(state, services, proxy)
+    # spec.json does not depend on the context: writing it while the archive is extracted saves a
+    # round trip. Both run to the end before an error is raised, so an extraction that succeeded
+    # is recorded (context_digest) even when the spec write fails, and a retry skips the context.
+    await _all_settled(_extract_context(state, services, proxy, archive), _write_spec(state, proxy))
+    return SUCCEEDED
+
+
+async def _all_settled(*steps: Coroutine[Any, Any, None]) -> None:
+    """Run ``steps`` concurrently until all end; then raise the first one's error, if any."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _write_spec(state: BuildState, proxy: ProxyClient) -> None:
     prepared = state.prepared or {}
     spec = build_spec(
         prepared,
@@ -47,10 +66,11 @@ async def upload(state: BuildState, services: Services) -> Outcome:
         docker_compat=state.options.docker_compat,
     )
     await proxy.put_file(REMOTE_SPEC_PATH, spec_json_bytes(spec))
-    return SUCCEEDED
 
 
-async def _upload_context(state: BuildState, services: Services, proxy: ProxyClient) -> None:
+async def _send_context(
+    state: BuildState, services: Services, proxy: ProxyClient
+) -> ContextArchive:
     context_dir = state.plan.context_dir or "."
     services.status(state, "Uploading build context...")
     services.status(state, f"Creating build context archive from {context_dir}...")
@@ -73,6 +93,12 @@ async def _upload_context(state: BuildState, services: Services, proxy: ProxyCli
         f"Build context: {archive.files} files, {format_bytes(archive.uncompressed_bytes)} "
         f"uncompressed, {format_bytes(archive.compressed_bytes)} compressed",
     )
+    return archive
+
+
+async def _extract_context(
+    state: BuildState, services: Services, proxy: ProxyClient, archive: ContextArchive
+) -> None:
     services.status(state, "Untarring build context archive in builder sandbox...")
     result = await run_checked(
         proxy, "tar", ["-xzf", REMOTE_ARCHIVE_PATH, "-C", REMOTE_CONTEXT_DIR]
