@@ -42,6 +42,7 @@ CONTROL_TIMEOUT_S = 60.0
 # the second, i.e. from the start of archiving to the remote archive extracted and removed.
 CONTEXT_START = "Creating build context archive from"
 CONTEXT_END = "Build context extracted"
+CONTEXT_SUMMARY = "Build context: "
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -126,8 +127,12 @@ class Timeline:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.marks: dict[str, float] = {}
+        # "Build context: N files, X uncompressed, Y compressed"
+        self.context_summary = ""
 
     def on_message(self, message: str) -> None:
+        if message.startswith(CONTEXT_SUMMARY):
+            self.context_summary = message
         for prefix in (CONTEXT_START, CONTEXT_END):
             if message.startswith(prefix):
                 self.marks.setdefault(prefix, time.perf_counter())
