@@ -1,11 +1,26 @@
 """A local server that speaks Tensorlake's sandbox-image build protocol.
 
-It serves the platform API (templates, prepare, complete, introspect), the sandbox lifecycle API
-and the in-sandbox proxy API on one loopback port, with virtual sandboxes whose commands are a
-built-in table (nothing runs on the host) and a builder stand-in that produces real snapshot
-archives. ``/_emulator/`` adds fault injection and introspection for tests.
+It serves the platform API (template lookup, prepare, complete, key introspection; API-key and
+PAT routes), the sandbox lifecycle API and the in-sandbox proxy API on one loopback port. Sandboxes
+are virtual: each has its own directory on the host, ownership and modes are tracked as metadata,
+and commands are a built-in table (``true``, ``mkdir``, ``chmod``, ``rm``, ``tar -x``, the two
+diagnostic ``sh -lc`` scripts and the ``tl-rootfs-build`` stand-in); nothing runs on the host.
 
-    with Emulator(EmulatorConfig()) as emu:
+The builder stand-in logs one line per Dockerfile instruction (RUN steps are not executed) and
+uploads a snapshot archive holding ``spec.json`` and ``context/<path>`` for every context file.
+
+``/_emulator/`` is the emulator's own surface, never part of Tensorlake's:
+
+- ``POST /_emulator/builder``: builder behaviour (``exit_code``, ``oom_kill``, ``enospc``,
+  ``duration_ms``, ``log_lines``, ``line_pace_ms``); ``GET`` shows it.
+- ``GET /_emulator/sandboxes``, ``/processes``, ``/templates``: introspection.
+- ``POST /_emulator/reset``: forget everything, including faults and the request log.
+- ``POST|GET|DELETE /_emulator/faults``, ``GET /_emulator/requests``: see ``middleware``.
+- ``PUT|GET /_emulator/blobs/<key>``, ``GET /_emulator/blobs?uri=s3://kiln-emulator/<key>``.
+
+Run it with ``kiln emulator``, or in-process::
+
+    with Emulator(EmulatorConfig()) as emu:        # or: async with
         ...  # point kiln or the official client at emu.url
 """
 
