@@ -81,13 +81,13 @@ def _clean_line(line: str) -> str | None:
     if exception:
         pattern = pattern[1:].strip()
     if pattern:
-        pattern = go_clean(pattern)
+        pattern = _go_clean(pattern)
         if len(pattern) > 1 and pattern.startswith(_SEP):
             pattern = pattern[1:]
     return _EXCEPTION + pattern if exception else pattern
 
 
-def go_clean(path: str) -> str:
+def _go_clean(path: str) -> str:
     """Go's ``filepath.Clean`` on a slash path (normpath keeps a leading ``//``; Go does not)."""
     cleaned = posixpath.normpath(path)
     if cleaned.startswith("//"):
@@ -118,10 +118,8 @@ class PatternMatcher:
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self._patterns = [p for p in map(_compile, patterns) if p is not None]
-
-    @property
-    def has_exceptions(self) -> bool:
-        return any(p.exclusion for p in self._patterns)
+        self._exceptions = [p for p in self._patterns if p.exclusion]
+        self._glob_exception = any(p.has_glob for p in self._exceptions)
 
     def matches(self, rel_posix_path: str) -> bool:
         """True when the path (slash-separated, relative to the context) is excluded."""
@@ -142,11 +140,10 @@ class PatternMatcher:
         could match anywhere, so it keeps every excluded directory walked (BuildKit does the
         same); a fixed exception only keeps the directories on its own path.
         """
-        exceptions = [p for p in self._patterns if p.exclusion]
-        if any(p.has_glob for p in exceptions):
+        if self._glob_exception:
             return True
         prefix = rel_dir + _SEP
-        return any((p.text + _SEP).startswith(prefix) for p in exceptions)
+        return any((p.text + _SEP).startswith(prefix) for p in self._exceptions)
 
 
 def _parents(path: str) -> list[str]:
@@ -159,7 +156,7 @@ def _compile(raw: str) -> _Pattern | None:
     text = raw.strip()
     if not text:
         return None
-    text = go_clean(text)
+    text = _go_clean(text)
     exclusion = text.startswith(_EXCEPTION)
     if exclusion:
         if len(text) == 1:
