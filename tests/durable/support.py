@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from kiln.store import Owner, Store
 from kiln.testing import EmulatorClient
 
 REPO = Path(__file__).resolve().parents[2]
+# Shared by every `kiln` subprocess of every test run on this machine; Python keeps it consistent.
+PYCACHE = Path(tempfile.gettempdir()) / "kiln-test-pycache"
 HELLO = REPO / "examples" / "hello" / "Dockerfile"
 # Distinctive, so a test can search the store's files and tables for it.
 TOKEN = "kiln-durable-test-token-7f3c2a91"
@@ -115,10 +118,14 @@ async def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 20.0) -
 def kiln_env(store_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a `kiln` subprocess: the test store, a private state dir, a token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
+    # Compiling kiln again in every subprocess costs more than the build under test: cache the
+    # bytecode, outside the source tree.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         KILN_STORE=store_url,
         XDG_STATE_HOME=str(tmp_path / "state"),
         TENSORLAKE_API_KEY=TOKEN,
+        PYTHONPYCACHEPREFIX=str(PYCACHE),
         **extra,
     )
     return env
