@@ -163,3 +163,23 @@ def run_builder_start(sandbox: SandboxDriver) -> int:
     args = ("--spec", f"{BUILD_DIR}/spec.json", "--metadata-out", f"{BUILD_DIR}/metadata.json")
     pid: int = sandbox.start("tl-rootfs-build", *args, root=True)["pid"]
     return pid
+
+
+def test_an_import_needs_no_context(http: httpx.Client, sandbox: SandboxDriver) -> None:
+    prepared = prepare(http, "ubuntu", "FROM ubuntu:24.04\n")
+    sandbox.run("mkdir", "-p", BUILD_DIR, root=True)
+    sandbox.run("chmod", "0777", BUILD_DIR, root=True)
+    spec = {
+        **prepared,
+        "dockerfile": "FROM ubuntu:24.04\n",
+        "contextDir": f"{BUILD_DIR}/context",
+        "baseImage": "ubuntu:24.04",
+        "importImageReference": "ubuntu:24.04",
+        "rootfsDiskBytes": 1 << 30,
+    }
+    sandbox.put(f"{BUILD_DIR}/spec.json", json.dumps(spec).encode())
+    info, lines = run_builder(sandbox)
+    assert info["exit_code"] == 0, lines
+    snapshot = http.get("/_emulator/blobs", params={"uri": prepared["snapshotUri"]}).content
+    with tarfile.open(fileobj=io.BytesIO(snapshot)) as archive:
+        assert archive.getnames() == ["spec.json"]

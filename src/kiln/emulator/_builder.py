@@ -110,19 +110,18 @@ def _check_spec(ctx: CommandContext, spec: dict[str, Any]) -> _Spec:
     disk = spec.get("rootfsDiskBytes")
     if not isinstance(disk, int) or isinstance(disk, bool) or disk <= 0:
         raise _SpecProblem(f"spec field 'rootfsDiskBytes' must be a positive integer, got {disk!r}")
-    context_dir: str | None = _string(spec, "contextDir")
-    if not str(context_dir).startswith("/"):
+    context_dir = _string(spec, "contextDir")
+    if not context_dir.startswith("/"):
         raise _SpecProblem(f"spec field 'contextDir' must be an absolute path, got {context_dir!r}")
-    if not ctx.sandbox.fs.is_dir(str(context_dir)):
-        # An import has no context to extract; the client still names the directory.
-        if "importImageReference" not in spec:
-            raise _SpecProblem(f"contextDir {context_dir} does not exist in the sandbox")
-        context_dir = None
+    extracted = ctx.sandbox.fs.is_dir(context_dir)
+    # An import has no context to extract; the client still names the directory.
+    if not extracted and "importImageReference" not in spec:
+        raise _SpecProblem(f"contextDir {context_dir} does not exist in the sandbox")
     snapshot_uri = _string(spec, "snapshotUri")
     return _Spec(
         raw=spec,
         dockerfile=_string(spec, "dockerfile"),
-        context_dir=context_dir,
+        context_dir=context_dir if extracted else None,
         base_image=_string(spec, "baseImage"),
         rootfs_disk_bytes=disk,
         snapshot_uri=snapshot_uri,
@@ -183,6 +182,10 @@ async def _log_steps(ctx: CommandContext, spec: _Spec) -> None:
     behaviour = ctx.behaviour
     pace = behaviour.line_pace_ms / _MS
     ctx.process.emit("tl-rootfs-build (kiln emulator stand-in): RUN steps are logged, not executed")
+    kind = spec.raw.get("rootfsNodeKind", "base")
+    ctx.process.emit(
+        f"base image {spec.base_image}; {kind} rootfs of {spec.rootfs_disk_bytes} bytes"
+    )
     steps = instructions(spec.dockerfile)
     for number, step in enumerate(steps, start=1):
         ctx.process.emit(f"Step {number}/{len(steps)} : {step}")
