@@ -93,8 +93,9 @@ class Services:
     # -- events ----------------------------------------------------------------------------
 
     def logger(self, state: BuildState) -> Any:
+        # ``id`` is kiln's build id (what `kiln resume` takes); ``build_id`` is the platform's.
         return _base_logger().bind(
-            build_id=state.build_id, state=state.state, sandbox_id=state.sandbox_id
+            id=state.id, build_id=state.build_id, state=state.state, sandbox_id=state.sandbox_id
         )
 
     def emit(self, state: BuildState, event: Event) -> None:
