@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypedDict, Unpack
 
 import httpx
 
 from kiln.durable._session import Session
-from kiln.errors import BuildCancelled, BuildError
+from kiln.errors import BuildCancelled, BuildError, UsageError
 from kiln.machine import (
     BuildOptions,
     BuildState,
@@ -89,7 +89,7 @@ class Build:
         )
         hook = session.persist if session is not None else persist or no_persist
         self._driver = Driver(self._services, persist=hook)
-        self._task = asyncio.create_task(self._run(), name=f"kiln-build-{state.id}")
+        self._task = _create_task(self._run(), name=f"kiln-build-{state.id}")
 
     @property
     def state(self) -> BuildState:
@@ -148,6 +148,18 @@ class Build:
             await self._services.aclose()
             self._finished = True
             self._queue.put_nowait(None)
+
+
+def _create_task(coroutine: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        coroutine.close()
+        raise UsageError(
+            "a build handle needs a running event loop",
+            hint="call start_build/start_import from async code, or use build_image_sync",
+        ) from None
+    return asyncio.create_task(coroutine, name=name)
 
 
 def start_build(

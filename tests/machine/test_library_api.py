@@ -12,7 +12,14 @@ from machine_support import HELLO, TOKEN, Admin, wait_for
 
 import kiln
 from kiln.emulator import Emulator, EmulatorConfig
-from kiln.errors import BuildCancelled, BuildFailed, ConfigError, PlanError, WithDiagnostics
+from kiln.errors import (
+    BuildCancelled,
+    BuildFailed,
+    ConfigError,
+    PlanError,
+    UsageError,
+    WithDiagnostics,
+)
 
 
 async def test_build_image_returns_the_template_and_reports_events(emulator: Admin) -> None:
@@ -123,3 +130,8 @@ async def test_a_result_awaited_with_a_timeout_does_not_cancel_the_build(emulato
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(build.result(), timeout=0.05)
     assert (await build.result())["name"] == "hello"
+
+
+def test_a_handle_outside_an_event_loop_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="running event loop"):
+        kiln.start_build(HELLO, api_key=TOKEN)
