@@ -130,7 +130,11 @@ async def resume_owned(
     )
     try:
         events = await prepare_resume(
-            state, record, services, retry_lost_sandbox=retry_lost_sandbox
+            state,
+            record,
+            services,
+            owner=session.owner,
+            retry_lost_sandbox=retry_lost_sandbox,
         )
     except BaseException:
         with contextlib.suppress(KilnError):

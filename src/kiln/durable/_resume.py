@@ -11,7 +11,7 @@ import attrs
 
 from kiln.errors import ApiError
 from kiln.machine import BuildState, ErrorRecord, MachineSpec, Services
-from kiln.store import BuildRecord
+from kiln.store import BuildRecord, Owner
 
 HTTP_NOT_FOUND = 404
 TERMINATED = "terminated"
@@ -46,11 +46,13 @@ async def prepare_resume(
     record: BuildRecord,
     services: Services,
     *,
+    owner: Owner,
     retry_lost_sandbox: bool,
 ) -> list[Event]:
-    """Bring ``state`` up to date before the driver runs it again; returns events for the log."""
+    """Bring ``state`` up to date before ``owner`` runs it again; returns events for the log."""
     spec = services.spec
-    events: list[Event] = [("resumed", {"state": state.state, "version": record.version})]
+    resumed = {"state": state.state, "version": record.version, "owner": owner.describe()}
+    events: list[Event] = [("resumed", resumed)]
     state.cancel_requested = state.cancel_requested or record.cancel_requested
     _count_interrupted_attempt(state)
     if _needs_sandbox_check(state, spec) and await _sandbox_lost(state, services):

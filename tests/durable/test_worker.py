@@ -1,0 +1,151 @@
+"""The worker: submitted builds run once each across workers, a killed worker's builds are taken
+over, SIGTERM drains (persisted point, leases released, exit 0), logs are JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from kiln import Worker, WorkerConfig, resume, submit
+from kiln.store import Store, open_store
+from kiln.testing import EmulatorClient
+
+from .support import HELLO, TOKEN, builder_starts, kiln_env, spawn_kiln, wait_until
+
+FAST_WORKER = WorkerConfig(concurrency=2, lease_s=5.0, renew_every_s=1.0, poll_s=0.05)
+# A short lease, as the issue asks, so that a takeover is quick even across hosts.
+WORKER_ARGS = ["worker", "--lease-s", "2", "--heartbeat-s", "0.5", "--poll-s", "0.2"]
+
+
+async def _submit(store: Store, emulator: EmulatorClient, count: int) -> list[str]:
+    return [
+        await submit(HELLO, store=store, name=f"hello-{n}", api_url=emulator.url)
+        for n in range(count)
+    ]
+
+
+async def _all_done(store: Store, ids: list[str]) -> bool:
+    records = [await store.get(build_id) for build_id in ids]
+    return all(r is not None and r.state == "done" for r in records)
+
+
+async def _resumed_by(store: Store, build_id: str) -> list[str]:
+    return [e.data["owner"] for e in await store.events(build_id) if e.kind == "resumed"]
+
+
+async def test_two_workers_never_run_the_same_build_at_once(
+    store: Store, emulator: EmulatorClient
+) -> None:
+    emulator.set_builder(duration_ms=200)
+    ids = await _submit(store, emulator, 5)
+    workers = [
+        Worker(store, attrs.evolve(FAST_WORKER, worker_id=f"worker-{n}"), api_key=TOKEN)
+        for n in range(2)
+    ]
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    overlaps: list[set[str]] = []
+
+    async def done_without_overlap() -> bool:
+        overlaps.append(set(workers[0].running) & set(workers[1].running))
+        return await _all_done(store, ids)
+
+    await wait_until(done_without_overlap, timeout_s=60)
+    for worker in workers:
+        worker.drain()
+    await asyncio.gather(*tasks)
+
+    assert not any(overlaps), "a build ran in both workers at once"
+    for build_id in ids:
+        assert len(await _resumed_by(store, build_id)) == 1, "each build is claimed once"
+    assert builder_starts(emulator) == len(ids)
+    assert len(emulator.sandboxes()) == len(ids)
+    assert emulator.live_sandboxes() == []
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_a_killed_workers_builds_are_taken_over_by_the_other(
+    postgres_store_url: str, emulator: EmulatorClient, tmp_path: Path
+) -> None:
+    emulator.set_builder(log_lines=10, line_pace_ms=150)
+    store = open_store(postgres_store_url)
+    try:
+        ids = await _submit(store, emulator, 3)
+        env = kiln_env(postgres_store_url, tmp_path)
+        first = await spawn_kiln([*WORKER_ARGS, "--concurrency", "3", "--worker-id", "a"], env)
+
+        async def first_runs_every_builder() -> bool:
+            records = [await store.get(build_id) for build_id in ids]
+            return all(
+                r is not None
+                and r.owner is not None
+                and r.owner.worker_id == "a"
+                and r.data.get("builder_pid") is not None
+                for r in records
+            )
+
+        await wait_until(first_runs_every_builder, timeout_s=60)
+        second = await spawn_kiln([*WORKER_ARGS, "--concurrency", "3", "--worker-id", "b"], env)
+        first.kill()
+        await first.wait()
+
+        await wait_until(lambda: _all_done(store, ids), timeout_s=60)
+        second.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            _, err = await second.communicate()
+        assert second.returncode == 0, err.decode()
+
+        for build_id in ids:
+            owners = await _resumed_by(store, build_id)
+            assert len(owners) == 2 and "worker a" in owners[0] and "worker b" in owners[1]
+        assert builder_starts(emulator) == len(ids), "the builders were reattached, not rerun"
+        assert emulator.live_sandboxes() == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_sigterm_drains_releases_and_another_worker_finishes(
+    store_url: str, store: Store, emulator: EmulatorClient, tmp_path: Path
+) -> None:
+    emulator.set_builder(log_lines=40, line_pace_ms=100)
+    (build_id,) = await _submit(store, emulator, 1)
+    worker = await spawn_kiln(WORKER_ARGS, kiln_env(store_url, tmp_path))
+
+    async def builder_logging() -> bool:
+        record = await store.get(build_id)
+        return record is not None and record.data.get("output_events_delivered", 0) >= 3
+
+    await wait_until(builder_logging, timeout_s=60)
+    worker.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        _, err = await worker.communicate()
+
+    assert worker.returncode == 0, err.decode()
+    record = await store.get(build_id)
+    assert record is not None and record.state == "run_builder" and record.owner is None
+    kinds = [e.kind for e in await store.events(build_id)]
+    assert "handed_over" in kinds
+    _assert_json_logs(err.decode())
+
+    build = await resume(build_id, store=store, api_key=TOKEN)
+    await build.result()
+    assert builder_starts(emulator) == 1
+    lines = [e.data["message"] for e in await store.events(build_id) if e.kind == "build_log"]
+    assert len(lines) == len(set(lines)) and "progress 40/40" in lines
+    assert emulator.live_sandboxes() == []
+
+
+def _assert_json_logs(stderr: str) -> None:
+    """Every line is a JSON object; every line about a build names it and its state."""
+    entries: list[dict[str, Any]] = [json.loads(line) for line in stderr.splitlines() if line]
+    about_builds = [entry for entry in entries if "id" in entry]
+    assert about_builds, entries
+    assert all("state" in entry for entry in about_builds), about_builds
+    assert {"build claimed", "build handed over"} <= {entry["event"] for entry in entries}
