@@ -373,7 +373,7 @@ async def test_concurrent_claimers_never_share_a_build(backend: Backend) -> None
     for n in range(builds):
         await make(first, f"b-{n:02}")
     owners = [Owner(host="pool.example", pid=os.getpid(), worker_id=f"w{n}") for n in range(16)]
-    # Two stores (two connections or files handles), each racing several claimers.
+    # Two stores (two connections, or two handles on one file), each racing several claimers.
     claims = await asyncio.gather(
         *(
             (first if n % 2 else second).claim_next(owner, lease_s=LEASE_S)

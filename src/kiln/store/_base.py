@@ -224,7 +224,9 @@ class Store(Protocol):
         ...
 
     async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:
-        """Append ``(kind, data)`` events, keeping the head and tail of the log."""
+        """Append ``(kind, data)`` events, keeping the head and tail of the log.
+
+        Each call is one durable write: batch build-log lines rather than appending them singly."""
         ...
 
     async def events(self, id: str, *, after_seq: int = 0) -> builtins.list[EventRow]:
