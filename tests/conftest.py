@@ -1,0 +1,16 @@
+"""Hypothesis profiles for the whole suite.
+
+``ci`` (loaded unless ``--hypothesis-profile`` names another): derandomized, so a CI run is
+reproducible and a red run stays red, with the default number of examples. ``deep``: ten times the
+examples, random seeds, for long local runs (``pytest --hypothesis-profile=deep``). The property
+suites in tests/properties scale their example counts from the loaded profile.
+"""
+
+from hypothesis import settings
+
+DEFAULT_EXAMPLES = 100
+DEEP_EXAMPLES = 10 * DEFAULT_EXAMPLES
+
+settings.register_profile("ci", derandomize=True, max_examples=DEFAULT_EXAMPLES, print_blob=True)
+settings.register_profile("deep", max_examples=DEEP_EXAMPLES, print_blob=True)
+settings.load_profile("ci")

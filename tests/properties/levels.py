@@ -1,0 +1,16 @@
+"""How many examples each property level runs, scaled from the loaded hypothesis profile.
+
+Under ``ci`` (100 examples by default) the model level runs thousands of examples, the emulator
+and crash levels a few hundred between them; ``deep`` runs ten times as many.
+"""
+
+from __future__ import annotations
+
+from hypothesis import settings
+
+# Each level's examples as a multiple of the profile's max_examples.
+SCALE = {"model_paths": 6.0, "model_rules": 2.0, "emulator": 1.5, "crash": 0.6}
+
+
+def examples(level: str) -> int:
+    return max(1, round(settings.default.max_examples * SCALE[level]))

@@ -1,0 +1,239 @@
+"""The model-level harness: the real driver, step by step, with handlers replaced by oracles.
+
+A test decides what each handler run reports (``resolve``), asks for a cancel, moves the fake
+clock past a deadline, or kills the "process" running the driver (``crash``) and resumes the
+build from the last state the persist hook received, as a new process would from the store.
+No network: the oracles record in the state what the real handlers would (a build id, a sandbox
+id, a result) and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from kiln.errors import BuildError, ServerError
+from kiln.machine import (
+    BuildState,
+    Clock,
+    Driver,
+    Event,
+    MachineSpec,
+    Outcome,
+    Services,
+    TransitionEvent,
+    Trigger,
+)
+from kiln.plan import BuildPlan, plan_dockerfile
+from kiln.testing import without_backoff
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = without_backoff()
+PLAN: BuildPlan = plan_dockerfile(REPO / "examples" / "hello" / "Dockerfile")
+START_TIME = 1_800_000_000.0
+ORACLE_BUILD_ID = "build-oracle"
+ORACLE_SANDBOX_ID = "sbx-oracle"
+# Cleanup leaves the way the build was heading when it entered cleanup.
+WAY_OUT = {"done": Trigger.SUCCEED, "failed": Trigger.FAIL, "cancelled": Trigger.CANCEL}
+# Fields that hold wall-clock readings; a resumed build legitimately restarts its phase clock.
+CLOCK_FIELDS = ("created_at", "state_entered_at", "deadline_at")
+Transition = tuple[str, str, str]
+
+
+class Killed(BaseException):
+    """The process running the driver died here: nothing after this point happened.
+
+    A BaseException, so that neither the driver nor a handler can mistake it for an outcome.
+    """
+
+
+@attrs.define
+class FakeClock:
+    now: float = START_TIME
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def oracle_outcome(state: BuildState, spec: MachineSpec, kind: str) -> Outcome:
+    """What the handler of ``state.state`` reports when the test chose ``kind``
+    (``succeed``, ``retry`` or ``fail``)."""
+    if state.state == spec.cleanup:
+        return _cleanup_outcome(state, spec, deleted=kind == "succeed")
+    if kind == "succeed":
+        _record_success(state)
+        return Outcome(Trigger.SUCCEED)
+    if kind == "retry":
+        return Outcome(Trigger.RETRY, ServerError("oracle: 503", status=503, transient=True))
+    return Outcome(Trigger.FAIL, BuildError(f"oracle: {state.state} failed for good"))
+
+
+def _record_success(state: BuildState) -> None:
+    # What the real handlers record, as far as the driver and later phases look at it.
+    if state.state == "prepare":
+        state.build_id = ORACLE_BUILD_ID
+    elif state.state == "create_sandbox":
+        state.sandbox_id = ORACLE_SANDBOX_ID
+    elif state.state == "complete":
+        state.result = {"name": state.plan.name}
+
+
+def _cleanup_outcome(state: BuildState, spec: MachineSpec, *, deleted: bool) -> Outcome:
+    """As the cleanup handler: a failed delete is retried within the budget, then left behind."""
+    if deleted:
+        state.sandbox_deleted = True
+    elif state.attempts_in(spec.cleanup) < spec.states[spec.cleanup].attempts:
+        return Outcome(Trigger.RETRY, ServerError("oracle: delete failed", status=503))
+    assert state.outcome is not None, "cleanup entered without a heading"
+    return Outcome(WAY_OUT[state.outcome])
+
+
+class SteppedBuild:
+    """One build, driven by the real Driver on ``loop``, one handler run at a time."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        spec: MachineSpec = SPEC,
+        state: BuildState | None = None,
+    ) -> None:
+        self.loop = loop
+        self.spec = spec
+        self.clock = FakeClock()
+        self.persisted: list[str] = []
+        self.transitions: list[Transition] = []
+        self.handler_runs = 0
+        self.crashes = 0
+        # Durable, like the store's cancel flag: a resumed build is told again.
+        self.cancel_requested = False
+        self._pending: asyncio.Future[str] | None = None
+        self._changed = asyncio.Event()
+        self._start(state or BuildState(plan=PLAN, id="b" * 32))
+
+    # -- what a test does ------------------------------------------------------------------
+
+    @property
+    def final(self) -> bool:
+        return self.task.done()
+
+    @property
+    def current(self) -> str:
+        return self.state.state
+
+    def resolve(self, kind: str) -> None:
+        """The pending handler run reports ``kind``."""
+        assert self._pending is not None and not self._pending.done()
+        self._pending.set_result(kind)
+        self._settle()
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        self.driver.cancel()
+        self._settle()
+
+    def expire(self, kind: str) -> None:
+        """The current state's deadline passes while its handler runs; it then reports ``kind``."""
+        self.clock.now += self.spec.states[self.current].deadline_s + 1
+        self.resolve(kind)
+
+    def crash(self) -> None:
+        """Kill the driver mid-handler and resume from the last persisted state."""
+        assert self._pending is not None and not self._pending.done()
+        self._pending.set_exception(Killed())
+        self._settle()
+        assert isinstance(self.task.exception(), Killed)
+        self.crashes += 1
+        self._start(BuildState.from_json(self.persisted[-1]))
+
+    def result(self) -> BuildState:
+        assert self.final
+        return self.task.result()
+
+    # -- the machinery ---------------------------------------------------------------------
+
+    def _start(self, state: BuildState) -> None:
+        services = Services(spec=self.spec, emit_event=self._on_event, clock=Clock(now=self.clock))
+        handlers = dict.fromkeys(self.spec.states, self._oracle)
+        self.driver = Driver(services, persist=self._persist, handlers=handlers)
+        if self.cancel_requested:
+            self.driver.cancel()
+        self.state = state
+        self.task = self.loop.create_task(self.driver.run(state))
+        self.task.add_done_callback(lambda _: self._changed.set())
+        self._settle()
+
+    def _settle(self) -> None:
+        """Run the loop until a handler waits for the test, or the build ended."""
+
+        async def settled() -> None:
+            while not self.task.done() and (self._pending is None or self._pending.done()):
+                await self._changed.wait()
+                self._changed.clear()
+
+        self.loop.run_until_complete(settled())
+
+    async def _oracle(self, state: BuildState, services: Services) -> Outcome:
+        self.handler_runs += 1
+        self._pending = self.loop.create_future()
+        self._changed.set()
+        kind = await self._pending
+        return oracle_outcome(state, self.spec, kind)
+
+    async def _persist(self, state: BuildState) -> None:
+        self.persisted.append(state.to_json())
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, TransitionEvent):
+            self.transitions.append((event.source, event.trigger, event.dest))
+
+
+def comparable(state: BuildState) -> dict[str, object]:
+    """The state as data, without its wall-clock readings."""
+    data = state.to_dict()
+    for field in CLOCK_FIELDS:
+        data.pop(field)
+    return data
+
+
+# -- invariants ----------------------------------------------------------------------------
+
+
+def check_declared(spec: MachineSpec, transitions: list[Transition]) -> None:
+    declared = set(spec.edges())
+    for transition in transitions:
+        assert transition in declared, f"undeclared transition {transition}"
+
+
+def check_cleanup_before_final(spec: MachineSpec, transitions: list[Transition]) -> None:
+    """A build that entered a sandbox-holding state reaches its final state from cleanup."""
+    held = False
+    for source, _, dest in transitions:
+        held = held or spec.states[source].holds_sandbox
+        if dest in spec.finals and held:
+            assert source == spec.cleanup, f"{source} -> {dest} skipped cleanup"
+
+
+def check_budgets(spec: MachineSpec, state: BuildState) -> None:
+    for name, used in state.attempts.items():
+        assert used <= spec.states[name].attempts, f"{name}: {used} attempts"
+
+
+def check_bounded(spec: MachineSpec, transitions: list[Transition]) -> None:
+    """Every transition is one handler run, so their number is bounded by the budgets' sum."""
+    assert len(transitions) <= sum(s.attempts for s in spec.states.values())
+
+
+def check_all(spec: MachineSpec, build: SteppedBuild) -> None:
+    check_declared(spec, build.transitions)
+    check_cleanup_before_final(spec, build.transitions)
+    check_budgets(spec, build.state)
+    check_bounded(spec, build.transitions)
+
+
+def drive(build: SteppedBuild, choose: Callable[[SteppedBuild], str]) -> None:
+    """Resolve handler runs with ``choose`` until the build ends."""
+    while not build.final:
+        build.resolve(choose(build))

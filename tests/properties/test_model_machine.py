@@ -1,0 +1,101 @@
+"""Model level, rule-based: hypothesis plays the world around the driver (handler outcomes,
+cancel requests, deadlines passing, the process dying) and the invariants hold after every step.
+
+A finished build that was killed and resumed on the way is replayed without its crashes from the
+same decisions: the replay must take the same transitions and end in the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
+
+from properties.levels import examples
+from properties.model import SPEC, SteppedBuild, check_all, comparable
+
+OUTCOMES = st.sampled_from(("succeed", "succeed", "retry", "fail"))
+# A decision as recorded for the replay: what happened, and the outcome kind it carried.
+Action = tuple[str, str]
+
+
+class DriverModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.finished = 0
+        self.build: SteppedBuild | None = None
+        self.actions: list[Action] = []
+
+    def _current(self) -> SteppedBuild:
+        """The build in progress; a new one once the last has ended."""
+        if self.build is None:
+            self.build = SteppedBuild(self.loop)
+            self.actions = []
+        return self.build
+
+    def _after(self, build: SteppedBuild, action: Action) -> None:
+        self.actions.append(action)
+        check_all(SPEC, build)
+        if build.final:
+            if build.crashes:
+                self._check_replay(build)
+            self.finished += 1
+            self.build = None
+
+    def _check_replay(self, build: SteppedBuild) -> None:
+        replay = SteppedBuild(self.loop)
+        for what, kind in self.actions:
+            apply(replay, what, kind)
+        assert replay.final
+        assert replay.transitions == build.transitions
+        assert comparable(replay.result()) == comparable(build.result())
+
+    @rule(kind=OUTCOMES)
+    def handler_reports(self, kind: str) -> None:
+        build = self._current()
+        build.resolve(kind)
+        self._after(build, ("resolve", kind))
+
+    @rule()
+    def cancel_requested(self) -> None:
+        build = self._current()
+        build.cancel()
+        self._after(build, ("cancel", ""))
+
+    @rule(kind=OUTCOMES)
+    def deadline_passes(self, kind: str) -> None:
+        build = self._current()
+        build.expire(kind)
+        self._after(build, ("expire", kind))
+
+    @rule()
+    def process_dies(self) -> None:
+        # Not an action of the replay: the replay is the same build without its crashes.
+        build = self._current()
+        build.crash()
+        check_all(SPEC, build)
+
+    def teardown(self) -> None:
+        # Finish the build in progress, so that it too meets the end-of-build checks.
+        try:
+            while self.build is not None:
+                self.handler_reports("succeed")
+        finally:
+            self.loop.close()
+
+
+def apply(build: SteppedBuild, what: str, kind: str) -> None:
+    if what == "resolve":
+        build.resolve(kind)
+    elif what == "cancel":
+        build.cancel()
+    else:
+        build.expire(kind)
+
+
+TestDriverModel = DriverModel.TestCase
+# A run is a few hundred milliseconds of real driver work: no per-example deadline.
+TestDriverModel.settings = settings(max_examples=examples("model_rules"), deadline=None)
