@@ -96,6 +96,16 @@ class Build:
         """The live state object (the same one the store receives)."""
         return self._state
 
+    async def recorded(self) -> None:
+        """Wait until the build's store holds its record (or the build ended, or has no store)."""
+        if self._session is None:
+            return
+        ready = asyncio.ensure_future(self._session.recorded.wait())
+        try:
+            await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+
     def cancel(self) -> None:
         """Stop the build at its next await point; its sandbox is deleted before it ends."""
         self._driver.cancel()

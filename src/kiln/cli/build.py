@@ -188,6 +188,7 @@ async def _follow(
     if embedded:
         kwargs["api_key"] = "kiln-embedded-emulator"
     build = start(store=store, **kwargs)
+    await build.recorded()
     # Before anything else: after a crash, this id is what `kiln resume` needs.
     view.notice(f"Build {build.state.id} (continue it after a crash: kiln resume {build.state.id})")
     with _interrupts(build, view), view:

@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +23,8 @@ import structlog
 
 from kiln.cli.build import _add_common, _interrupts, _make_view, _options, _positive_int
 from kiln.errors import BuildCancelled, KilnError, UsageError
-from kiln.store import BuildNotFound, BuildRecord, EventRow, Store, open_store
+from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store
+from kiln.store._base import pid_alive
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -242,8 +244,9 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
     print(f"state     {record.state}{'  (cancel requested)' if record.cancel_requested else ''}")
     print(f"created   {_when(record.created_at)}   updated {_when(record.updated_at)}")
     print(f"sandbox   {record.sandbox_id or '-'}")
-    if info["owner"]:
-        print(f"owner     {info['owner']}, lease until {_when(record.lease_expires_at)}")
+    if record.owner is not None:
+        gone = "  (its process is gone)" if _owner_gone(record.owner) else ""
+        print(f"owner     {info['owner']}, lease until {_when(record.lease_expires_at)}{gone}")
     if info["result"]:
         print(f"template  {info['result'].get('id', '-')}")
     print("phases")
@@ -261,6 +264,11 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
             print(f"hint      {error['hint']}")
         for advice in error.get("advice") or ():
             print(f"advice    {advice}")
+
+
+def _owner_gone(owner: Owner) -> bool:
+    """Whether the owner was a process on this host that no longer exists."""
+    return owner.host == socket.gethostname() and not pid_alive(owner.pid)
 
 
 def _when(timestamp: float | None) -> str:

@@ -85,10 +85,15 @@ class Session:
         self._keeper: LeaseKeeper | None = None
         self._persists = 0
         self._finals: frozenset[str] = frozenset()
+        # Set once the build's record exists in the store: from then on `kiln resume` finds it.
+        self.recorded = asyncio.Event()
+        if version is not None:
+            self.recorded.set()
 
     def adopt(self, version: int) -> None:
         """Continue an existing build that this session's owner has acquired at ``version``."""
         self._version = version
+        self.recorded.set()
 
     # -- the hooks the Build plugs in -------------------------------------------------------
 
@@ -168,6 +173,7 @@ class Session:
         )
         record = await self.store.acquire(state.id, self.owner, lease_s=self._lease_s)
         self._version = record.version
+        self.recorded.set()
 
     async def _drive(self, driver: Driver, state: BuildState) -> None:
         self._driver_task = asyncio.create_task(driver.run(state))

@@ -1,0 +1,182 @@
+"""`kiln build` persists and names its build; `kiln status`, `ls`, `logs`, `resume`, `cancel` and
+`submit` read and act on the store given by --store or $KILN_STORE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln.cli import main
+from kiln.machine import load_machine_spec
+from kiln.store import Owner, open_store
+from kiln.testing import EmulatorClient
+
+from .support import HELLO, REPO, TOKEN, crash_in, kiln_env
+
+BUILD_ID = re.compile(r"Build ([0-9a-f]{32})")
+SUMMARY_KEYS = {"id", "name", "state", "sandbox_id", "created_at", "updated_at"}
+HAPPY_PHASES = list(load_machine_spec().states)
+EXIT_USAGE = 2
+
+
+@pytest.fixture
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """$KILN_STORE names a fresh SQLite store; credentials are in the environment."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("KILN_STORE", url)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("TENSORLAKE_API_KEY", TOKEN)
+    return url
+
+
+def _build(emulator: EmulatorClient, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    code = main(["build", str(HELLO), "--api-url", emulator.url, *extra])
+    err = capsys.readouterr().err
+    found = BUILD_ID.search(err)
+    assert found, err
+    assert err.index("Build ") < err.index("Loading Dockerfile"), "the id comes first"
+    assert code in (0, 1)
+    return found.group(1)
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> object:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_build_is_persisted_and_shown_by_status_ls_and_logs(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_id = _build(emulator, capsys)
+
+    listed = _json(capsys, ["ls", "--json"])
+    assert isinstance(listed, list) and len(listed) == 1
+    assert set(listed[0]) == SUMMARY_KEYS and listed[0]["state"] == "done"
+
+    status = _json(capsys, ["status", build_id[:8], "--json"])
+    assert isinstance(status, dict) and status["id"] == build_id and status["state"] == "done"
+    assert [row["phase"] for row in status["timeline"]] == HAPPY_PHASES
+    assert status["log_tail"][-1].startswith("metadata written")
+    assert status["result"]["name"] == "hello"
+
+    assert main(["status", build_id]) == 0
+    text = capsys.readouterr().out
+    assert "state     done" in text and "run_builder" in text and "last log lines" in text
+
+    assert main(["logs", build_id]) == 0
+    log = capsys.readouterr().out
+    assert "Step 1/7 : FROM python:3.12-slim" in log and "-- cleanup -> done (succeed)" in log
+
+
+def test_ls_lists_newest_first_and_filters_by_state(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = _build(emulator, capsys)
+    emulator.set_builder(exit_code=2)
+    second = _build(emulator, capsys)
+
+    listed = _json(capsys, ["ls", "--json"])
+    assert [b["id"] for b in listed] == [second, first]  # type: ignore[union-attr]
+    failed = _json(capsys, ["ls", "--json", "--state", "failed"])
+    assert [b["id"] for b in failed] == [second]  # type: ignore[union-attr]
+
+    assert main(["status", second]) == 0
+    assert "error     " in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_build_reports_it_and_sends_nothing(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_id = _build(emulator, capsys)
+    sent = len(emulator.requests())
+
+    assert main(["resume", build_id]) == 0
+    assert "already ended: done (not run again)" in capsys.readouterr().out
+    assert len(emulator.requests()) == sent
+
+    emulator.set_builder(exit_code=2)
+    failed = _build(emulator, capsys)
+    assert main(["resume", failed]) == 1
+
+
+def test_resume_refuses_a_build_whose_owner_is_alive_and_names_it(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def stop_and_hold() -> str:
+        store = open_store(store_env)
+        try:
+            build_id = await crash_in(store, emulator.url, lambda s: s.state == "upload")
+            await store.acquire(build_id, Owner.current("busy-elsewhere"), lease_s=60)
+            return build_id
+        finally:
+            await store.close()
+
+    build_id = asyncio.run(stop_and_hold())
+
+    assert main(["resume", build_id]) == 1
+    assert "owned by worker busy-elsewhere" in capsys.readouterr().err
+    assert main(["status", build_id]) == 0
+    assert "busy-elsewhere" in capsys.readouterr().out
+
+
+def test_logs_follow_prints_a_live_build_to_its_end(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    emulator.set_builder(log_lines=15, line_pace_ms=60)
+    env = kiln_env(store_env, tmp_path)
+    argv = [sys.executable, "-m", "kiln", "build", str(HELLO), "--api-url", emulator.url]
+    with subprocess.Popen(argv, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True) as build:
+        assert build.stderr is not None
+        found = None
+        while found is None and (line := build.stderr.readline()):
+            found = BUILD_ID.search(line)
+        assert found is not None
+
+        assert main(["logs", found.group(1), "--follow"]) == 0
+
+        assert build.wait(timeout=30) == 0
+    log = capsys.readouterr().out
+    assert "progress 15/15" in log and log.rstrip().endswith("-- cleanup -> done (succeed)")
+
+
+def test_submit_queues_a_build_for_a_worker(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", str(HELLO), "--api-url", emulator.url, "--name", "queued"]) == 0
+    build_id = capsys.readouterr().out.strip()
+
+    status = _json(capsys, ["status", build_id, "--json"])
+    assert isinstance(status, dict)
+    assert (status["name"], status["state"], status["owner"]) == ("queued", "resolve_scope", None)
+    assert emulator.requests() == [], "submitting plans locally and sends nothing"
+
+
+def test_cancel_is_recorded_and_idempotent(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", str(HELLO), "--api-url", emulator.url]) == 0
+    build_id = capsys.readouterr().out.strip()
+
+    for _ in range(2):
+        assert main(["cancel", build_id]) == 0
+        assert "nothing runs it now" in capsys.readouterr().out
+    assert _json(capsys, ["status", build_id, "--json"])["cancel_requested"] is True  # type: ignore[index]
+
+
+def test_store_flag_wins_over_the_environment_and_bad_input_is_a_usage_error(
+    store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _build(emulator, capsys)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+
+    assert _json(capsys, ["ls", "--json", "--store", other]) == []
+    assert main(["ls", "--store", "mysql://nope"]) == EXIT_USAGE
+    assert "sqlite:///" in capsys.readouterr().err, "the accepted forms are named"
+    assert main(["status", "0123456789"]) == EXIT_USAGE
+    assert "kiln ls" in capsys.readouterr().err
