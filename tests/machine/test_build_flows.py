@@ -63,6 +63,8 @@ async def test_hello_status_lines_follow_the_reference_wording(emulator: Admin) 
         "Rootfs builder sandbox ",
         "Uploading build context...",
         "Creating build context archive from ",
+        "Uploading build context archive: 0 B sent, still archiving",
+        "Uploading build context archive: 100%",
         "Build context: ",
         "Untarring build context archive in builder sandbox...",
         "Build context extracted; removed remote archive",

@@ -102,3 +102,6 @@ async def test_a_refused_chunked_upload_is_spooled_and_sent_with_a_length(emulat
     assert transport.refused == 1
     assert run.state.chunked_upload_refused
     assert run.state.context_digest is not None
+    assert transport.sized_puts == 2, "the spooled archive and spec.json"
+    uploads = [m for m in run.messages("status") if m.startswith("Uploading build context archive")]
+    assert uploads[-1].startswith("Uploading build context archive: 100%")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -26,6 +27,9 @@ from kiln.plan.context import ContextArchive
 from kiln.plan.sizing import format_bytes
 
 FULL_PERCENT = 100
+# Upload progress cadence (reference §4): every tenth when the size is known, and every 64 MiB.
+UPLOAD_REPORT_PERCENT_STEP = 10
+UPLOAD_REPORT_BYTES = 64 << 20
 # Reading a spooled archive back for a Content-Length upload: large enough to keep the socket
 # busy, small enough to bound memory.
 SPOOL_READ_CHUNK = 1 << 20
@@ -75,19 +79,20 @@ async def _send_context(
     services.status(state, "Uploading build context...")
     services.status(state, f"Creating build context archive from {context_dir}...")
     archive = _archive(state, services)
+    report = functools.partial(services.status, state)
     if state.chunked_upload_refused:
-        await _put_spooled(proxy, archive)
+        await _put_spooled(proxy, archive, report)
     else:
         try:
             # The archive is produced while it is sent: no local copy, overlap of CPU and network.
-            await proxy.put_file(REMOTE_ARCHIVE_PATH, archive.achunks())
+            await proxy.put_file(REMOTE_ARCHIVE_PATH, _sent(archive.achunks(), None, report))
         except ChunkedUploadRefused:
             services.warning(
                 state, "The server refused a streamed upload; sending the archive with a length"
             )
             state.chunked_upload_refused = True
             archive = _archive(state, services)
-            await _put_spooled(proxy, archive)
+            await _put_spooled(proxy, archive, report)
     services.status(
         state,
         f"Build context: {archive.files} files, {format_bytes(archive.uncompressed_bytes)} "
@@ -146,12 +151,51 @@ class _ArchiveProgress:
         )
 
 
-async def _put_spooled(proxy: ProxyClient, archive: ContextArchive) -> None:
+async def _sent(
+    chunks: AsyncIterator[bytes], total: int | None, report: Callable[[str], None]
+) -> AsyncIterator[bytes]:
+    """Pass ``chunks`` through, reporting upload progress (reference §4 cadence).
+
+    A streamed archive has no known total until it ends, so it reports every
+    UPLOAD_REPORT_BYTES and once at the end; a spooled one reports every tenth as well.
+    """
+    sent = 0
+    reported_percent = 0
+    reported_bytes = 0
+    report(_upload_line(0, total))
+    async for chunk in chunks:
+        yield chunk
+        sent += len(chunk)
+        percent = sent * FULL_PERCENT // total if total else 0
+        if percent >= reported_percent + UPLOAD_REPORT_PERCENT_STEP or (
+            sent - reported_bytes >= UPLOAD_REPORT_BYTES
+        ):
+            reported_percent, reported_bytes = percent, sent
+            report(_upload_line(sent, total))
+    if sent != reported_bytes or not sent:
+        report(_upload_line(sent, sent))
+
+
+def _upload_line(sent: int, total: int | None) -> str:
+    prefix = "Uploading build context archive:"
+    if total is None:
+        # Streamed while it is produced: the final size is not known yet.
+        return f"{prefix} {format_bytes(sent)} sent, still archiving"
+    percent = FULL_PERCENT if total <= 0 else min(FULL_PERCENT, sent * FULL_PERCENT // total)
+    return f"{prefix} {percent}% ({format_bytes(sent)} / {format_bytes(total)})"
+
+
+async def _put_spooled(
+    proxy: ProxyClient, archive: ContextArchive, report: Callable[[str], None]
+) -> None:
     """Spool the archive to a temporary file, then PUT it with a Content-Length."""
     with tempfile.TemporaryDirectory(prefix="kiln-context-") as tmp:
         path = Path(tmp) / "context.tar.gz"
         await asyncio.to_thread(_write_chunks, archive, path)
-        await proxy.put_file(REMOTE_ARCHIVE_PATH, _read_chunks(path), length=path.stat().st_size)
+        size = path.stat().st_size
+        await proxy.put_file(
+            REMOTE_ARCHIVE_PATH, _sent(_read_chunks(path), size, report), length=size
+        )
 
 
 def _write_chunks(archive: ContextArchive, path: Path) -> None:
