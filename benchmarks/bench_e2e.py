@@ -33,7 +33,8 @@ TARGET_REQUESTS = 16
 def measure(latency_ms: int, reps: int) -> dict[str, Any]:
     walls: dict[str, list[float]] = {name: [] for name in CLIENTS}
     requests: dict[str, list[int]] = {name: [] for name in CLIENTS}
-    with emulator(latency_ms=latency_ms) as url:
+    with emulator(latency_ms=latency_ms) as emu:
+        url = emu.url
         warm_up(url)
         for _rep, name in interleaved(reps):
             before = len(request_log(url))

@@ -111,7 +111,8 @@ def _bytes(text: str) -> float:
 def measure(files: int, total_mb: int, reps: int, bandwidth_mbps: float | None) -> dict[str, Any]:
     dockerfile = generate_context(files, total_mb)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in CLIENTS}
-    with emulator(latency_ms=LATENCY_MS, bandwidth_mbps=bandwidth_mbps) as url:
+    with emulator(latency_ms=LATENCY_MS, bandwidth_mbps=bandwidth_mbps) as emu:
+        url = emu.url
         for _rep, name in interleaved(reps):
             cpu_before = cpu_seconds()
             timeline = CLIENTS[name](url, dockerfile)

@@ -1,0 +1,153 @@
+"""Benchmark 4: what persisting a build costs, per transition and end to end.
+
+Each build runs with ``store=`` one of memory://, SQLite (a file, WAL) and PostgreSQL (a private
+cluster on a Unix socket); builds rotate between the stores, round after round, in one event
+loop. The per-transition overhead is the time the driver waits in the session's persist hook
+(the state and queued events written, a cancel request looked up) before the next handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    HELLO,
+    TOKEN,
+    emulator,
+    median,
+    parse_args,
+    percentile,
+    print_table,
+    write_results,
+)
+
+ROUNDS = 15
+TINY_ROUNDS = 1
+P50 = 0.5
+P99 = 0.99
+TARGET_SQLITE_P99_MS = 2.0
+MS = 1000.0
+
+
+@contextlib.contextmanager
+def timed_persist(samples: list[float]) -> Iterator[None]:
+    """Record how long every call of Session.persist takes, while inside the block."""
+    from kiln.durable import Session
+
+    original = Session.persist
+
+    async def persist(self: Session, state: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await original(self, state)
+        finally:
+            samples.append(time.perf_counter() - started)
+
+    Session.persist = persist  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Session.persist = original  # type: ignore[method-assign]
+
+
+async def _one_build(url: str, store: Any) -> float:
+    import kiln
+
+    started = time.perf_counter()
+    await kiln.build_image(str(HELLO), api_url=url, api_key=TOKEN, store=store)
+    return time.perf_counter() - started
+
+
+async def _run(url: str, stores: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {name: {"build_s": [], "persist_s": []} for name in stores}
+    # Warm-up: imports, connections, migrations and the first file creation are not timed.
+    for store in stores.values():
+        await _one_build(url, store)
+    for _round in range(rounds):
+        for name, store in stores.items():
+            samples: list[float] = []
+            with timed_persist(samples):
+                results[name]["build_s"].append(await _one_build(url, store))
+            results[name]["persist_s"].extend(samples)
+    for store in stores.values():
+        await store.close()
+    return results
+
+
+def _summary(name: str, data: dict[str, Any], memory_build_s: float) -> dict[str, Any]:
+    persist_ms = [s * MS for s in data["persist_s"]]
+    build_s = median(data["build_s"])
+    return {
+        "store": name,
+        "transitions": len(persist_ms),
+        "persist_p50_ms": percentile(persist_ms, P50),
+        "persist_p99_ms": percentile(persist_ms, P99),
+        "persist_max_ms": max(persist_ms),
+        "build_median_s": build_s,
+        "vs_memory_ms": (build_s - memory_build_s) * MS,
+    }
+
+
+def measure(rounds: int) -> list[dict[str, Any]]:
+    from kiln.store import MemoryStore, PostgresStore, SQLiteStore
+    from kiln.testing.postgres import PostgresCluster
+
+    with (
+        tempfile.TemporaryDirectory(prefix="kiln-bench-store-") as tmp,
+        PostgresCluster() as cluster,
+        emulator() as emu,
+    ):
+        factories: dict[str, Callable[[], Any]] = {
+            "memory": MemoryStore,
+            "sqlite": lambda: SQLiteStore(Path(tmp) / "builds.db"),
+            "postgresql": lambda: PostgresStore(cluster.create_database("bench")),
+        }
+        stores = {name: make() for name, make in factories.items()}
+        results = asyncio.run(_run(emu.url, stores, rounds))
+    memory_s = median(results["memory"]["build_s"])
+    return [_summary(name, data, memory_s) for name, data in results.items()]
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    rows = measure(TINY_ROUNDS if args.tiny else ROUNDS)
+    text = print_table(
+        ["store", "transitions", "p50 ms", "p99 ms", "max ms", "build s", "vs memory ms"],
+        [
+            (
+                r["store"],
+                r["transitions"],
+                r["persist_p50_ms"],
+                r["persist_p99_ms"],
+                r["persist_max_ms"],
+                r["build_median_s"],
+                r["vs_memory_ms"],
+            )
+            for r in rows
+        ],
+    )
+    sqlite = next(r for r in rows if r["store"] == "sqlite")
+    met = sqlite["persist_p99_ms"] <= TARGET_SQLITE_P99_MS
+    print(
+        f"SQLite p99 per transition {sqlite['persist_p99_ms']:.2f} ms "
+        f"(target <= {TARGET_SQLITE_P99_MS}): {'met' if met else 'MISSED'}"
+    )
+    write_results(
+        "persistence",
+        {
+            "tiny": args.tiny,
+            "rows": rows,
+            "table": text,
+            "target": {"sqlite_p99_ms": TARGET_SQLITE_P99_MS, "met": met},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
