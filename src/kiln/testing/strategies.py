@@ -98,7 +98,8 @@ def fault_schedules(spec: MachineSpec | None = None) -> st.SearchStrategy[FaultS
 def _fault_schedules(draw: st.DrawFn, spec: MachineSpec) -> FaultSchedule:
     faults = draw(st.lists(_request_fault(spec), max_size=3))
     by_phase = {fault.phase: fault for fault in faults}
-    lost = draw(st.none() | st.integers(0, len(PROXY_PHASES) - 1))
+    # A lost sandbox fails every build it is in: keep it to one schedule in eight.
+    lost = draw(st.integers(0, len(PROXY_PHASES) - 1)) if draw(st.integers(0, 7)) == 0 else None
     if lost is not None:
         # A lost sandbox answers every proxy request; other proxy faults would race it.
         by_phase = {p: f for p, f in by_phase.items() if not f.target.path.startswith("^/api/")}
@@ -125,7 +126,9 @@ def _request_fault(draw: st.DrawFn, spec: MachineSpec) -> RequestFault:
 
 
 def _action(target: Target) -> st.SearchStrategy[dict[str, Any]]:
+    # Retried failures twice as often as permanent ones: the budgets are the interesting part.
     actions: list[st.SearchStrategy[dict[str, Any]]] = [
+        st.sampled_from(TRANSIENT_STATUSES).map(lambda s: {"status": s}),
         st.sampled_from(TRANSIENT_STATUSES).map(lambda s: {"status": s}),
         st.just({"reset": True}),
         st.integers(1, MAX_DELAY_MS).map(lambda ms: {"delay_ms": ms}),

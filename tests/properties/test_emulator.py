@@ -1,0 +1,67 @@
+"""Emulator level: generated fault schedules against the in-process emulator.
+
+The build ends ``done`` exactly when the faults fit the retry budgets, else ``failed`` in the
+phase the schedule predicts, with an error naming its sandbox and build; no sandbox is left
+running, the builder is started at most once, complete is served at most once, and the token
+appears nowhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, example, given, settings
+
+from kiln.store import MemoryStore
+from kiln.testing import (
+    TARGETS,
+    EmulatorClient,
+    FaultSchedule,
+    RequestFault,
+    run_build,
+    without_backoff,
+)
+from kiln.testing.strategies import fault_schedules
+from properties.levels import examples
+from properties.support import check_no_leftovers, check_no_secret, check_outcome, failed_in
+
+pytestmark = pytest.mark.slow
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "Dockerfile"
+SPEC = without_backoff()
+BY_NAME = {target.name: target for target in TARGETS}
+
+
+def flaky(target: str, times: int, after: int = 0) -> FaultSchedule:
+    fault = RequestFault(BY_NAME[target], {"status": 502}, times=times, after=after)
+    return FaultSchedule(faults=(fault,))
+
+
+@settings(
+    max_examples=examples("emulator"),
+    deadline=None,
+    # The emulator is reset at the start of every example instead.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(schedule=fault_schedules(SPEC))
+# The budget's edges, where an off-by-one in the prediction or in the driver shows (found by
+# breaking the prediction on purpose during development).
+@example(schedule=flaky("template_lookup", times=4))
+@example(schedule=flaky("template_lookup", times=5))
+@example(schedule=flaky("run_command", times=3, after=1))
+@example(schedule=flaky("complete", times=4))
+@example(schedule=flaky("delete_sandbox", times=5))
+@example(schedule=FaultSchedule(sandbox_lost_at=5))
+def test_a_build_under_faults_ends_as_its_schedule_predicts(
+    kiln_emulator: EmulatorClient, schedule: FaultSchedule
+) -> None:
+    kiln_emulator.reset()
+    schedule.install(kiln_emulator)
+    store = MemoryStore()
+    run = asyncio.run(run_build(kiln_emulator, HELLO, store=store, spec=SPEC))
+    event(f"{run.outcome} (failed in {failed_in(SPEC, run)})")
+    check_outcome(SPEC, schedule, run)
+    check_no_leftovers(SPEC, schedule, kiln_emulator)
+    asyncio.run(check_no_secret(run, store))
