@@ -129,6 +129,9 @@ async def resume_owned(
         transport=options.get("transport"),
     )
     try:
+        # Without credentials every handler would fail, and the build with them: refuse instead,
+        # leaving the build as it was for a process that has them.
+        services.settings(state)
         events = await prepare_resume(
             state,
             record,

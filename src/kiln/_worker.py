@@ -20,6 +20,7 @@ import structlog
 
 from kiln._build import Build
 from kiln._service import resume_owned
+from kiln.api import ApiSettings
 from kiln.durable import BuildHandedOver, Session
 from kiln.durable._reap import reap
 from kiln.errors import KilnError
@@ -93,6 +94,9 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Claim and run builds until drain(); ConfigError at once when there are no credentials."""
+        # Claimed without credentials, every build would fail: better not to start at all.
+        ApiSettings.from_env(api_key=self._secrets.api_key, pat=self._secrets.pat)
         self._log.info("worker started", concurrency=self._config.concurrency)
         reaper = asyncio.create_task(self._reap_periodically())
         try:

@@ -180,3 +180,12 @@ def test_store_flag_wins_over_the_environment_and_bad_input_is_a_usage_error(
     assert "sqlite:///" in capsys.readouterr().err, "the accepted forms are named"
     assert main(["status", "0123456789"]) == EXIT_USAGE
     assert "kiln ls" in capsys.readouterr().err
+
+
+def test_a_worker_without_credentials_refuses_to_start(
+    store_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TENSORLAKE_API_KEY")
+
+    assert main(["worker"]) == 1
+    assert "no Tensorlake credentials" in capsys.readouterr().err

@@ -120,7 +120,7 @@ def _store_at(url: str, clock_offset_s: float) -> Store:
 async def test_a_stale_writer_cannot_move_a_build_backwards(
     store_url: str, store: Store, emulator: EmulatorClient
 ) -> None:
-    emulator.set_builder(log_lines=40, line_pace_ms=50)
+    emulator.set_builder(log_lines=20, line_pace_ms=50)
     first = Session(store, owner=Owner.current("first"), poll_s=FAST_POLL_S)
     build = start(store, emulator.url, first)
 

@@ -7,7 +7,7 @@ import pytest
 
 from kiln import resume
 from kiln.durable import SANDBOX_LOST, Session
-from kiln.errors import BuildError, KilnError
+from kiln.errors import BuildError, ConfigError, KilnError
 from kiln.machine import load_machine_spec
 from kiln.store import OwnedElsewhere, Owner, Store
 from kiln.testing import EmulatorClient
@@ -211,3 +211,20 @@ def _delete_all_sandboxes(emulator: EmulatorClient) -> None:
         )
         response = httpx.delete(url, headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code < 300, response.text
+
+
+async def test_resume_without_credentials_refuses_and_leaves_the_build_as_it_was(
+    store: Store, emulator: EmulatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("TENSORLAKE_API_KEY", "TENSORLAKE_PAT"):
+        monkeypatch.delenv(name, raising=False)
+    build_id = await crash_in(store, emulator.url, lambda s: s.state == "prepare")
+    before = await store.get(build_id)
+
+    with pytest.raises(ConfigError, match="credentials"):
+        await resume(build_id, store=store)
+
+    after = await store.get(build_id)
+    assert before is not None and after is not None
+    assert (after.state, after.data, after.owner) == (before.state, before.data, None)
+    await _resume_to_end(store, build_id)

@@ -360,8 +360,10 @@ async def _submit(args: argparse.Namespace, store: Store) -> int:
 
 async def _worker(args: argparse.Namespace, store: Store) -> int:
     from kiln._worker import Worker, WorkerConfig
+    from kiln.api import ApiSettings
 
-    _log_json()
+    # Checked before anything starts: without credentials every claimed build would fail.
+    ApiSettings.from_env()
     defaults = WorkerConfig()
     config = WorkerConfig(
         concurrency=args.concurrency,
@@ -376,6 +378,7 @@ async def _worker(args: argparse.Namespace, store: Store) -> int:
             f" ({config.lease_s})",
             hint="renew at a third of the lease, so two missed heartbeats are survived",
         )
+    _log_json()
     worker = Worker(store, config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
