@@ -180,17 +180,22 @@ def start_build(
     **options: Unpack[BuildKwargs],
 ) -> Build:
     """Plan a Dockerfile build and start it in the running loop."""
-    return _start(
-        plan_dockerfile(dockerfile, context=context, name=name), "Loading Dockerfile...", options
-    )
+    return start_plan(plan_dockerfile(dockerfile, context=context, name=name), **options)
 
 
 def start_import(
     reference: str, *, name: str | None = None, **options: Unpack[BuildKwargs]
 ) -> Build:
     """Plan the import of a registry image and start it in the running loop."""
-    plan = plan_import(reference, name=name)
-    return _start(plan, f"Importing registry image {plan.base_image}...", options)
+    return start_plan(plan_import(reference, name=name), **options)
+
+
+def start_plan(plan: BuildPlan, **options: Unpack[BuildKwargs]) -> Build:
+    """Start a build planned beforehand (``kiln.plan``): a caller can report plan errors, or
+    show the plan, before connecting anywhere."""
+    if plan.is_import:
+        return _start(plan, f"Importing registry image {plan.base_image}...", options)
+    return _start(plan, "Loading Dockerfile...", options)
 
 
 def resume_build(state: BuildState, **options: Unpack[BuildKwargs]) -> Build:
