@@ -5,7 +5,7 @@
 a build is running the driver on a state loaded from the store (``BuildState.from_json``).
 """
 
-from kiln.machine._diagram import render_mermaid
+from kiln.machine._diagram import render_dot, render_mermaid
 from kiln.machine._driver import Driver, PersistHook, no_persist
 from kiln.machine._events import (
     BuildLogEvent,
@@ -51,5 +51,6 @@ __all__ = [
     "default_spec_path",
     "load_machine_spec",
     "no_persist",
+    "render_dot",
     "render_mermaid",
 ]

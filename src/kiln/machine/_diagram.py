@@ -1,4 +1,5 @@
-"""Render the declared machine as a Mermaid state diagram (``kiln diagram`` → diagrams/build.mmd).
+"""Render the declared machine as a Mermaid state diagram (``kiln diagram`` → diagrams/build.mmd),
+and as Graphviz DOT (which ``kiln diagram`` turns into build.svg when ``dot`` is installed).
 
 The output depends only on the declaration, in declaration order, so the committed file can be
 compared with a fresh rendering to prove it is not stale.
@@ -13,6 +14,8 @@ INDENT = "    "
 # pass through cleanup, which the picture makes easy to check by eye.
 SANDBOX_CLASS = "holds_sandbox"
 SANDBOX_STYLE = "fill:#fff3d6,stroke:#b7791f"
+# The same shading in Graphviz terms, so both pictures tell the same story.
+DOT_SANDBOX_ATTRS = 'style=filled, fillcolor="#fff3d6", color="#b7791f"'
 
 
 def render_mermaid(spec: MachineSpec) -> str:
@@ -26,4 +29,26 @@ def render_mermaid(spec: MachineSpec) -> str:
     if holding:
         lines.append(f"{INDENT}classDef {SANDBOX_CLASS} {SANDBOX_STYLE}")
         lines.append(f"{INDENT}class {','.join(holding)} {SANDBOX_CLASS}")
+    return "\n".join(lines) + "\n"
+
+
+def render_dot(spec: MachineSpec) -> str:
+    """The machine as a Graphviz digraph, ending with a newline."""
+    lines = [f"// generated from states/{spec.name}.toml by `kiln diagram`; do not edit"]
+    lines.append(f"digraph {spec.name} {{")
+    lines.append(f"{INDENT}rankdir=TB;")
+    lines.append(f"{INDENT}node [shape=box, style=rounded];")
+    lines.append(f'{INDENT}"[*]" [shape=point];')
+    lines += [f'{INDENT}"{final}" [shape=doublecircle];' for final in spec.finals]
+    lines += [
+        f'{INDENT}"{state.name}" [{DOT_SANDBOX_ATTRS}];'
+        for state in spec.states.values()
+        if state.holds_sandbox
+    ]
+    lines.append(f'{INDENT}"[*]" -> "{spec.initial}";')
+    lines += [
+        f'{INDENT}"{source}" -> "{dest}" [label="{trigger}"];'
+        for source, trigger, dest in spec.edges()
+    ]
+    lines.append("}")
     return "\n".join(lines) + "\n"
