@@ -105,3 +105,35 @@ async def test_a_refused_chunked_upload_is_spooled_and_sent_with_a_length(emulat
     assert transport.sized_puts == 2, "the spooled archive and spec.json"
     uploads = [m for m in run.messages("status") if m.startswith("Uploading build context archive")]
     assert uploads[-1].startswith("Uploading build context archive: 100%")
+
+
+class LoseFirstCompleteResponse(httpx.AsyncBaseTransport):
+    """Forwards every request; the first complete is registered but its answer is lost."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.url.path.endswith("/complete") and not self.lost:
+            self.lost += 1
+            await response.aread()
+            await response.aclose()
+            return httpx.Response(502, text="Failed to proxy request", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_complete_whose_answer_was_lost_is_recognised(emulator: Admin) -> None:
+    transport = LoseFirstCompleteResponse()
+    run = await run_to_end(emulator, transport=transport)
+    assert transport.lost == 1
+    assert run.state.state == "done", run.state.error
+    templates = await emulator.templates()
+    assert len(templates) == 1
+    assert run.state.result is not None and run.state.result["id"] == templates[0]["id"]
+    completes = [r for r in await emulator.requests() if r["path"].endswith("/complete")]
+    assert [r["status"] for r in completes] == [200, 409]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kiln.errors import ResponseError
+from kiln.errors import ApiError, ResponseError
 from kiln.machine._outcome import SUCCEEDED, Outcome
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState
 from kiln.machine.protocol import REMOTE_METADATA_PATH, PreparedView, complete_body
 
 TEMPLATE_ID_KEY = "id"
+SNAPSHOT_ID_KEY = "snapshotId"
+# The platform's answer to a second complete of one build.
+HTTP_CONFLICT = 409
 MISSING_ID = "-"
 
 
@@ -32,14 +35,43 @@ async def read_metadata(state: BuildState, services: Services) -> Outcome:
 
 
 async def complete(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: POSTs complete again unless state.result holds the registered template."""
+    """Re-entry: POSTs again unless state.result is set; a 409 over our own snapshot counts as done."""
     if state.result is None:
         services.status(state, "Completing image registration...")
         build_id = state.build_id or ""
-        state.result = await services.platform(state).complete(build_id, state.complete_body or {})
+        try:
+            state.result = await services.platform(state).complete(
+                build_id, state.complete_body or {}
+            )
+        except ApiError as error:
+            if error.status != HTTP_CONFLICT or not _may_have_completed(state, services):
+                raise
+            state.result = await _registered_by_us(state, services, error)
     template_id = state.result.get(TEMPLATE_ID_KEY) or MISSING_ID
     services.status(state, f"Image '{state.plan.name}' registered ({template_id})")
     return SUCCEEDED
+
+
+def _may_have_completed(state: BuildState, services: Services) -> bool:
+    """Whether an earlier attempt (or a crashed process) may have completed this build."""
+    return state.attempts_in(state.state) > 1 or services.resumed
+
+
+async def _registered_by_us(
+    state: BuildState, services: Services, conflict: ApiError
+) -> dict[str, Any]:
+    """The template an earlier, unanswered complete registered; else the conflict stands.
+
+    The platform refuses a second complete of the same build. When the template registered
+    under our name holds the snapshot this build produced, that earlier complete was ours and
+    only its answer was lost.
+    """
+    template = await services.platform(state).get_template(state.plan.name)
+    snapshot_id = (state.complete_body or {}).get(SNAPSHOT_ID_KEY)
+    if template is None or snapshot_id is None or template.raw.get(SNAPSHOT_ID_KEY) != snapshot_id:
+        raise conflict
+    services.warning(state, f"Build {state.build_id} was already completed; using its template")
+    return template.raw
 
 
 def _parse_metadata(raw: bytes) -> dict[str, Any]:
