@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from kiln.machine import MachineSpec
+from kiln.machine import MachineSpec, load_machine_spec
 from kiln.testing._client import EmulatorClient
 
 # Answers the client retries (§3.4): gateway errors, and a connection reset.
@@ -129,8 +129,13 @@ class FaultSchedule:
                 after=self.sandbox_lost_at,
             )
 
-    def failing_phase(self, spec: MachineSpec) -> str | None:
-        """The phase the build must fail in, or None when it must end ``done``."""
+    def failing_phase(self, spec: MachineSpec | None = None) -> str | None:
+        """The phase the build must fail in, or None when it must end ``done``.
+
+        ``spec`` is the machine the build runs (default: the declared one); only its attempt
+        budgets matter, so a spec without backoff gives the same answer.
+        """
+        spec = spec or load_machine_spec()
         order = list(spec.states)
         failing = [
             fault.phase
@@ -143,11 +148,13 @@ class FaultSchedule:
             failing.append(PROXY_PHASES[self.sandbox_lost_at])
         return min(failing, key=order.index, default=None)
 
-    def expected_outcome(self, spec: MachineSpec) -> str:
+    def expected_outcome(self, spec: MachineSpec | None = None) -> str:
+        """``done`` or ``failed``: how a build under this schedule must end."""
         return DONE if self.failing_phase(spec) is None else FAILED
 
-    def leaks_sandbox(self, spec: MachineSpec) -> bool:
+    def leaks_sandbox(self, spec: MachineSpec | None = None) -> bool:
         """Whether cleanup's delete keeps failing past its budget (kiln then warns and leaves)."""
+        spec = spec or load_machine_spec()
         return any(fault.phase == spec.cleanup and _exceeds(fault, spec) for fault in self.faults)
 
     @property

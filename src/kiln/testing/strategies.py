@@ -89,17 +89,25 @@ def _trigger(spec: MachineSpec, state: str, attempt: int, heading: str) -> st.Se
     return st.sampled_from(weighted)
 
 
-def fault_schedules(spec: MachineSpec | None = None) -> st.SearchStrategy[FaultSchedule]:
-    """Fault schedules for a Dockerfile build, within and beyond the budgets of ``spec``."""
-    return _fault_schedules(spec or load_machine_spec())
+def fault_schedules(
+    spec: MachineSpec | None = None, *, max_failures: int | None = None
+) -> st.SearchStrategy[FaultSchedule]:
+    """Fault schedules for a Dockerfile build, within and beyond the budgets of ``spec``.
+
+    ``max_failures`` caps how often each fault fires and leaves out lost sandboxes (which spend a
+    whole budget): for builds that retry with the declared backoff, as the library API does,
+    where each retry waits a quarter of a second and more.
+    """
+    return _fault_schedules(spec or load_machine_spec(), max_failures)
 
 
 @st.composite
-def _fault_schedules(draw: st.DrawFn, spec: MachineSpec) -> FaultSchedule:
-    faults = draw(st.lists(_request_fault(spec), max_size=3))
+def _fault_schedules(draw: st.DrawFn, spec: MachineSpec, max_failures: int | None) -> FaultSchedule:
+    faults = draw(st.lists(_request_fault(spec, max_failures), max_size=3))
     by_phase = {fault.phase: fault for fault in faults}
     # A lost sandbox fails every build it is in: keep it to one schedule in eight.
-    lost = draw(st.integers(0, len(PROXY_PHASES) - 1)) if draw(st.integers(0, 7)) == 0 else None
+    lose = max_failures is None and draw(st.integers(0, 7)) == 0
+    lost = draw(st.integers(0, len(PROXY_PHASES) - 1)) if lose else None
     if lost is not None:
         # A lost sandbox answers every proxy request; other proxy faults would race it.
         by_phase = {p: f for p, f in by_phase.items() if not f.target.path.startswith("^/api/")}
@@ -110,18 +118,17 @@ def _fault_schedules(draw: st.DrawFn, spec: MachineSpec) -> FaultSchedule:
 
 
 @st.composite
-def _request_fault(draw: st.DrawFn, spec: MachineSpec) -> RequestFault:
+def _request_fault(draw: st.DrawFn, spec: MachineSpec, max_failures: int | None) -> RequestFault:
     target: Target = draw(st.sampled_from(TARGETS))
     after = draw(st.integers(0, len(target.phases) - 1))
     budget = spec.states[target.phases[after]].attempts
     action = draw(_action(target))
-    if "cut_stream_after" in action:
-        # A cut costs at most one attempt, maybe none: stay within the budget to keep the
-        # verdict exact.
-        times = draw(st.integers(1, budget - 1)) if budget > 1 else 1
-    else:
-        # Up to the budget: both sides of "the retries were enough" are drawn.
-        times = draw(st.integers(1, budget))
+    # Up to the budget: both sides of "the retries were enough" are drawn. A cut costs at most
+    # one attempt, maybe none: it stays within the budget to keep the verdict exact.
+    most = budget - 1 if "cut_stream_after" in action else budget
+    if max_failures is not None:
+        most = min(most, max_failures)
+    times = draw(st.integers(1, max(1, most)))
     return RequestFault(target=target, action=action, times=times, after=after)
 
 

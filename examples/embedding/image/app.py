@@ -1,0 +1,1 @@
+print("published by imageservice")
