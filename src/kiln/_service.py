@@ -121,7 +121,6 @@ async def resume_owned(
 ) -> Build:
     """Start running a build ``session.owner`` has just acquired (or claimed) as ``record``."""
     session.adopt(record.version)
-    state = load_state(record)
     services = Services(
         spec=load_machine_spec(),
         emit_event=lambda _event: None,
@@ -129,6 +128,7 @@ async def resume_owned(
         transport=options.get("transport"),
     )
     try:
+        state = load_state(record)
         # Without credentials every handler would fail, and the build with them: refuse instead,
         # leaving the build as it was for a process that has them.
         services.settings(state)

@@ -16,12 +16,12 @@ from typing import Any
 
 import attrs
 import httpx
-import structlog
 
 from kiln._build import Build
 from kiln._service import resume_owned
 from kiln.api import ApiSettings
-from kiln.durable import BuildHandedOver, Session
+from kiln.durable import BuildHandedOver, Session, UnreadableBuild, load_state
+from kiln.durable._log import logger
 from kiln.durable._reap import reap
 from kiln.errors import KilnError
 from kiln.machine import Secrets
@@ -33,8 +33,9 @@ CLAIM_POLL_S = 1.0
 # Orphans cost money but are rare: a sweep a minute finds them soon enough.
 REAP_EVERY_S = 60.0
 DRAINING = "the worker is draining (SIGTERM)"
+FAILED = "failed"
 
-_log = structlog.get_logger("kiln.worker")
+LOGGER_NAME = "kiln.worker"
 
 
 def _at_least_one(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -81,7 +82,7 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._draining = asyncio.Event()
         self._wake = asyncio.Event()
-        self._log: Any = _log.bind(worker_id=self.owner.worker_id)
+        self._log: Any = logger(LOGGER_NAME).bind(worker_id=self.owner.worker_id)
 
     @property
     def running(self) -> list[str]:
@@ -144,6 +145,8 @@ class Worker:
         build: Build | None = None
         try:
             log.info("build claimed", name=record.name)
+            # Checked while the build is still held, so that no other worker claims it meanwhile.
+            load_state(record)
             build = await resume_owned(
                 record,
                 session,
@@ -156,6 +159,9 @@ class Worker:
                 await session.stop(build.state, DRAINING)
             await build.result()
             log.info("build finished", state=build.state.state)
+        except UnreadableBuild as error:
+            log.warning("build cannot be loaded", error=str(error))
+            await self._give_up(record, error)
         except BuildHandedOver as handed:
             log.info("build handed over", state=_state_of(build, record), reason=str(handed))
         except KilnError as error:
@@ -165,6 +171,25 @@ class Worker:
         finally:
             del self._running[record.id]
             self._wake.set()
+
+    async def _give_up(self, record: BuildRecord, error: UnreadableBuild) -> None:
+        """End a build no worker can load, so that it is not claimed again and again."""
+        try:
+            await self._store.save(
+                record.id,
+                expected_version=record.version,
+                state=FAILED,
+                data=record.data,
+                sandbox_id=record.sandbox_id,
+                final=True,
+                schema_version=record.schema_version,
+            )
+            await self._store.append_events(record.id, [("unreadable", {"error": str(error)})])
+        except KilnError as failure:
+            self._log.warning("could not end an unloadable build", id=record.id, error=str(failure))
+        finally:
+            with contextlib.suppress(KilnError):
+                await self._store.release(record.id, self.owner)
 
     async def _stop_all(self) -> None:
         for running in list(self._running.values()):

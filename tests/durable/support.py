@@ -168,3 +168,19 @@ async def raw_store_text(store_url: str) -> str:
             rows = await conn.execute(f'SELECT t::text FROM "{table}" t')
             dump.extend(row[0] for row in await rows.fetchall())
         return "\n".join(dump)
+
+
+async def leak_a_sandbox(store: Store, emulator: EmulatorClient) -> str:
+    """Plant a build recorded as ended whose builder sandbox still runs."""
+    build_id = await crash_in(store, emulator.url, lambda s: s.state == "cleanup")
+    record = await store.get(build_id)
+    assert record is not None and record.sandbox_id is not None
+    await store.save(
+        build_id,
+        expected_version=record.version,
+        state="failed",
+        data={**record.data, "state": "failed", "outcome": "failed"},
+        sandbox_id=record.sandbox_id,
+        final=True,
+    )
+    return build_id

@@ -21,6 +21,7 @@ from .support import (
     builder_starts,
     crash_in,
     kiln_env,
+    leak_a_sandbox,
     run_kiln,
     start,
     wait_until,
@@ -31,26 +32,10 @@ SECRETS = Secrets(api_key=TOKEN)
 LATER_S = 3600.0
 
 
-async def _leak_a_sandbox(store: Store, emulator: EmulatorClient) -> str:
-    """Plant a build recorded as ended whose builder sandbox still runs."""
-    build_id = await crash_in(store, emulator.url, lambda s: s.state == "cleanup")
-    record = await store.get(build_id)
-    assert record is not None and record.sandbox_id is not None
-    await store.save(
-        build_id,
-        expected_version=record.version,
-        state="failed",
-        data={**record.data, "state": "failed", "outcome": "failed"},
-        sandbox_id=record.sandbox_id,
-        final=True,
-    )
-    return build_id
-
-
 async def test_reap_deletes_the_orphans_and_nothing_else(
     store: Store, emulator: EmulatorClient
 ) -> None:
-    leaked = await _leak_a_sandbox(store, emulator)
+    leaked = await leak_a_sandbox(store, emulator)
     abandoned = await crash_in(store, emulator.url, lambda s: s.state == "run_builder")
     alive = await crash_in(store, emulator.url, lambda s: s.state == "upload")
     live_owner = Owner.current("still-running")
@@ -92,7 +77,7 @@ async def test_a_recently_stopped_build_is_left_for_a_resumer(
 async def test_kiln_reap_lists_then_deletes(
     store_url: str, store: Store, emulator: EmulatorClient, tmp_path: Path
 ) -> None:
-    leaked = await _leak_a_sandbox(store, emulator)
+    leaked = await leak_a_sandbox(store, emulator)
     env = kiln_env(store_url, tmp_path)
 
     code, out, err = await run_kiln(["reap", "--dry-run"], env)

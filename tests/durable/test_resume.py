@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kiln import resume
-from kiln.durable import SANDBOX_LOST, Session
+from kiln.durable import SANDBOX_LOST, Session, UnreadableBuild
 from kiln.errors import BuildError, ConfigError, KilnError
 from kiln.machine import load_machine_spec
 from kiln.store import OwnedElsewhere, Owner, Store
@@ -228,3 +228,34 @@ async def test_resume_without_credentials_refuses_and_leaves_the_build_as_it_was
     assert before is not None and after is not None
     assert (after.state, after.data, after.owner) == (before.state, before.data, None)
     await _resume_to_end(store, build_id)
+
+
+@pytest.mark.parametrize(
+    ("schema_version", "damage", "message"),
+    [(99, {}, "newer kiln"), (1, {"plan": "not a plan"}, "cannot be read")],
+)
+async def test_a_record_kiln_cannot_load_is_refused_with_a_clear_error(
+    store: Store,
+    emulator: EmulatorClient,
+    schema_version: int,
+    damage: dict[str, object],
+    message: str,
+) -> None:
+    build_id = await crash_in(store, emulator.url, lambda s: s.state == "prepare")
+    record = await store.get(build_id)
+    assert record is not None
+    await store.save(
+        build_id,
+        expected_version=record.version,
+        state=record.state,
+        data={**record.data, **damage},
+        sandbox_id=None,
+        final=False,
+        schema_version=schema_version,
+    )
+
+    with pytest.raises(UnreadableBuild, match=message):
+        await resume(build_id, store=store, api_key=TOKEN)
+
+    after = await store.get(build_id)
+    assert after is not None and after.owner is None, "the build is not left held"

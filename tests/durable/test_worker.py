@@ -16,7 +16,15 @@ from kiln import Worker, WorkerConfig, resume, submit
 from kiln.store import Store, open_store
 from kiln.testing import EmulatorClient
 
-from .support import HELLO, TOKEN, builder_starts, kiln_env, spawn_kiln, wait_until
+from .support import (
+    HELLO,
+    TOKEN,
+    builder_starts,
+    kiln_env,
+    leak_a_sandbox,
+    spawn_kiln,
+    wait_until,
+)
 
 FAST_WORKER = WorkerConfig(concurrency=2, lease_s=5.0, renew_every_s=1.0, poll_s=0.05)
 # A short lease, as the issue asks, so that a takeover is quick even across hosts.
@@ -28,6 +36,19 @@ async def _submit(store: Store, emulator: EmulatorClient, count: int) -> list[st
         await submit(HELLO, store=store, name=f"hello-{n}", api_url=emulator.url)
         for n in range(count)
     ]
+
+
+async def _damage(store: Store, build_id: str) -> None:
+    record = await store.get(build_id)
+    assert record is not None
+    await store.save(
+        build_id,
+        expected_version=record.version,
+        state=record.state,
+        data={**record.data, "plan": "not a plan"},
+        sandbox_id=None,
+        final=False,
+    )
 
 
 async def _all_done(store: Store, ids: list[str]) -> bool:
@@ -43,6 +64,9 @@ async def test_two_workers_never_run_the_same_build_at_once(
     store: Store, emulator: EmulatorClient
 ) -> None:
     emulator.set_builder(duration_ms=200)
+    orphan = await leak_a_sandbox(store, emulator)
+    damaged = await _submit(store, emulator, 1)
+    await _damage(store, damaged[0])
     ids = await _submit(store, emulator, 5)
     workers = [
         Worker(store, attrs.evolve(FAST_WORKER, worker_id=f"worker-{n}"), api_key=TOKEN)
@@ -61,10 +85,15 @@ async def test_two_workers_never_run_the_same_build_at_once(
     await asyncio.gather(*tasks)
 
     assert not any(overlaps), "a build ran in both workers at once"
+    record = await store.get(damaged[0])
+    assert record is not None and record.state == "failed", "an unloadable build is given up"
+    events = [e.kind for e in await store.events(orphan)]
+    assert "reaped" in events, "the workers reaped the orphaned sandbox"
     for build_id in ids:
         assert len(await _resumed_by(store, build_id)) == 1, "each build is claimed once"
-    assert builder_starts(emulator) == len(ids)
-    assert len(emulator.sandboxes()) == len(ids)
+    sandboxes = [(await store.get(build_id)).sandbox_id for build_id in ids]  # type: ignore[union-attr]
+    assert builder_starts(emulator, sandboxes) == len(ids)
+    assert len(set(sandboxes)) == len(ids)
     assert emulator.live_sandboxes() == []
 
 

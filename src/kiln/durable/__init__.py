@@ -6,7 +6,7 @@ build is owned under a renewed lease, and a cancel recorded by another process i
 about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state ready to run again.
 """
 
-from kiln.durable._resume import SANDBOX_LOST, load_state, prepare_resume
+from kiln.durable._resume import SANDBOX_LOST, UnreadableBuild, load_state, prepare_resume
 from kiln.durable._session import KILL_AFTER_TRANSITION_ENV, POLL_S, BuildHandedOver, Session
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "SANDBOX_LOST",
     "BuildHandedOver",
     "Session",
+    "UnreadableBuild",
     "load_state",
     "prepare_resume",
 ]

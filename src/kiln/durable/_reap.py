@@ -18,7 +18,7 @@ import attrs
 import httpx
 
 from kiln.api import LifecycleClient
-from kiln.durable._resume import load_state
+from kiln.durable._resume import UnreadableBuild, load_state
 from kiln.errors import ApiError, KilnError
 from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
 from kiln.store import LEASE_S, BuildRecord, OwnedElsewhere, Owner, StaleWriteError, Store
@@ -100,7 +100,10 @@ class _Reaper:
         self._services: dict[tuple[object, ...], Services] = {}
 
     async def inspect(self, record: BuildRecord, now: float, grace_s: float) -> Orphan | None:
-        state = load_state(record)
+        try:
+            state = load_state(record)
+        except UnreadableBuild:
+            return None  # nothing to learn its sandbox from; `kiln status` still shows it
         reason = _reason(record, state, now, grace_s)
         if reason is None or not await self._exists(state):
             return None

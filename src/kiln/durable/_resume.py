@@ -8,9 +8,11 @@ while nobody ran the build, and a builder sandbox that may have disappeared mean
 from __future__ import annotations
 
 import attrs
+import cattrs
 
-from kiln.errors import ApiError
+from kiln.errors import ApiError, KilnError
 from kiln.machine import BuildState, ErrorRecord, MachineSpec, Services
+from kiln.machine._state import SCHEMA_VERSION
 from kiln.store import BuildRecord, Owner
 
 HTTP_NOT_FOUND = 404
@@ -36,9 +38,25 @@ _KEPT_ON_RETRY = (
 Event = tuple[str, dict[str, object]]
 
 
+class UnreadableBuild(KilnError):
+    """A persisted build this kiln cannot load: written by a newer kiln, or damaged."""
+
+
 def load_state(record: BuildRecord) -> BuildState:
     """The machine state persisted in ``record``."""
-    return BuildState.from_dict(record.data)
+    if record.schema_version > SCHEMA_VERSION:
+        raise UnreadableBuild(
+            f"build {record.id} was written by a newer kiln (state schema"
+            f" {record.schema_version}; this kiln reads up to {SCHEMA_VERSION})",
+            hint="resume it with the kiln version that started it, or a newer one",
+        )
+    try:
+        return BuildState.from_dict(record.data)
+    except cattrs.BaseValidationError as error:
+        raise UnreadableBuild(
+            f"build {record.id}: its persisted state cannot be read ({error})",
+            hint="the record is damaged; `kiln status` still shows what was kept",
+        ) from error
 
 
 async def prepare_resume(

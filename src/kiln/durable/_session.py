@@ -18,8 +18,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
+from kiln.durable._log import logger
 from kiln.errors import BuildError, KilnError
 from kiln.machine import BuildState, Driver, Event
 from kiln.store import (
@@ -45,7 +44,7 @@ POLL_S = 0.5
 # at every point of the machine and resume it from another process.
 KILL_AFTER_TRANSITION_ENV = "KILN_TEST_KILL_AFTER_TRANSITION"
 
-_log = structlog.get_logger("kiln.durable")
+LOGGER_NAME = "kiln.durable"
 
 
 class BuildHandedOver(BuildError):
@@ -203,7 +202,9 @@ class Session:
                 return
             except StoreUnavailable as error:
                 # The next tick or transition tries again; the lease outlives a short outage.
-                _log.warning("store unavailable", build_id=state.id, error=str(error))
+                logger(LOGGER_NAME).warning(
+                    "store unavailable", build_id=state.id, error=str(error)
+                )
 
     async def _checkpoint(self, driver: Driver, state: BuildState) -> None:
         if self._keeper is not None:
