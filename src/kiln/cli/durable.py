@@ -251,7 +251,7 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
         print(f"template  {info['result'].get('id', '-')}")
     print("phases")
     for row in info["timeline"]:
-        ongoing = "" if row["then"] else "  (in progress)" if not record.final else ""
+        ongoing = "  (in progress)" if row["then"] is None else ""
         print(f"  {row['phase']:<15} {row['duration_s']:>9.2f}s  {row['then'] or ''}{ongoing}")
     if info["log_tail"]:
         print("last log lines")
