@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +34,9 @@ TINY_ROUNDS = 1
 P50 = 0.5
 P99 = 0.99
 TARGET_SQLITE_P99_MS = 2.0
+WHAT_IF = "sqlite, synchronous=NORMAL (what-if)"
+FSYNC_PROBES = 200
+FSYNC_PROBE_BYTES = 4096
 MS = 1000.0
 
 
@@ -56,6 +61,43 @@ def timed_persist(samples: list[float]) -> Iterator[None]:
         Session.persist = original  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def synchronous_normal() -> Iterator[None]:
+    """SQLite connections opened inside the block skip the fsync at each commit (WAL, NORMAL):
+    a what-if row, to show how much of the store's cost is the disk's fsync."""
+    from kiln.store import _sqlite
+
+    original = _sqlite._open
+
+    def relaxed(path: Path) -> sqlite3.Connection:
+        conn = original(path)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    _sqlite._open = relaxed
+    try:
+        yield
+    finally:
+        _sqlite._open = original
+
+
+def fsync_latency_ms(folder: Path) -> list[float]:
+    """The disk's own fsync latency, where the SQLite file lives: what bounds a durable commit."""
+    path = folder / "fsync-probe"
+    samples = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(FSYNC_PROBES):
+            os.write(fd, b"x" * FSYNC_PROBE_BYTES)
+            started = time.perf_counter()
+            os.fsync(fd)
+            samples.append((time.perf_counter() - started) * MS)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return samples
+
+
 async def _one_build(url: str, store: Any) -> float:
     import kiln
 
@@ -66,9 +108,11 @@ async def _one_build(url: str, store: Any) -> float:
 
 async def _run(url: str, stores: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {name: {"build_s": [], "persist_s": []} for name in stores}
-    # Warm-up: imports, connections, migrations and the first file creation are not timed.
-    for store in stores.values():
-        await _one_build(url, store)
+    # Warm-up: imports, connections, migrations and the first file creation are not timed. The
+    # what-if store opens its connection here, under the patch that relaxes its syncing.
+    for name, store in stores.items():
+        with synchronous_normal() if name == WHAT_IF else contextlib.nullcontext():
+            await _one_build(url, store)
     for _round in range(rounds):
         for name, store in stores.items():
             samples: list[float] = []
@@ -94,7 +138,7 @@ def _summary(name: str, data: dict[str, Any], memory_build_s: float) -> dict[str
     }
 
 
-def measure(rounds: int) -> list[dict[str, Any]]:
+def measure(rounds: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     from kiln.store import MemoryStore, PostgresStore, SQLiteStore
     from kiln.testing.postgres import PostgresCluster
 
@@ -106,17 +150,23 @@ def measure(rounds: int) -> list[dict[str, Any]]:
         factories: dict[str, Callable[[], Any]] = {
             "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(Path(tmp) / "builds.db"),
+            WHAT_IF: lambda: SQLiteStore(Path(tmp) / "relaxed.db"),
             "postgresql": lambda: PostgresStore(cluster.create_database("bench")),
         }
         stores = {name: make() for name, make in factories.items()}
         results = asyncio.run(_run(emu.url, stores, rounds))
+        fsync_ms = fsync_latency_ms(Path(tmp))
     memory_s = median(results["memory"]["build_s"])
-    return [_summary(name, data, memory_s) for name, data in results.items()]
+    rows = [_summary(name, data, memory_s) for name, data in results.items()]
+    return rows, {
+        "fsync_p50_ms": percentile(fsync_ms, P50),
+        "fsync_p99_ms": percentile(fsync_ms, P99),
+    }
 
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    rows = measure(TINY_ROUNDS if args.tiny else ROUNDS)
+    rows, disk = measure(TINY_ROUNDS if args.tiny else ROUNDS)
     text = print_table(
         ["store", "transitions", "p50 ms", "p99 ms", "max ms", "build s", "vs memory ms"],
         [
@@ -138,11 +188,13 @@ def main() -> None:
         f"SQLite p99 per transition {sqlite['persist_p99_ms']:.2f} ms "
         f"(target <= {TARGET_SQLITE_P99_MS}): {'met' if met else 'MISSED'}"
     )
+    print(f"the disk's fsync: p50 {disk['fsync_p50_ms']:.2f} ms, p99 {disk['fsync_p99_ms']:.2f} ms")
     write_results(
         "persistence",
         {
             "tiny": args.tiny,
             "rows": rows,
+            "disk": disk,
             "table": text,
             "target": {"sqlite_p99_ms": TARGET_SQLITE_P99_MS, "met": met},
         },
