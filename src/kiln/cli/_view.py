@@ -1,30 +1,54 @@
 """How a running build is shown: a rich live view on a terminal, plain lines elsewhere, JSON lines
-with ``--json``. A view receives the build's typed events and the final result or error."""
+with ``--json``. A view receives notices, the build's typed events, and then exactly one of the
+result, the error, or the news that cleanup was aborted."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
+import attrs
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from kiln.errors import KilnError
+from kiln.machine import load_machine_spec
 
 LOG_TAIL_LINES = 12  # enough to see what the builder is doing without scrolling the phases away
 REFRESH_PER_SECOND = 4
+RETRY = "retry"
+TRANSITION = "transition"
+# How a finished phase is marked, by the trigger that left it.
+PHASE_MARKS = {
+    "succeed": "[green]✓[/]",
+    "fail": "[bold red]✗[/]",
+    "cancel": "[yellow]-[/]",
+}
+RUNNING_MARK = "[bold cyan]›[/]"
+ABORTED = "aborted"
 
 
 def event_dict(event: Any) -> dict[str, Any]:
-    """An event as a flat JSON object whose kind is under ``event``."""
+    """An event as a flat JSON object whose kind comes first, under ``event``."""
     data = dict(event.to_dict())
-    data["event"] = data.pop("type", type(event).__name__)
-    return data
+    return {"event": data.pop("type", type(event).__name__), **data}
+
+
+def abort_report(state: Any) -> tuple[str, str]:
+    """What to say when a second Ctrl-C gives up on cleanup: the message and the hint."""
+    sandbox = state.sandbox_id
+    if sandbox is None or state.sandbox_deleted:
+        return "Aborted: no builder sandbox is left", "nothing to clean up"
+    return (
+        f"Aborted during cleanup: builder sandbox {sandbox} may be left running",
+        f"`kiln resume {state.id}` finishes the cleanup; `kiln reap` deletes it later",
+    )
 
 
 class View(Protocol):
@@ -36,6 +60,7 @@ class View(Protocol):
     def event(self, event: Any) -> None: ...
     def failed(self, error: KilnError, state: Any) -> None: ...
     def done(self, result: Any, state: Any) -> None: ...
+    def aborted(self, state: Any) -> None: ...
 
 
 class JsonView:
@@ -61,28 +86,36 @@ class JsonView:
         self._write(event_dict(event))
 
     def failed(self, error: KilnError, state: Any) -> None:
-        self._write(_result("failed" if state is None else state.state, state, error=error))
+        data = _result(state.outcome or state.state, state)
+        advice = getattr(error, "advice", [])
+        self._write({**data, "error": str(error), "hint": error.hint, "advice": list(advice)})
 
     def done(self, result: Any, state: Any) -> None:
-        self._write(_result("done", state, template=result))
+        self._write({**_result(state.outcome or state.state, state), "template": result})
+
+    def aborted(self, state: Any) -> None:
+        message, hint = abort_report(state)
+        self._write({**_result(ABORTED, state), "error": message, "hint": hint})
 
 
-def _result(
-    outcome: str, state: Any, *, error: KilnError | None = None, template: Any = None
-) -> dict[str, Any]:
+def _result(outcome: str, state: Any) -> dict[str, Any]:
+    """The result line's keys, all present whatever the outcome."""
     return {
         "event": "result",
         "state": outcome,
-        "build_id": getattr(state, "build_id", None),
-        "sandbox_id": getattr(state, "sandbox_id", None),
-        "template": template,
-        "error": None if error is None else str(error),
-        "hint": None if error is None else error.hint,
+        "id": state.id,
+        "name": state.plan.name,
+        "build_id": state.build_id,
+        "sandbox_id": state.sandbox_id,
+        "template": None,
+        "error": None,
+        "hint": None,
+        "advice": [],
     }
 
 
 class PlainView:
-    """Plain lines for logs and pipes."""
+    """Plain lines for logs and pipes: statuses, build log lines, warnings and the outcome."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
@@ -104,41 +137,63 @@ class PlainView:
         data = event_dict(event)
         kind = data["event"]
         if kind == "build_log":
-            self._line(f"  | {data.get('message', '')}")
+            self._line(f"  | {data['message']}")
         elif kind == "warning":
-            self._line(f"warning: {data.get('message', '')}")
+            self._line(f"warning: {data['message']}")
         elif kind == "status":
-            self._line(str(data.get("message", "")))
+            self._line(data["message"])
 
     def failed(self, error: KilnError, state: Any) -> None:
         self._line(f"kiln: error: {error.display()}")
 
     def done(self, result: Any, state: Any) -> None:
-        template_id = result.get("id", "-") if isinstance(result, dict) else "-"
-        self._line(f"done: template {template_id}")
+        self._line(f"done: image {state.plan.name!r} registered as template {_template_id(result)}")
+
+    def aborted(self, state: Any) -> None:
+        message, hint = abort_report(state)
+        self._line(f"kiln: {message}\nhint: {hint}")
+
+
+def _template_id(result: Any) -> str:
+    return str(result.get("id", "-")) if isinstance(result, dict) else "-"
+
+
+@attrs.define
+class _Phase:
+    name: str
+    # Monotonic time it was entered here; a resumed build's earlier time is in the events.
+    started: float
+    duration_s: float | None = None
+    left_by: str | None = None
+    attempts: int = 1
 
 
 class RichView:
-    """A live panel: the phases with their durations, the current status and the log tail."""
+    """A live panel on stderr: each phase with its elapsed time, the current status and the tail
+    of the build log. Rich redraws it from its own thread, hence the lock."""
 
-    def __init__(self) -> None:
-        self._console = Console(stderr=True)
-        self._phases: list[tuple[str, float, float | None]] = []
-        self._status = "starting"
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console or Console(stderr=True)
+        self._lock = threading.Lock()
+        self._phases: list[_Phase] = []
+        self._status = "Starting..."
         self._log: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        # The states that run a handler; the final ones do not, so they get no row.
+        self._phase_names = frozenset(load_machine_spec().states)
         self._live = Live(
-            self._render(), console=self._console, refresh_per_second=REFRESH_PER_SECOND
+            console=self._console,
+            get_renderable=self._render,
+            refresh_per_second=REFRESH_PER_SECOND,
         )
 
     def __enter__(self) -> RichView:
-        self._live.__enter__()
+        self._live.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._live.update(self._render())
-        self._live.__exit__(kind, exc, tb)
+        self._live.stop()
 
     def notice(self, message: str) -> None:
         self._console.print(Text(message, style="yellow"))
@@ -146,36 +201,57 @@ class RichView:
     def event(self, event: Any) -> None:
         data = event_dict(event)
         kind = data["event"]
-        if kind == "transition":
-            self._enter_phase(str(data.get("dest", "?")))
-        elif kind == "build_log":
-            self._log.append(str(data.get("message", "")))
-        elif kind == "status":
-            self._status = str(data.get("message", ""))
-        elif kind == "warning":
-            self._console.print(Text(f"warning: {data.get('message', '')}", style="yellow"))
-        self._live.update(self._render())
+        with self._lock:
+            if kind == TRANSITION:
+                self._transition(data["source"], data["dest"], data["trigger"], data["duration_s"])
+            elif kind == "build_log":
+                self._log.append(data["message"])
+            elif kind == "status":
+                self._status = data["message"]
+        if kind == "warning":
+            self._console.print(Text(f"warning: {data['message']}", style="yellow"))
+        self._live.refresh()
 
-    def _enter_phase(self, phase: str) -> None:
+    def _transition(self, source: str, dest: str, trigger: str, duration_s: float) -> None:
         now = time.monotonic()
-        if self._phases and self._phases[-1][2] is None:
-            name, started, _ = self._phases[-1]
-            self._phases[-1] = (name, started, now)
-        self._phases.append((phase, now, None))
+        if not self._phases or self._phases[-1].name != source:
+            # The first phase (or a resumed one) was entered before this view saw it.
+            self._phases.append(_Phase(source, now - duration_s))
+        current = self._phases[-1]
+        if trigger == RETRY:
+            current.attempts += 1
+            return
+        current.duration_s = duration_s
+        current.left_by = trigger
+        if dest in self._phase_names:
+            self._phases.append(_Phase(dest, now))
 
     def _render(self) -> Group:
-        table = Table.grid(padding=(0, 2))
-        now = time.monotonic()
-        for name, started, ended in self._phases:
-            seconds = (now if ended is None else ended) - started
-            mark = "[bold cyan]>[/]" if ended is None else "[green]✓[/]"
-            table.add_row(mark, name, f"{seconds:6.1f}s")
-        log = Text("\n".join(self._log), style="dim")
-        return Group(table, Text(self._status, style="bold"), log)
+        with self._lock:
+            table = Table.grid(padding=(0, 2))
+            now = time.monotonic()
+            for phase in self._phases:
+                table.add_row(*_phase_row(phase, now))
+            # Unwrapped, so a long line cannot push the phases off a small terminal.
+            log = Text("\n".join(self._log), style="dim", no_wrap=True, overflow="ellipsis")
+            return Group(table, Text(self._status, style="bold"), log)
 
     def failed(self, error: KilnError, state: Any) -> None:
         self._console.print(Text(f"kiln: error: {error.display()}", style="bold red"))
 
     def done(self, result: Any, state: Any) -> None:
-        template_id = result.get("id", "-") if isinstance(result, dict) else "-"
-        self._console.print(Text(f"done: template {template_id}", style="bold green"))
+        message = f"done: image {state.plan.name!r} registered as template {_template_id(result)}"
+        self._console.print(Text(message, style="bold green"))
+
+    def aborted(self, state: Any) -> None:
+        self._live.stop()
+        message, hint = abort_report(state)
+        self._console.print(Text(f"kiln: {message}\nhint: {hint}", style="bold red"))
+
+
+def _phase_row(phase: _Phase, now: float) -> tuple[str, str, str, str]:
+    running = phase.duration_s is None
+    seconds = now - phase.started if phase.duration_s is None else phase.duration_s
+    mark = RUNNING_MARK if running else PHASE_MARKS.get(phase.left_by or "", "?")
+    attempts = f"attempt {phase.attempts}" if phase.attempts > 1 else ""
+    return mark, phase.name, f"{seconds:6.1f}s", attempts

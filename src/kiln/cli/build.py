@@ -1,8 +1,13 @@
 """``kiln build``, ``kiln import`` and ``kiln diagram``.
 
-With no credentials in the environment and no ``--api-url``, the build runs against the embedded
-emulator (started in-process, data under the user's state directory so templates persist between
-runs); kiln says so in one line, because a user who meant to build in the cloud must notice.
+A build is planned first, locally, so a missing or malformed Dockerfile is reported (exit 2)
+before anything starts. With no credentials in the environment and no ``--api-url``, the build
+then runs against the embedded emulator (started in-process, data under the user's state
+directory so templates persist between runs); kiln says so in one line, because a user who meant
+to build in the cloud must notice.
+
+The helpers ``_add_common``, ``_options``, ``_make_view`` and ``_interrupts`` are shared with
+``kiln resume`` and ``kiln submit`` (cli/durable.py).
 """
 
 from __future__ import annotations
@@ -10,29 +15,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
 from kiln.cli._paths import user_state_dir
 from kiln.cli._view import JsonView, PlainView, RichView, View
-from kiln.errors import BuildCancelled, KilnError
+from kiln.errors import BuildCancelled, ContextError, KilnError
+from kiln.plan import BuildPlan
 from kiln.store import Store
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CANCELLED = 130
 CREDENTIAL_ENV = ("TENSORLAKE_API_KEY", "TENSORLAKE_PAT")
+# The embedded emulator accepts any bearer token; the client still needs one to send.
+EMBEDDED_TOKEN = "kiln-embedded-emulator"
+EMULATOR_DIR = "emulator"
+DIAGRAM_MMD = "build.mmd"
+DIAGRAM_SVG = "build.svg"
+GRAPHVIZ = "dot"
+# Rendering a dozen states takes milliseconds; a hung `dot` must not hang `kiln diagram`.
+GRAPHVIZ_TIMEOUT_S = 30.0
+# The machine's logger repeats every build event, which the view already shows; it speaks up
+# only for errors. Everything else (store outages, skipped context files) stays at warnings.
+BUILD_LOGGER = "kiln.build"
+LOG_FORMAT = "kiln: %(levelname)s %(name)s: %(message)s"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``build``, ``import`` and ``diagram``."""
     build = sub.add_parser("build", help="build a sandbox image from a Dockerfile")
     build.add_argument("dockerfile", nargs="?", default="Dockerfile", help="default: ./Dockerfile")
-    build.add_argument("--context", help="build context directory (default: the Dockerfile's)")
+    build.add_argument(
+        "--context", metavar="DIR", help="build context directory (default: the Dockerfile's)"
+    )
     _add_common(build)
     _add_store(build)
     build.set_defaults(func=_run_build)
@@ -43,7 +66,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _add_store(imp)
     imp.set_defaults(func=_run_import)
 
-    diagram = sub.add_parser("diagram", help="render diagrams/ from states/")
+    diagram = sub.add_parser(
+        "diagram", help="render diagrams/ from states/ (build.mmd; build.svg with Graphviz)"
+    )
     diagram.add_argument("--out", default="diagrams", help="output directory (default: diagrams)")
     diagram.set_defaults(func=_run_diagram)
 
@@ -51,13 +76,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="registered image name (default: derived)")
     parser.add_argument("--public", action="store_true", help="make the image public")
-    parser.add_argument("--disk-mb", type=_positive_int, help="target rootfs size in MiB")
-    parser.add_argument("--builder-disk-mb", type=_positive_int, help="builder sandbox disk")
-    parser.add_argument("--cpus", type=_positive_float, help="builder sandbox CPUs")
-    parser.add_argument("--memory-mb", type=_positive_int, help="builder sandbox memory in MiB")
+    parser.add_argument(
+        "--disk-mb", metavar="N", type=_positive_int, help="target rootfs size in MiB"
+    )
+    parser.add_argument(
+        "--builder-disk-mb", metavar="N", type=_positive_int, help="builder sandbox disk in MiB"
+    )
+    parser.add_argument("--cpus", metavar="F", type=_positive_float, help="builder sandbox CPUs")
+    parser.add_argument(
+        "--memory-mb", metavar="N", type=_positive_int, help="builder sandbox memory in MiB"
+    )
     parser.add_argument("--docker-compat", action="store_true", help="ask for Docker compat")
-    parser.add_argument("--api-url", help="Tensorlake API URL (default: $TENSORLAKE_API_URL)")
-    parser.add_argument("--deadline", type=_positive_float, help="overall limit in seconds")
+    parser.add_argument(
+        "--api-url", metavar="URL", help="Tensorlake API URL (default: $TENSORLAKE_API_URL)"
+    )
+    parser.add_argument(
+        "--deadline", metavar="S", type=_positive_float, help="overall limit in seconds"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
 
 
@@ -90,8 +125,12 @@ def _positive_float(text: str) -> float:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The build options of ``_add_common``, named as the library takes them."""
+    return {"name": args.name, **_build_options(args)}
+
+
+def _build_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "name": args.name,
         "public": args.public,
         "disk_mb": args.disk_mb,
         "builder_disk_mb": args.builder_disk_mb,
@@ -102,33 +141,70 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- commands -----------------------------------------------------------------------------------
+
+
 def _run_build(args: argparse.Namespace) -> int:
-    from kiln import start_build
+    from kiln.plan import plan_dockerfile
 
-    def start(**kwargs: Any) -> Any:
-        return start_build(args.dockerfile, context=args.context, **_options(args), **kwargs)
-
-    return _drive(args, start)
+    plan = plan_dockerfile(args.dockerfile, context=args.context, name=args.name)
+    _check_context(plan)
+    return _drive(args, plan)
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from kiln import start_import
+    from kiln.plan import plan_import
 
-    def start(**kwargs: Any) -> Any:
-        return start_import(args.reference, **_options(args), **kwargs)
+    return _drive(args, plan_import(args.reference, name=args.name))
 
-    return _drive(args, start)
+
+def _check_context(plan: BuildPlan) -> None:
+    """A missing context is the caller's mistake: say so now, not after a sandbox was made."""
+    if plan.context_dir is not None and not os.path.isdir(plan.context_dir):
+        raise ContextError(
+            f"build context not found: {plan.context_dir}",
+            hint="pass an existing directory with --context (it defaults to the Dockerfile's)",
+        )
 
 
 def _run_diagram(args: argparse.Namespace) -> int:
-    from kiln.machine import load_machine_spec, render_mermaid
+    from kiln.machine import load_machine_spec, render_dot, render_mermaid
 
+    spec = load_machine_spec()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / "build.mmd"
-    target.write_text(render_mermaid(load_machine_spec()), encoding="utf-8")
-    print(f"wrote {target}")
+    mermaid = out / DIAGRAM_MMD
+    mermaid.write_text(render_mermaid(spec), encoding="utf-8")
+    print(f"wrote {mermaid}")
+    dot = shutil.which(GRAPHVIZ)
+    if dot is None:
+        print(f"skipped {out / DIAGRAM_SVG}: Graphviz `{GRAPHVIZ}` is not installed")
+        return EXIT_OK
+    svg = out / DIAGRAM_SVG
+    _render_svg(dot, render_dot(spec), svg)
+    print(f"wrote {svg}")
     return EXIT_OK
+
+
+def _render_svg(dot: str, source: str, target: Path) -> None:
+    try:
+        rendered = subprocess.run(
+            [dot, "-Tsvg"],
+            input=source.encode(),
+            capture_output=True,
+            check=True,
+            timeout=GRAPHVIZ_TIMEOUT_S,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", b"") or b""
+        raise KilnError(
+            f"Graphviz failed to render {target}: {error} {detail.decode(errors='replace')}",
+            hint=f"check that `{dot} -V` works, or uninstall Graphviz to write only the .mmd",
+        ) from None
+    target.write_bytes(rendered.stdout)
+
+
+# -- driving a build ----------------------------------------------------------------------------
 
 
 def _make_view(args: argparse.Namespace) -> View:
@@ -139,78 +215,103 @@ def _make_view(args: argparse.Namespace) -> View:
     return PlainView(sys.stderr)
 
 
-def _drive(args: argparse.Namespace, start: Callable[..., Any]) -> int:
+def _drive(args: argparse.Namespace, plan: BuildPlan) -> int:
+    _route_logs_to_stderr()
     view = _make_view(args)
-    try:
-        return asyncio.run(_drive_async(args, start, view))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return EXIT_CANCELLED
+    return asyncio.run(_drive_async(args, plan, view))
+
+
+def _route_logs_to_stderr() -> None:
+    """Send library and emulator logs to stderr, warnings and up.
+
+    stdout belongs to the view (with ``--json``, to JSON lines only), and unconfigured structlog
+    prints to stdout. Logs go through stdlib logging, as the library's own fallback does, so a
+    caller embedding ``main()`` keeps control of the handlers.
+    """
+    if not structlog.is_configured():
+        structlog.configure(
+            processors=[
+                structlog.stdlib.filter_by_level,
+                structlog.processors.format_exc_info,
+                structlog.processors.KeyValueRenderer(key_order=["event"]),
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=LOG_FORMAT)
+    logging.getLogger(BUILD_LOGGER).setLevel(logging.ERROR)
 
 
 @contextlib.asynccontextmanager
-async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[str | None]:
-    """Yield the API URL to build against: the given one, or an embedded emulator's."""
+async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[dict[str, Any]]:
+    """Yield where to build: the given URL or credentials, else an embedded emulator's URL."""
     if args.api_url or any(os.environ.get(name) for name in CREDENTIAL_ENV):
-        yield args.api_url
+        yield {"api_url": args.api_url}
         return
     from kiln.emulator import Emulator, EmulatorConfig
 
-    data_dir = user_state_dir() / "emulator"
+    data_dir = user_state_dir() / EMULATOR_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     async with Emulator(EmulatorConfig(data_dir=data_dir)) as emulator:
         view.notice(
             f"No TENSORLAKE_API_KEY or TENSORLAKE_PAT: building against the embedded emulator "
             f"at {emulator.url} (data in {data_dir})"
         )
-        yield emulator.url
+        yield {"api_url": emulator.url, "api_key": EMBEDDED_TOKEN}
 
 
-async def _drive_async(args: argparse.Namespace, start: Callable[..., Any], view: View) -> int:
+async def _drive_async(args: argparse.Namespace, plan: BuildPlan, view: View) -> int:
     from kiln.store import open_store
 
     store = open_store(args.store)
     try:
-        async with _target(args, view) as api_url:
-            return await _follow(args, start, view, api_url, store)
+        async with _target(args, view) as target:
+            return await _follow(args, plan, view, target, store)
     finally:
         await store.close()
 
 
 async def _follow(
     args: argparse.Namespace,
-    start: Callable[..., Any],
+    plan: BuildPlan,
     view: View,
-    api_url: str | None,
+    target: dict[str, Any],
     store: Store,
 ) -> int:
-    embedded = api_url is not None and not args.api_url
-    kwargs: dict[str, Any] = {"api_url": api_url} if api_url else {}
-    if embedded:
-        kwargs["api_key"] = "kiln-embedded-emulator"
-    build = start(store=store, **kwargs)
-    await build.recorded()
-    # Before anything else: after a crash, this id is what `kiln resume` needs.
-    view.notice(f"Build {build.state.id} (continue it after a crash: kiln resume {build.state.id})")
-    with _interrupts(build, view), view:
-        async for event in build.events():
-            view.event(event)
-        try:
-            result = await build.result()
-        except BuildCancelled as error:
-            view.failed(error, build.state)
-            return EXIT_CANCELLED
-        except KilnError as error:
-            view.failed(error, build.state)
-            return EXIT_FAILED
+    from kiln._build import start_plan
+
+    build = start_plan(plan, store=store, **_build_options(args), **target)
+    with _interrupts(build, view):
+        with view:
+            await build.recorded()
+            # Before anything else: after a crash, this id is what `kiln resume` needs.
+            view.notice(
+                f"Build {build.state.id} (continue it after a crash: kiln resume {build.state.id})"
+            )
+            async for event in build.events():
+                view.event(event)
+        return await _report(build, view)
+
+
+async def _report(build: Any, view: View) -> int:
+    """Show how the build ended; the exit code says the same."""
+    try:
+        result = await build.result()
+    except BuildCancelled as error:
+        view.failed(error, build.state)
+        return EXIT_CANCELLED
+    except KilnError as error:
+        view.failed(error, build.state)
+        return EXIT_FAILED
     view.done(result, build.state)
     return EXIT_OK
 
 
 @contextlib.contextmanager
-def _interrupts(build: Any, view: View) -> Any:
-    """First Ctrl-C cancels the build (cleanup still runs); a second one aborts cleanup."""
+def _interrupts(build: Any, view: View) -> Iterator[None]:
+    """First Ctrl-C cancels the build (its cleanup still deletes the builder sandbox); a second
+    one gives up on cleanup and exits at once, naming the sandbox that may be left."""
     loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
     presses = 0
 
     def on_sigint() -> None:
@@ -220,11 +321,11 @@ def _interrupts(build: Any, view: View) -> Any:
             view.notice("Cancelling: deleting the builder sandbox (Ctrl-C again to abort cleanup)")
             build.cancel()
             return
-        sandbox = getattr(build.state, "sandbox_id", None)
-        left = f"builder sandbox {sandbox} may be left running" if sandbox else "no sandbox left"
-        view.notice(f"Aborted during cleanup: {left}")
-        if main_task is not None:
-            main_task.cancel()
+        view.aborted(build.state)
+        # Waiting for anything now (a slow delete, the loop's task teardown) is what the user
+        # just refused. The store already holds the state at its last transition, so
+        # `kiln resume` can still finish the cleanup.
+        os._exit(EXIT_CANCELLED)
 
     try:
         loop.add_signal_handler(signal.SIGINT, on_sigint)
