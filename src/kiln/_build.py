@@ -89,6 +89,9 @@ class Build:
         )
         hook = session.persist if session is not None else persist or no_persist
         self._driver = Driver(self._services, persist=hook)
+        if session is not None:
+            # Mid-phase writes are not transitions: no cancel poll, and not counted as one.
+            self._services.checkpoint_hook = session.checkpoint
         self._task = _create_task(self._run(), name=f"kiln-build-{state.id}")
 
     @property

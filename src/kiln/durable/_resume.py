@@ -72,18 +72,9 @@ async def prepare_resume(
     resumed = {"state": state.state, "version": record.version, "owner": owner.describe()}
     events: list[Event] = [("resumed", resumed)]
     state.cancel_requested = state.cancel_requested or record.cancel_requested
-    _count_interrupted_attempt(state)
     if _needs_sandbox_check(state, spec) and await _sandbox_lost(state, services):
         events.append(_lose_sandbox(state, spec, retry=retry_lost_sandbox))
     return events
-
-
-def _count_interrupted_attempt(state: BuildState) -> None:
-    """The crashed process may have run the current handler without recording it: count it.
-
-    This is what makes run_builder look for an already-started builder before starting one.
-    """
-    state.attempts[state.state] = max(1, state.attempts_in(state.state))
 
 
 def _needs_sandbox_check(state: BuildState, spec: MachineSpec) -> bool:

@@ -120,6 +120,15 @@ class Session:
         if not state.cancel_requested and await self._cancel_requested(state.id):
             state.cancel_requested = True
 
+    async def checkpoint(self, state: BuildState) -> None:
+        """The handlers' hook: write the state now, mid-phase, after a remote side effect."""
+        if self._stop_reason is not None:
+            raise self._stop_reason
+        if self._keeper is not None:
+            self._keeper.check()
+        async with self._lock:
+            await self._write(state, force=True)
+
     # -- running ----------------------------------------------------------------------------
 
     async def run(self, driver: Driver, state: BuildState, final_states: frozenset[str]) -> None:
