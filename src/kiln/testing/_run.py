@@ -32,7 +32,8 @@ from kiln.testing._client import EmulatorClient
 TEST_TOKEN = "kiln-testing-token-0123456789abcdef"
 # Retries wait no time in tests: the attempt budgets, not the wall clock, are what is tested.
 NO_BACKOFF = Backoff(initial_s=0.0, factor=1.0, max_s=0.0)
-LOGGER = "kiln"
+# The package's logger, where the handler goes, and the build's own, which may be set quieter.
+LOGGERS = ("kiln", "kiln.build")
 
 
 def without_backoff(spec: MachineSpec | None = None) -> MachineSpec:
@@ -47,6 +48,8 @@ class BuildRun:
 
     state: BuildState
     events: tuple[Event, ...]
+    # What kiln logged through stdlib logging; structlog configured to print elsewhere (JSON
+    # lines to stderr, say) bypasses it.
     logs: tuple[str, ...]
     requests: tuple[dict[str, Any], ...]
     # The live error behind ``state.error`` (with its cause chain), None when the build is done.
@@ -143,16 +146,20 @@ class _ListHandler(logging.Handler):
 
 @contextlib.contextmanager
 def _captured_logs() -> Iterator[list[str]]:
-    """Every line kiln logs through stdlib logging meanwhile (structlog's fallback route)."""
+    """Every line kiln logs through stdlib logging meanwhile: its own route when structlog is
+    not configured, and the usual one when it is (with ``structlog.stdlib.LoggerFactory``)."""
     lines: list[str] = []
-    logger = logging.getLogger(LOGGER)
     handler = _ListHandler(lines)
-    previous = logger.level
-    logger.addHandler(handler)
-    # kiln logs progress at INFO, which the root logger's default WARNING would drop.
-    logger.setLevel(logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    levels = [logger.level for logger in loggers]
+    loggers[0].addHandler(handler)
+    # kiln logs progress at INFO, which the root logger's default WARNING (or an application's
+    # quieter setting for the build logger) would drop before the handler saw it.
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
     try:
         yield lines
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
+        loggers[0].removeHandler(handler)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
