@@ -86,16 +86,18 @@ class RequestFault:
 
     @property
     def transient(self) -> bool:
-        """Whether kiln retries this answer (a delay is no failure at all)."""
+        """Whether kiln retries after this fault: a retried status, a reset, a cut stream (at
+        most one attempt per firing), or a delay (no failure at all)."""
         status = self.action.get("status")
         return status is None or status in TRANSIENT_STATUSES
 
     @property
     def harmless(self) -> bool:
-        """A delay, or a stream cut short, which at worst costs one attempt per firing."""
+        """A delay: the request still succeeds, only later."""
         return "delay_ms" in self.action
 
     def rule(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`EmulatorClient.add_fault` for this fault."""
         return {
             "action": dict(self.action),
             "method": self.target.method,
