@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from kiln.cli import main
 from kiln.machine import load_machine_spec
@@ -23,6 +26,26 @@ BUILD_ID = re.compile(r"Build ([0-9a-f]{32})")
 SUMMARY_KEYS = {"id", "name", "state", "sandbox_id", "created_at", "updated_at"}
 HAPPY_PHASES = list(load_machine_spec().states)
 EXIT_USAGE = 2
+KILN_LOGGERS = ("kiln", "kiln.build", "kiln.durable", "kiln.worker", "kiln.emulator")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`main()` may configure structlog and stdlib logging for a terminal; later tests in this
+    process must find them as they were."""
+    configured = structlog.is_configured()
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in KILN_LOGGERS}
+    yield
+    structlog.reset_defaults()
+    if configured:
+        structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
 
 
 @pytest.fixture
