@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from kiln import resume
-from kiln.durable import Session
-from kiln.durable._reap import reap
+from kiln.durable import Session, reap
 from kiln.errors import KilnError
 from kiln.machine import Secrets
 from kiln.store import Owner, PostgresStore, SQLiteStore, Store

@@ -331,7 +331,7 @@ def log_line(event: EventRow) -> str | None:
 
 
 async def _reap(args: argparse.Namespace, store: Store) -> int:
-    from kiln.durable._reap import reap
+    from kiln.durable import reap
 
     orphans = await reap(store, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"

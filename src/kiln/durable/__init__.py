@@ -3,19 +3,24 @@
 A :class:`Session` plugs a :mod:`kiln.store` store into the build machine's driver: the state and
 the build's events are written after every transition (and checkpointed while a phase runs), the
 build is owned under a renewed lease, and a cancel recorded by another process is noticed within
-about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state ready to run again.
+about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state ready to run again;
+:func:`reap` deletes the builder sandboxes no live build will delete.
 """
 
+from kiln.durable._reap import ABANDONED_AFTER_S, Orphan, reap
 from kiln.durable._resume import SANDBOX_LOST, UnreadableBuild, load_state, prepare_resume
 from kiln.durable._session import KILL_AFTER_TRANSITION_ENV, POLL_S, BuildHandedOver, Session
 
 __all__ = [
+    "ABANDONED_AFTER_S",
     "KILL_AFTER_TRANSITION_ENV",
     "POLL_S",
     "SANDBOX_LOST",
     "BuildHandedOver",
+    "Orphan",
     "Session",
     "UnreadableBuild",
     "load_state",
     "prepare_resume",
+    "reap",
 ]
