@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,23 @@ import attrs
 import pytest
 
 from kiln import Worker, WorkerConfig, resume, submit
-from kiln.store import Store, open_store
+from kiln.store import Owner, Store, open_store
 from kiln.testing import EmulatorClient
 
 from .support import (
     HELLO,
     TOKEN,
     builder_starts,
+    crash_in,
     kiln_env,
     leak_a_sandbox,
     spawn_kiln,
     wait_until,
 )
 
+SHORT_LEASE_S = 2.0
+# Clocks are read in two places (the store and this test): allow for the difference.
+LEASE_SLACK = 0.9
 FAST_WORKER = WorkerConfig(concurrency=2, lease_s=5.0, renew_every_s=1.0, poll_s=0.05)
 # A short lease, as the issue asks, so that a takeover is quick even across hosts.
 WORKER_ARGS = ["worker", "--lease-s", "2", "--heartbeat-s", "0.5", "--poll-s", "0.2"]
@@ -94,6 +99,29 @@ async def test_two_workers_never_run_the_same_build_at_once(
     sandboxes = [(await store.get(build_id)).sandbox_id for build_id in ids]  # type: ignore[union-attr]
     assert builder_starts(emulator, sandboxes) == len(ids)
     assert len(set(sandboxes)) == len(ids)
+    assert emulator.live_sandboxes() == []
+
+
+async def test_a_build_held_from_another_host_is_taken_over_when_its_lease_expires(
+    store: Store, emulator: EmulatorClient
+) -> None:
+    build_id = await crash_in(store, emulator.url, lambda s: s.state == "run_builder")
+    # A worker on another machine holds it: its pid means nothing here, only its lease counts.
+    elsewhere = Owner(host="another-host.invalid", pid=1, worker_id="far-away")
+    await store.acquire(build_id, elsewhere, lease_s=SHORT_LEASE_S)
+    held_at = time.monotonic()
+    worker = Worker(store, attrs.evolve(FAST_WORKER, worker_id="here"), api_key=TOKEN)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: _all_done(store, [build_id]), timeout_s=30)
+    finally:
+        worker.drain()
+        await task
+
+    assert time.monotonic() - held_at >= SHORT_LEASE_S * LEASE_SLACK
+    owners = await _resumed_by(store, build_id)
+    assert len(owners) == 1 and "worker here" in owners[0]
+    assert builder_starts(emulator) == 1
     assert emulator.live_sandboxes() == []
 
 
