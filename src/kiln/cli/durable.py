@@ -162,7 +162,7 @@ async def _cancel(args: argparse.Namespace, store: Store) -> int:
     if not await store.request_cancel(record.id):
         print(f"build {record.id} already ended: {record.state}")
         return EXIT_OK
-    if record.owner is not None and record.lease_expires_at is not None:
+    if _running(record):
         print(
             f"cancel requested for build {record.id} ({record.state}); "
             f"{record.owner.describe()} stops it and deletes its sandbox"
@@ -264,6 +264,17 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
             print(f"hint      {error['hint']}")
         for advice in error.get("advice") or ():
             print(f"advice    {advice}")
+
+
+def _running(record: BuildRecord) -> bool:
+    """Whether a live process holds the build now (as far as this host can tell)."""
+    lease = record.lease_expires_at
+    return (
+        record.owner is not None
+        and lease is not None
+        and lease > time.time()
+        and not _owner_gone(record.owner)
+    )
 
 
 def _owner_gone(owner: Owner) -> bool:
