@@ -162,7 +162,7 @@ async def _cancel(args: argparse.Namespace, store: Store) -> int:
     if not await store.request_cancel(record.id):
         print(f"build {record.id} already ended: {record.state}")
         return EXIT_OK
-    if _running(record):
+    if record.owner is not None and _running(record):
         print(
             f"cancel requested for build {record.id} ({record.state}); "
             f"{record.owner.describe()} stops it and deletes its sandbox"
