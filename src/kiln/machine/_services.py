@@ -7,6 +7,7 @@ which is why nothing here may be needed to *understand* the state, only to act o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -114,8 +115,15 @@ class Services:
 
     async def checkpoint(self, state: BuildState) -> None:
         """Persist the state now: a remote side effect (a sandbox, a process) just happened."""
+        write = asyncio.ensure_future(self.checkpoint_hook(state))
         try:
-            await self.checkpoint_hook(state)
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # A cancel (Ctrl-C) must not cut a store write short: the store would move on while
+            # the writer's record of its version did not, and the next write would be refused
+            # as stale. Let the write land, then stop.
+            await asyncio.wait({write})
+            raise
         except Exception as error:
             raise CheckpointFailed(error) from error
 
