@@ -40,6 +40,16 @@ def event_dict(event: Any) -> dict[str, Any]:
     return {"event": data.pop("type", type(event).__name__), **data}
 
 
+def failure_hint(error: KilnError, state: Any) -> str:
+    """The error's own hint; else where to read what the builder said (the log has scrolled by,
+    or went to a file, by the time the error is read)."""
+    return error.hint or f"the build log shows what failed: kiln logs {state.id}"
+
+
+def error_text(error: KilnError, state: Any) -> str:
+    return f"kiln: error: {error}\nhint: {failure_hint(error, state)}"
+
+
 def abort_report(state: Any) -> tuple[str, str]:
     """What to say when a second Ctrl-C gives up on cleanup: the message and the hint."""
     sandbox = state.sandbox_id
@@ -88,7 +98,8 @@ class JsonView:
     def failed(self, error: KilnError, state: Any) -> None:
         data = _result(state.outcome or state.state, state)
         advice = getattr(error, "advice", [])
-        self._write({**data, "error": str(error), "hint": error.hint, "advice": list(advice)})
+        hint = failure_hint(error, state)
+        self._write({**data, "error": str(error), "hint": hint, "advice": list(advice)})
 
     def done(self, result: Any, state: Any) -> None:
         self._write({**_result(state.outcome or state.state, state), "template": result})
@@ -144,7 +155,7 @@ class PlainView:
             self._line(data["message"])
 
     def failed(self, error: KilnError, state: Any) -> None:
-        self._line(f"kiln: error: {error.display()}")
+        self._line(error_text(error, state))
 
     def done(self, result: Any, state: Any) -> None:
         self._line(f"done: image {state.plan.name!r} registered as template {_template_id(result)}")
@@ -237,7 +248,7 @@ class RichView:
             return Group(table, Text(self._status, style="bold"), log)
 
     def failed(self, error: KilnError, state: Any) -> None:
-        self._console.print(Text(f"kiln: error: {error.display()}", style="bold red"))
+        self._console.print(Text(error_text(error, state), style="bold red"))
 
     def done(self, result: Any, state: Any) -> None:
         message = f"done: image {state.plan.name!r} registered as template {_template_id(result)}"

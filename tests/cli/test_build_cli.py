@@ -1,0 +1,389 @@
+"""`kiln build`, `kiln import` and `kiln diagram`, run as the user runs them: in a subprocess, with
+a private state directory and no Tensorlake credentials unless a test gives some."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.emulator import Emulator, EmulatorConfig
+from kiln.testing import EmulatorClient
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO = REPO / "examples" / "hello" / "Dockerfile"
+MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
+COMMITTED_DIAGRAM = REPO / "diagrams" / "build.mmd"
+# Shared by every `kiln` subprocess of every test run on this machine, outside the source tree:
+# compiling kiln again in each subprocess would cost more than the build under test.
+PYCACHE = Path(tempfile.gettempdir()) / "kiln-test-pycache"
+# Distinctive, so finding it anywhere in the output is a leak and nothing else.
+TOKEN = "secret-token-123"
+EMBEDDED_NOTICE = "building against the embedded emulator"
+# Each `kiln` subprocess must finish within this; a hung one fails the test instead of CI.
+PROCESS_TIMEOUT_S = 60.0
+POLL_S = 0.02
+# Long enough that a Ctrl-C always lands while the builder (or the delete) is still going.
+SLOW_BUILDER_MS = 20_000
+SLOW_DELETE_MS = 8_000
+# Far below SLOW_DELETE_MS: exiting this fast proves the second Ctrl-C did not wait for it.
+ABORT_EXIT_S = 4.0
+ANSI_ESCAPE = "\x1b["
+BAD_EXIT_CODE = 3
+
+
+def kiln_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """No TENSORLAKE_* or KILN_* from the caller; state (store, embedded emulator) under tmp."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPYCACHEPREFIX=str(PYCACHE), **extra)
+    return env
+
+
+def kiln_argv(args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "kiln", *args]
+
+
+def run_kiln(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        kiln_argv(args),
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line parsed; fails on any line that is not a JSON object."""
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert all(isinstance(line, dict) and "event" in line for line in lines)
+    return lines
+
+
+def result_of(stdout: str) -> dict[str, Any]:
+    last = json_lines(stdout)[-1]
+    assert last["event"] == "result"
+    return last
+
+
+def templates_file(tmp_path: Path) -> dict[str, Any]:
+    """What the embedded emulator persisted: templates by name."""
+    path = tmp_path / "state" / "kiln" / "emulator" / "templates.json"
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorClient]:
+    """An emulator in this process, on a loopback port the `kiln` subprocess reaches."""
+    with (
+        Emulator(EmulatorConfig(data_dir=tmp_path / "emulator")) as server,
+        EmulatorClient(server.url) as client,
+    ):
+        yield client
+
+
+def remote_env(tmp_path: Path) -> dict[str, str]:
+    return kiln_env(tmp_path, TENSORLAKE_API_KEY=TOKEN)
+
+
+# -- the embedded emulator ------------------------------------------------------------------------
+
+
+def test_build_hello_then_a_child_from_it_as_a_diff_build(tmp_path: Path) -> None:
+    env = kiln_env(tmp_path)
+    first = run_kiln(["build", str(HELLO)], env)
+    assert first.returncode == 0, first.stderr
+    notices = [line for line in first.stderr.splitlines() if EMBEDDED_NOTICE in line]
+    assert len(notices) == 1
+    assert first.stdout == ""  # the plain view writes to stderr
+    hello = templates_file(tmp_path)["hello"]
+    assert hello["rootfsNodeKind"] == "base"
+
+    child_dir = tmp_path / "child"
+    child_dir.mkdir()
+    (child_dir / "Dockerfile").write_text("FROM hello\nRUN echo child\n")
+    child = run_kiln(["build", str(child_dir / "Dockerfile"), "--name", "child", "--json"], env)
+    assert child.returncode == 0, child.stderr
+    result = result_of(child.stdout)
+    assert result["state"] == "done"
+    template = result["template"]
+    assert template["rootfsNodeKind"] == "diff"
+    assert template["parentManifestUri"] == hello["snapshotUri"]
+    assert templates_file(tmp_path)["child"]["id"] == template["id"]
+    statuses = [e["message"] for e in json_lines(child.stdout) if e["event"] == "status"]
+    assert "Build mode: RootfsDiff" in statuses
+
+
+def test_build_multistage(tmp_path: Path) -> None:
+    done = run_kiln(["build", str(MULTISTAGE), "--json"], kiln_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = result_of(done.stdout)
+    assert (result["state"], result["name"]) == ("done", "multistage")
+    assert "multistage" in templates_file(tmp_path)
+
+
+def test_import_a_registry_image(tmp_path: Path) -> None:
+    done = run_kiln(["import", "python:3.12-slim", "--json"], kiln_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = result_of(done.stdout)
+    assert result["state"] == "done"
+    assert templates_file(tmp_path)[result["name"]]["id"] == result["template"]["id"]
+
+
+def test_json_stdout_holds_only_json_lines_ending_with_the_result(tmp_path: Path) -> None:
+    done = run_kiln(["build", str(HELLO), "--json"], kiln_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert ANSI_ESCAPE not in done.stdout
+    lines = json_lines(done.stdout)
+    assert lines[0]["event"] == "notice" and EMBEDDED_NOTICE in lines[0]["message"]
+    kinds = {line["event"] for line in lines}
+    assert {"status", "transition", "build_log", "result"} <= kinds
+    assert [line["event"] for line in lines].count("result") == 1
+    result = lines[-1]
+    assert result["state"] == "done" and result["error"] is None
+    assert result["template"]["name"] == "hello"
+
+
+# -- errors before anything starts ----------------------------------------------------------------
+
+
+def test_missing_dockerfile_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "Dockerfile"
+    run = run_kiln(["build", str(missing), "--json"], kiln_env(tmp_path))
+    assert run.returncode == 2
+    assert f"Dockerfile not found: {missing}" in run.stderr
+    assert "hint:" in run.stderr
+    assert run.stdout == ""
+    assert not (tmp_path / "state" / "kiln" / "emulator").exists()
+
+
+def test_malformed_dockerfile_exits_2_naming_the_line(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("# a comment\n\nFROM python:3.12 AS\nRUN true\n")
+    run = run_kiln(["build", str(dockerfile)], kiln_env(tmp_path))
+    assert run.returncode == 2
+    assert "line 3: FROM ... AS must include a stage name" in run.stderr
+    assert EMBEDDED_NOTICE not in run.stderr
+
+
+def test_missing_context_exits_2(tmp_path: Path) -> None:
+    run = run_kiln(["build", str(HELLO), "--context", str(tmp_path / "gone")], kiln_env(tmp_path))
+    assert run.returncode == 2
+    assert f"build context not found: {tmp_path / 'gone'}" in run.stderr
+
+
+def test_bad_option_value_exits_2(tmp_path: Path) -> None:
+    run = run_kiln(["build", str(HELLO), "--cpus", "-1"], kiln_env(tmp_path))
+    assert run.returncode == 2
+    assert "--cpus: expected a number above 0" in run.stderr
+
+
+# -- against an emulator the test controls --------------------------------------------------------
+
+
+def test_failing_build_exits_1_with_the_error_and_hint(
+    tmp_path: Path, emulator: EmulatorClient
+) -> None:
+    emulator.set_builder(exit_code=BAD_EXIT_CODE)
+    run = run_kiln(["build", str(HELLO), "--api-url", emulator.url, "--json"], remote_env(tmp_path))
+    assert run.returncode == 1
+    result = result_of(run.stdout)
+    assert result["state"] == "failed"
+    assert str(BAD_EXIT_CODE) in result["error"]
+    assert result["sandbox_id"] in result["error"]
+    assert result["hint"] == f"the build log shows what failed: kiln logs {result['id']}"
+    assert emulator.live_sandboxes() == []
+    # The hint's command works: the build log is in the default store.
+    logs = run_kiln(["logs", result["id"]], remote_env(tmp_path))
+    assert logs.returncode == 0, logs.stderr
+    assert "Step 1/7 : FROM python:3.12-slim" in logs.stdout
+
+
+def test_credentials_are_never_printed(tmp_path: Path, emulator: EmulatorClient) -> None:
+    env = remote_env(tmp_path)
+    done = run_kiln(["build", str(HELLO), "--api-url", emulator.url], env)
+    assert done.returncode == 0, done.stderr
+    emulator.set_builder(exit_code=BAD_EXIT_CODE)
+    failed = run_kiln(["build", str(HELLO), "--api-url", emulator.url, "--json"], env)
+    assert failed.returncode == 1
+    for run in (done, failed):
+        assert TOKEN not in run.stdout
+        assert TOKEN not in run.stderr
+
+
+def test_refused_credentials_are_not_printed_either(tmp_path: Path) -> None:
+    config = EmulatorConfig(data_dir=tmp_path / "emulator", api_key="the-only-accepted-key")
+    with Emulator(config) as server:
+        run = run_kiln(["build", str(HELLO), "--api-url", server.url], remote_env(tmp_path))
+    assert run.returncode == 1
+    assert "kiln: error:" in run.stderr
+    assert TOKEN not in run.stdout + run.stderr
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+
+class Running:
+    """A `kiln` subprocess whose stdout lines are collected as they arrive."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self._stderr: list[str] = []
+        self.process = subprocess.Popen(
+            kiln_argv(args),
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # One reader per pipe: neither may fill up and stall the process.
+        self._readers = [
+            threading.Thread(target=_collect, args=(stream, sink), daemon=True)
+            for stream, sink in (
+                (self.process.stdout, self.lines),
+                (self.process.stderr, self._stderr),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first JSON line for which ``predicate`` holds, polling until a deadline."""
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                event = json.loads(line)
+                if predicate(event):
+                    return event  # type: ignore[no-any-return]
+            assert self.process.poll() is None, f"kiln ended early: {self.lines} {self._stderr}"
+            time.sleep(POLL_S)
+        raise AssertionError(f"not seen within {PROCESS_TIMEOUT_S}s: {self.lines}")
+
+    def interrupt(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+
+    def finish(self) -> tuple[int, str]:
+        """Exit code and stderr, once the process ended and both pipes are read to their end."""
+        code = self.process.wait(PROCESS_TIMEOUT_S)
+        for reader in self._readers:
+            reader.join(PROCESS_TIMEOUT_S)
+        return code, "".join(self._stderr)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(PROCESS_TIMEOUT_S)
+
+
+def _collect(stream: Any, sink: list[str]) -> None:
+    for line in stream:
+        sink.append(line)
+
+
+@pytest.fixture
+def slow_build(tmp_path: Path, emulator: EmulatorClient) -> Iterator[Running]:
+    """A `kiln build --json` whose builder runs long enough to be interrupted."""
+    emulator.set_builder(duration_ms=SLOW_BUILDER_MS)
+    running = Running(
+        ["build", str(HELLO), "--api-url", emulator.url, "--json"], remote_env(tmp_path)
+    )
+    yield running
+    running.kill()
+
+
+def entered(state: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event["event"] == "transition" and event["dest"] == state
+
+
+def test_ctrl_c_cancels_the_build_and_deletes_its_sandbox(
+    slow_build: Running, emulator: EmulatorClient
+) -> None:
+    slow_build.wait_for(entered("run_builder"))
+    slow_build.interrupt()
+    code, _ = slow_build.finish()
+    assert code == 130
+    result = json.loads(slow_build.lines[-1])
+    assert result["event"] == "result" and result["state"] == "cancelled"
+    sandboxes = emulator.sandboxes()
+    assert [s["sandbox_id"] for s in sandboxes] == [result["sandbox_id"]]
+    assert emulator.live_sandboxes() == []
+
+
+def test_second_ctrl_c_aborts_cleanup_and_names_the_sandbox_left(
+    slow_build: Running, emulator: EmulatorClient
+) -> None:
+    emulator.add_fault(
+        {"delay_ms": SLOW_DELETE_MS}, method="DELETE", path="/sandboxes/", times=None
+    )
+    slow_build.wait_for(entered("run_builder"))
+    slow_build.interrupt()
+    slow_build.wait_for(entered("cleanup"))
+    slow_build.interrupt()
+    started = time.monotonic()
+    code, _ = slow_build.finish()
+    assert time.monotonic() - started < ABORT_EXIT_S
+    assert code == 130
+    result = json.loads(slow_build.lines[-1])
+    assert result["state"] == "aborted"
+    [sandbox] = emulator.sandboxes()
+    assert f"builder sandbox {sandbox['sandbox_id']} may be left running" in result["error"]
+    assert f"kiln resume {result['id']}" in result["hint"]
+
+
+# -- kiln diagram ---------------------------------------------------------------------------------
+
+
+def fake_graphviz(bin_dir: Path, script: str) -> None:
+    bin_dir.mkdir()
+    dot = bin_dir / "dot"
+    dot.write_text("#!/bin/sh\n" + script)
+    dot.chmod(0o755)
+
+
+def test_diagram_writes_the_committed_mermaid_and_no_svg_without_graphviz(tmp_path: Path) -> None:
+    out = tmp_path / "diagrams"
+    # An empty PATH: no `dot`, whatever this machine has installed.
+    env = kiln_env(tmp_path, PATH=str(tmp_path / "empty-bin"))
+    run = run_kiln(["diagram", "--out", str(out)], env)
+    assert run.returncode == 0, run.stderr
+    assert (out / "build.mmd").read_text() == COMMITTED_DIAGRAM.read_text()
+    assert not (out / "build.svg").exists()
+    assert "Graphviz `dot` is not installed" in run.stdout
+
+
+def test_diagram_renders_svg_through_graphviz_when_installed(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    # Stands for Graphviz: wraps the DOT source it is given, so the test sees what kiln sent.
+    fake_graphviz(bin_dir, '[ "$1" = "-Tsvg" ] || exit 9\necho "<svg>"; cat; echo "</svg>"\n')
+    out = tmp_path / "diagrams"
+    env = kiln_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    run = run_kiln(["diagram", "--out", str(out)], env)
+    assert run.returncode == 0, run.stderr
+    svg = (out / "build.svg").read_text()
+    assert svg.startswith("<svg>\n") and "digraph build {" in svg
+    assert '"run_builder" -> "cleanup" [label="cancel"];' in svg
+    assert f"wrote {out / 'build.svg'}" in run.stdout
+
+
+def test_diagram_reports_a_graphviz_failure(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_graphviz(bin_dir, "echo 'syntax error near line 1' >&2\nexit 1\n")
+    env = kiln_env(tmp_path, PATH=str(bin_dir))
+    run = run_kiln(["diagram", "--out", str(tmp_path / "diagrams")], env)
+    assert run.returncode == 1
+    assert "Graphviz failed" in run.stderr and "syntax error near line 1" in run.stderr
+    assert "Traceback" not in run.stderr

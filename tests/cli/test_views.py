@@ -1,0 +1,240 @@
+"""The three views of a running build, fed with typed events and real build states."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from kiln.cli._view import LOG_TAIL_LINES, JsonView, PlainView, RichView, View, abort_report
+from kiln.errors import BuildCancelled, BuildError, WithDiagnostics
+from kiln.machine import (
+    BuildLogEvent,
+    BuildState,
+    Event,
+    StatusEvent,
+    TransitionEvent,
+    WarningEvent,
+)
+from kiln.plan import plan_import
+
+SANDBOX = "sbx-0123456789abcdef"
+TEMPLATE = {"id": "tmpl-42", "name": "python"}
+WIDTH = 120
+ANSI_ESCAPE = "\x1b["
+
+
+def _state(**fields: Any) -> BuildState:
+    state = BuildState(plan=plan_import("python:3.12-slim"))
+    for name, value in fields.items():
+        setattr(state, name, value)
+    return state
+
+
+def _events() -> list[Event]:
+    """A short build: a retried prepare, a failed builder, cleanup, with log and warning."""
+    return [
+        StatusEvent("Importing registry image python:3.12-slim..."),
+        TransitionEvent("resolve_scope", "prepare", "succeed", 0.25),
+        TransitionEvent("prepare", "prepare", "retry", 0.5),
+        TransitionEvent("prepare", "create_sandbox", "succeed", 1.5),
+        WarningEvent("something to know"),
+        TransitionEvent("create_sandbox", "run_builder", "succeed", 2.0),
+        StatusEvent("Running offline rootfs builder..."),
+        *[BuildLogEvent(f"log line {n}") for n in range(LOG_TAIL_LINES + 3)],
+        TransitionEvent("run_builder", "cleanup", "fail", 7.25),
+    ]
+
+
+def _feed(view: View, events: list[Event]) -> None:
+    with view:
+        for event in events:
+            view.event(event)
+
+
+def _rich() -> tuple[RichView, io.StringIO]:
+    out = io.StringIO()
+    return RichView(Console(file=out, width=WIDTH, color_system=None)), out
+
+
+# -- JSON -----------------------------------------------------------------------------------------
+
+
+def test_json_view_writes_one_object_per_line_with_the_kind_first() -> None:
+    out = io.StringIO()
+    view = JsonView(out)
+    view.notice("hello")
+    _feed(view, _events())
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 1 + len(_events())
+    assert all(next(iter(line)) == "event" for line in lines)
+    assert lines[0] == {"event": "notice", "message": "hello"}
+    assert lines[2] == {
+        "event": "transition",
+        "source": "resolve_scope",
+        "dest": "prepare",
+        "trigger": "succeed",
+        "duration_s": 0.25,
+    }
+    assert {"event": "build_log", "message": "log line 0", "stream": "stdout"} in lines
+
+
+def test_json_view_result_of_a_done_build_carries_the_template() -> None:
+    out = io.StringIO()
+    state = _state(outcome="done", state="done", build_id="build-1", sandbox_id=SANDBOX)
+    JsonView(out).done(TEMPLATE, state)
+    result = json.loads(out.getvalue())
+    assert result == {
+        "event": "result",
+        "state": "done",
+        "id": state.id,
+        "name": "python",
+        "build_id": "build-1",
+        "sandbox_id": SANDBOX,
+        "template": TEMPLATE,
+        "error": None,
+        "hint": None,
+        "advice": [],
+    }
+
+
+def test_json_view_result_of_a_failed_build_has_error_hint_and_advice() -> None:
+    out = io.StringIO()
+    source = BuildError("the builder exited with status 3", hint="read the build log")
+    error = WithDiagnostics(source, ["the builder was killed for lack of memory"])
+    JsonView(out).failed(error, _state(outcome="failed", state="failed"))
+    result = json.loads(out.getvalue())
+    assert result["state"] == "failed"
+    assert result["error"].startswith("the builder exited with status 3")
+    assert result["hint"] == "read the build log"
+    assert result["advice"] == ["the builder was killed for lack of memory"]
+    assert result["template"] is None
+
+
+def test_json_view_result_of_an_aborted_cleanup_names_the_sandbox() -> None:
+    out = io.StringIO()
+    state = _state(state="cleanup", sandbox_id=SANDBOX)
+    JsonView(out).aborted(state)
+    result = json.loads(out.getvalue())
+    assert result["state"] == "aborted"
+    assert SANDBOX in result["error"]
+    assert f"kiln resume {state.id}" in result["hint"]
+
+
+def test_a_failure_without_a_hint_points_at_the_build_log() -> None:
+    out = io.StringIO()
+    state = _state(outcome="failed", state="failed")
+    JsonView(out).failed(BuildError("Command 'tl-rootfs-build' failed with exit code 3"), state)
+    PlainView(out).failed(BuildError("boom"), state)
+    json_line, *plain = out.getvalue().splitlines()
+    assert json.loads(json_line)["hint"] == f"the build log shows what failed: kiln logs {state.id}"
+    assert plain == [
+        "kiln: error: boom",
+        f"hint: the build log shows what failed: kiln logs {state.id}",
+    ]
+
+
+# -- abort report ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "left"),
+    [
+        ({"sandbox_id": SANDBOX}, True),
+        ({"sandbox_id": SANDBOX, "sandbox_deleted": True}, False),
+        ({}, False),
+    ],
+)
+def test_abort_report_names_a_sandbox_only_when_one_may_be_left(
+    fields: dict[str, Any], left: bool
+) -> None:
+    message, _hint = abort_report(_state(**fields))
+    assert (SANDBOX in message) is left
+    assert ("may be left" in message) is left
+
+
+# -- plain ----------------------------------------------------------------------------------------
+
+
+def test_plain_view_shows_statuses_log_lines_and_warnings_but_not_transitions() -> None:
+    out = io.StringIO()
+    _feed(PlainView(out), _events())
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Importing registry image python:3.12-slim..."
+    assert "warning: something to know" in lines
+    assert "  | log line 0" in lines
+    assert not any("resolve_scope" in line for line in lines)
+    assert len(lines) == 3 + LOG_TAIL_LINES + 3
+
+
+def test_plain_view_outcomes() -> None:
+    out = io.StringIO()
+    view = PlainView(out)
+    view.failed(BuildCancelled("build was cancelled", hint="run it again"), _state())
+    view.done(TEMPLATE, _state())
+    view.aborted(_state(sandbox_id=SANDBOX))
+    text = out.getvalue()
+    assert "kiln: error: build was cancelled\nhint: run it again\n" in text
+    assert "done: image 'python' registered as template tmpl-42\n" in text
+    assert f"builder sandbox {SANDBOX} may be left running" in text
+
+
+# -- rich -----------------------------------------------------------------------------------------
+
+
+def _phase_lines(text: str) -> dict[str, str]:
+    phases = ("resolve_scope", "prepare", "create_sandbox", "run_builder", "cleanup")
+    return {
+        line.split()[1]: line
+        for line in text.splitlines()
+        if len(line.split()) > 1 and line.split()[1] in phases
+    }
+
+
+def test_rich_view_shows_each_phase_with_its_time_and_attempts() -> None:
+    view, out = _rich()
+    _feed(view, _events())
+    phases = _phase_lines(out.getvalue())
+    assert list(phases) == ["resolve_scope", "prepare", "create_sandbox", "run_builder", "cleanup"]
+    assert phases["resolve_scope"].split()[0] == "✓"
+    assert "0.2s" in phases["resolve_scope"]
+    assert "1.5s" in phases["prepare"] and "attempt 2" in phases["prepare"]
+    assert phases["run_builder"].split()[0] == "✗" and "7.2s" in phases["run_builder"]
+    assert phases["cleanup"].split()[0] == "›"  # still running when the view closed
+
+
+def test_rich_view_keeps_only_the_tail_of_the_log_and_the_latest_status() -> None:
+    view, out = _rich()
+    _feed(view, _events())
+    text = out.getvalue()
+    assert "Running offline rootfs builder..." in text
+    assert "Importing registry image" not in text  # replaced by the later status
+    shown = [n for n in range(LOG_TAIL_LINES + 3) if f"log line {n}\n" in text + "\n"]
+    assert shown == list(range(3, LOG_TAIL_LINES + 3))
+
+
+def test_rich_view_prints_notices_warnings_and_outcomes_without_ansi_on_a_plain_console() -> None:
+    view, out = _rich()
+    view.notice("using the embedded emulator")
+    _feed(view, _events())
+    view.failed(BuildError("boom", hint="look"), _state())
+    view.done(TEMPLATE, _state())
+    text = out.getvalue()
+    assert "using the embedded emulator" in text
+    assert "warning: something to know" in text
+    assert "kiln: error: boom\nhint: look" in text
+    assert "done: image 'python' registered as template tmpl-42" in text
+    assert ANSI_ESCAPE not in text
+
+
+def test_rich_view_aborted_stops_the_live_panel_and_names_the_sandbox() -> None:
+    view, out = _rich()
+    with view:
+        view.event(TransitionEvent("run_builder", "cleanup", "cancel", 3.0))
+        view.aborted(_state(state="cleanup", sandbox_id=SANDBOX))
+    text = out.getvalue()
+    assert f"builder sandbox {SANDBOX} may be left running" in text
+    assert _phase_lines(text)["run_builder"].split()[0] == "-"
