@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -16,8 +17,9 @@ import pytest
 import structlog
 
 from kiln.cli import main
+from kiln.cli.durable import _logs
 from kiln.machine import load_machine_spec
-from kiln.store import Owner, open_store
+from kiln.store import MemoryStore, Owner, open_store
 from kiln.testing import EmulatorClient
 
 from .support import HELLO, REPO, TOKEN, crash_in, kiln_env
@@ -212,3 +214,21 @@ def test_a_worker_without_credentials_refuses_to_start(
 
     assert main(["worker"]) == 1
     assert "no Tensorlake credentials" in capsys.readouterr().err
+
+
+async def test_logs_mark_where_the_bounded_log_dropped_events(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = MemoryStore(head_events=2, tail_events=2)
+    await store.create(id="b1", name="hello", state="run_builder", data={})
+    await store.append_events("b1", [("build_log", {"message": f"line {n}"}) for n in range(6)])
+
+    assert await _logs(argparse.Namespace(build_id="b1", follow=False), store) == 0
+
+    assert capsys.readouterr().out.splitlines() == [
+        "line 0",
+        "line 1",
+        "-- (2 events dropped here: the log keeps its head and tail)",
+        "line 4",
+        "line 5",
+    ]

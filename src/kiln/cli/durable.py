@@ -313,6 +313,10 @@ async def _logs(args: argparse.Namespace, store: Store) -> int:
     seen = 0
     while True:
         for event in await store.events(record.id, after_seq=seen):
+            if seen and event.seq > seen + 1:
+                print(
+                    f"-- ({event.seq - seen - 1} events dropped here: the log keeps its head and tail)"
+                )
             seen = event.seq
             line = log_line(event)
             if line is not None:
