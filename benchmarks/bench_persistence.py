@@ -36,6 +36,8 @@ P99 = 0.99
 TARGET_SQLITE_P99_MS = 2.0
 WHAT_IF = "sqlite, synchronous=NORMAL (what-if)"
 FSYNC_PROBES = 200
+# What a transition's persist does: write the state, append the events, look for a cancel.
+STORE_OPERATIONS = ("save", "append_events", "get")
 FSYNC_PROBE_BYTES = 4096
 MS = 1000.0
 
@@ -98,6 +100,23 @@ def fsync_latency_ms(folder: Path) -> list[float]:
     return samples
 
 
+def instrument(store: Any, samples: dict[str, list[float]]) -> None:
+    """Time the store operations a transition makes (the breakdown of the persist time)."""
+    for operation in STORE_OPERATIONS:
+        original = getattr(store, operation)
+
+        async def timed(
+            *args: Any, _original: Any = original, _op: str = operation, **kwargs: Any
+        ) -> Any:
+            started = time.perf_counter()
+            try:
+                return await _original(*args, **kwargs)
+            finally:
+                samples[_op].append((time.perf_counter() - started) * MS)
+
+        setattr(store, operation, timed)
+
+
 async def _one_build(url: str, store: Any) -> float:
     import kiln
 
@@ -107,12 +126,17 @@ async def _one_build(url: str, store: Any) -> float:
 
 
 async def _run(url: str, stores: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {name: {"build_s": [], "persist_s": []} for name in stores}
+    results: dict[str, dict[str, Any]] = {
+        name: {"build_s": [], "persist_s": [], "ops": {op: [] for op in STORE_OPERATIONS}}
+        for name in stores
+    }
     # Warm-up: imports, connections, migrations and the first file creation are not timed. The
     # what-if store opens its connection here, under the patch that relaxes its syncing.
     for name, store in stores.items():
         with synchronous_normal() if name == WHAT_IF else contextlib.nullcontext():
             await _one_build(url, store)
+    for name, store in stores.items():
+        instrument(store, results[name]["ops"])
     for _round in range(rounds):
         for name, store in stores.items():
             samples: list[float] = []
@@ -135,6 +159,14 @@ def _summary(name: str, data: dict[str, Any], memory_build_s: float) -> dict[str
         "persist_max_ms": max(persist_ms),
         "build_median_s": build_s,
         "vs_memory_ms": (build_s - memory_build_s) * MS,
+        "operations": {
+            op: {
+                "p50_ms": percentile(times, P50),
+                "p99_ms": percentile(times, P99),
+                "per_build": len(times) / len(data["build_s"]),
+            }
+            for op, times in data["ops"].items()
+        },
     }
 
 
@@ -182,6 +214,15 @@ def main() -> None:
             for r in rows
         ],
     )
+    ops = print_table(
+        ["store", "operation", "per build", "p50 ms", "p99 ms"],
+        [
+            (r["store"], op, o["per_build"], o["p50_ms"], o["p99_ms"])
+            for r in rows
+            if r["store"] != "memory"
+            for op, o in r["operations"].items()
+        ],
+    )
     sqlite = next(r for r in rows if r["store"] == "sqlite")
     met = sqlite["persist_p99_ms"] <= TARGET_SQLITE_P99_MS
     print(
@@ -195,7 +236,7 @@ def main() -> None:
             "tiny": args.tiny,
             "rows": rows,
             "disk": disk,
-            "table": text,
+            "table": text + "\n\nStore operations (the persist hook's breakdown):\n\n" + ops,
             "target": {"sqlite_p99_ms": TARGET_SQLITE_P99_MS, "met": met},
         },
     )

@@ -157,10 +157,14 @@ def measure(cases: Any, reps_for: Any) -> list[dict[str, Any]]:
     rows = []
     with PostgresCluster() as cluster, emulator(builder_duration_ms=BUILDER_MS) as emu:
         for index, (label, lease_s, distinct) in enumerate(cases):
-            store_url = cluster.create_database(f"resume_{index}")
+            # A database per run: a build left from an earlier run would be claimed first.
             runs = [
-                asyncio.run(one_resume(emu.url, store_url, lease_s, distinct))
-                for _ in range(reps_for(lease_s))
+                asyncio.run(
+                    one_resume(
+                        emu.url, cluster.create_database(f"resume_{index}_{rep}"), lease_s, distinct
+                    )
+                )
+                for rep in range(reps_for(lease_s))
             ]
             rows.append(
                 {
