@@ -117,7 +117,7 @@ def test_json_view_result_of_a_failed_build_has_error_hint_and_advice() -> None:
 def test_json_view_result_of_an_aborted_cleanup_names_the_sandbox() -> None:
     out = io.StringIO()
     state = _state(state="cleanup", sandbox_id=SANDBOX)
-    JsonView(out).aborted(state)
+    JsonView(out).aborted(state, embedded=False)
     result = json.loads(out.getvalue())
     assert result["state"] == "aborted"
     assert SANDBOX in result["error"]
@@ -141,19 +141,20 @@ def test_a_failure_without_a_hint_points_at_the_build_log() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "left"),
+    ("fields", "embedded", "left"),
     [
-        ({"sandbox_id": SANDBOX}, True),
-        ({"sandbox_id": SANDBOX, "sandbox_deleted": True}, False),
-        ({}, False),
+        ({"sandbox_id": SANDBOX}, False, True),
+        ({"sandbox_id": SANDBOX}, True, False),
+        ({"sandbox_id": SANDBOX, "sandbox_deleted": True}, False, False),
+        ({}, False, False),
     ],
 )
-def test_abort_report_names_a_sandbox_only_when_one_may_be_left(
-    fields: dict[str, Any], left: bool
+def test_abort_report_says_a_sandbox_may_be_left_only_when_one_may(
+    fields: dict[str, Any], embedded: bool, left: bool
 ) -> None:
-    message, _hint = abort_report(_state(**fields))
-    assert (SANDBOX in message) is left
+    message, hint = abort_report(_state(**fields), embedded=embedded)
     assert ("may be left" in message) is left
+    assert ("kiln resume" in hint) is left
 
 
 # -- plain ----------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_plain_view_outcomes() -> None:
     view = PlainView(out)
     view.failed(BuildCancelled("build was cancelled", hint="run it again"), _state())
     view.done(TEMPLATE, _state())
-    view.aborted(_state(sandbox_id=SANDBOX))
+    view.aborted(_state(sandbox_id=SANDBOX), embedded=False)
     text = out.getvalue()
     assert "kiln: error: build was cancelled\nhint: run it again\n" in text
     assert "done: image 'python' registered as template tmpl-42\n" in text
@@ -234,7 +235,7 @@ def test_rich_view_aborted_stops_the_live_panel_and_names_the_sandbox() -> None:
     view, out = _rich()
     with view:
         view.event(TransitionEvent("run_builder", "cleanup", "cancel", 3.0))
-        view.aborted(_state(state="cleanup", sandbox_id=SANDBOX))
+        view.aborted(_state(state="cleanup", sandbox_id=SANDBOX), embedded=False)
     text = out.getvalue()
     assert f"builder sandbox {SANDBOX} may be left running" in text
     assert _phase_lines(text)["run_builder"].split()[0] == "-"

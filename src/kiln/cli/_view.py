@@ -50,11 +50,19 @@ def error_text(error: KilnError, state: Any) -> str:
     return f"kiln: error: {error}\nhint: {failure_hint(error, state)}"
 
 
-def abort_report(state: Any) -> tuple[str, str]:
-    """What to say when a second Ctrl-C gives up on cleanup: the message and the hint."""
+def abort_report(state: Any, *, embedded: bool) -> tuple[str, str]:
+    """What to say when a second Ctrl-C gives up on cleanup: the message and the hint.
+
+    The embedded emulator's sandboxes live in this process, so they end with it.
+    """
     sandbox = state.sandbox_id
     if sandbox is None or state.sandbox_deleted:
         return "Aborted: no builder sandbox is left", "nothing to clean up"
+    if embedded:
+        return (
+            f"Aborted during cleanup: builder sandbox {sandbox} ends with the embedded emulator",
+            "nothing to clean up",
+        )
     return (
         f"Aborted during cleanup: builder sandbox {sandbox} may be left running",
         f"`kiln resume {state.id}` finishes the cleanup; `kiln reap` deletes it later",
@@ -70,7 +78,7 @@ class View(Protocol):
     def event(self, event: Any) -> None: ...
     def failed(self, error: KilnError, state: Any) -> None: ...
     def done(self, result: Any, state: Any) -> None: ...
-    def aborted(self, state: Any) -> None: ...
+    def aborted(self, state: Any, *, embedded: bool) -> None: ...
 
 
 class JsonView:
@@ -104,8 +112,8 @@ class JsonView:
     def done(self, result: Any, state: Any) -> None:
         self._write({**_result(state.outcome or state.state, state), "template": result})
 
-    def aborted(self, state: Any) -> None:
-        message, hint = abort_report(state)
+    def aborted(self, state: Any, *, embedded: bool) -> None:
+        message, hint = abort_report(state, embedded=embedded)
         self._write({**_result(ABORTED, state), "error": message, "hint": hint})
 
 
@@ -160,8 +168,8 @@ class PlainView:
     def done(self, result: Any, state: Any) -> None:
         self._line(f"done: image {state.plan.name!r} registered as template {_template_id(result)}")
 
-    def aborted(self, state: Any) -> None:
-        message, hint = abort_report(state)
+    def aborted(self, state: Any, *, embedded: bool) -> None:
+        message, hint = abort_report(state, embedded=embedded)
         self._line(f"kiln: {message}\nhint: {hint}")
 
 
@@ -254,9 +262,9 @@ class RichView:
         message = f"done: image {state.plan.name!r} registered as template {_template_id(result)}"
         self._console.print(Text(message, style="bold green"))
 
-    def aborted(self, state: Any) -> None:
+    def aborted(self, state: Any, *, embedded: bool) -> None:
         self._live.stop()
-        message, hint = abort_report(state)
+        message, hint = abort_report(state, embedded=embedded)
         self._console.print(Text(f"kiln: {message}\nhint: {hint}", style="bold red"))
 
 

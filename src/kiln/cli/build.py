@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 
 from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
@@ -242,11 +243,24 @@ def _route_logs_to_stderr() -> None:
     logging.getLogger(BUILD_LOGGER).setLevel(logging.ERROR)
 
 
+@attrs.frozen
+class _Target:
+    """Where a build runs: an API URL (None: from the environment), or the embedded emulator."""
+
+    api_url: str | None
+    embedded: bool = False
+
+    def options(self) -> dict[str, Any]:
+        if self.embedded:
+            return {"api_url": self.api_url, "api_key": EMBEDDED_TOKEN}
+        return {"api_url": self.api_url}
+
+
 @contextlib.asynccontextmanager
-async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[dict[str, Any]]:
-    """Yield where to build: the given URL or credentials, else an embedded emulator's URL."""
+async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[_Target]:
+    """The given URL or the environment's credentials, else an embedded emulator."""
     if args.api_url or any(os.environ.get(name) for name in CREDENTIAL_ENV):
-        yield {"api_url": args.api_url}
+        yield _Target(args.api_url)
         return
     from kiln.emulator import Emulator, EmulatorConfig
 
@@ -257,7 +271,7 @@ async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[dict[st
             f"No TENSORLAKE_API_KEY or TENSORLAKE_PAT: building against the embedded emulator "
             f"at {emulator.url} (data in {data_dir})"
         )
-        yield {"api_url": emulator.url, "api_key": EMBEDDED_TOKEN}
+        yield _Target(emulator.url, embedded=True)
 
 
 async def _drive_async(args: argparse.Namespace, plan: BuildPlan, view: View) -> int:
@@ -275,13 +289,13 @@ async def _follow(
     args: argparse.Namespace,
     plan: BuildPlan,
     view: View,
-    target: dict[str, Any],
+    target: _Target,
     store: Store,
 ) -> int:
     from kiln._build import start_plan
 
-    build = start_plan(plan, store=store, **_build_options(args), **target)
-    with _interrupts(build, view):
+    build = start_plan(plan, store=store, **_build_options(args), **target.options())
+    with _interrupts(build, view, embedded=target.embedded):
         with view:
             await build.recorded()
             # Before anything else: after a crash, this id is what `kiln resume` needs.
@@ -308,9 +322,12 @@ async def _report(build: Any, view: View) -> int:
 
 
 @contextlib.contextmanager
-def _interrupts(build: Any, view: View) -> Iterator[None]:
+def _interrupts(build: Any, view: View, *, embedded: bool = False) -> Iterator[None]:
     """First Ctrl-C cancels the build (its cleanup still deletes the builder sandbox); a second
-    one gives up on cleanup and exits at once, naming the sandbox that may be left."""
+    one gives up on cleanup and exits at once, naming the sandbox that may be left.
+
+    ``embedded``: the build runs on the embedded emulator, whose sandboxes end with kiln.
+    """
     loop = asyncio.get_running_loop()
     presses = 0
 
@@ -321,7 +338,7 @@ def _interrupts(build: Any, view: View) -> Iterator[None]:
             view.notice("Cancelling: deleting the builder sandbox (Ctrl-C again to abort cleanup)")
             build.cancel()
             return
-        view.aborted(build.state)
+        view.aborted(build.state, embedded=embedded)
         # Waiting for anything now (a slow delete, the loop's task teardown) is what the user
         # just refused. The store already holds the state at its last transition, so
         # `kiln resume` can still finish the cleanup.
