@@ -106,12 +106,7 @@ class Session:
 
     async def persist(self, state: BuildState) -> None:
         """The driver's hook: write the state and the queued events, then look for a cancel."""
-        if self._stop_reason is not None:
-            raise self._stop_reason
-        if self._keeper is not None:
-            self._keeper.check()
-        async with self._lock:
-            await self._write(state, force=True)
+        await self._write_now(state)
         self._persists += 1
         # The first write of a run records where it starts; the later ones follow transitions.
         transitions = self._persists - 1
@@ -122,11 +117,16 @@ class Session:
 
     async def checkpoint(self, state: BuildState) -> None:
         """The handlers' hook: write the state now, mid-phase, after a remote side effect."""
-        if self._stop_reason is not None:
-            raise self._stop_reason
+        await self._write_now(state)
+
+    async def _write_now(self, state: BuildState) -> None:
+        """Write unless this session stopped: then raise why, so the driver goes no further."""
         if self._keeper is not None:
             self._keeper.check()
         async with self._lock:
+            # Checked under the lock: a stop() that held it has already checkpointed.
+            if self._stop_reason is not None:
+                raise self._stop_reason
             await self._write(state, force=True)
 
     # -- running ----------------------------------------------------------------------------
