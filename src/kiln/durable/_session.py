@@ -54,8 +54,8 @@ class BuildHandedOver(BuildError):
 class Session:
     """Persist one build to ``store`` while this process owns it.
 
-    ``version`` is the store version this session last wrote or acquired; ``None`` means the
-    build is new and :meth:`run` creates its record first.
+    A new build's record is created by :meth:`run`; for a build that already has one, the owner
+    acquires (or claims) it first and passes its version to :meth:`adopt`.
     """
 
     def __init__(
@@ -63,19 +63,18 @@ class Session:
         store: Store,
         *,
         owner: Owner | None = None,
-        version: int | None = None,
         lease_s: float = LEASE_S,
         renew_every_s: float = RENEW_EVERY_S,
         poll_s: float = POLL_S,
-        env: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.owner = owner or Owner.current()
-        self._version = version
+        # The store version this session last wrote or acquired; None until the record exists.
+        self._version: int | None = None
         self._lease_s = lease_s
         self._renew_every_s = renew_every_s
         self._poll_s = poll_s
-        self._kill_after = _kill_after(os.environ if env is None else env)
+        self._kill_after = _kill_after(os.environ)
         self._pending: list[tuple[str, JsonObject]] = []
         self._saved_json: str | None = None
         self._lock = asyncio.Lock()
@@ -86,8 +85,6 @@ class Session:
         self._finals: frozenset[str] = frozenset()
         # Set once the build's record exists in the store: from then on `kiln resume` finds it.
         self.recorded = asyncio.Event()
-        if version is not None:
-            self.recorded.set()
 
     def adopt(self, version: int) -> None:
         """Continue an existing build that this session's owner has acquired at ``version``."""
