@@ -3,6 +3,8 @@ on SQLite and on PostgreSQL, with one builder, one context upload and no sandbox
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from kiln import resume
@@ -62,29 +64,29 @@ async def test_phases_before_the_sandbox_exist_are_repeated_not_duplicated(
     assert len(emulator.sandboxes()) == 1, "one builder sandbox for the whole build"
 
 
-async def test_a_final_build_is_reported_not_rerun(store: Store, emulator: EmulatorClient) -> None:
-    build = start(store, emulator.url)
-    template = await build.result()
-    requests_before = len(emulator.requests())
-
-    again = await resume(build.state.id, store=store, api_key=TOKEN)
-
-    assert await again.result() == template
-    assert len(emulator.requests()) == requests_before, "nothing is sent for a finished build"
-
-
-async def test_a_failed_build_reports_its_error_on_resume(
-    store: Store, emulator: EmulatorClient
+@pytest.mark.parametrize("outcome", ["done", "failed", "cancelled"])
+async def test_a_build_in_a_final_state_is_reported_not_rerun(
+    store: Store, emulator: EmulatorClient, outcome: str
 ) -> None:
-    emulator.set_builder(exit_code=3)
+    emulator.set_builder(exit_code=3 if outcome == "failed" else 0, duration_ms=300)
     build = start(store, emulator.url)
-    with pytest.raises(BuildError):
+    if outcome == "cancelled":
+        await wait_until(lambda: build.state.builder_pid is not None)
+        build.cancel()
+    with contextlib.suppress(KilnError):
         await build.result()
+    record = await store.get(build.state.id)
+    assert record is not None and record.state == outcome and record.final
+    sent = len(emulator.requests())
 
     again = await resume(build.state.id, store=store, api_key=TOKEN)
 
-    with pytest.raises(BuildError, match="exit"):
-        await again.result()
+    if outcome == "done":
+        assert await again.result() == record.data["result"]
+    else:
+        with pytest.raises(KilnError, match=r"exit|cancelled"):
+            await again.result()
+    assert len(emulator.requests()) == sent, "nothing is sent for a finished build"
     assert builder_starts(emulator) == 1
 
 
