@@ -80,7 +80,10 @@ def _reason(record: BuildRecord, state: BuildState, now: float, grace_s: float) 
     if record.final:
         return f"the build ended ({record.state}) without deleting it"
     claimant = Owner.current()
-    if owner_holds(record.owner, record.lease_expires_at, claimant, now):
+    # This very process running it counts as live too (owner_holds leaves the owner itself out).
+    if record.owner == claimant or owner_holds(
+        record.owner, record.lease_expires_at, claimant, now
+    ):
         return None
     idle = now - record.updated_at
     if idle < grace_s:
