@@ -27,6 +27,7 @@ import contextlib
 import enum
 import hashlib
 import io
+import itertools
 import os
 import queue
 import stat
@@ -551,14 +552,27 @@ class _ParallelGzip:
         return f"sha256:{self._tar_hash.hexdigest()}"
 
     def stream(self, data: Iterable[bytes]) -> Generator[bytes, None, None]:
-        threads = min(os.cpu_count() or 1, _MAX_DEFLATE_THREADS)
         yield _GZIP_HEADER
+        blocks = _rechunk(data, _DEFLATE_BLOCK)
+        head = list(itertools.islice(blocks, 2))
+        if len(head) < 2:
+            # One block, as most contexts are: a thread pool would cost more than it saves (on a
+            # busy machine each hand-off to a new thread waits for the scheduler). Same bytes.
+            for block in head:
+                self._account(block)
+                yield _deflate_block(block, b"")
+        else:
+            yield from self._parallel(itertools.chain(head, blocks))
+        yield _DEFLATE_END + struct.pack("<II", self._crc, self._length & _ISIZE_MASK)
+
+    def _parallel(self, blocks: Iterable[bytes]) -> Generator[bytes, None, None]:
+        threads = min(os.cpu_count() or 1, _MAX_DEFLATE_THREADS)
         with ThreadPoolExecutor(threads, thread_name_prefix=_GZIP_THREAD_NAME) as pool:
             # At most one block per thread plus one waiting: bounded memory, all threads busy.
             running: deque[Future[bytes]] = deque()
             window = b""
             try:
-                for block in _rechunk(data, _DEFLATE_BLOCK):
+                for block in blocks:
                     self._account(block)
                     running.append(pool.submit(_deflate_block, block, window))
                     window = _next_window(window, block)
@@ -569,7 +583,6 @@ class _ParallelGzip:
             finally:
                 for future in running:
                     future.cancel()
-        yield _DEFLATE_END + struct.pack("<II", self._crc, self._length & _ISIZE_MASK)
 
     def _account(self, block: bytes) -> None:
         self._tar_hash.update(block)
