@@ -35,10 +35,12 @@ PROCESS_TIMEOUT_S = 60.0
 POLL_S = 0.02
 # Long enough that a Ctrl-C always lands while the builder (or the delete) is still going.
 SLOW_BUILDER_MS = 20_000
-SLOW_DELETE_MS = 8_000
+SLOW_DELETE_MS = 3_000
 # Far below SLOW_DELETE_MS: exiting this fast proves the second Ctrl-C did not wait for it.
-ABORT_EXIT_S = 4.0
+ABORT_EXIT_S = 1.5
 ANSI_ESCAPE = "\x1b["
+RECORDED_EMBEDDED = "Build {id} (kiln status {id} / kiln logs {id} show it later)"
+RECORDED_REMOTE = "Build {id} (continue it after a crash: kiln resume {id})"
 BAD_EXIT_CODE = 3
 
 
@@ -149,6 +151,9 @@ def test_json_stdout_holds_only_json_lines_ending_with_the_result(tmp_path: Path
     assert ANSI_ESCAPE not in done.stdout
     lines = json_lines(done.stdout)
     assert lines[0]["event"] == "notice" and EMBEDDED_NOTICE in lines[0]["message"]
+    # Its sandboxes end with kiln: the build can be looked at later, not resumed.
+    build_id = lines[-1]["id"]
+    assert lines[1] == {"event": "notice", "message": RECORDED_EMBEDDED.format(id=build_id)}
     kinds = {line["event"] for line in lines}
     assert {"status", "transition", "build_log", "result"} <= kinds
     assert [line["event"] for line in lines].count("result") == 1
@@ -202,6 +207,7 @@ def test_failing_build_exits_1_with_the_error_and_hint(
     assert run.returncode == 1
     result = result_of(run.stdout)
     assert result["state"] == "failed"
+    assert json_lines(run.stdout)[0]["message"] == RECORDED_REMOTE.format(id=result["id"])
     assert str(BAD_EXIT_CODE) in result["error"]
     assert result["sandbox_id"] in result["error"]
     assert result["hint"] == f"the build log shows what failed: kiln logs {result['id']}"
@@ -339,7 +345,8 @@ def test_second_ctrl_c_aborts_cleanup_and_names_the_sandbox_left(
     assert code == 130
     result = json.loads(slow_build.lines[-1])
     assert result["state"] == "aborted"
-    [sandbox] = emulator.sandboxes()
+    # kiln did not wait for the delete, which the emulator has not even started yet.
+    [sandbox] = emulator.live_sandboxes()
     assert f"builder sandbox {sandbox['sandbox_id']} may be left running" in result["error"]
     assert f"kiln resume {result['id']}" in result["hint"]
 

@@ -226,8 +226,8 @@ def _route_logs_to_stderr() -> None:
     """Send library and emulator logs to stderr, warnings and up.
 
     stdout belongs to the view (with ``--json``, to JSON lines only), and unconfigured structlog
-    prints to stdout. Logs go through stdlib logging, as the library's own fallback does, so a
-    caller embedding ``main()`` keeps control of the handlers.
+    prints to stdout. Logs go through stdlib logging, as the library's own fallback does; a
+    handler already installed (a caller embedding ``main()``, pytest) is kept.
     """
     if not structlog.is_configured():
         structlog.configure(
@@ -298,13 +298,18 @@ async def _follow(
     with _interrupts(build, view, embedded=target.embedded):
         with view:
             await build.recorded()
-            # Before anything else: after a crash, this id is what `kiln resume` needs.
-            view.notice(
-                f"Build {build.state.id} (continue it after a crash: kiln resume {build.state.id})"
-            )
+            view.notice(_recorded_notice(build.state.id, embedded=target.embedded))
             async for event in build.events():
                 view.event(event)
         return await _report(build, view)
+
+
+def _recorded_notice(build_id: str, *, embedded: bool) -> str:
+    """Said before anything else: after a crash, the id is what `kiln resume` needs. A build on
+    the embedded emulator cannot be resumed (its sandbox ends with kiln), only looked at."""
+    if embedded:
+        return f"Build {build_id} (kiln status {build_id} / kiln logs {build_id} show it later)"
+    return f"Build {build_id} (continue it after a crash: kiln resume {build_id})"
 
 
 async def _report(build: Any, view: View) -> int:
