@@ -162,6 +162,25 @@ def test_json_stdout_holds_only_json_lines_ending_with_the_result(tmp_path: Path
     assert result["template"]["name"] == "hello"
 
 
+def test_a_reader_that_stops_reading_does_not_stop_the_build(tmp_path: Path) -> None:
+    """`kiln build --json | head -1`: the build still ends, registered, without a traceback."""
+    process = subprocess.Popen(
+        kiln_argv(["build", str(HELLO), "--json"]),
+        env=kiln_env(tmp_path),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert EMBEDDED_NOTICE in process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(PROCESS_TIMEOUT_S) == 0, err
+    assert "Traceback" not in err
+    assert "hello" in templates_file(tmp_path)
+
+
 # -- errors before anything starts ----------------------------------------------------------------
 
 

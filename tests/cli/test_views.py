@@ -137,6 +137,33 @@ def test_a_failure_without_a_hint_points_at_the_build_log() -> None:
     ]
 
 
+class _ClosedPipe(io.StringIO):
+    """A stream whose reader went away after ``accepted`` writes."""
+
+    def __init__(self, accepted: int) -> None:
+        super().__init__()
+        self.accepted = accepted
+        self.refused = 0
+
+    def write(self, text: str) -> int:
+        if self.accepted == 0:
+            self.refused += 1
+            raise BrokenPipeError(32, "Broken pipe")
+        self.accepted -= 1
+        return super().write(text)
+
+
+@pytest.mark.parametrize("make_view", [JsonView, PlainView])
+def test_a_view_whose_reader_is_gone_drops_its_lines_quietly(make_view: Any) -> None:
+    out = _ClosedPipe(accepted=1)
+    view = make_view(out)
+    view.notice("first")
+    _feed(view, _events())
+    view.done(TEMPLATE, _state(outcome="done"))
+    assert "first" in out.getvalue()
+    assert out.refused == 1  # tried once, then stopped writing
+
+
 # -- abort report ---------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ result, the error, or the news that cleanup was aborted."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -81,21 +82,51 @@ class View(Protocol):
     def aborted(self, state: Any, *, embedded: bool) -> None: ...
 
 
+class _Lines:
+    """Whole lines to a stream. Once its reader is gone (``kiln build --json | head``) the lines
+    are dropped: the build still runs to its end and deletes its sandbox, and the exit code
+    still tells how it went."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._gone = False
+
+    def write(self, text: str) -> None:
+        if self._gone:
+            return
+        try:
+            self._out.write(text + "\n")
+            self._out.flush()
+        except BrokenPipeError:
+            self._gone = True
+            _point_at_devnull(self._out)
+
+
+def _point_at_devnull(out: TextIO) -> None:
+    """Python flushes stdout and stderr once more at exit; into a closed pipe that fails too."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):  # a stream with no descriptor has nothing to flush at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 class JsonView:
     """One JSON object per line on stdout; the last one is ``{"event": "result", ...}``."""
 
     def __init__(self, out: TextIO) -> None:
-        self._out = out
+        self._out = _Lines(out)
 
     def __enter__(self) -> JsonView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._out.flush()
+        """Every line is flushed as it is written."""
 
     def _write(self, data: dict[str, Any]) -> None:
-        self._out.write(json.dumps(data, default=str) + "\n")
-        self._out.flush()
+        self._out.write(json.dumps(data, default=str))
 
     def notice(self, message: str) -> None:
         self._write({"event": "notice", "message": message})
@@ -137,17 +168,16 @@ class PlainView:
     """Plain lines for logs and pipes: statuses, build log lines, warnings and the outcome."""
 
     def __init__(self, out: TextIO) -> None:
-        self._out = out
+        self._out = _Lines(out)
 
     def __enter__(self) -> PlainView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._out.flush()
+        """Every line is flushed as it is written."""
 
     def _line(self, text: str) -> None:
-        self._out.write(text + "\n")
-        self._out.flush()
+        self._out.write(text)
 
     def notice(self, message: str) -> None:
         self._line(message)
