@@ -227,20 +227,40 @@ class Session:
 
         The state and the events are taken in one synchronous step, so the log written never
         runs ahead of the state (``output_events_delivered``) that says how much was delivered.
+        A cancel does not cut the write short: the store would move to a new version while this
+        session kept the old one, and its next write would be refused as stale. The write lands,
+        then the cancel goes on.
         """
-        data = state.to_dict()
         text = state.to_json()
+        save = force or text != self._saved_json
+        data = state.to_dict() if save else None
         events, self._pending = self._pending, []
-        if force or text != self._saved_json:
+        write = asyncio.ensure_future(self._commit(state, data, text, events))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait({write})
+            if not write.cancelled():
+                write.exception()  # retrieved: the cancel is what the caller sees
+            raise
+
+    async def _commit(
+        self,
+        state: BuildState,
+        data: JsonObject | None,
+        text: str,
+        events: list[tuple[str, JsonObject]],
+    ) -> None:
+        if data is not None:
             assert self._version is not None
             self._version = await self.store.save(
                 state.id,
                 expected_version=self._version,
-                state=state.state,
+                state=str(data["state"]),
                 data=data,
-                sandbox_id=state.sandbox_id,
-                final=state.state in self._finals,
-                schema_version=state.schema_version,
+                sandbox_id=data.get("sandbox_id"),
+                final=data["state"] in self._finals,
+                schema_version=int(data["schema_version"]),
             )
             self._saved_json = text
         if events:
