@@ -9,7 +9,14 @@ from __future__ import annotations
 from hypothesis import settings
 
 # Each level's examples as a multiple of the profile's max_examples.
-SCALE = {"model_paths": 10.0, "model_rules": 3.0, "emulator": 1.5, "cancel": 0.4, "crash": 0.6}
+SCALE = {
+    "model_paths": 10.0,
+    "model_rules": 3.0,
+    "emulator": 1.5,
+    "emulator_signing": 0.75,
+    "cancel": 0.4,
+    "crash": 0.6,
+}
 
 
 def examples(level: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 
+from kiln.emulator import SignMode
 from kiln.store import MemoryStore
 from kiln.testing import (
     TARGETS,
@@ -34,17 +35,19 @@ SPEC = without_backoff()
 BY_NAME = {target.name: target for target in TARGETS}
 
 
-def flaky(target: str, times: int, after: int = 0) -> FaultSchedule:
+def flaky(target: str, times: int, after: int = 0, sign_mode: SignMode = "legacy") -> FaultSchedule:
     fault = RequestFault(BY_NAME[target], {"status": 502}, times=times, after=after)
-    return FaultSchedule(faults=(fault,))
+    return FaultSchedule(faults=(fault,), sign_mode=sign_mode)
 
 
-@settings(
-    max_examples=examples("emulator"),
-    deadline=None,
-    # The emulator is reset at the start of every example instead.
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+# The emulator is reset at the start of every example instead of per test.
+EXAMPLE_SETTINGS = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+
+
+@settings(max_examples=examples("emulator"), **EXAMPLE_SETTINGS)
 @given(schedule=fault_schedules(SPEC))
 # The budget's edges, where an off-by-one in the prediction or in the driver shows (found by
 # breaking the prediction on purpose during development).
@@ -57,11 +60,24 @@ def flaky(target: str, times: int, after: int = 0) -> FaultSchedule:
 def test_a_build_under_faults_ends_as_its_schedule_predicts(
     kiln_emulator: EmulatorClient, schedule: FaultSchedule
 ) -> None:
-    kiln_emulator.reset()
-    schedule.install(kiln_emulator)
+    check_schedule(kiln_emulator, schedule)
+
+
+@settings(max_examples=examples("emulator_signing"), **EXAMPLE_SETTINGS)
+@given(schedule=fault_schedules(SPEC, sign_mode="new"))
+@example(schedule=flaky("sign", times=5, sign_mode="new"))
+def test_a_signed_upload_under_faults_ends_as_its_schedule_predicts(
+    signing_emulator: EmulatorClient, schedule: FaultSchedule
+) -> None:
+    check_schedule(signing_emulator, schedule)
+
+
+def check_schedule(emulator: EmulatorClient, schedule: FaultSchedule) -> None:
+    emulator.reset()
+    schedule.install(emulator)
     store = MemoryStore()
-    run = asyncio.run(run_build(kiln_emulator, HELLO, store=store, spec=SPEC))
+    run = asyncio.run(run_build(emulator, HELLO, store=store, spec=SPEC))
     event(f"{run.outcome} (failed in {failed_in(SPEC, run)})")
     check_outcome(SPEC, schedule, run)
-    check_no_leftovers(SPEC, schedule, kiln_emulator)
+    check_no_leftovers(SPEC, schedule, emulator)
     asyncio.run(check_no_secret(run, store))

@@ -13,8 +13,12 @@ from typing import Any
 
 import attrs
 
+from kiln.emulator import SignMode
+from kiln.errors import UsageError
 from kiln.machine import MachineSpec, load_machine_spec
 from kiln.testing._client import EmulatorClient
+
+SIGN_MODES: tuple[SignMode, ...] = ("legacy", "new")
 
 # Answers the client retries (§3.4): gateway errors, and a connection reset.
 TRANSIENT_STATUSES = (502, 503, 504)
@@ -32,20 +36,24 @@ FAILED = "failed"
 
 @attrs.frozen
 class Target:
-    """A kind of request kiln makes, and the phase of each such request in a fault-free build."""
+    """A kind of request kiln makes, and the phase of each such request in a fault-free build
+    against a platform with one of ``sign_modes`` (the emulator's ``sign_mode``)."""
 
     name: str
     method: str
     path: str
     phases: tuple[str, ...]
+    sign_modes: tuple[SignMode, ...] = SIGN_MODES
 
 
-# In the order a fault-free Dockerfile build makes them (legacy signing: no sign requests).
+# In the order a fault-free Dockerfile build makes them.
 TARGETS: tuple[Target, ...] = (
     Target("template_lookup", "GET", r"^/platform/v1/sandbox-templates/by-name/", ("prepare",)),
     Target("prepare", "POST", r"^/platform/v1/sandbox-template-builds$", ("prepare",)),
     Target("create_sandbox", "POST", r"^/v1/namespaces/[^/]+/sandboxes$", ("create_sandbox",)),
     Target("run_command", "POST", r"^/api/v1/processes/run$", ("proxy_ready", "upload")),
+    # Only the new upload path signs: the legacy one never makes this request.
+    Target("sign", "POST", r"^/api/v1/blob/sign$", ("sign",), sign_modes=("new",)),
     Target("put_file", "PUT", r"^/api/v1/files$", ("upload", "upload")),
     Target("start_builder", "POST", r"^/api/v1/processes$", ("run_builder",)),
     Target("follow", "GET", r"^/api/v1/processes/\d+/output/follow$", ("run_builder",)),
@@ -56,17 +64,15 @@ TARGETS: tuple[Target, ...] = (
 )
 TARGETS_BY_NAME: Mapping[str, Target] = {target.name: target for target in TARGETS}
 # The phase of each proxy request of a fault-free build, in order: where a sandbox can be lost.
-PROXY_PHASES = (
-    "proxy_ready",
-    "upload",
-    "upload",
-    "upload",
-    "upload",
-    "run_builder",
-    "run_builder",
-    "run_builder",
-    "read_metadata",
+_PROXY_PHASES = (
+    ("proxy_ready", "upload", "upload", "upload", "upload")
+    + ("run_builder",) * 3
+    + ("read_metadata",)
 )
+PROXY_PHASES: Mapping[SignMode, tuple[str, ...]] = {
+    "legacy": _PROXY_PHASES,
+    "new": (_PROXY_PHASES[0], "sign", *_PROXY_PHASES[1:]),
+}
 
 
 @attrs.frozen
@@ -116,6 +122,16 @@ class FaultSchedule:
     builder: Mapping[str, Any] = attrs.field(factory=dict)
     # The index in PROXY_PHASES of the first proxy request that finds the sandbox gone.
     sandbox_lost_at: int | None = None
+    # The sign mode of the emulator the schedule is for: it decides which requests exist.
+    sign_mode: SignMode = "legacy"
+
+    def __attrs_post_init__(self) -> None:
+        for fault in self.faults:
+            if self.sign_mode not in fault.target.sign_modes:
+                raise UsageError(
+                    f"a {self.sign_mode!r} platform makes no {fault.target.name!r} request",
+                    hint=f"use sign_mode={fault.target.sign_modes[0]!r} for this fault",
+                )
 
     def install(self, emulator: EmulatorClient) -> None:
         """Put the schedule in place on a (freshly reset) emulator."""
@@ -147,7 +163,7 @@ class FaultSchedule:
         if self.builder_fails:
             failing.append("run_builder")
         if self.sandbox_lost_at is not None:
-            failing.append(PROXY_PHASES[self.sandbox_lost_at])
+            failing.append(PROXY_PHASES[self.sign_mode][self.sandbox_lost_at])
         return min(failing, key=order.index, default=None)
 
     def expected_outcome(self, spec: MachineSpec | None = None) -> str:

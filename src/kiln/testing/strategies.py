@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
+from kiln.emulator import SignMode
 from kiln.machine import MachineSpec, load_machine_spec
 from kiln.testing._dockerfiles import dockerfiles
 from kiln.testing._faults import (
@@ -90,36 +91,51 @@ def _trigger(spec: MachineSpec, state: str, attempt: int, heading: str) -> st.Se
 
 
 def fault_schedules(
-    spec: MachineSpec | None = None, *, max_failures: int | None = None
+    spec: MachineSpec | None = None,
+    *,
+    max_failures: int | None = None,
+    sign_mode: SignMode = "legacy",
 ) -> st.SearchStrategy[FaultSchedule]:
-    """Fault schedules for a Dockerfile build, within and beyond the budgets of ``spec``.
+    """Fault schedules for a Dockerfile build, within and beyond the budgets of ``spec``, against
+    an emulator in ``sign_mode``.
 
     ``max_failures`` caps how often each fault fires and leaves out lost sandboxes (which spend a
     whole budget): for builds that retry with the declared backoff, as the library API does,
     where each retry waits a quarter of a second and more.
     """
-    return _fault_schedules(spec or load_machine_spec(), max_failures)
+    targets = tuple(t for t in TARGETS if sign_mode in t.sign_modes)
+    return _fault_schedules(spec or load_machine_spec(), targets, max_failures, sign_mode)
 
 
 @st.composite
-def _fault_schedules(draw: st.DrawFn, spec: MachineSpec, max_failures: int | None) -> FaultSchedule:
-    faults = draw(st.lists(_request_fault(spec, max_failures), max_size=3))
+def _fault_schedules(
+    draw: st.DrawFn,
+    spec: MachineSpec,
+    targets: tuple[Target, ...],
+    max_failures: int | None,
+    sign_mode: SignMode,
+) -> FaultSchedule:
+    faults = draw(st.lists(_request_fault(spec, targets, max_failures), max_size=3))
     by_phase = {fault.phase: fault for fault in faults}
     # A lost sandbox fails every build it is in: keep it to one schedule in eight.
     lose = max_failures is None and draw(st.integers(0, 7)) == 0
-    lost = draw(st.integers(0, len(PROXY_PHASES) - 1)) if lose else None
+    lost = draw(st.integers(0, len(PROXY_PHASES[sign_mode]) - 1)) if lose else None
     if lost is not None:
         # A lost sandbox answers every proxy request; other proxy faults would race it.
         by_phase = {p: f for p, f in by_phase.items() if not f.target.path.startswith("^/api/")}
     # A builder fault fails the build whatever else happens: keep it to one schedule in five.
     broken_builder = draw(st.integers(0, 4)) == 0
     builder = draw(st.sampled_from(BUILDER_FAULTS)) if broken_builder else {}
-    return FaultSchedule(faults=tuple(by_phase.values()), builder=builder, sandbox_lost_at=lost)
+    return FaultSchedule(
+        faults=tuple(by_phase.values()), builder=builder, sandbox_lost_at=lost, sign_mode=sign_mode
+    )
 
 
 @st.composite
-def _request_fault(draw: st.DrawFn, spec: MachineSpec, max_failures: int | None) -> RequestFault:
-    target: Target = draw(st.sampled_from(TARGETS))
+def _request_fault(
+    draw: st.DrawFn, spec: MachineSpec, targets: tuple[Target, ...], max_failures: int | None
+) -> RequestFault:
+    target: Target = draw(st.sampled_from(targets))
     after = draw(st.integers(0, len(target.phases) - 1))
     budget = spec.states[target.phases[after]].attempts
     action = draw(_action(target))
