@@ -93,6 +93,13 @@ def test_a_schedule_predicts_from_the_budgets() -> None:
     assert FaultSchedule(faults=(slow,)).expected_outcome() == "done"
 
 
+def test_a_schedule_refuses_a_request_its_platform_never_makes() -> None:
+    sign = RequestFault(BY_NAME["sign"], {"status": 503}, 1)
+    with pytest.raises(UsageError, match="'legacy' platform makes no 'sign' request"):
+        FaultSchedule(faults=(sign,))
+    assert FaultSchedule(faults=(sign,), sign_mode="new").expected_outcome() == "done"
+
+
 def test_a_delete_failing_past_cleanup_budget_leaks_but_does_not_fail() -> None:
     fault = RequestFault(
         BY_NAME["delete_sandbox"], {"status": 500}, SPEC.states["cleanup"].attempts

@@ -7,7 +7,8 @@
 ``fault_schedules()``
     :class:`~kiln.testing.FaultSchedule` values: which request fails how and when (status codes,
     connection resets, delays, cut streams), builder failures (exit code, OOM kill, ENOSPC) and a
-    sandbox lost mid-build. A schedule knows what the build must end as (``expected_outcome``).
+    sandbox lost mid-build, for either upload path (the emulator's ``sign_mode``). A schedule
+    knows what the build must end as (``expected_outcome``).
 ``dockerfiles()``
     Realistic multi-stage Dockerfiles: parser directives, global ARGs, heredocs, continuations,
     ``COPY --from``, ``RUN --mount``.
