@@ -19,12 +19,19 @@ from rich.table import Table
 from rich.text import Text
 
 from kiln.errors import KilnError
-from kiln.machine import load_machine_spec
+from kiln.machine import (
+    BuildLogEvent,
+    BuildState,
+    Event,
+    StatusEvent,
+    TransitionEvent,
+    WarningEvent,
+    load_machine_spec,
+)
 
 LOG_TAIL_LINES = 12  # enough to see what the builder is doing without scrolling the phases away
 REFRESH_PER_SECOND = 4
 RETRY = "retry"
-TRANSITION = "transition"
 # How a finished phase is marked, by the trigger that left it.
 PHASE_MARKS = {
     "succeed": "[green]✓[/]",
@@ -35,23 +42,23 @@ RUNNING_MARK = "[bold cyan]›[/]"
 ABORTED = "aborted"
 
 
-def event_dict(event: Any) -> dict[str, Any]:
+def event_dict(event: Event) -> dict[str, Any]:
     """An event as a flat JSON object whose kind comes first, under ``event``."""
-    data = dict(event.to_dict())
-    return {"event": data.pop("type", type(event).__name__), **data}
+    data = event.to_dict()
+    return {"event": data.pop("type"), **data}
 
 
-def failure_hint(error: KilnError, state: Any) -> str:
+def failure_hint(error: KilnError, state: BuildState) -> str:
     """The error's own hint; else where to read what the builder said (the log has scrolled by,
     or went to a file, by the time the error is read)."""
     return error.hint or f"the build log shows what failed: kiln logs {state.id}"
 
 
-def error_text(error: KilnError, state: Any) -> str:
+def error_text(error: KilnError, state: BuildState) -> str:
     return f"kiln: error: {error}\nhint: {failure_hint(error, state)}"
 
 
-def abort_report(state: Any, *, embedded: bool) -> tuple[str, str]:
+def abort_report(state: BuildState, *, embedded: bool) -> tuple[str, str]:
     """What to say when a second Ctrl-C gives up on cleanup: the message and the hint.
 
     The embedded emulator's sandboxes live in this process, so they end with it.
@@ -76,10 +83,10 @@ class View(Protocol):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
     def notice(self, message: str) -> None: ...
-    def event(self, event: Any) -> None: ...
-    def failed(self, error: KilnError, state: Any) -> None: ...
-    def done(self, result: Any, state: Any) -> None: ...
-    def aborted(self, state: Any, *, embedded: bool) -> None: ...
+    def event(self, event: Event) -> None: ...
+    def failed(self, error: KilnError, state: BuildState) -> None: ...
+    def done(self, result: dict[str, Any], state: BuildState) -> None: ...
+    def aborted(self, state: BuildState, *, embedded: bool) -> None: ...
 
 
 class _Lines:
@@ -131,24 +138,24 @@ class JsonView:
     def notice(self, message: str) -> None:
         self._write({"event": "notice", "message": message})
 
-    def event(self, event: Any) -> None:
+    def event(self, event: Event) -> None:
         self._write(event_dict(event))
 
-    def failed(self, error: KilnError, state: Any) -> None:
+    def failed(self, error: KilnError, state: BuildState) -> None:
         data = _result(state.outcome or state.state, state)
         advice = getattr(error, "advice", [])
         hint = failure_hint(error, state)
         self._write({**data, "error": str(error), "hint": hint, "advice": list(advice)})
 
-    def done(self, result: Any, state: Any) -> None:
+    def done(self, result: dict[str, Any], state: BuildState) -> None:
         self._write({**_result(state.outcome or state.state, state), "template": result})
 
-    def aborted(self, state: Any, *, embedded: bool) -> None:
+    def aborted(self, state: BuildState, *, embedded: bool) -> None:
         message, hint = abort_report(state, embedded=embedded)
         self._write({**_result(ABORTED, state), "error": message, "hint": hint})
 
 
-def _result(outcome: str, state: Any) -> dict[str, Any]:
+def _result(outcome: str, state: BuildState) -> dict[str, Any]:
     """The result line's keys, all present whatever the outcome."""
     return {
         "event": "result",
@@ -182,35 +189,34 @@ class PlainView:
     def notice(self, message: str) -> None:
         self._line(message)
 
-    def event(self, event: Any) -> None:
-        data = event_dict(event)
-        kind = data["event"]
-        if kind == "build_log":
-            self._line(f"  | {data['message']}")
-        elif kind == "warning":
-            self._line(f"warning: {data['message']}")
-        elif kind == "status":
-            self._line(data["message"])
+    def event(self, event: Event) -> None:
+        if isinstance(event, BuildLogEvent):
+            self._line(f"  | {event.message}")
+        elif isinstance(event, WarningEvent):
+            self._line(f"warning: {event.message}")
+        elif isinstance(event, StatusEvent):
+            self._line(event.message)
 
-    def failed(self, error: KilnError, state: Any) -> None:
+    def failed(self, error: KilnError, state: BuildState) -> None:
         self._line(error_text(error, state))
 
-    def done(self, result: Any, state: Any) -> None:
-        self._line(f"done: image {state.plan.name!r} registered as template {_template_id(result)}")
+    def done(self, result: dict[str, Any], state: BuildState) -> None:
+        self._line(done_text(result, state))
 
-    def aborted(self, state: Any, *, embedded: bool) -> None:
+    def aborted(self, state: BuildState, *, embedded: bool) -> None:
         message, hint = abort_report(state, embedded=embedded)
         self._line(f"kiln: {message}\nhint: {hint}")
 
 
-def _template_id(result: Any) -> str:
-    return str(result.get("id", "-")) if isinstance(result, dict) else "-"
+def done_text(result: dict[str, Any], state: BuildState) -> str:
+    return f"done: image {state.plan.name!r} registered as template {result.get('id', '-')}"
 
 
 @attrs.define
 class _Phase:
     name: str
-    # Monotonic time it was entered here; a resumed build's earlier time is in the events.
+    # When it began, on this process's monotonic clock; back-dated by the event's duration for
+    # a phase entered before the view saw it (the first one, or the one a resumed build is in).
     started: float
     duration_s: float | None = None
     left_by: str | None = None
@@ -247,33 +253,31 @@ class RichView:
     def notice(self, message: str) -> None:
         self._console.print(Text(message, style="yellow"))
 
-    def event(self, event: Any) -> None:
-        data = event_dict(event)
-        kind = data["event"]
+    def event(self, event: Event) -> None:
         with self._lock:
-            if kind == TRANSITION:
-                self._transition(data["source"], data["dest"], data["trigger"], data["duration_s"])
-            elif kind == "build_log":
-                self._log.append(data["message"])
-            elif kind == "status":
-                self._status = data["message"]
-        if kind == "warning":
-            self._console.print(Text(f"warning: {data['message']}", style="yellow"))
+            if isinstance(event, TransitionEvent):
+                self._transition(event)
+            elif isinstance(event, BuildLogEvent):
+                self._log.append(event.message)
+            elif isinstance(event, StatusEvent):
+                self._status = event.message
+        if isinstance(event, WarningEvent):
+            self._console.print(Text(f"warning: {event.message}", style="yellow"))
         self._live.refresh()
 
-    def _transition(self, source: str, dest: str, trigger: str, duration_s: float) -> None:
+    def _transition(self, event: TransitionEvent) -> None:
         now = time.monotonic()
-        if not self._phases or self._phases[-1].name != source:
+        if not self._phases or self._phases[-1].name != event.source:
             # The first phase (or a resumed one) was entered before this view saw it.
-            self._phases.append(_Phase(source, now - duration_s))
+            self._phases.append(_Phase(event.source, now - event.duration_s))
         current = self._phases[-1]
-        if trigger == RETRY:
+        if event.trigger == RETRY:
             current.attempts += 1
             return
-        current.duration_s = duration_s
-        current.left_by = trigger
-        if dest in self._phase_names:
-            self._phases.append(_Phase(dest, now))
+        current.duration_s = event.duration_s
+        current.left_by = event.trigger
+        if event.dest in self._phase_names:
+            self._phases.append(_Phase(event.dest, now))
 
     def _render(self) -> Group:
         with self._lock:
@@ -285,14 +289,13 @@ class RichView:
             log = Text("\n".join(self._log), style="dim", no_wrap=True, overflow="ellipsis")
             return Group(table, Text(self._status, style="bold"), log)
 
-    def failed(self, error: KilnError, state: Any) -> None:
+    def failed(self, error: KilnError, state: BuildState) -> None:
         self._console.print(Text(error_text(error, state), style="bold red"))
 
-    def done(self, result: Any, state: Any) -> None:
-        message = f"done: image {state.plan.name!r} registered as template {_template_id(result)}"
-        self._console.print(Text(message, style="bold green"))
+    def done(self, result: dict[str, Any], state: BuildState) -> None:
+        self._console.print(Text(done_text(result, state), style="bold green"))
 
-    def aborted(self, state: Any, *, embedded: bool) -> None:
+    def aborted(self, state: BuildState, *, embedded: bool) -> None:
         self._live.stop()
         message, hint = abort_report(state, embedded=embedded)
         self._console.print(Text(f"kiln: {message}\nhint: {hint}", style="bold red"))

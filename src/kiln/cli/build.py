@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import structlog
 
+from kiln._build import Build, start_plan
 from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
 from kiln.cli._paths import user_state_dir
 from kiln.cli._view import JsonView, PlainView, RichView, View
@@ -292,8 +293,6 @@ async def _follow(
     target: _Target,
     store: Store,
 ) -> int:
-    from kiln._build import start_plan
-
     build = start_plan(plan, store=store, **_build_options(args), **target.options())
     with _interrupts(build, view, embedded=target.embedded):
         with view:
@@ -312,7 +311,7 @@ def _recorded_notice(build_id: str, *, embedded: bool) -> str:
     return f"Build {build_id} (continue it after a crash: kiln resume {build_id})"
 
 
-async def _report(build: Any, view: View) -> int:
+async def _report(build: Build, view: View) -> int:
     """Show how the build ended; the exit code says the same."""
     try:
         result = await build.result()
@@ -327,7 +326,7 @@ async def _report(build: Any, view: View) -> int:
 
 
 @contextlib.contextmanager
-def _interrupts(build: Any, view: View, *, embedded: bool = False) -> Iterator[None]:
+def _interrupts(build: Build, view: View, *, embedded: bool = False) -> Iterator[None]:
     """First Ctrl-C cancels the build (its cleanup still deletes the builder sandbox); a second
     one gives up on cleanup and exits at once, naming the sandbox that may be left.
 
