@@ -141,6 +141,8 @@ class Timeline:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.marks: dict[str, float] = {}
+        # The same moments on the epoch clock, comparable with the emulator's request log.
+        self.epochs: dict[str, float] = {}
         # "Build context: N files, X uncompressed, Y compressed"
         self.context_summary = ""
 
@@ -150,6 +152,7 @@ class Timeline:
         for prefix in (CONTEXT_START, CONTEXT_END):
             if message.startswith(prefix):
                 self.marks.setdefault(prefix, time.perf_counter())
+                self.epochs.setdefault(prefix, time.time())
 
     def context_s(self) -> float:
         return self.marks[CONTEXT_END] - self.marks[CONTEXT_START]
@@ -241,6 +244,8 @@ def machine_info() -> dict[str, Any]:
         "processor": _cpu_model(),
         "cpus": os.cpu_count(),
         "memory_gb": _memory_gb(),
+        # Other work on the machine slows the CPU-bound figures (kiln's more than the Rust client's).
+        "load_average_1_5_15": [round(load, 2) for load in os.getloadavg()],
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 

@@ -70,7 +70,15 @@ def render(commands: list[tuple[str, float]], tiny: bool) -> str:
         "",
         "## Commands",
         "",
-        table(["command", "took s"], [(f"`{c}`", seconds) for c, seconds in commands]),
+        table(
+            ["command", "took s", "load average when it ended (1, 5, 15 min)"],
+            [
+                (f"`{command}`", seconds, _load(name)["machine"]["load_average_1_5_15"])
+                for (command, seconds), (_script, name, _title) in zip(
+                    commands, SCRIPTS, strict=True
+                )
+            ],
+        ),
         "",
     ]
     for (_script, name, title), _command in zip(SCRIPTS, commands, strict=True):
