@@ -49,6 +49,10 @@ def _events() -> list[Event]:
     ]
 
 
+def _ended() -> list[Event]:
+    return [*_events(), TransitionEvent("cleanup", "failed", "fail", 0.5)]
+
+
 def _feed(view: View, events: list[Event]) -> None:
     with view:
         for event in events:
@@ -232,6 +236,15 @@ def test_rich_view_shows_each_phase_with_its_time_and_attempts() -> None:
     assert "1.5s" in phases["prepare"] and "attempt 2" in phases["prepare"]
     assert phases["run_builder"].split()[0] == "✗" and "7.2s" in phases["run_builder"]
     assert phases["cleanup"].split()[0] == "›"  # still running when the view closed
+
+
+def test_rich_view_marks_a_finished_cleanup_done_whatever_the_build_outcome() -> None:
+    view, out = _rich()
+    _feed(view, _ended())
+    phases = _phase_lines(out.getvalue())
+    assert phases["cleanup"].split()[0] == "✓" and "0.5s" in phases["cleanup"]
+    # A final state is no phase: no row names it.
+    assert not any(line.split()[1:2] == ["failed"] for line in out.getvalue().splitlines())
 
 
 def test_rich_view_keeps_only_the_tail_of_the_log_and_the_latest_status() -> None:

@@ -33,8 +33,9 @@ LOG_TAIL_LINES = 12  # enough to see what the builder is doing without scrolling
 REFRESH_PER_SECOND = 4
 RETRY = "retry"
 # How a finished phase is marked, by the trigger that left it.
+SUCCEED = "succeed"
 PHASE_MARKS = {
-    "succeed": "[green]✓[/]",
+    SUCCEED: "[green]✓[/]",
     "fail": "[bold red]✗[/]",
     "cancel": "[yellow]-[/]",
 }
@@ -233,8 +234,10 @@ class RichView:
         self._phases: list[_Phase] = []
         self._status = "Starting..."
         self._log: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        spec = load_machine_spec()
         # The states that run a handler; the final ones do not, so they get no row.
-        self._phase_names = frozenset(load_machine_spec().states)
+        self._phase_names = frozenset(spec.states)
+        self._cleanup = spec.cleanup
         self._live = Live(
             console=self._console,
             get_renderable=self._render,
@@ -275,7 +278,9 @@ class RichView:
             current.attempts += 1
             return
         current.duration_s = event.duration_s
-        current.left_by = event.trigger
+        # Cleanup's trigger names how the build ended, not how cleanup went (a failed delete
+        # shows as a warning): it finished, which is all its row says.
+        current.left_by = SUCCEED if event.source == self._cleanup else event.trigger
         if event.dest in self._phase_names:
             self._phases.append(_Phase(event.dest, now))
 
