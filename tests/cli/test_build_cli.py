@@ -209,6 +209,22 @@ def test_missing_context_exits_2(tmp_path: Path) -> None:
     assert f"build context not found: {tmp_path / 'gone'}" in run.stderr
 
 
+def test_api_url_without_credentials_exits_2_before_building(
+    tmp_path: Path, emulator: EmulatorClient
+) -> None:
+    run = run_kiln(["build", str(HELLO), "--api-url", emulator.url], kiln_env(tmp_path))
+    assert run.returncode == 2
+    assert "no Tensorlake credentials were found" in run.stderr
+    assert "hint: set TENSORLAKE_API_KEY" in run.stderr
+    assert emulator.requests() == []
+
+
+def test_malformed_api_url_exits_2(tmp_path: Path) -> None:
+    run = run_kiln(["import", "python:3.12-slim", "--api-url", "ftp://x"], remote_env(tmp_path))
+    assert run.returncode == 2
+    assert "API URL 'ftp://x' is not an absolute http(s) URL" in run.stderr
+
+
 def test_bad_option_value_exits_2(tmp_path: Path) -> None:
     run = run_kiln(["build", str(HELLO), "--cpus", "-1"], kiln_env(tmp_path))
     assert run.returncode == 2

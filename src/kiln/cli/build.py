@@ -32,7 +32,7 @@ from kiln._build import Build, start_plan
 from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
 from kiln.cli._paths import user_state_dir
 from kiln.cli._view import JsonView, PlainView, RichView, View
-from kiln.errors import BuildCancelled, ContextError, KilnError
+from kiln.errors import BuildCancelled, ConfigError, ContextError, KilnError, UsageError
 from kiln.plan import BuildPlan
 from kiln.store import Store
 
@@ -218,9 +218,10 @@ def _make_view(args: argparse.Namespace) -> View:
 
 
 def _drive(args: argparse.Namespace, plan: BuildPlan) -> int:
+    remote = _remote_target(args)
     _route_logs_to_stderr()
     view = _make_view(args)
-    return asyncio.run(_drive_async(args, plan, view))
+    return asyncio.run(_drive_async(args, plan, remote, view))
 
 
 def _route_logs_to_stderr() -> None:
@@ -257,11 +258,27 @@ class _Target:
         return {"api_url": self.api_url}
 
 
+def _remote_target(args: argparse.Namespace) -> _Target | None:
+    """The API the user named, by ``--api-url`` or by credentials, checked before anything
+    starts; None when they named none (then the embedded emulator is used)."""
+    if not args.api_url and not any(os.environ.get(name, "").strip() for name in CREDENTIAL_ENV):
+        return None
+    from kiln.api import ApiSettings
+
+    try:
+        ApiSettings.from_env(api_url=args.api_url)
+    except ConfigError as error:
+        # Missing credentials or a malformed URL: the command line (and its environment) is
+        # incomplete, which is a usage error; no build was attempted.
+        raise UsageError(str(error), hint=error.hint) from None
+    return _Target(args.api_url)
+
+
 @contextlib.asynccontextmanager
-async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[_Target]:
-    """The given URL or the environment's credentials, else an embedded emulator."""
-    if args.api_url or any(os.environ.get(name) for name in CREDENTIAL_ENV):
-        yield _Target(args.api_url)
+async def _target(remote: _Target | None, view: View) -> AsyncIterator[_Target]:
+    """The API the user named, else an embedded emulator for as long as the build runs."""
+    if remote is not None:
+        yield remote
         return
     from kiln.emulator import Emulator, EmulatorConfig
 
@@ -275,12 +292,14 @@ async def _target(args: argparse.Namespace, view: View) -> AsyncIterator[_Target
         yield _Target(emulator.url, embedded=True)
 
 
-async def _drive_async(args: argparse.Namespace, plan: BuildPlan, view: View) -> int:
+async def _drive_async(
+    args: argparse.Namespace, plan: BuildPlan, remote: _Target | None, view: View
+) -> int:
     from kiln.store import open_store
 
     store = open_store(args.store)
     try:
-        async with _target(args, view) as target:
+        async with _target(remote, view) as target:
             return await _follow(args, plan, view, target, store)
     finally:
         await store.close()
