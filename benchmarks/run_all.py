@@ -54,6 +54,81 @@ def _target_line(result: dict[str, Any]) -> str:
     return f"Target ({goals}): **{'met' if met else 'missed'}**."
 
 
+def _status(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def headline() -> str:
+    """The summary table for the README: one line per target of the issue."""
+    e2e, large, many, store, resume = (_load(name) for _script, name, _title in SCRIPTS)
+    top = e2e["rows"][-1]
+    context = large["summary"]
+    biggest = many["rows"][-1]
+    sqlite = next(r for r in store["rows"] if r["store"] == "sqlite")
+    lease = {r["case"]: r for r in resume["rows"]}
+    resume_times = ", ".join(f"{r['resume_s']:.1f} s ({case})" for case, r in lease.items())
+    rows = [
+        (
+            f"small build at {top['latency_ms']} ms latency, median",
+            f"{top['kiln_median_s']:.2f} s",
+            f"{top['official_median_s']:.2f} s",
+            f"kiln <= 0.5x official: {top['ratio']:.2f}x",
+            _status(top["ratio"] <= e2e["target"]["ratio"]),
+        ),
+        (
+            "requests per build",
+            top["kiln_requests"],
+            top["official_requests"],
+            f"<= {e2e['target']['requests']}",
+            _status(top["kiln_requests"] <= e2e["target"]["requests"]),
+        ),
+        (
+            f"{large['total_mb']} MB context, {large['bandwidth_mbps']:.0f} Mbit/s: context phase",
+            f"{context['kiln']['context_s']:.1f} s",
+            f"{context['official']['context_s']:.1f} s",
+            f"<= 0.6x: {large['context_ratio']:.2f}x",
+            _status(large["context_ratio"] <= large["target"]["ratio"]),
+        ),
+        (
+            "same, whole build",
+            f"{context['kiln']['build_s']:.1f} s",
+            f"{context['official']['build_s']:.1f} s",
+            f"<= 0.6x: {large['build_ratio']:.2f}x",
+            _status(large["build_ratio"] <= large["target"]["ratio"]),
+        ),
+        (
+            f"{biggest['n']} concurrent builds in one process",
+            f"{biggest['wall_s'] / many['rows'][0]['wall_s']:.1f}x one build, "
+            f"{biggest['peak_rss_mb']:.0f} MB RSS",
+            "",
+            f"<= {many['target']['wall_factor']:.0f}x, < {many['target']['rss_mb']} MB",
+            _status(many["target"]["met"]),
+        ),
+        (
+            "SQLite store, per transition",
+            f"p50 {sqlite['persist_p50_ms']:.1f} ms, p99 {sqlite['persist_p99_ms']:.1f} ms",
+            "",
+            f"p99 <= {store['target']['sqlite_p99_ms']:.0f} ms",
+            _status(store["target"]["met"]),
+        ),
+        (
+            "resume on another worker (PostgreSQL)",
+            resume_times,
+            "",
+            "follows the lease",
+            "",
+        ),
+        (
+            "requests before the builder is reattached",
+            max(r["requests_before_reattach"] for r in resume["rows"]),
+            "",
+            f"<= {resume['target']['requests']}",
+            _status(resume["target"]["met"]),
+        ),
+    ]
+    return table(["benchmark", "kiln", "official client", "target", ""], rows)
+
+
 def render(commands: list[tuple[str, float]], tiny: bool) -> str:
     machine = machine_info()
     lines = [
@@ -63,6 +138,10 @@ def render(commands: list[tuple[str, float]], tiny: bool) -> str:
         + (" --tiny`: smoke-test sizes, the figures mean nothing." if tiny else "`.")
         + " kiln and the official client (PyPI `tensorlake`, Rust core, `cas=False`) run against"
         " the same emulator (`kiln emulator`, its own process) in the same run, interleaved.",
+        "",
+        "## Headline",
+        "",
+        headline(),
         "",
         "## Machine",
         "",
