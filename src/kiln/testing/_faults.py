@@ -51,7 +51,9 @@ TARGETS: tuple[Target, ...] = (
     Target("template_lookup", "GET", r"^/platform/v1/sandbox-templates/by-name/", ("prepare",)),
     Target("prepare", "POST", r"^/platform/v1/sandbox-template-builds$", ("prepare",)),
     Target("create_sandbox", "POST", r"^/v1/namespaces/[^/]+/sandboxes$", ("create_sandbox",)),
-    Target("run_command", "POST", r"^/api/v1/processes/run$", ("proxy_ready", "upload")),
+    Target(
+        "run_command", "POST", r"^/api/v1/processes/run$", ("proxy_ready", "proxy_ready", "upload")
+    ),
     # Only the new upload path signs: the legacy one never makes this request.
     Target("sign", "POST", r"^/api/v1/blob/sign$", ("sign",), sign_modes=("new",)),
     Target("put_file", "PUT", r"^/api/v1/files$", ("upload", "upload")),
@@ -64,14 +66,11 @@ TARGETS: tuple[Target, ...] = (
 )
 TARGETS_BY_NAME: Mapping[str, Target] = {target.name: target for target in TARGETS}
 # The phase of each proxy request of a fault-free build, in order: where a sandbox can be lost.
-_PROXY_PHASES = (
-    ("proxy_ready", "upload", "upload", "upload", "upload")
-    + ("run_builder",) * 3
-    + ("read_metadata",)
-)
+_READY_PHASES = ("proxy_ready", "proxy_ready")  # mkdir, then chmod
+_LATER_PHASES = ("upload",) * 4 + ("run_builder",) * 3 + ("read_metadata",)
 PROXY_PHASES: Mapping[SignMode, tuple[str, ...]] = {
-    "legacy": _PROXY_PHASES,
-    "new": (_PROXY_PHASES[0], "sign", *_PROXY_PHASES[1:]),
+    "legacy": _READY_PHASES + _LATER_PHASES,
+    "new": (*_READY_PHASES, "sign", *_LATER_PHASES),
 }
 
 

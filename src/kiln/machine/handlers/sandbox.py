@@ -24,8 +24,10 @@ POLL_FIRST_S = 0.05
 POLL_FACTOR = 2.0
 POLL_MAX_S = 1.0
 ROOT = "root"
-# Both directories world-writable in one root command: later steps (PUT, tar) act as the
-# sandbox user, whose fsuid cannot write into a root-owned 0755 directory.
+# Both directories made world-writable by root: later steps (PUT, tar) act as the sandbox user,
+# whose fsuid cannot write into a root-owned 0755 directory. A separate chmod (not `mkdir -m`)
+# because `mkdir -p -m` leaves the mode of a directory that already exists alone, and a builder
+# image may ship the build directory pre-created.
 OPEN_DIR_MODE = "0777"
 
 
@@ -92,9 +94,11 @@ async def wait_running(state: BuildState, services: Services) -> Outcome:
 
 
 async def proxy_ready(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: runs the same idempotent root mkdir again."""
-    args = ["-p", "-m", OPEN_DIR_MODE, REMOTE_BUILD_DIR, REMOTE_CONTEXT_DIR]
-    await run_checked(services.proxy(state), "mkdir", args, user=ROOT)
+    """Re-entry: runs the same idempotent root mkdir and chmod again."""
+    proxy = services.proxy(state)
+    directories = [REMOTE_BUILD_DIR, REMOTE_CONTEXT_DIR]
+    await run_checked(proxy, "mkdir", ["-p", *directories], user=ROOT)
+    await run_checked(proxy, "chmod", [OPEN_DIR_MODE, *directories], user=ROOT)
     state.proxy_ready = True
     return SUCCEEDED
 
