@@ -100,6 +100,15 @@ def test_a_schedule_refuses_a_request_its_platform_never_makes() -> None:
     assert FaultSchedule(faults=(sign,), sign_mode="new").expected_outcome() == "done"
 
 
+def test_a_schedule_refuses_two_faults_on_one_kind_of_request() -> None:
+    # Found by the deep profile: the rule meant for upload's tar counted proxy_ready's retried
+    # commands as its own matches and fired in proxy_ready instead.
+    tar = RequestFault(BY_NAME["run_command"], {"status": 400}, 1, after=2)
+    mkdir = RequestFault(BY_NAME["run_command"], {"status": 502}, 1)
+    with pytest.raises(UsageError, match="one fault per request kind"):
+        FaultSchedule(faults=(tar, mkdir))
+
+
 def test_a_delete_failing_past_cleanup_budget_leaks_but_does_not_fail() -> None:
     fault = RequestFault(
         BY_NAME["delete_sandbox"], {"status": 500}, SPEC.states["cleanup"].attempts

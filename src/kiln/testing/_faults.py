@@ -1,9 +1,10 @@
 """Fault schedules: which request fails how and when, what the builder does, and what a build
 under that schedule must end as.
 
-A schedule holds at most one request fault per phase, which keeps its verdict exact: each attempt
-of a phase makes the faulted request once, so ``times`` transient faults cost ``times`` extra
-attempts, and the build is ``done`` exactly when every phase's extra attempts fit its budget.
+A schedule holds at most one request fault per phase and per kind of request, which keeps its
+verdict exact: each attempt of a phase makes the faulted request once, so ``times`` transient
+faults cost ``times`` extra attempts, and the build is ``done`` exactly when every phase's extra
+attempts fit its budget.
 """
 
 from __future__ import annotations
@@ -130,6 +131,17 @@ class FaultSchedule:
                 raise UsageError(
                     f"a {self.sign_mode!r} platform makes no {fault.target.name!r} request",
                     hint=f"use sign_mode={fault.target.sign_modes[0]!r} for this fault",
+                )
+        # Two rules on one kind of request count each other's matches, and two faults in one
+        # phase add up their attempts: either way the verdict would no longer be exact.
+        for what, keys in (
+            ("phase", [fault.phase for fault in self.faults]),
+            ("request kind", [fault.target.name for fault in self.faults]),
+        ):
+            if len(set(keys)) != len(keys):
+                raise UsageError(
+                    f"a fault schedule holds one fault per {what} at most, got {keys}",
+                    hint="merge the faults into one (its times add up), or use two schedules",
                 )
 
     def install(self, emulator: EmulatorClient) -> None:

@@ -117,7 +117,9 @@ def _fault_schedules(
     sign_mode: SignMode,
 ) -> FaultSchedule:
     faults = draw(st.lists(_request_fault(spec, targets, max_failures), max_size=3))
-    by_phase = {fault.phase: fault for fault in faults}
+    # One fault per phase and per kind of request (see FaultSchedule).
+    by_target = {fault.target.name: fault for fault in faults}
+    by_phase = {fault.phase: fault for fault in by_target.values()}
     # A lost sandbox fails every build it is in: keep it to one schedule in eight.
     lose = max_failures is None and draw(st.integers(0, 7)) == 0
     lost = draw(st.integers(0, len(PROXY_PHASES[sign_mode]) - 1)) if lose else None
