@@ -88,7 +88,7 @@ def _reason(record: BuildRecord, state: BuildState, now: float, grace_s: float) 
     idle = now - record.updated_at
     if idle < grace_s:
         return None
-    return f"the build has had no live owner for {idle:.0f}s (abandoned in {record.state!r})"
+    return f"nobody runs the build and it has not moved for {idle:.0f}s (abandoned in {record.state!r})"
 
 
 class _Reaper:
@@ -103,6 +103,9 @@ class _Reaper:
         self._services: dict[tuple[object, ...], Services] = {}
 
     async def inspect(self, record: BuildRecord, now: float, grace_s: float) -> Orphan | None:
+        # Most builds never had a sandbox or deleted it: decided from the raw record, unloaded.
+        if record.sandbox_id is None or record.data.get("sandbox_deleted"):
+            return None
         try:
             state = load_state(record)
         except UnreadableBuild:
