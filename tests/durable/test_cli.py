@@ -149,6 +149,27 @@ def test_resume_refuses_a_build_whose_owner_is_alive_and_names_it(
     assert main(["status", build_id]) == 0
     assert "busy-elsewhere" in capsys.readouterr().out
 
+    asyncio.run(_release(store_env, build_id, Owner.current("busy-elsewhere")))
+    assert main(["resume", build_id]) == 0
+    capsys.readouterr()
+    status = _json(capsys, ["status", build_id, "--json"])
+    assert isinstance(status, dict) and status["state"] == "done"
+    assert [r["state"] for r in status["resumes"]] == ["upload"]
+    assert "resumed   in upload by worker kiln-" in _text(capsys, ["status", build_id])
+
+
+async def _release(url: str, build_id: str, owner: Owner) -> None:
+    store = open_store(url)
+    try:
+        await store.release(build_id, owner)
+    finally:
+        await store.close()
+
+
+def _text(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
 
 def test_logs_follow_prints_a_live_build_to_its_end(
     store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str], tmp_path: Path

@@ -203,6 +203,11 @@ def status_dict(record: BuildRecord, events: Sequence[EventRow]) -> dict[str, An
         "result": data.get("result"),
         "error": error,
         "timeline": timeline(events, record),
+        "resumes": [
+            {"at": e.time, "state": e.data.get("state"), "owner": e.data.get("owner")}
+            for e in events
+            if e.kind == "resumed"
+        ],
         "log_tail": log_tail(events),
         "events_dropped": record.events_dropped,
     }
@@ -249,6 +254,8 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
         print(f"owner     {info['owner']}, lease until {_when(record.lease_expires_at)}{gone}")
     if info["result"]:
         print(f"template  {info['result'].get('id', '-')}")
+    for resumed in info["resumes"]:
+        print(f"resumed   in {resumed['state']} by {resumed['owner']} at {_when(resumed['at'])}")
     print("phases")
     for row in info["timeline"]:
         ongoing = "  (in progress)" if row["then"] is None else ""
