@@ -10,7 +10,6 @@ id, a result) and nothing else.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -94,24 +93,18 @@ def _cleanup_outcome(state: BuildState, spec: MachineSpec, *, deleted: bool) -> 
 class SteppedBuild:
     """One build, driven by the real Driver on ``loop``, one handler run at a time."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        spec: MachineSpec = SPEC,
-        state: BuildState | None = None,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.spec = spec
+        self.spec = SPEC
         self.clock = FakeClock()
         self.persisted: list[str] = []
         self.transitions: list[Transition] = []
-        self.handler_runs = 0
         self.crashes = 0
         # Durable, like the store's cancel flag: a resumed build is told again.
         self.cancel_requested = False
         self._pending: asyncio.Future[str] | None = None
         self._changed = asyncio.Event()
-        self._start(state or BuildState(plan=PLAN, id="b" * 32))
+        self._start(BuildState(plan=PLAN, id="b" * 32))
 
     # -- what a test does ------------------------------------------------------------------
 
@@ -176,7 +169,6 @@ class SteppedBuild:
         self.loop.run_until_complete(settled())
 
     async def _oracle(self, state: BuildState, services: Services) -> Outcome:
-        self.handler_runs += 1
         self._pending = self.loop.create_future()
         self._changed.set()
         kind = await self._pending
@@ -231,9 +223,3 @@ def check_all(spec: MachineSpec, build: SteppedBuild) -> None:
     check_cleanup_before_final(spec, build.transitions)
     check_budgets(spec, build.state)
     check_bounded(spec, build.transitions)
-
-
-def drive(build: SteppedBuild, choose: Callable[[SteppedBuild], str]) -> None:
-    """Resolve handler runs with ``choose`` until the build ends."""
-    while not build.final:
-        build.resolve(choose(build))
