@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import sqlite3
 import tempfile
@@ -42,25 +43,53 @@ FSYNC_PROBE_BYTES = 4096
 MS = 1000.0
 
 
+_PARTS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "persist_parts", default=None
+)
+
+
 @contextlib.contextmanager
-def timed_persist(samples: list[float]) -> Iterator[None]:
-    """Record how long every call of Session.persist takes, while inside the block."""
+def timed_persist(samples: list[dict[str, float]]) -> Iterator[None]:
+    """Record every Session.persist call made inside the block: its total time, and the time in
+    its two parts, the write (state and events) and the cancel check. The rest is waiting: for
+    the session's lock (held by a mid-phase checkpoint) or for the event loop."""
     from kiln.durable import Session
 
-    original = Session.persist
+    originals = {
+        name: getattr(Session, name) for name in ("persist", "_write", "_cancel_requested")
+    }
 
     async def persist(self: Session, state: Any) -> None:
+        parts = {"write": 0.0, "cancel_check": 0.0}
+        token = _PARTS.set(parts)
         started = time.perf_counter()
         try:
-            await original(self, state)
+            await originals["persist"](self, state)
         finally:
-            samples.append(time.perf_counter() - started)
+            _PARTS.reset(token)
+            samples.append({"total": time.perf_counter() - started, **parts})
+
+    def part(name: str, key: str) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await originals[name](*args, **kwargs)
+            finally:
+                # Only inside a persist call: the ticker's checkpoints run in their own task.
+                parts = _PARTS.get()
+                if parts is not None:
+                    parts[key] += time.perf_counter() - started
+
+        return timed
 
     Session.persist = persist  # type: ignore[method-assign]
+    Session._write = part("_write", "write")  # type: ignore[method-assign]
+    Session._cancel_requested = part("_cancel_requested", "cancel_check")  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Session.persist = original  # type: ignore[method-assign]
+        for name, original in originals.items():
+            setattr(Session, name, original)
 
 
 @contextlib.contextmanager
@@ -139,7 +168,7 @@ async def _run(url: str, stores: dict[str, Any], rounds: int) -> dict[str, dict[
         instrument(store, results[name]["ops"])
     for _round in range(rounds):
         for name, store in stores.items():
-            samples: list[float] = []
+            samples: list[dict[str, float]] = []
             with timed_persist(samples):
                 results[name]["build_s"].append(await _one_build(url, store))
             results[name]["persist_s"].extend(samples)
@@ -149,7 +178,11 @@ async def _run(url: str, stores: dict[str, Any], rounds: int) -> dict[str, dict[
 
 
 def _summary(name: str, data: dict[str, Any], memory_build_s: float) -> dict[str, Any]:
-    persist_ms = [s * MS for s in data["persist_s"]]
+    persist_ms = [s["total"] * MS for s in data["persist_s"]]
+    parts = {part: [s[part] * MS for s in data["persist_s"]] for part in ("write", "cancel_check")}
+    parts["waiting"] = [
+        (s["total"] - s["write"] - s["cancel_check"]) * MS for s in data["persist_s"]
+    ]
     build_s = median(data["build_s"])
     return {
         "store": name,
@@ -159,6 +192,10 @@ def _summary(name: str, data: dict[str, Any], memory_build_s: float) -> dict[str
         "persist_max_ms": max(persist_ms),
         "build_median_s": build_s,
         "vs_memory_ms": (build_s - memory_build_s) * MS,
+        "persist_parts": {
+            part: {"p50_ms": percentile(times, P50), "p99_ms": percentile(times, P99)}
+            for part, times in parts.items()
+        },
         "operations": {
             op: {
                 "p50_ms": percentile(times, P50),
@@ -223,6 +260,14 @@ def main() -> None:
             for op, o in r["operations"].items()
         ],
     )
+    parts = print_table(
+        ["store", "part of persist", "p50 ms", "p99 ms"],
+        [
+            (r["store"], part, v["p50_ms"], v["p99_ms"])
+            for r in rows
+            for part, v in r["persist_parts"].items()
+        ],
+    )
     sqlite = next(r for r in rows if r["store"] == "sqlite")
     met = sqlite["persist_p99_ms"] <= TARGET_SQLITE_P99_MS
     print(
@@ -236,7 +281,11 @@ def main() -> None:
             "tiny": args.tiny,
             "rows": rows,
             "disk": disk,
-            "table": text + "\n\nStore operations (the persist hook's breakdown):\n\n" + ops,
+            "table": text
+            + "\n\nWhere a transition's persist time goes:\n\n"
+            + parts
+            + "\n\nThe store operations inside it:\n\n"
+            + ops,
             "target": {"sqlite_p99_ms": TARGET_SQLITE_P99_MS, "met": met},
         },
     )
