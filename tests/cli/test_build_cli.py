@@ -355,7 +355,8 @@ def test_ctrl_c_cancels_the_build_and_deletes_its_sandbox(
 ) -> None:
     slow_build.wait_for(entered("run_builder"))
     slow_build.interrupt()
-    code, _ = slow_build.finish()
+    code, err = slow_build.finish()
+    assert "Traceback" not in err
     assert code == 130
     result = json.loads(slow_build.lines[-1])
     assert result["event"] == "result" and result["state"] == "cancelled"
@@ -375,7 +376,8 @@ def test_second_ctrl_c_aborts_cleanup_and_names_the_sandbox_left(
     slow_build.wait_for(entered("cleanup"))
     slow_build.interrupt()
     started = time.monotonic()
-    code, _ = slow_build.finish()
+    code, err = slow_build.finish()
+    assert "Traceback" not in err
     assert time.monotonic() - started < ABORT_EXIT_S
     assert code == 130
     result = json.loads(slow_build.lines[-1])
