@@ -148,6 +148,10 @@ def test_a_build_killed_and_resumed_ends_as_if_never_killed(
     record = asyncio.run(kiln_store.get(build_id))
     assert record is not None and record.final
     assert record.state == ("failed" if builder else "done"), record.data.get("error")
+    if record.state == "failed":
+        # Whichever incarnation saw the failure, the persisted error names the sandbox and build.
+        message = record.data["error"]["message"]
+        assert record.data["sandbox_id"] in message and record.data["build_id"] in message
     assert kiln_emulator.live_sandboxes() == []
     assert builder_starts(kiln_emulator) <= 1
     assert completes_served(kiln_emulator.requests()) <= 1
