@@ -3,8 +3,11 @@ a private state directory and no Tensorlake credentials unless a test gives some
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +42,9 @@ SLOW_DELETE_MS = 3_000
 # Far below SLOW_DELETE_MS: exiting this fast proves the second Ctrl-C did not wait for it.
 ABORT_EXIT_S = 1.5
 ANSI_ESCAPE = "\x1b["
+ANSI_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+TERMINAL_COLUMNS = 120
+TERMINAL_READ_BYTES = 65536
 RECORDED_EMBEDDED = "Build {id} (kiln status {id} / kiln logs {id} show it later)"
 RECORDED_REMOTE = "Build {id} (continue it after a crash: kiln resume {id})"
 BAD_EXIT_CODE = 3
@@ -179,6 +185,35 @@ def test_a_reader_that_stops_reading_does_not_stop_the_build(tmp_path: Path) -> 
     assert process.wait(PROCESS_TIMEOUT_S) == 0, err
     assert "Traceback" not in err
     assert "hello" in templates_file(tmp_path)
+
+
+def test_on_a_terminal_the_live_view_shows_every_phase_with_its_time(tmp_path: Path) -> None:
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        kiln_argv(["build", str(HELLO)]),
+        env=kiln_env(tmp_path, TERM="xterm", COLUMNS=str(TERMINAL_COLUMNS)),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_drain_terminal, args=(controller, chunks), daemon=True)
+    reader.start()
+    assert process.wait(PROCESS_TIMEOUT_S) == 0
+    reader.join(PROCESS_TIMEOUT_S)
+    os.close(controller)
+    screen = ANSI_SEQUENCE.sub("", b"".join(chunks).decode(errors="replace"))
+    for phase in ("resolve_scope", "upload", "run_builder", "cleanup"):
+        assert re.search(rf"✓\s+{phase}\s+\d+\.\ds", screen), phase
+    assert "done: image 'hello' registered as template tmpl-" in screen
+
+
+def _drain_terminal(controller: int, chunks: list[bytes]) -> None:
+    """Read the terminal until the process's side of it is closed (EIO on Linux)."""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(controller, TERMINAL_READ_BYTES):
+            chunks.append(chunk)
 
 
 # -- errors before anything starts ----------------------------------------------------------------
