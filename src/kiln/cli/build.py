@@ -51,10 +51,27 @@ BUILD_LOGGER = "kiln.build"
 LOG_FORMAT = "kiln: %(levelname)s %(name)s: %(message)s"
 
 
+BUILD_DESCRIPTION = (
+    "With no TENSORLAKE_API_KEY or TENSORLAKE_PAT and no --api-url, it runs against the embedded "
+    "emulator. Ctrl-C cancels (the builder sandbox is deleted); a second Ctrl-C stops at once. "
+    "Exit status: 0 done, 1 failed, 2 usage or Dockerfile error, 130 cancelled."
+)
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``build``, ``import`` and ``diagram``."""
-    build = sub.add_parser("build", help="build a sandbox image from a Dockerfile")
-    build.add_argument("dockerfile", nargs="?", default="Dockerfile", help="default: ./Dockerfile")
+    build = sub.add_parser(
+        "build",
+        help="build a sandbox image from a Dockerfile",
+        description="Build and register a sandbox image. " + BUILD_DESCRIPTION,
+    )
+    build.add_argument(
+        "dockerfile",
+        nargs="?",
+        default="Dockerfile",
+        metavar="DOCKERFILE",
+        help="default: ./Dockerfile",
+    )
     build.add_argument(
         "--context", metavar="DIR", help="build context directory (default: the Dockerfile's)"
     )
@@ -62,7 +79,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _add_store(build)
     build.set_defaults(func=_run_build)
 
-    imp = sub.add_parser("import", help="import a registry image as a sandbox image")
+    imp = sub.add_parser(
+        "import",
+        help="import a registry image as a sandbox image",
+        description="Import a registry image as it is. " + BUILD_DESCRIPTION,
+    )
     imp.add_argument("reference", help="registry image reference, e.g. python:3.12-slim")
     _add_common(imp)
     _add_store(imp)
@@ -71,7 +92,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     diagram = sub.add_parser(
         "diagram", help="render diagrams/ from states/ (build.mmd; build.svg with Graphviz)"
     )
-    diagram.add_argument("--out", default="diagrams", help="output directory (default: diagrams)")
+    diagram.add_argument(
+        "--out", metavar="DIR", default="diagrams", help="output directory (default: diagrams)"
+    )
     diagram.set_defaults(func=_run_diagram)
 
 
@@ -101,6 +124,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _add_store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
+        metavar="URL",
         help="where the build is persisted, so `kiln resume` can continue it"
         " (default: $KILN_STORE, else the SQLite file in the state dir)",
     )
