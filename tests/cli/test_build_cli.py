@@ -260,6 +260,15 @@ def test_malformed_api_url_exits_2(tmp_path: Path) -> None:
     assert "API URL 'ftp://x' is not an absolute http(s) URL" in run.stderr
 
 
+def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "kiln").write_text("a file where kiln's directory belongs")
+    run = run_kiln(["build", str(HELLO)], kiln_env(tmp_path))
+    assert run.returncode == 1
+    assert "cannot create the embedded emulator's directory" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_bad_option_value_exits_2(tmp_path: Path) -> None:
     run = run_kiln(["build", str(HELLO), "--cpus", "-1"], kiln_env(tmp_path))
     assert run.returncode == 2

@@ -306,14 +306,25 @@ async def _target(remote: _Target | None, view: View) -> AsyncIterator[_Target]:
         return
     from kiln.emulator import Emulator, EmulatorConfig
 
-    data_dir = user_state_dir() / EMULATOR_DIR
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = _emulator_dir()
     async with Emulator(EmulatorConfig(data_dir=data_dir)) as emulator:
         view.notice(
             f"No TENSORLAKE_API_KEY or TENSORLAKE_PAT: building against the embedded emulator "
             f"at {emulator.url} (data in {data_dir})"
         )
         yield _Target(emulator.url, embedded=True)
+
+
+def _emulator_dir() -> Path:
+    data_dir = user_state_dir() / EMULATOR_DIR
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the embedded emulator's directory {data_dir}: {error.strerror}",
+            hint="point XDG_STATE_HOME at a writable directory, or pass --api-url",
+        ) from None
+    return data_dir
 
 
 async def _drive_async(
