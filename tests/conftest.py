@@ -1,4 +1,4 @@
-"""Hypothesis profiles for the whole suite.
+"""Hypothesis profiles for the whole suite, and a structlog reset around every test.
 
 ``ci`` (loaded unless ``--hypothesis-profile`` names another): derandomized, so a CI run is
 reproducible and a red run stays red, with the default number of examples. ``deep``: ten times the

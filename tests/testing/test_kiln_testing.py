@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given
 
 from kiln.errors import UsageError
@@ -65,6 +67,16 @@ async def test_run_build_reports_state_events_logs_and_requests(
     record = await kiln_store.get(run.state.id)
     assert record is not None and record.final and record.state == "done"
     assert BuildState.from_dict(record.data).result == run.state.result
+
+
+async def test_run_build_keeps_the_logs_of_an_application_that_configured_structlog(
+    kiln_emulator: EmulatorClient,
+) -> None:
+    printed = io.StringIO()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(printed))
+    run = await run_build(kiln_emulator, HELLO)
+    assert any('"transition"' in line for line in run.logs)
+    assert structlog.is_configured()
 
 
 async def test_run_build_under_a_schedule_fails_where_predicted(

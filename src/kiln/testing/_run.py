@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
+import structlog
+import structlog.testing
 
 from kiln.machine import (
     Backoff,
@@ -48,8 +51,8 @@ class BuildRun:
 
     state: BuildState
     events: tuple[Event, ...]
-    # What kiln logged through stdlib logging; structlog configured to print elsewhere (JSON
-    # lines to stderr, say) bypasses it.
+    # What kiln logged: stdlib log lines, or structlog event dicts as JSON when the application
+    # configured structlog.
     logs: tuple[str, ...]
     requests: tuple[dict[str, Any], ...]
     # The live error behind ``state.error`` (with its cause chain), None when the build is done.
@@ -146,9 +149,16 @@ class _ListHandler(logging.Handler):
 
 @contextlib.contextmanager
 def _captured_logs() -> Iterator[list[str]]:
-    """Every line kiln logs through stdlib logging meanwhile: its own route when structlog is
-    not configured, and the usual one when it is (with ``structlog.stdlib.LoggerFactory``)."""
+    """Every line kiln logs meanwhile, by whichever route it takes (see kiln.machine's logger)."""
     lines: list[str] = []
+    with _stdlib_lines(lines), _structlog_lines(lines):
+        yield lines
+
+
+@contextlib.contextmanager
+def _stdlib_lines(lines: list[str]) -> Iterator[None]:
+    """kiln's route while structlog is not configured, and a configured structlog's when it
+    hands over to stdlib logging."""
     handler = _ListHandler(lines)
     loggers = [logging.getLogger(name) for name in LOGGERS]
     levels = [logger.level for logger in loggers]
@@ -158,8 +168,23 @@ def _captured_logs() -> Iterator[list[str]]:
     for logger in loggers:
         logger.setLevel(logging.DEBUG)
     try:
-        yield lines
+        yield
     finally:
         loggers[0].removeHandler(handler)
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _structlog_lines(lines: list[str]) -> Iterator[None]:
+    """kiln's route once the application configured structlog (its processors are paused
+    meanwhile). Left alone otherwise: capturing would leave structlog configured afterwards,
+    and kiln would then log through structlog's defaults, to stdout."""
+    if not structlog.is_configured():
+        yield
+        return
+    with structlog.testing.capture_logs() as entries:
+        try:
+            yield
+        finally:
+            lines.extend(json.dumps(entry, default=str, sort_keys=True) for entry in entries)
