@@ -66,7 +66,7 @@ def headline() -> str:
     biggest = many["rows"][-1]
     sqlite = next(r for r in store["rows"] if r["store"] == "sqlite")
     lease = {r["case"]: r for r in resume["rows"]}
-    resume_times = ", ".join(f"{r['resume_s']:.1f} s ({case})" for case, r in lease.items())
+    resume_times = "; ".join(f"{case}: {r['resume_s']:.1f} s" for case, r in lease.items())
     rows = [
         (
             f"small build at {top['latency_ms']} ms latency, median",
