@@ -54,6 +54,10 @@ def _target_line(result: dict[str, Any]) -> str:
     return f"Target ({goals}): **{'met' if met else 'missed'}**."
 
 
+def _link(bandwidth_mbps: float | None) -> str:
+    return "unpaced link" if bandwidth_mbps is None else f"{bandwidth_mbps:.0f} Mbit/s"
+
+
 def _status(met: bool) -> str:
     return "met" if met else "**missed**"
 
@@ -83,7 +87,7 @@ def headline() -> str:
             _status(top["kiln_requests"] <= e2e["target"]["requests"]),
         ),
         (
-            f"{large['total_mb']} MB context, {large['bandwidth_mbps']:.0f} Mbit/s: context phase",
+            f"{large['total_mb']} MB context, {_link(large['bandwidth_mbps'])}: context phase",
             f"{context['kiln']['context_s']:.1f} s",
             f"{context['official']['context_s']:.1f} s",
             f"<= 0.6x: {large['context_ratio']:.2f}x",
