@@ -14,6 +14,7 @@ SCALE = {
     "model_rules": 3.0,
     "emulator": 1.5,
     "emulator_signing": 0.75,
+    "dockerfiles": 0.5,
     "cancel": 0.4,
     "crash": 0.6,
 }

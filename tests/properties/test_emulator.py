@@ -3,7 +3,7 @@
 The build ends ``done`` exactly when the faults fit the retry budgets, else ``failed`` in the
 phase the schedule predicts, with an error naming its sandbox and build; no sandbox is left
 running, the builder is started at most once, complete is served at most once, and the token
-appears nowhere.
+appears nowhere. Without faults, any realistic Dockerfile builds and registers its planned name.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 
 from kiln.emulator import SignMode
+from kiln.plan import plan_dockerfile
 from kiln.store import MemoryStore
 from kiln.testing import (
     TARGETS,
@@ -24,7 +25,7 @@ from kiln.testing import (
     run_build,
     without_backoff,
 )
-from kiln.testing.strategies import fault_schedules
+from kiln.testing.strategies import dockerfiles, fault_schedules
 from properties.levels import examples
 from properties.support import check_no_leftovers, check_no_secret, check_outcome, failed_in
 
@@ -81,3 +82,18 @@ def check_schedule(emulator: EmulatorClient, schedule: FaultSchedule) -> None:
     check_outcome(SPEC, schedule, run)
     check_no_leftovers(SPEC, schedule, emulator)
     asyncio.run(check_no_secret(run, store))
+
+
+@settings(max_examples=examples("dockerfiles"), **EXAMPLE_SETTINGS)
+@given(text=dockerfiles())
+def test_a_realistic_dockerfile_builds_and_registers_its_planned_name(
+    kiln_emulator: EmulatorClient, tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    kiln_emulator.reset()
+    dockerfile = tmp_path_factory.mktemp("context") / "Dockerfile"
+    dockerfile.write_text(text)
+    plan = plan_dockerfile(dockerfile)
+    run = asyncio.run(run_build(kiln_emulator, plan, spec=SPEC))
+    assert run.outcome == "done", run.state.error
+    assert [t["name"] for t in kiln_emulator.templates()] == [plan.name]
+    assert kiln_emulator.live_sandboxes() == []
