@@ -16,6 +16,7 @@ import attrs
 
 from kiln.errors import BuildError, ServerError
 from kiln.machine import (
+    BuildOptions,
     BuildState,
     Clock,
     Driver,
@@ -33,6 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = without_backoff()
 PLAN: BuildPlan = plan_dockerfile(REPO / "examples" / "hello" / "Dockerfile")
 START_TIME = 1_800_000_000.0
+# The whole build's deadline (options.deadline_s): an hour, well past every phase's but one.
+BUILD_DEADLINE_S = 3600.0
 ORACLE_BUILD_ID = "build-oracle"
 ORACLE_SANDBOX_ID = "sbx-oracle"
 # Cleanup leaves the way the build was heading when it entered cleanup.
@@ -104,7 +107,8 @@ class SteppedBuild:
         self.cancel_requested = False
         self._pending: asyncio.Future[str] | None = None
         self._changed = asyncio.Event()
-        self._start(BuildState(plan=PLAN, id="b" * 32))
+        options = BuildOptions(deadline_s=BUILD_DEADLINE_S)
+        self._start(BuildState(plan=PLAN, options=options, id="b" * 32))
 
     # -- what a test does ------------------------------------------------------------------
 
@@ -130,6 +134,12 @@ class SteppedBuild:
     def expire(self, kind: str) -> None:
         """The current state's deadline passes while its handler runs; it then reports ``kind``."""
         self.clock.now += self.spec.states[self.current].deadline_s + 1
+        self.resolve(kind)
+
+    def overrun(self, kind: str) -> None:
+        """The whole build's deadline passes while a handler runs; it then reports ``kind``."""
+        assert self.state.deadline_at is not None
+        self.clock.now = max(self.clock.now, self.state.deadline_at) + 1
         self.resolve(kind)
 
     def crash(self) -> None:

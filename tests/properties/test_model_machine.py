@@ -1,5 +1,6 @@
 """Model level, rule-based: hypothesis plays the world around the driver (handler outcomes,
-cancel requests, deadlines passing, the process dying) and the invariants hold after every step.
+cancel requests, a phase's or the whole build's deadline passing, the process dying) and the
+invariants hold after every step.
 
 A finished build that was killed and resumed on the way is replayed without its crashes from the
 same decisions: the replay must take the same transitions and end in the same state.
@@ -71,6 +72,12 @@ class DriverModel(RuleBasedStateMachine):
         build.expire(kind)
         self._after(build, ("expire", kind))
 
+    @rule(kind=OUTCOMES)
+    def build_deadline_passes(self, kind: str) -> None:
+        build = self._current()
+        build.overrun(kind)
+        self._after(build, ("overrun", kind))
+
     @rule()
     def process_dies(self) -> None:
         # Not an action of the replay: the replay is the same build without its crashes.
@@ -92,6 +99,8 @@ def apply(build: SteppedBuild, what: str, kind: str) -> None:
         build.resolve(kind)
     elif what == "cancel":
         build.cancel()
+    elif what == "overrun":
+        build.overrun(kind)
     else:
         build.expire(kind)
 
