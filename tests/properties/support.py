@@ -40,7 +40,7 @@ def check_error_names_where(run: BuildRun) -> None:
 
 
 def failed_in(spec: MachineSpec, run: BuildRun) -> str | None:
-    """The state whose handler failed the build (the source of its last fail edge before cleanup)."""
+    """The state whose handler failed the build: the source of its last fail edge before cleanup."""
     fails = [s for s, t, _ in run.transitions() if t == "fail" and s != spec.cleanup]
     return fails[-1] if fails else None
 

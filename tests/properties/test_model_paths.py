@@ -28,7 +28,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 def follow(
     loop: asyncio.AbstractEventLoop, path: tuple[Step, ...], crashes: set[int]
 ) -> SteppedBuild:
-    """Make the handlers report what ``path`` says, killing the driver before steps in ``crashes``."""
+    """Make the handlers report what ``path`` says; kill the driver before each step in
+    ``crashes``."""
     build = SteppedBuild(loop)
     for index, step in enumerate(path):
         if index in crashes:

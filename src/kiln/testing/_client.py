@@ -52,12 +52,13 @@ class EmulatorClient:
         }
         if times is not None:
             rule["times"] = times
-        response = self._http.post(f"{ADMIN}/faults", json=rule)
-        return _json(response, HTTP_CREATED)  # type: ignore[no-any-return]
+        added: dict[str, Any] = _json(self._http.post(f"{ADMIN}/faults", json=rule), HTTP_CREATED)
+        return added
 
     def faults(self) -> list[dict[str, Any]]:
         """Every rule, with how many requests it matched (``seen``) and acted on (``fired``)."""
-        return _json(self._http.get(f"{ADMIN}/faults"))  # type: ignore[no-any-return]
+        rules: list[dict[str, Any]] = _json(self._http.get(f"{ADMIN}/faults"))
+        return rules
 
     def clear_faults(self) -> None:
         _json(self._http.delete(f"{ADMIN}/faults"))
@@ -65,15 +66,17 @@ class EmulatorClient:
     def set_builder(self, **behaviour: Any) -> dict[str, Any]:
         """Replace the builder stand-in's behaviour (``exit_code``, ``oom_kill``, ``enospc``,
         ``duration_ms``, ``log_lines``, ``line_pace_ms``) until the next reset."""
-        return _json(self._http.post(f"{ADMIN}/builder", json=behaviour))  # type: ignore[no-any-return]
+        applied: dict[str, Any] = _json(self._http.post(f"{ADMIN}/builder", json=behaviour))
+        return applied
 
     def requests(self) -> list[dict[str, Any]]:
         """The request log: method, path, redacted query, status (None: no complete answer)."""
-        return _json(self._http.get(f"{ADMIN}/requests"))  # type: ignore[no-any-return]
+        entries: list[dict[str, Any]] = _json(self._http.get(f"{ADMIN}/requests"))
+        return entries
 
     def sandboxes(self) -> list[dict[str, Any]]:
         """Every sandbox created since the last reset, with its status."""
-        return _json(self._http.get(f"{ADMIN}/sandboxes"))["sandboxes"]  # type: ignore[no-any-return]
+        return self._listing("sandboxes")
 
     def live_sandboxes(self) -> list[dict[str, Any]]:
         """The sandboxes not terminated: after a finished build, a leak."""
@@ -81,11 +84,11 @@ class EmulatorClient:
 
     def processes(self) -> list[dict[str, Any]]:
         """Every process started in any sandbox, with argv, user and exit status."""
-        return _json(self._http.get(f"{ADMIN}/processes"))["processes"]  # type: ignore[no-any-return]
+        return self._listing("processes")
 
     def templates(self) -> list[dict[str, Any]]:
         """The templates registered by completed builds."""
-        return _json(self._http.get(f"{ADMIN}/templates"))["templates"]  # type: ignore[no-any-return]
+        return self._listing("templates")
 
     def reset(self) -> None:
         """Forget sandboxes, builds, templates, faults, the request log and builder behaviour."""
@@ -93,6 +96,11 @@ class EmulatorClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def _listing(self, name: str) -> list[dict[str, Any]]:
+        """``GET /_emulator/<name>``, whose answer is ``{"<name>": [...]}``."""
+        items: list[dict[str, Any]] = _json(self._http.get(f"{ADMIN}/{name}"))[name]
+        return items
 
     def __enter__(self) -> EmulatorClient:
         return self
