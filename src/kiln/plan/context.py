@@ -229,6 +229,52 @@ class ContextArchive:
     def digest(self) -> str:
         return self._finished().digest
 
+    def split(self, part_bytes: int) -> list[ContextArchive]:
+        """The context as consecutive archives of about ``part_bytes`` of file content each, or
+        just this archive when it is no larger: a receiver extracts one while the next is sent.
+
+        Extracted in order into one directory, the parts give the tree this archive gives. The
+        directories come in the last part: tar creates missing parents as it goes, and a
+        directory whose mode forbids writing must not exist before the files inside it. Progress
+        is reported against the whole context.
+        """
+        if part_bytes <= 0:
+            raise ValueError(f"part_bytes must be positive, got {part_bytes}")
+        entries = self.entries()
+        total = sum(entry.size for entry in entries)
+        if total <= part_bytes:
+            return [self]
+        groups: list[list[ContextEntry]] = [[]]
+        filled = 0
+        for entry in entries:
+            if entry.kind is EntryKind.DIR:
+                continue
+            if filled >= part_bytes:
+                groups.append([])
+                filled = 0
+            groups[-1].append(entry)
+            filled += entry.size
+        groups[-1].extend(entry for entry in entries if entry.kind is EntryKind.DIR)
+        parts, offset = [], 0
+        for group in groups:
+            parts.append(self._part(group, _shifted(self._on_progress, offset, total)))
+            offset += sum(entry.size for entry in group)
+        return parts
+
+    def _part(
+        self, entries: list[ContextEntry], on_progress: Callable[[int, int], None] | None
+    ) -> ContextArchive:
+        part = ContextArchive(
+            self.context_dir,
+            dockerfile=self._dockerfile,
+            extra_files=self._extra_files,
+            chunk_size=self._chunk_size,
+            on_progress=on_progress,
+            on_warning=self._on_warning,
+        )
+        part._entries = entries
+        return part
+
     def tar_stream(self) -> Iterator[bytes]:
         """The uncompressed tar, piece by piece, reporting progress as files are read."""
         entries = self.entries()
@@ -647,6 +693,15 @@ def _collision(path: str, other: str) -> ContextError:
         f"extra context file {path!r} collides with {other} in the build context",
         hint="give the extra file another path, or exclude the clashing path in .dockerignore",
     )
+
+
+def _shifted(
+    report: Callable[[int, int], None] | None, offset: int, total: int
+) -> Callable[[int, int], None] | None:
+    """A part's progress as progress through the whole context."""
+    if report is None:
+        return None
+    return lambda done, _part_total: report(offset + done, total)
 
 
 class _Progress:
