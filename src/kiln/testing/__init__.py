@@ -5,8 +5,13 @@
 - :func:`run_build`: run one build to its end against the emulator and get back a
   :class:`BuildRun` (final state, events, log lines, the emulator's request log).
 - :class:`EmulatorClient`: faults, builder behaviour and introspection of a running emulator.
+- :class:`FaultSchedule`: faults for a whole build (:class:`RequestFault` on the request kinds
+  in :data:`TARGETS`, builder failures, a lost sandbox), installed on an emulator, and the
+  outcome a build under it must reach.
 - :mod:`kiln.testing.strategies`: hypothesis strategies built from ``states/`` (transition
   sequences, fault schedules) and realistic Dockerfiles; it needs ``hypothesis`` installed.
+
+Importing :mod:`kiln.testing` needs ``pytest`` (the fixtures are part of it).
 
     async def test_my_service_survives_a_flaky_platform(kiln_emulator):
         kiln_emulator.add_fault({"status": 503}, method="POST", path="/sandboxes$", times=2)
