@@ -14,6 +14,8 @@ from kiln.plan import BuildPlan
 # unexpanded build argument and `@` pins a registry digest.
 _UNRESOLVABLE_MARKERS = ("$", "@")
 _DIFF_KIND = "diff"
+# Docker's empty base: never an image, so never a template to look up (the reference looks it up).
+_SCRATCH = "scratch"
 
 
 async def prepare(state: BuildState, services: Services) -> Outcome:
@@ -66,5 +68,7 @@ async def prepare(state: BuildState, services: Services) -> Outcome:
 def parent_is_eligible(plan: BuildPlan) -> bool:
     """Whether the final FROM may name a registered template (§3.1 "which references")."""
     if plan.is_import or plan.base_image_is_internal_stage:
+        return False
+    if plan.base_image.lower() == _SCRATCH:
         return False
     return not any(marker in plan.base_image for marker in _UNRESOLVABLE_MARKERS)
