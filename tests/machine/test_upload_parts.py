@@ -1,0 +1,102 @@
+"""A large context goes as several archives, each extracted while the next one is sent."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+from machine_support import Admin, run_to_end
+
+from kiln.plan import plan_dockerfile
+
+# The package re-exports the handler function under the module's name: fetch the module itself.
+upload_module = importlib.import_module("kiln.machine.handlers.upload")
+
+# Small parts, so that a context of a few files is split as a large one would be.
+PART_BYTES = 8_000
+FILES = 9
+FILE_BYTES = 3_000
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upload_module, "PART_BYTES", PART_BYTES)
+
+
+def make_context(root: Path) -> dict[str, bytes]:
+    files = {f"src/d{i % 2}/f{i}.bin": os.urandom(FILE_BYTES) for i in range(FILES)}
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+    (root / "Dockerfile").write_text("FROM python:3.12-slim\nCOPY . /app\n")
+    return files
+
+
+async def snapshot_files(admin: Admin, template: dict[str, object]) -> dict[str, bytes]:
+    async with httpx.AsyncClient(base_url=admin.url) as http:
+        blob = await http.get("/_emulator/blobs", params={"uri": str(template["snapshotUri"])})
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as archive:
+        for member in archive.getmembers():
+            content = archive.extractfile(member) if member.isfile() else None
+            if content is not None:
+                files[member.name] = content.read()
+    return files
+
+
+@pytest.mark.usefixtures("small_parts")
+async def test_every_file_arrives_through_the_parts(emulator: Admin, tmp_path: Path) -> None:
+    files = make_context(tmp_path)
+
+    run = await run_to_end(emulator, plan_dockerfile(tmp_path / "Dockerfile"))
+
+    assert run.state.state == "done"
+    [template] = await emulator.templates()
+    snapshot = await snapshot_files(emulator, template)
+    assert {f"context/{rel}": content for rel, content in files.items()}.items() <= (
+        snapshot.items()
+    )
+
+
+@pytest.mark.usefixtures("small_parts")
+async def test_parts_are_sent_in_turn_then_extracted_and_removed(
+    emulator: Admin, tmp_path: Path
+) -> None:
+    make_context(tmp_path)
+
+    run = await run_to_end(emulator, plan_dockerfile(tmp_path / "Dockerfile"))
+
+    requests = await emulator.requests()
+    sent = [r["query"]["path"] for r in requests if r["method"] == "PUT"]
+    removed = [r["query"]["path"] for r in requests if r["method"] == "DELETE" and r["query"]]
+    parts = [path for path in sent if "/context-" in path]
+    assert len(parts) >= 3
+    assert parts == [upload_module.PART_ARCHIVE_PATH.format(index=i) for i in range(len(parts))]
+    assert sorted(removed) == sorted(parts)
+    assert run.state.context_digest is not None
+    statuses = run.messages("status")
+    assert statuses.count("Build context extracted; removed remote archive") == 1
+    assert any(s.startswith(f"Build context: {FILES + 1} files") for s in statuses)
+
+
+@pytest.mark.usefixtures("small_parts")
+async def test_a_failed_part_fails_the_attempt_and_the_retry_sends_every_part(
+    emulator: Admin, tmp_path: Path
+) -> None:
+    files = make_context(tmp_path)
+    # The second part's PUT fails once, while the first part is being extracted.
+    await emulator.fault("PUT", "/api/v1/files", {"status": 502}, times=1, after=1)
+
+    run = await run_to_end(emulator, plan_dockerfile(tmp_path / "Dockerfile"))
+
+    assert run.state.state == "done"
+    assert run.state.attempts_in("upload") == 2
+    [template] = await emulator.templates()
+    snapshot = await snapshot_files(emulator, template)
+    assert all(snapshot[f"context/{rel}"] == content for rel, content in files.items())
+    assert await emulator.live_sandboxes() == []
