@@ -109,6 +109,15 @@ class EventRow:
     data: JsonObject
 
 
+@attrs.frozen
+class Committed:
+    """What :meth:`Store.commit_transition` leaves behind: the build's new version, and whether a
+    cancel had been requested when the write landed (read in the same transaction)."""
+
+    version: int
+    cancel_requested: bool
+
+
 class StaleWriteError(KilnError):
     """A compare-and-set write lost: the build moved on since the writer read it."""
 
@@ -209,6 +218,24 @@ class Store(Protocol):
         """Write the state if the stored version is ``expected_version``; return the new version.
 
         StaleWriteError when the version moved or the build already finished."""
+        ...
+
+    async def commit_transition(
+        self,
+        id: str,
+        *,
+        expected_version: int,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None,
+        final: bool,
+        events: Sequence[tuple[str, JsonObject]],
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> Committed:
+        """``save`` and ``append_events`` as one atomic write, also reading the cancel flag.
+
+        A transition's whole persist in one round trip and one commit: either the state and its
+        events are both written or, on StaleWriteError, neither is."""
         ...
 
     async def get(self, id: str) -> BuildRecord | None:

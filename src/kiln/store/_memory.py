@@ -22,6 +22,7 @@ from kiln.store._base import (
     BuildNotFound,
     BuildRecord,
     Clock,
+    Committed,
     EventRow,
     JsonObject,
     LeaseLost,
@@ -118,6 +119,33 @@ class MemoryStore:
             updated_at=self._clock(),
         )
         return record.version + 1
+
+    async def commit_transition(
+        self,
+        id: str,
+        *,
+        expected_version: int,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None,
+        final: bool,
+        events: Sequence[tuple[str, JsonObject]],
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> Committed:
+        # The two writes never suspend, so nothing runs between them: together they are atomic,
+        # and a refused save leaves the log untouched. Reusing them keeps one copy of each rule.
+        version = await self.save(
+            id,
+            expected_version=expected_version,
+            state=state,
+            data=data,
+            sandbox_id=sandbox_id,
+            final=final,
+            schema_version=schema_version,
+        )
+        if events:
+            await self.append_events(id, events)
+        return Committed(version=version, cancel_requested=self._builds[id].cancel_requested)
 
     async def get(self, id: str) -> BuildRecord | None:
         if not id:

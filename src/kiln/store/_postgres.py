@@ -33,6 +33,7 @@ from kiln.store._base import (
     BuildNotFound,
     BuildRecord,
     Clock,
+    Committed,
     EventRow,
     JsonObject,
     LeaseLost,
@@ -63,6 +64,13 @@ CONNECT_TIMEOUT_S = 10
 # How many leased rows owned from this host one claim locks to check their owners' pids; few, so
 # that other workers skip few rows while we look.
 CLAIM_BATCH = 16
+
+# A compare-and-set state write; the parameters are the new fields, then the id and the version
+# the writer read.
+_SAVE = (
+    "UPDATE builds SET state = %s, data = %s, sandbox_id = %s, final = %s, schema_version = %s,"
+    " version = version + 1, updated_at = %s WHERE id = %s AND version = %s AND NOT final"
+)
 
 # Rows whose owner cannot be holding them any more, whatever host it was on.
 _FREE = "(owner_host IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
@@ -131,28 +139,45 @@ class PostgresStore:
         final: bool,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
     ) -> int:
+        params = (state, Jsonb(data), sandbox_id, final, schema_version, self._clock())
         async with self._transaction() as conn:
             cursor = await conn.execute(
-                "UPDATE builds SET state = %s, data = %s, sandbox_id = %s, final = %s,"
-                " schema_version = %s, version = version + 1, updated_at = %s"
-                " WHERE id = %s AND version = %s AND NOT final RETURNING version",
-                (
-                    state,
-                    Jsonb(data),
-                    sandbox_id,
-                    final,
-                    schema_version,
-                    self._clock(),
-                    id,
-                    expected_version,
-                ),
+                f"{_SAVE} RETURNING version", (*params, id, expected_version)
             )
             row = await cursor.fetchone()
             if row is not None:
                 return int(row["version"])
             current = await _require(conn, id)
-        reason = "build finished" if current.final else "version moved"
-        raise StaleWriteError(id, expected=expected_version, actual=current.version, reason=reason)
+        raise _stale(id, expected_version, current)
+
+    async def commit_transition(
+        self,
+        id: str,
+        *,
+        expected_version: int,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None,
+        final: bool,
+        events: Sequence[tuple[str, JsonObject]],
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> Committed:
+        now = self._clock()
+        params = (state, Jsonb(data), sandbox_id, final, schema_version, now)
+        async with self._transaction() as conn:
+            # The UPDATE locks the row, so the events appended after it cannot race another
+            # writer's; RETURNING hands back what the rest needs without a SELECT.
+            cursor = await conn.execute(
+                f"{_SAVE} RETURNING version, cancel_requested, event_count",
+                (*params, id, expected_version),
+            )
+            row = await cursor.fetchone()
+            if row is not None:
+                if events:
+                    await self._append(conn, id, events, row["event_count"], now)
+                return Committed(int(row["version"]), bool(row["cancel_requested"]))
+            current = await _require(conn, id)
+        raise _stale(id, expected_version, current)
 
     async def get(self, id: str) -> BuildRecord | None:
         if not id:
@@ -191,26 +216,7 @@ class PostgresStore:
             row = await cursor.fetchone()
             if row is None:
                 raise BuildNotFound(id)
-            plan = plan_events(row["event_count"], len(events), head=self._head, tail=self._tail)
-            await conn.execute(
-                "DELETE FROM events WHERE build_id = %s AND seq BETWEEN %s AND %s",
-                (id, plan.drop_from, plan.drop_to),
-            )
-            kept = [
-                (id, plan.first_seq + offset, now, kind, Jsonb(data))
-                for offset, ((kind, data), keep) in enumerate(zip(events, plan.keep, strict=True))
-                if keep
-            ]
-            async with conn.cursor() as insert:
-                await insert.executemany(
-                    "INSERT INTO events (build_id, seq, time, kind, data)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    kept,
-                )
-            await conn.execute(
-                "UPDATE builds SET event_count = %s, events_dropped = %s WHERE id = %s",
-                (plan.total, plan.dropped, id),
-            )
+            await self._append(conn, id, events, row["event_count"], now)
 
     async def events(self, id: str, *, after_seq: int = 0) -> builtins.list[EventRow]:
         async with self._transaction() as conn:
@@ -291,6 +297,36 @@ class PostgresStore:
                 await self._conn.close()
                 self._conn = None
 
+    async def _append(
+        self,
+        conn: Connection,
+        id: str,
+        events: Sequence[tuple[str, JsonObject]],
+        old_total: int,
+        now: float,
+    ) -> None:
+        """Add ``events`` after ``old_total`` earlier ones, inside the caller's transaction, which
+        holds the build's row lock."""
+        plan = plan_events(old_total, len(events), head=self._head, tail=self._tail)
+        await conn.execute(
+            "DELETE FROM events WHERE build_id = %s AND seq BETWEEN %s AND %s",
+            (id, plan.drop_from, plan.drop_to),
+        )
+        kept = [
+            (id, plan.first_seq + offset, now, kind, Jsonb(data))
+            for offset, ((kind, data), keep) in enumerate(zip(events, plan.keep, strict=True))
+            if keep
+        ]
+        async with conn.cursor() as insert:
+            await insert.executemany(
+                "INSERT INTO events (build_id, seq, time, kind, data) VALUES (%s, %s, %s, %s, %s)",
+                kept,
+            )
+        await conn.execute(
+            "UPDATE builds SET event_count = %s, events_dropped = %s WHERE id = %s",
+            (plan.total, plan.dropped, id),
+        )
+
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Connection]:
         async with self._lock:
@@ -356,6 +392,11 @@ async def _take(
         (owner.host, owner.pid, owner.worker_id, lease_expires_at, version, record.id),
     )
     return _record(await cursor.fetchone())
+
+
+def _stale(id: str, expected_version: int, current: BuildRecord) -> StaleWriteError:
+    reason = "build finished" if current.final else "version moved"
+    return StaleWriteError(id, expected=expected_version, actual=current.version, reason=reason)
 
 
 async def _fetch(conn: Connection, id: str, *, lock: bool = False) -> BuildRecord | None:

@@ -28,6 +28,7 @@ from kiln.store._base import (
     BuildNotFound,
     BuildRecord,
     Clock,
+    Committed,
     EventRow,
     JsonObject,
     LeaseLost,
@@ -50,6 +51,13 @@ T = TypeVar("T")
 # How long a writer waits for another process's write transaction before giving up. Writes are
 # short (one build's row and a few events), so waiting this long means something is stuck.
 BUSY_TIMEOUT_S = 30.0
+
+# A compare-and-set state write; the parameters are the new fields, then the id and the version
+# the writer read.
+_SAVE = (
+    "UPDATE builds SET state = ?, data = ?, sandbox_id = ?, final = ?, schema_version = ?,"
+    " version = version + 1, updated_at = ? WHERE id = ? AND version = ? AND NOT final"
+)
 
 
 class SQLiteStore:
@@ -115,29 +123,42 @@ class SQLiteStore:
         schema_version: int = DEFAULT_SCHEMA_VERSION,
     ) -> int:
         def run(conn: sqlite3.Connection) -> int:
+            params = (state, _dump(data), sandbox_id, final, schema_version, self._clock())
             with _write(conn):
-                cursor = conn.execute(
-                    "UPDATE builds SET state = ?, data = ?, sandbox_id = ?, final = ?,"
-                    " schema_version = ?, version = version + 1, updated_at = ?"
-                    " WHERE id = ? AND version = ? AND NOT final",
-                    (
-                        state,
-                        _dump(data),
-                        sandbox_id,
-                        final,
-                        schema_version,
-                        self._clock(),
-                        id,
-                        expected_version,
-                    ),
-                )
-                if cursor.rowcount == 1:
+                if conn.execute(_SAVE, (*params, id, expected_version)).rowcount == 1:
                     return expected_version + 1
                 current = _require(conn, id)
-            reason = "build finished" if current.final else "version moved"
-            raise StaleWriteError(
-                id, expected=expected_version, actual=current.version, reason=reason
-            )
+            raise _stale(id, expected_version, current)
+
+        return await self._run(run)
+
+    async def commit_transition(
+        self,
+        id: str,
+        *,
+        expected_version: int,
+        state: str,
+        data: JsonObject,
+        sandbox_id: str | None,
+        final: bool,
+        events: Sequence[tuple[str, JsonObject]],
+        schema_version: int = DEFAULT_SCHEMA_VERSION,
+    ) -> Committed:
+        def run(conn: sqlite3.Connection) -> Committed:
+            now = self._clock()
+            params = (state, _dump(data), sandbox_id, final, schema_version, now)
+            with _write(conn):
+                # RETURNING hands back what the rest of the transaction needs without a SELECT.
+                rows = conn.execute(
+                    f"{_SAVE} RETURNING cancel_requested, event_count",
+                    (*params, id, expected_version),
+                ).fetchall()
+                if rows:
+                    if events:
+                        self._append(conn, id, events, rows[0]["event_count"], now)
+                    return Committed(expected_version + 1, bool(rows[0]["cancel_requested"]))
+                current = _require(conn, id)
+            raise _stale(id, expected_version, current)
 
         return await self._run(run)
 
@@ -176,30 +197,11 @@ class SQLiteStore:
 
     async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            now = self._clock()
             with _write(conn):
                 row = conn.execute("SELECT event_count FROM builds WHERE id = ?", (id,)).fetchone()
                 if row is None:
                     raise BuildNotFound(id)
-                plan = plan_events(row[0], len(events), head=self._head, tail=self._tail)
-                conn.execute(
-                    "DELETE FROM events WHERE build_id = ? AND seq BETWEEN ? AND ?",
-                    (id, plan.drop_from, plan.drop_to),
-                )
-                conn.executemany(
-                    "INSERT INTO events (build_id, seq, time, kind, data) VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (id, plan.first_seq + offset, now, kind, _dump(data))
-                        for offset, ((kind, data), kept) in enumerate(
-                            zip(events, plan.keep, strict=True)
-                        )
-                        if kept
-                    ],
-                )
-                conn.execute(
-                    "UPDATE builds SET event_count = ?, events_dropped = ? WHERE id = ?",
-                    (plan.total, plan.dropped, id),
-                )
+                self._append(conn, id, events, row[0], self._clock())
 
         await self._run(run)
 
@@ -296,6 +298,33 @@ class SQLiteStore:
 
         await asyncio.to_thread(run)
 
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        id: str,
+        events: Sequence[tuple[str, JsonObject]],
+        old_total: int,
+        now: float,
+    ) -> None:
+        """Add ``events`` after ``old_total`` earlier ones, inside the caller's transaction."""
+        plan = plan_events(old_total, len(events), head=self._head, tail=self._tail)
+        conn.execute(
+            "DELETE FROM events WHERE build_id = ? AND seq BETWEEN ? AND ?",
+            (id, plan.drop_from, plan.drop_to),
+        )
+        conn.executemany(
+            "INSERT INTO events (build_id, seq, time, kind, data) VALUES (?, ?, ?, ?, ?)",
+            [
+                (id, plan.first_seq + offset, now, kind, _dump(data))
+                for offset, ((kind, data), kept) in enumerate(zip(events, plan.keep, strict=True))
+                if kept
+            ],
+        )
+        conn.execute(
+            "UPDATE builds SET event_count = ?, events_dropped = ? WHERE id = ?",
+            (plan.total, plan.dropped, id),
+        )
+
     async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         return await asyncio.to_thread(self._call, operation)
 
@@ -331,9 +360,13 @@ def _open(path: Path) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a transition is on disk before the next handler acts on the platform, even across
-        # a power cut; state writes are few, so the extra fsync is cheap.
-        conn.execute("PRAGMA synchronous = FULL")
+        # NORMAL, not FULL: in WAL mode a commit is in the log before the call returns, so a killed
+        # process (the crash `kiln resume` is built for) loses no committed transition; only the
+        # fsync at each commit is skipped. An OS crash or power cut can lose the last few commits,
+        # and then the build resumes from an earlier transition, whose handlers are re-entrant: a
+        # sandbox created in the lost window is never kept alive and ends with its 300 s timeout.
+        # FULL's fsync was most of a transition's persist time (benchmarks/ANALYSIS.md, 4).
+        conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, str(path))
     except BaseException:
@@ -378,6 +411,11 @@ def _take(
         (owner.host, owner.pid, owner.worker_id, lease_expires_at, version, record.id),
     )
     return _require(conn, record.id)
+
+
+def _stale(id: str, expected_version: int, current: BuildRecord) -> StaleWriteError:
+    reason = "build finished" if current.final else "version moved"
+    return StaleWriteError(id, expected=expected_version, actual=current.version, reason=reason)
 
 
 def _fetch(conn: sqlite3.Connection, id: str) -> BuildRecord | None:
