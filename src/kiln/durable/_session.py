@@ -2,7 +2,8 @@
 
 A :class:`Session` is the driver's ``persist`` hook and the sink for the build's events. At every
 transition it writes the state (compare-and-set on the store's version) and the events gathered
-since the last write, before the next handler runs. While a handler runs, a ticker does the same
+since the last write, in one store commit that also reports a cancel request, before the next
+handler runs. While a handler runs, a ticker does the same
 every ``poll_s`` seconds when anything changed (so a builder's pid and its delivered log lines
 reach the store long before the phase ends), and polls the store for a cancel request made by
 another process. The lease is renewed in the background; losing it, or losing a compare-and-set,
@@ -77,6 +78,8 @@ class Session:
         self._kill_after = _kill_after(os.environ)
         self._pending: list[tuple[str, JsonObject]] = []
         self._saved_json: str | None = None
+        # Whether the store held a cancel request when this session's last state write landed.
+        self._cancel_seen = False
         self._lock = asyncio.Lock()
         self._stop_reason: KilnError | None = None
         self._driver_task: asyncio.Task[BuildState] | None = None
@@ -102,14 +105,15 @@ class Session:
         self._pending.append((str(data.pop("type")), data))
 
     async def persist(self, state: BuildState) -> None:
-        """The driver's hook: write the state and the queued events, then look for a cancel."""
+        """The driver's hook: write the state and the queued events, and take up a cancel request
+        found by that write (one store commit per transition)."""
         await self._write_now(state)
         self._persists += 1
         # The first write of a run records where it starts; the later ones follow transitions.
         transitions = self._persists - 1
         if self._kill_after is not None and transitions == self._kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
-        if not state.cancel_requested and await self._cancel_requested(state.id):
+        if self._cancel_seen:
             state.cancel_requested = True
 
     async def checkpoint(self, state: BuildState) -> None:
@@ -223,7 +227,8 @@ class Session:
             driver.cancel()
 
     async def _write(self, state: BuildState, *, force: bool) -> None:
-        """Save the state if it changed (always when ``force``), then append the queued events.
+        """Save the state if it changed (always when ``force``) with the queued events, in one
+        commit; with the state unchanged, append the events alone.
 
         The state and the events are taken in one synchronous step, so the log written never
         runs ahead of the state (``output_events_delivered``) that says how much was delivered.
@@ -251,20 +256,24 @@ class Session:
         text: str,
         events: list[tuple[str, JsonObject]],
     ) -> None:
-        if data is not None:
-            assert self._version is not None
-            self._version = await self.store.save(
-                state.id,
-                expected_version=self._version,
-                state=str(data["state"]),
-                data=data,
-                sandbox_id=data.get("sandbox_id"),
-                final=data["state"] in self._finals,
-                schema_version=int(data["schema_version"]),
-            )
-            self._saved_json = text
-        if events:
-            await self.store.append_events(state.id, events)
+        if data is None:
+            if events:
+                await self.store.append_events(state.id, events)
+            return
+        assert self._version is not None
+        committed = await self.store.commit_transition(
+            state.id,
+            expected_version=self._version,
+            state=str(data["state"]),
+            data=data,
+            sandbox_id=data.get("sandbox_id"),
+            final=data["state"] in self._finals,
+            events=events,
+            schema_version=int(data["schema_version"]),
+        )
+        self._version = committed.version
+        self._cancel_seen = committed.cancel_requested
+        self._saved_json = text
 
     async def _flush_events(self, build_id: str) -> None:
         events, self._pending = self._pending, []
