@@ -3,7 +3,9 @@
 Each build runs with ``store=`` one of memory://, SQLite (a file, WAL) and PostgreSQL (a private
 cluster on a Unix socket); builds rotate between the stores, round after round, in one event
 loop. The per-transition overhead is the time the driver waits in the session's persist hook
-(the state and queued events written, a cancel request looked up) before the next handler runs.
+(one store commit: the state and the queued events written, a cancel request read back) before
+the next handler runs. A what-if row runs SQLite with ``synchronous = FULL`` (an fsync at every
+commit) to show what the stricter durability would cost.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ TINY_ROUNDS = 1
 P50 = 0.5
 P99 = 0.99
 TARGET_SQLITE_P99_MS = 2.0
-WHAT_IF = "sqlite, synchronous=NORMAL (what-if)"
+WHAT_IF = "sqlite, synchronous=FULL (what-if)"
 FSYNC_PROBES = 200
-# What a transition's persist does: write the state, append the events, look for a cancel.
-STORE_OPERATIONS = ("save", "append_events", "get")
+# A transition's persist (and a handler's checkpoint) is one commit_transition; append_events is
+# the flush of the last transition's event once the build has finished.
+STORE_OPERATIONS = ("commit_transition", "append_events")
 FSYNC_PROBE_BYTES = 4096
 MS = 1000.0
 
@@ -51,16 +54,14 @@ _PARTS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar
 @contextlib.contextmanager
 def timed_persist(samples: list[dict[str, float]]) -> Iterator[None]:
     """Record every Session.persist call made inside the block: its total time, and the time in
-    its two parts, the write (state and events) and the cancel check. The rest is waiting: for
-    the session's lock (held by a mid-phase checkpoint) or for the event loop."""
+    its write (state, events and cancel flag in one commit). The rest is waiting: for the
+    session's lock (held by a mid-phase checkpoint) or for the event loop."""
     from kiln.durable import Session
 
-    originals = {
-        name: getattr(Session, name) for name in ("persist", "_write", "_cancel_requested")
-    }
+    originals = {name: getattr(Session, name) for name in ("persist", "_write")}
 
     async def persist(self: Session, state: Any) -> None:
-        parts = {"write": 0.0, "cancel_check": 0.0}
+        parts = {"write": 0.0}
         token = _PARTS.set(parts)
         started = time.perf_counter()
         try:
@@ -84,7 +85,6 @@ def timed_persist(samples: list[dict[str, float]]) -> Iterator[None]:
 
     Session.persist = persist  # type: ignore[method-assign]
     Session._write = part("_write", "write")  # type: ignore[method-assign]
-    Session._cancel_requested = part("_cancel_requested", "cancel_check")  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -93,19 +93,19 @@ def timed_persist(samples: list[dict[str, float]]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def synchronous_normal() -> Iterator[None]:
-    """SQLite connections opened inside the block skip the fsync at each commit (WAL, NORMAL):
-    a what-if row, to show how much of the store's cost is the disk's fsync."""
+def synchronous_full() -> Iterator[None]:
+    """SQLite connections opened inside the block fsync at each commit (WAL, FULL): a what-if
+    row, to show what surviving a power cut with no transition lost would cost."""
     from kiln.store import _sqlite
 
     original = _sqlite._open
 
-    def relaxed(path: Path) -> sqlite3.Connection:
+    def strict(path: Path) -> sqlite3.Connection:
         conn = original(path)
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA synchronous = FULL")
         return conn
 
-    _sqlite._open = relaxed
+    _sqlite._open = strict
     try:
         yield
     finally:
@@ -160,9 +160,9 @@ async def _run(url: str, stores: dict[str, Any], rounds: int) -> dict[str, dict[
         for name in stores
     }
     # Warm-up: imports, connections, migrations and the first file creation are not timed. The
-    # what-if store opens its connection here, under the patch that relaxes its syncing.
+    # what-if store opens its connection here, under the patch that makes it fsync every commit.
     for name, store in stores.items():
-        with synchronous_normal() if name == WHAT_IF else contextlib.nullcontext():
+        with synchronous_full() if name == WHAT_IF else contextlib.nullcontext():
             await _one_build(url, store)
     for name, store in stores.items():
         instrument(store, results[name]["ops"])
@@ -179,10 +179,10 @@ async def _run(url: str, stores: dict[str, Any], rounds: int) -> dict[str, dict[
 
 def _summary(name: str, data: dict[str, Any], memory_build_s: float) -> dict[str, Any]:
     persist_ms = [s["total"] * MS for s in data["persist_s"]]
-    parts = {part: [s[part] * MS for s in data["persist_s"]] for part in ("write", "cancel_check")}
-    parts["waiting"] = [
-        (s["total"] - s["write"] - s["cancel_check"]) * MS for s in data["persist_s"]
-    ]
+    parts = {
+        "write": [s["write"] * MS for s in data["persist_s"]],
+        "waiting": [(s["total"] - s["write"]) * MS for s in data["persist_s"]],
+    }
     build_s = median(data["build_s"])
     return {
         "store": name,
@@ -219,7 +219,7 @@ def measure(rounds: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
         factories: dict[str, Callable[[], Any]] = {
             "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(Path(tmp) / "builds.db"),
-            WHAT_IF: lambda: SQLiteStore(Path(tmp) / "relaxed.db"),
+            WHAT_IF: lambda: SQLiteStore(Path(tmp) / "strict.db"),
             "postgresql": lambda: PostgresStore(cluster.create_database("bench")),
         }
         stores = {name: make() for name, make in factories.items()}
