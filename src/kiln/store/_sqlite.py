@@ -360,12 +360,13 @@ def _open(path: Path) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL, not FULL: in WAL mode a commit is in the log before the call returns, so a killed
-        # process (the crash `kiln resume` is built for) loses no committed transition; only the
-        # fsync at each commit is skipped. An OS crash or power cut can lose the last few commits,
-        # and then the build resumes from an earlier transition, whose handlers are re-entrant: a
-        # sandbox created in the lost window is never kept alive and ends with its 300 s timeout.
-        # FULL's fsync was most of a transition's persist time (benchmarks/ANALYSIS.md, 4).
+        # NORMAL, not FULL: in WAL mode a commit is written to the log file (the OS holds it from
+        # then on) before the call returns, so a killed process (the crash `kiln resume` is built
+        # for) loses no committed transition; only the fsync at each commit is skipped. An OS crash
+        # or power cut can lose the last few commits, and then the build resumes from an earlier
+        # transition, whose handlers are re-entrant: a sandbox created in the lost window is kept
+        # alive by nobody and ends with its 300 s timeout. On a busy disk FULL's fsync was most of
+        # a transition's persist time (benchmarks/ANALYSIS.md, section 4).
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, str(path))
