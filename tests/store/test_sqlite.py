@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -143,4 +144,39 @@ async def test_a_live_owner_process_is_named_and_its_death_frees_the_build(tmp_p
     # Its lease has most of 30 s to run, but its process is gone from this host.
     taken = await store.acquire("b-1", Owner.current("resumer"), lease_s=30)
     assert taken.owner == Owner.current("resumer")
+    await store.close()
+
+
+# A process that commits a transition and is killed at once, before it could close anything.
+_KILLED_AFTER_COMMIT = """
+import asyncio, os, signal, sys
+from kiln.store import SQLiteStore
+from pathlib import Path
+async def main():
+    store = SQLiteStore(Path(sys.argv[1]))
+    await store.create(id="b-1", name="n", state="prepare", data={})
+    await store.commit_transition("b-1", expected_version=1, state="upload", data={"at": "upload"},
+                                  sandbox_id="sbx", final=False, events=[("log", {"n": 1})])
+    os.kill(os.getpid(), signal.SIGKILL)
+asyncio.run(main())
+"""
+
+
+async def test_commits_are_not_fsynced_one_by_one(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "b.db")
+    await store.create(id="b-1", name="n", state="s", data={})
+    assert store._conn is not None
+    # 1 is NORMAL: in WAL mode a commit survives a killed process without an fsync of its own.
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    await store.close()
+
+
+async def test_a_commit_survives_the_process_being_killed(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    child = subprocess.run([sys.executable, "-c", _KILLED_AFTER_COMMIT, str(path)], check=False)
+    assert child.returncode == -signal.SIGKILL
+    store = SQLiteStore(path)
+    record = await store.get("b-1")
+    assert record is not None and (record.state, record.version) == ("upload", 2)
+    assert [e.data for e in await store.events("b-1")] == [{"n": 1}]
     await store.close()
