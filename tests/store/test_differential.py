@@ -40,6 +40,13 @@ owners = st.sampled_from(OWNERS)
 operations = st.one_of(
     st.tuples(st.just("create"), build_ids, st.sampled_from(["prepare", "upload"])),
     st.tuples(st.just("save"), build_ids, st.integers(1, 5), st.sampled_from(["upload", "done"])),
+    st.tuples(
+        st.just("commit"),
+        build_ids,
+        st.integers(1, 5),
+        st.sampled_from(["upload", "done"]),
+        st.integers(0, 4),
+    ),
     st.tuples(st.just("get"), st.sampled_from([*IDS, ""])),
     st.tuples(st.just("list"), st.sampled_from([None, "prepare", "done"])),
     st.tuples(st.just("events"), build_ids, st.integers(1, 4)),
@@ -69,6 +76,18 @@ async def _apply(store: Store, clock: FakeClock, op: tuple[Any, ...]) -> object:
                     sandbox_id=None,
                     final=state == "done",
                 )
+            case "commit":
+                build, version, state, count = args
+                committed = await store.commit_transition(
+                    build,
+                    expected_version=version,
+                    state=state,
+                    data={"s": state},
+                    sandbox_id=None,
+                    final=state == "done",
+                    events=[("log", {"n": n}) for n in range(count)],
+                )
+                return committed, await store.events(build)
             case "get":
                 return await store.get(args[0])
             case "list":
