@@ -36,15 +36,20 @@ def registered(event: Event) -> bool:
     return isinstance(event, StatusEvent) and event.message.startswith(REGISTERED_PREFIX)
 
 
-async def cancelled_build(emulator: EmulatorClient, point: CancelPoint) -> tuple[str, str | None]:
-    """Run a build, cancelling it at ``point``; its outcome and the state it was cancelled in."""
+async def cancelled_build(
+    emulator: EmulatorClient, point: CancelPoint
+) -> tuple[str, str | None, bool]:
+    """Run a build, cancelling it at ``point``: its outcome, the state it was cancelled in, and
+    whether the platform had registered the image by then."""
     handle: list[kiln.Build] = []
     seen = 0
     cancelled_in: str | None = None
+    registered_first = False
 
     def on_event(event: Event) -> None:
-        nonlocal seen, cancelled_in
+        nonlocal seen, cancelled_in, registered_first
         seen += 1
+        registered_first = registered_first or (cancelled_in is None and registered(event))
         # The first event is delivered before start_build returns the handle.
         if handle and cancelled_in is None and point(seen, event):
             cancelled_in = handle[0].state.state
@@ -55,11 +60,14 @@ async def cancelled_build(emulator: EmulatorClient, point: CancelPoint) -> tuple
     with contextlib.suppress(kiln.KilnError):
         await build.result()
     assert build.state.outcome is not None
-    return build.state.outcome, cancelled_in
+    return build.state.outcome, cancelled_in, registered_first
 
 
-def check_cancelled(emulator: EmulatorClient, outcome: str, cancelled_in: str | None) -> None:
-    late = cancelled_in is None or cancelled_in in LATE_STATES
+def check_cancelled(
+    emulator: EmulatorClient, outcome: str, cancelled_in: str | None, registered_first: bool
+) -> None:
+    # Too late to cancel: the build was already cleaning up, or its image was registered.
+    late = cancelled_in is None or cancelled_in in LATE_STATES or registered_first
     assert outcome == ("done" if late else "cancelled"), cancelled_in
     assert bool(emulator.templates()) == (outcome == "done")
     assert emulator.live_sandboxes() == []
@@ -78,24 +86,15 @@ def test_a_cancelled_build_ends_cancelled_and_registers_nothing(
     kiln_emulator: EmulatorClient, index: int
 ) -> None:
     kiln_emulator.reset()
-    # The "registered" event is the known window of the xfail test below.
-    point: CancelPoint = lambda seen, event: seen >= index and not registered(event)  # noqa: E731
-    outcome, cancelled_in = asyncio.run(cancelled_build(kiln_emulator, point))
+    point: CancelPoint = lambda seen, _event: seen >= index  # noqa: E731
+    outcome, cancelled_in, registered_first = asyncio.run(cancelled_build(kiln_emulator, point))
     event(f"cancelled in {cancelled_in}")
-    check_cancelled(kiln_emulator, outcome, cancelled_in)
+    check_cancelled(kiln_emulator, outcome, cancelled_in, registered_first)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this suite: a cancel that arrives while complete's handler is finishing (the"
-    " platform has registered the template) cancels the handler task, so the build ends"
-    " 'cancelled' with its image registered. complete should not be interrupted once its POST"
-    " is sent (as cleanup is not), or the driver should keep a result the handler recorded."
-    " Fix in kiln/machine, then drop this mark and the exception in the property above.",
-)
 async def test_a_cancel_after_registration_ends_done(kiln_emulator: EmulatorClient) -> None:
-    outcome, cancelled_in = await cancelled_build(
+    outcome, cancelled_in, registered_first = await cancelled_build(
         kiln_emulator, lambda _seen, event: registered(event)
     )
-    assert cancelled_in == "complete"
-    check_cancelled(kiln_emulator, outcome, cancelled_in)
+    assert (cancelled_in, registered_first, outcome) == ("complete", True, "done")
+    check_cancelled(kiln_emulator, outcome, cancelled_in, registered_first)

@@ -18,7 +18,7 @@ from transitions.extensions.asyncio import AsyncMachine
 
 from kiln.errors import BuildCancelled, BuildError, BuildFailed, PhaseTimeout, WithDiagnostics
 from kiln.machine._events import TransitionEvent
-from kiln.machine._outcome import CANCELLED, Outcome, Trigger, fail, outcome_for
+from kiln.machine._outcome import CANCELLED, SUCCEEDED, Outcome, Trigger, fail, outcome_for
 from kiln.machine._services import CheckpointFailed, Services
 from kiln.machine._spec import MachineSpec
 from kiln.machine._state import BuildState, ErrorRecord
@@ -145,7 +145,9 @@ class Driver:
         except asyncio.CancelledError:
             if _caller_cancelled():
                 raise
-            return CANCELLED
+            # The platform answered complete before the cancel took effect: the image is
+            # registered, so the build is done whatever was asked after that.
+            return SUCCEEDED if state.result is not None else CANCELLED
         finally:
             self._task = None
         return outcome

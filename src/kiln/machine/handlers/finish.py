@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Coroutine
 from typing import Any
 
 from kiln.errors import ApiError, ResponseError
@@ -40,8 +42,8 @@ async def complete(state: BuildState, services: Services) -> Outcome:
         services.status(state, "Completing image registration...")
         build_id = state.build_id or ""
         try:
-            state.result = await services.platform(state).complete(
-                build_id, state.complete_body or {}
+            state.result = await _past_cancel(
+                services.platform(state).complete(build_id, state.complete_body or {}), state
             )
         except ApiError as error:
             if error.status != HTTP_CONFLICT or not _may_have_completed(state, services):
@@ -50,6 +52,29 @@ async def complete(state: BuildState, services: Services) -> Outcome:
     template_id = state.result.get(TEMPLATE_ID_KEY) or MISSING_ID
     services.status(state, f"Image '{state.plan.name}' registered ({template_id})")
     return SUCCEEDED
+
+
+async def _past_cancel(call: Coroutine[Any, Any, dict[str, Any]], state: BuildState) -> Any:
+    """The answer to complete, even when a cancel arrives while it is on the wire.
+
+    Once sent, a registration cannot be taken back: a cancel that arrives this late must not end
+    the build 'cancelled' with its image registered. Wait for the answer and record it; the
+    driver then takes the success edge (see Driver._step).
+    """
+    try:
+        # A cancel asked for before the request leaves lands here, and nothing is sent.
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        call.close()
+        raise
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is None:
+            state.result = task.result()
+        raise
 
 
 def _may_have_completed(state: BuildState, services: Services) -> bool:
