@@ -18,10 +18,10 @@ import attrs
 import httpx
 
 from kiln._build import Build
+from kiln._logging import logger
 from kiln._service import resume_owned
 from kiln.api import ApiSettings
 from kiln.durable import BuildHandedOver, Session, UnreadableBuild, load_state, reap
-from kiln.durable._log import logger
 from kiln.errors import KilnError
 from kiln.machine import Secrets
 from kiln.store import LEASE_S, RENEW_EVERY_S, BuildRecord, Owner, Store, StoreUnavailable

@@ -19,7 +19,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from kiln.durable._log import logger
+from kiln._logging import logger
 from kiln.errors import BuildError, KilnError
 from kiln.machine import BuildState, Driver, Event
 from kiln.store import (

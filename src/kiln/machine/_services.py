@@ -8,15 +8,14 @@ which is why nothing here may be needed to *understand* the state, only to act o
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
 import httpx
-import structlog
 
+from kiln._logging import logger
 from kiln.api import (
     ApiSettings,
     LifecycleClient,
@@ -95,7 +94,7 @@ class Services:
 
     def logger(self, state: BuildState) -> Any:
         # ``id`` is kiln's build id (what `kiln resume` takes); ``build_id`` is the platform's.
-        return _base_logger().bind(
+        return logger(LOGGER_NAME).bind(
             id=state.id, build_id=state.build_id, state=state.state, sandbox_id=state.sandbox_id
         )
 
@@ -181,20 +180,6 @@ class Services:
             await self._clients.http.aclose()
             self._clients = None
             self._proxy = None
-
-
-def _base_logger() -> Any:
-    """structlog as the application configured it; else stdlib logging, silent by default.
-
-    A library must not print to stdout on its own, which unconfigured structlog would do.
-    """
-    if structlog.is_configured():
-        return structlog.get_logger(LOGGER_NAME)
-    return structlog.wrap_logger(
-        logging.getLogger(LOGGER_NAME),
-        processors=[structlog.processors.KeyValueRenderer(key_order=["event"])],
-        wrapper_class=structlog.stdlib.BoundLogger,
-    )
 
 
 def _log_fields(event: Event) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Loggers for the durable layer and the worker, silent unless the application says otherwise."""
+"""Loggers for kiln's library code, silent unless the application says otherwise."""
 
 from __future__ import annotations
 
