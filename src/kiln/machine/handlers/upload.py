@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
@@ -95,7 +96,7 @@ async def _send_context(
     else:
         try:
             # The archive is produced while it is sent: no local copy, overlap of CPU and network.
-            await proxy.put_file(REMOTE_ARCHIVE_PATH, _sent(archive.achunks(), None, report))
+            await _stream(proxy, REMOTE_ARCHIVE_PATH, archive, report)
         except ChunkedUploadRefused:
             services.warning(
                 state, "The server refused a streamed upload; sending the archive with a length"
@@ -152,7 +153,7 @@ async def _put_part(
 ) -> None:
     if not state.chunked_upload_refused:
         try:
-            await proxy.put_file(path, _sent(part.achunks(), None, report))
+            await _stream(proxy, path, part, report)
             return
         except ChunkedUploadRefused:
             services.warning(
@@ -232,6 +233,14 @@ class _ArchiveProgress:
             f"Creating build context archive: {percent}% "
             f"({format_bytes(done)} / {format_bytes(total)})"
         )
+
+
+async def _stream(
+    proxy: ProxyClient, path: str, archive: ContextArchive, report: Callable[[str], None]
+) -> None:
+    """PUT the archive while it is produced; the producer thread stops when the PUT ends."""
+    async with contextlib.aclosing(archive.achunks()) as chunks:
+        await proxy.put_file(path, _sent(chunks, None, report))
 
 
 async def _sent(
