@@ -1,7 +1,8 @@
 """Emulator level, cancellation: a build cancelled at a generated point (through the library's
 ``Build.cancel()``, from its own event callback) ends ``cancelled`` if the cancel came before
-cleanup, else ``done``; it registers a template exactly when it ends ``done``, and leaves no
-sandbox, at most one builder and at most one served complete behind."""
+cleanup and before the platform registered its image, else ``done``; it registers a template
+exactly when it ends ``done``, and leaves no sandbox, at most one builder and at most one served
+complete behind."""
 
 from __future__ import annotations
 
