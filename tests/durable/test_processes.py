@@ -76,6 +76,9 @@ async def test_a_build_killed_after_each_transition_resumes_with_one_builder(
         assert record is not None and record.state == "done", transition
         assert record.sandbox_id is not None
         assert builder_starts(emulator, [record.sandbox_id]) == 1, transition
+        events = await store.events(build_id)
+        phases = [e.data["source"] for e in events if e.kind == "transition"]
+        assert phases == list(load_machine_spec().states), "every transition is in the log once"
     assert len(emulator.sandboxes()) == HAPPY_TRANSITIONS, "one builder sandbox per build"
     assert emulator.live_sandboxes() == []
     assert TOKEN not in await raw_store_text(store_url)

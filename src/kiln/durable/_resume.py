@@ -11,8 +11,7 @@ import attrs
 import cattrs
 
 from kiln.errors import ApiError, KilnError
-from kiln.machine import BuildState, ErrorRecord, MachineSpec, Services
-from kiln.machine._state import SCHEMA_VERSION
+from kiln.machine import SCHEMA_VERSION, BuildState, ErrorRecord, MachineSpec, Services
 from kiln.store import BuildRecord, Owner
 
 HTTP_NOT_FOUND = 404

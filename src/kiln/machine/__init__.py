@@ -18,6 +18,7 @@ from kiln.machine._outcome import Outcome, Trigger
 from kiln.machine._services import Clock, Secrets, Services
 from kiln.machine._spec import Backoff, MachineSpec, StateSpec, default_spec_path, load_machine_spec
 from kiln.machine._state import (
+    SCHEMA_VERSION,
     BuilderInfo,
     BuildOptions,
     BuildState,
@@ -28,6 +29,7 @@ from kiln.machine.handlers import HANDLERS
 
 __all__ = [
     "HANDLERS",
+    "SCHEMA_VERSION",
     "Backoff",
     "BuildLogEvent",
     "BuildOptions",

@@ -217,6 +217,7 @@ class Driver:
             message=str(decorated),
             hint=getattr(decorated, "hint", None),
             advice=tuple(_advice_of(decorated)),
+            phase=state.state,
         )
         self._services.logger(state).warning("build failed", error=str(decorated))
 
@@ -231,7 +232,9 @@ class Driver:
         if state.proxy_ready and state.state != self._spec.cleanup:
             error = WithDiagnostics(error, await diagnose(state, self._services, error))
         if state.sandbox_id is not None:
-            error = BuildFailed(error, sandbox_id=state.sandbox_id, build_id=state.build_id)
+            error = BuildFailed(
+                error, sandbox_id=state.sandbox_id, build_id=state.build_id, phase=state.state
+            )
         return error
 
     async def _fire(
@@ -249,8 +252,10 @@ class Driver:
         if dest in self._spec.finals:
             state.outcome = dest
         state.state = dest
-        await self._persist(state)
+        # Emitted first, so that the store hook writes the transition's event with its state: a
+        # process killed right after the write leaves a log that shows the transition too.
         self._services.emit(state, TransitionEvent(source, dest, trigger.value, now - entered))
+        await self._persist(state)
 
 
 def _advice_of(error: BaseException) -> list[str]:

@@ -36,7 +36,7 @@ class StreamEndedEarly(TransportError):
 
 
 async def run_builder(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: reattaches to state.builder_pid instead of starting a second builder."""
+    """Re-entry: reattaches to state.builder_pid, else adopts a started builder; never a second."""
     argv = builder_argv(state.need_prepared().builder.command)
     proxy = services.proxy(state)
     if state.builder_pid is None:
