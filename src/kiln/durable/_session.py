@@ -3,10 +3,10 @@
 A :class:`Session` is the driver's ``persist`` hook and the sink for the build's events. At every
 transition it writes the state (compare-and-set on the store's version) and the events gathered
 since the last write, in one store commit that also reports a cancel request, before the next
-handler runs. While a handler runs, a ticker does the same
-every ``poll_s`` seconds when anything changed (so a builder's pid and its delivered log lines
-reach the store long before the phase ends), and polls the store for a cancel request made by
-another process. The lease is renewed in the background; losing it, or losing a compare-and-set,
+handler runs; handlers checkpoint the same way right after a remote side effect (the sandbox
+created, the builder started). While a handler runs, a ticker writes every ``poll_s`` seconds
+when anything changed (the builder's delivered log lines) and polls the store for a cancel
+request made by another process. The lease is renewed in the background; losing it, or losing a compare-and-set,
 stops the build where it stands without cleanup: the new owner carries on from the store.
 """
 
@@ -199,8 +199,6 @@ class Session:
                 await ticker
         if self._stop_reason is not None:
             raise self._stop_reason
-        # The last transition's event is emitted after its state write: flush it.
-        await self._flush_events(state.id)
 
     async def _tick(self, driver: Driver, state: BuildState) -> None:
         while True:
@@ -274,11 +272,6 @@ class Session:
         self._version = committed.version
         self._cancel_seen = committed.cancel_requested
         self._saved_json = text
-
-    async def _flush_events(self, build_id: str) -> None:
-        events, self._pending = self._pending, []
-        if events:
-            await self.store.append_events(build_id, events)
 
     async def _cancel_requested(self, build_id: str) -> bool:
         record = await self.store.get(build_id)
