@@ -119,13 +119,22 @@ class BuildError(KilnError):
 
 
 class BuildFailed(BuildError):
-    """A failure after the builder sandbox exists: names the sandbox and the build."""
+    """A failure after the builder sandbox exists: names the phase, the sandbox and the build."""
 
-    def __init__(self, source: BaseException, *, sandbox_id: str, build_id: str | None) -> None:
+    def __init__(
+        self,
+        source: BaseException,
+        *,
+        sandbox_id: str,
+        build_id: str | None,
+        phase: str | None = None,
+    ) -> None:
         self.source = source
         self.sandbox_id = sandbox_id
         self.build_id = build_id
-        parts = [f"builder sandbox: {sandbox_id}"]
+        self.phase = phase
+        parts = [f"phase: {phase}"] if phase else []
+        parts.append(f"builder sandbox: {sandbox_id}")
         if build_id:
             parts.append(f"build: {build_id}")
         super().__init__(f"{source} ({', '.join(parts)})", hint=getattr(source, "hint", None))

@@ -30,10 +30,12 @@ def completes_served(requests: list[dict[str, Any]] | tuple[dict[str, Any], ...]
 
 
 def check_error_names_where(run: BuildRun) -> None:
-    """A failed build's error names its builder sandbox and build, once they exist."""
+    """A failed build's error names its phase, and its builder sandbox and build once they exist."""
     error = run.state.error
     assert error is not None, "a failed build without an error"
+    assert error.phase is not None, error
     if run.state.sandbox_id is not None:
+        assert error.phase in error.message, error.message
         assert run.state.sandbox_id in error.message, error.message
         if run.state.build_id is not None:
             assert run.state.build_id in error.message, error.message
@@ -51,6 +53,7 @@ def check_outcome(spec: MachineSpec, schedule: FaultSchedule, run: BuildRun) -> 
     if expected_phase is not None:
         assert failed_in(spec, run) == expected_phase, run.transitions()
         check_error_names_where(run)
+        assert run.state.error is not None and run.state.error.phase == expected_phase
 
 
 def check_no_leftovers(

@@ -48,6 +48,7 @@ class ErrorRecord:
     message: str
     hint: str | None = None
     advice: tuple[str, ...] = ()
+    phase: str | None = None  # the state whose handler failed
 
 
 @attrs.frozen
