@@ -149,3 +149,17 @@ async def test_a_failed_delete_is_a_warning_and_retried(emulator: Admin) -> None
     assert run.state.attempts["cleanup"] == 3
     warnings = run.messages("warning")
     assert any("Failed to terminate rootfs builder sandbox" in w for w in warnings)
+
+
+async def test_cleanup_past_its_deadline_gives_up_and_keeps_the_outcome(emulator: Admin) -> None:
+    # Every delete hangs past cleanup's deadline: cleanup gives up as when its attempts run out,
+    # with a warning, and the registered build still ends done (not failed by a timeout).
+    await emulator.fault("DELETE", r"/sandboxes/", {"delay_ms": 2000}, times=10)
+    run = await run_to_end(emulator, spec=fast_spec(cleanup={"deadline_s": 0.3}))
+    assert run.state.state == "done"
+    assert run.state.result is not None
+    assert run.state.error is None
+    assert any("Gave up deleting rootfs builder sandbox" in w for w in run.messages("warning"))
+    # The hung deletes never reached the platform: the sandbox is left, as the warning says.
+    assert [s["sandbox_id"] for s in await emulator.live_sandboxes()] == [run.state.sandbox_id]
+    await emulator.reset()

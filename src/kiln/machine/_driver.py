@@ -23,6 +23,7 @@ from kiln.machine._services import CheckpointFailed, Services
 from kiln.machine._spec import MachineSpec
 from kiln.machine._state import BuildState, ErrorRecord
 from kiln.machine.handlers import HANDLERS, Handler
+from kiln.machine.handlers.cleanup import way_out
 from kiln.machine.handlers.diagnostics import diagnose
 
 PersistHook = Callable[[BuildState], Awaitable[None]]
@@ -138,7 +139,7 @@ class Driver:
         state.attempts[name] = state.attempts_in(name) + 1
         left, timeout_error = self._time_left(state)
         if left <= 0:
-            return fail(timeout_error)
+            return self._overran(state, timeout_error)
         self._task = asyncio.create_task(self._guarded(self._handlers[name], state, left))
         try:
             outcome: Outcome = await self._task
@@ -150,7 +151,19 @@ class Driver:
             return SUCCEEDED if state.result is not None else CANCELLED
         finally:
             self._task = None
+        if isinstance(outcome.error, PhaseTimeout) and outcome.error.phase == name:
+            return self._overran(state, outcome.error)
         return outcome
+
+    def _overran(self, state: BuildState, error: PhaseTimeout) -> Outcome:
+        """A phase past its deadline fails; cleanup instead gives up deleting and leaves as the
+        build went, as when its attempts run out (the outcome was decided before cleanup)."""
+        if state.state != self._spec.cleanup:
+            return fail(error)
+        self._services.warning(
+            state, f"Gave up deleting rootfs builder sandbox {state.sandbox_id}: {error}"
+        )
+        return way_out(state)
 
     async def _guarded(self, handler: Handler, state: BuildState, limit_s: float) -> Outcome:
         """The handler's outcome; an exception becomes the retry or the fail edge."""

@@ -28,10 +28,10 @@ async def cleanup(state: BuildState, services: Services) -> Outcome:
                     return retry(error)
         else:
             state.sandbox_deleted = True
-    return _way_out(state)
+    return way_out(state)
 
 
-def _way_out(state: BuildState) -> Outcome:
+def way_out(state: BuildState) -> Outcome:
     """The edge that matches how the build went before cleanup began."""
     if state.outcome == DONE:
         return SUCCEEDED
