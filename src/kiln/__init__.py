@@ -6,9 +6,9 @@ from kiln._build import (
     build_image_sync,
     import_image,
     import_image_sync,
-    resume_build,
     start_build,
     start_import,
+    start_plan,
 )
 from kiln._service import resume, submit
 from kiln._version import __version__
@@ -54,8 +54,8 @@ __all__ = [
     "import_image",
     "import_image_sync",
     "resume",
-    "resume_build",
     "start_build",
     "start_import",
+    "start_plan",
     "submit",
 ]

@@ -201,11 +201,6 @@ def start_plan(plan: BuildPlan, **options: Unpack[BuildKwargs]) -> Build:
     return _start(plan, "Loading Dockerfile...", options)
 
 
-def resume_build(state: BuildState, **options: Unpack[BuildKwargs]) -> Build:
-    """Continue a build from a state loaded from a store; credentials come from ``options``."""
-    return _handle(state, options)
-
-
 async def build_image(
     dockerfile: str | os.PathLike[str],
     *,
