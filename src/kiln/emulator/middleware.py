@@ -388,9 +388,11 @@ class _Exchange:
                 message = self._cut(message)
             if message["type"] == "http.response.body" and self._download is not None:
                 await self._download.consume(len(message.get("body", b"")))
-            await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Logged before the last byte leaves: a client that has read the whole response
+                # (and then asks for the log) always finds this exchange in it.
                 self.finish(complete=True)
+            await send(message)
 
         return outgoing
 
