@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 _log = structlog.get_logger("kiln.emulator")
@@ -52,8 +52,16 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(INTERNAL_ERROR_STATUS, "INTERNAL", message)
 
 
+async def _client_gone(request: Request, _exc: Exception) -> Response:
+    # A client that drops its request mid-body (a cancelled upload) is not an emulator fault:
+    # one line, no traceback. Nobody is left to read the answer.
+    _log.info("client_disconnected", method=request.method, path=request.url.path)
+    return error_response(400, "CLIENT_DISCONNECTED", "the client went away mid-request")
+
+
 EXCEPTION_HANDLERS = {
     EmulatorError: _emulator_error,
+    ClientDisconnect: _client_gone,
     HTTPException: _http_error,
     Exception: _unexpected,
 }
