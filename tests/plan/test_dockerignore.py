@@ -195,3 +195,206 @@ def test_plain_patterns_match_the_path_and_everything_beneath_only(pattern: str,
 @given(pattern=_PATH, path=_PATH)
 def test_an_exception_for_the_same_pattern_undoes_it(pattern: str, path: str) -> None:
     assert excluded([pattern, "!" + pattern], path) is False
+
+
+# moby/patternmatcher's TestMatches (single patterns), checked as BuildKit's walk applies them.
+MOBY_MATCHES = [
+    ("**", "file", True),
+    ("**", "file/", True),
+    ("**/", "file", True),
+    ("**/", "file/", True),
+    ("**", "/", True),
+    ("**/", "/", True),
+    ("**", "dir/file", True),
+    ("**/", "dir/file", True),
+    ("**", "dir/file/", True),
+    ("**/", "dir/file/", True),
+    ("**/**", "dir/file", True),
+    ("**/**", "dir/file/", True),
+    ("dir/**", "dir/file", True),
+    ("dir/**", "dir/file/", True),
+    ("dir/**", "dir/dir2/file", True),
+    ("dir/**", "dir/dir2/file/", True),
+    ("**/dir", "dir", True),
+    ("**/dir", "dir/file", True),
+    ("**/dir2/*", "dir/dir2/file", True),
+    ("**/dir2/*", "dir/dir2/file/", True),
+    ("**/dir2/**", "dir/dir2/dir3/file", True),
+    ("**/dir2/**", "dir/dir2/dir3/file/", True),
+    ("**file", "file", True),
+    ("**file", "dir/file", True),
+    ("**/file", "dir/file", True),
+    ("**file", "dir/dir/file", True),
+    ("**/file", "dir/dir/file", True),
+    ("**/file*", "dir/dir/file", True),
+    ("**/file*", "dir/dir/file.txt", True),
+    ("**/file*txt", "dir/dir/file.txt", True),
+    ("**/file*.txt", "dir/dir/file.txt", True),
+    ("**/file*.txt*", "dir/dir/file.txt", True),
+    ("**/**/*.txt", "dir/dir/file.txt", True),
+    ("**/**/*.txt2", "dir/dir/file.txt", False),
+    ("**/*.txt", "file.txt", True),
+    ("**/**/*.txt", "file.txt", True),
+    ("a**/*.txt", "a/file.txt", True),
+    ("a**/*.txt", "a/dir/file.txt", True),
+    ("a**/*.txt", "a/dir/dir/file.txt", True),
+    ("a/*.txt", "a/dir/file.txt", False),
+    ("a/*.txt", "a/file.txt", True),
+    ("a/*.txt**", "a/file.txt", True),
+    ("a[b-d]e", "ae", False),
+    ("a[b-d]e", "ace", True),
+    ("a[b-d]e", "aae", False),
+    ("a[^b-d]e", "aze", True),
+    (".*", ".foo", True),
+    (".*", "foo", False),
+    ("abc.def", "abcdef", False),
+    ("abc.def", "abc.def", True),
+    ("abc.def", "abcZdef", False),
+    ("abc?def", "abcZdef", True),
+    ("abc?def", "abcdef", False),
+    ("a\\\\", "a\\", True),
+    ("**/foo/bar", "foo/bar", True),
+    ("**/foo/bar", "dir/foo/bar", True),
+    ("**/foo/bar", "dir/dir2/foo/bar", True),
+    ("abc/**", "abc", False),
+    ("abc/**", "abc/def", True),
+    ("abc/**", "abc/def/ghi", True),
+    ("**/.foo", ".foo", True),
+    ("**/.foo", "bar.foo", False),
+    ("a(b)c/def", "a(b)c/def", True),
+    ("a(b)c/def", "a(b)c/xyz", False),
+    ("a.|)$(}+{bc", "a.|)$(}+{bc", True),
+    ("dist/*.whl", "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", True),
+    ("a\\*b", "a*b", True),
+    # Go's filepath.Match tests, as moby's TestMatch runs them.
+    ("abc", "abc", True),
+    ("*", "abc", True),
+    ("*c", "abc", True),
+    ("a*", "a", True),
+    ("a*", "abc", True),
+    ("a*", "ab/c", True),
+    ("a*/b", "abc/b", True),
+    ("a*/b", "a/c/b", False),
+    ("a*b*c*d*e*/f", "axbxcxdxe/f", True),
+    ("a*b*c*d*e*/f", "axbxcxdxexxx/f", True),
+    ("a*b*c*d*e*/f", "axbxcxdxe/xxx/f", False),
+    ("a*b*c*d*e*/f", "axbxcxdxexxx/fff", False),
+    ("a*b?c*x", "abxbbxdbxebxczzx", True),
+    ("a*b?c*x", "abxbbxdbxebxczzy", False),
+    ("ab[c]", "abc", True),
+    ("ab[b-d]", "abc", True),
+    ("ab[e-g]", "abc", False),
+    ("ab[^c]", "abc", False),
+    ("ab[^b-d]", "abc", False),
+    ("ab[^e-g]", "abc", True),
+    ("a\\*b", "ab", False),
+    ("a?b", "a☺b", True),
+    ("a[^a]b", "a☺b", True),
+    ("a???b", "a☺b", False),
+    ("a[^a][^a][^a]b", "a☺b", False),
+    ("[a-ζ]*", "α", True),
+    ("*[a-ζ]", "A", False),
+    ("a?b", "a/b", False),
+    ("a*b", "a/b", False),
+    ("[\\]a]", "]", True),
+    ("[\\-]", "-", True),
+    ("[x\\-]", "x", True),
+    ("[x\\-]", "-", True),
+    ("[x\\-]", "z", False),
+    ("[\\-x]", "x", True),
+    ("[\\-x]", "-", True),
+    ("[\\-x]", "a", False),
+    ("*x", "xxx", True),
+]
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), MOBY_MATCHES)
+def test_moby_pattern_cases(pattern: str, path: str, expected: bool) -> None:
+    assert excluded([pattern], path) is expected
+
+
+def test_go_regexp_details_are_kept() -> None:
+    # moby hands `^` to Go's regexp as an anchor, and Go's `.` (in `**`) stops at a newline.
+    assert excluded(["a*^b"], "ax^b") is False
+    assert excluded(["^a*"], "abc") is True
+    assert excluded(["a^b"], "a^b") is True  # no glob: moby compares the text
+    assert excluded(["x/**/y"], "x/a\nb/y") is False
+    assert excluded(["x/*/y"], "x/a\nb/y") is True
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "expected"),
+    [
+        # BuildKit's walk passes each directory's results to its children, and an exception
+        # skipped at the parent (nothing was excluded there yet) is tested on the path alone.
+        (["**/node_modules", "!packages"], "packages/node_modules/x.js", True),
+        (["**/node_modules", "!packages"], "packages/src/x.js", False),
+        (["**/node_modules", "!packages/node_modules"], "packages/node_modules/x.js", False),
+        (["docs", "!docs"], "docs/a/b", False),
+        (["**", "!util/docker/web", "util/docker/web/foo"], "util/docker/web/foo/bar", True),
+    ],
+)
+def test_exceptions_follow_buildkits_walk(patterns: list[str], path: str, expected: bool) -> None:
+    assert excluded(patterns, path) is expected
+
+
+@pytest.mark.parametrize(
+    ("patterns", "directory", "expected"),
+    [
+        # fsutil trims a trailing `/**` or `/*` before looking for glob characters.
+        (["a", "!a/keep/**"], "a", True),
+        (["a", "!a/keep/*"], "b", False),
+        (["a", "!a/ke^ep"], "b", True),
+    ],
+)
+def test_may_include_beneath_as_fsutil(patterns: list[str], directory: str, expected: bool) -> None:
+    assert PatternMatcher(patterns).may_include_beneath(directory) is expected
+
+
+_MATCHING_PROGRAM = """
+from kiln.plan import PatternMatcher
+matcher = PatternMatcher(["*a" * 14 + "*c"])
+names = ["a" * 40, "ab" * 20, "a" * 39 + "b"]
+assert not any(matcher.matches(name) for name in names)
+assert matcher.matches("a" * 28 + "c")
+"""
+# A backtracking engine needs hours for the program above; a linear matcher, milliseconds. The
+# bound only keeps a regression from hanging CI: it is minutes away from any real run.
+_HANG_GUARD_S = 120
+
+
+def test_matching_is_linear_not_backtracking() -> None:
+    """`*a*a*...*c` on a 40-character name took ~20 s per name with a backtracking regex."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _MATCHING_PROGRAM], timeout=_HANG_GUARD_S, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr.decode()
+
+
+_GLOB = st.text(alphabet="ab*?/", min_size=1, max_size=8)
+_NAME_TEXT = st.text(alphabet="ab/", max_size=10)
+
+
+@settings(max_examples=300)
+@given(pattern=_GLOB, path=_NAME_TEXT)
+def test_the_automaton_agrees_with_the_regular_expression(pattern: str, path: str) -> None:
+    """moby's translation to a regular expression, run by `re` on short inputs, is the spec."""
+    import re
+
+    body = pattern.strip("/")
+    if not body or body.startswith("**") or not any(ch in body for ch in "*?"):
+        return  # moby's suffix and exact shortcuts are not the regular expression
+    if body.endswith("**") and not any(ch in body[:-2] for ch in "*?"):
+        return  # nor is the prefix shortcut
+    path = "/".join(part for part in path.split("/") if part) or "a"
+    cleaned = re.sub("/+", "/", body)
+    marked = cleaned.replace("**/", "\0").replace("**", "\1")
+    regex = marked.replace("*", "[^/]*").replace("?", "[^/]")
+    regex = regex.replace("\0", "(?:.*/)?").replace("\1", ".*")
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    expected = any(re.fullmatch(regex, prefix) for prefix in prefixes)
+    assert excluded([cleaned], path) is expected
