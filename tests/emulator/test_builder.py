@@ -107,6 +107,17 @@ def test_oom_kill_leaves_evidence_in_dmesg(http: httpx.Client, sandbox: SandboxD
     assert any("Out of memory: Killed process" in line for line in diagnostic(sandbox, DMESG))
 
 
+def test_injected_signal_kills_without_oom_evidence(
+    http: httpx.Client, sandbox: SandboxDriver
+) -> None:
+    staged(http, sandbox, signal=15)
+    info, _ = run_builder(sandbox)
+    assert (info["status"], info["signal"], info["exit_code"]) == ("signaled", 15, None)
+    assert info["oom_killed"] is False
+    assert not any("Out of memory" in line for line in diagnostic(sandbox, DMESG))
+    assert http.post("/_emulator/builder", json={"signal": 65}).status_code == 400
+
+
 def test_enospc_shows_in_the_log_and_in_df(http: httpx.Client, sandbox: SandboxDriver) -> None:
     staged(http, sandbox, enospc=True)
     before = [line.split() for line in diagnostic(sandbox, DF) if line.startswith("/dev/")]

@@ -93,6 +93,20 @@ def test_sandbox_is_pending_for_the_start_delay(tmp_path: Path) -> None:
         wait_for_status(http, created["sandbox_id"], "running")
 
 
+def test_a_pending_sandbox_terminated_by_a_fault_never_runs(tmp_path: Path) -> None:
+    with (
+        Emulator(EmulatorConfig(data_dir=tmp_path, start_delay_ms=60_000)) as emu,
+        httpx.Client(base_url=emu.url, headers=AUTH) as http,
+    ):
+        sandbox_id = http.post(SANDBOXES, json=CREATE_BODY).json()["sandbox_id"]
+        assert http.get(f"{SANDBOXES}/{sandbox_id}").json()["status"] == "pending"
+        ended = http.post(f"/_emulator/sandboxes/{sandbox_id}/terminate", json={"reason": "boom"})
+        assert ended.status_code == 200, ended.text
+        described = http.get(f"{SANDBOXES}/{sandbox_id}").json()
+        assert (described["status"], described["termination_reason"]) == ("terminated", "boom")
+        assert http.post("/_emulator/sandboxes/sbx-nope/terminate").status_code == 404
+
+
 def test_idle_sandbox_expires_and_refuses_proxy_calls(http: httpx.Client) -> None:
     created = http.post(SANDBOXES, json={**CREATE_BODY, "timeout_secs": 1}).json()
     waited = wait_for_status(http, created["sandbox_id"], "terminated")

@@ -77,6 +77,11 @@ class Admin:
         response = await self._http.post("/_emulator/builder", json=behaviour)
         assert response.status_code == 200, response.text
 
+    async def terminate(self, sandbox_id: str) -> None:
+        """End the sandbox now, even while it is still pending (a sandbox that dies starting)."""
+        response = await self._http.post(f"/_emulator/sandboxes/{sandbox_id}/terminate")
+        assert response.status_code == 200, response.text
+
     async def reset(self) -> None:
         response = await self._http.post("/_emulator/reset")
         assert response.status_code == 200, response.text

@@ -12,8 +12,9 @@ uploads a snapshot archive holding ``spec.json`` and ``context/<path>`` for ever
 ``/_emulator/`` is the emulator's own surface, never part of Tensorlake's:
 
 - ``POST /_emulator/builder``: builder behaviour (``exit_code``, ``oom_kill``, ``enospc``,
-  ``duration_ms``, ``log_lines``, ``line_pace_ms``); ``GET`` shows it.
+  ``signal``, ``duration_ms``, ``log_lines``, ``line_pace_ms``); ``GET`` shows it.
 - ``GET /_emulator/sandboxes``, ``/processes``, ``/templates``: introspection.
+- ``POST /_emulator/sandboxes/<id>/terminate``: end a sandbox now, pending ones included.
 - ``POST /_emulator/reset``: forget everything, including faults and the request log.
 - ``POST|GET|DELETE /_emulator/faults``, ``GET /_emulator/requests``: see ``middleware``.
 - ``PUT|GET /_emulator/blobs/<key>``, ``GET /_emulator/blobs?uri=s3://kiln-emulator/<key>``.

@@ -17,15 +17,18 @@ from starlette.routing import BaseRoute, Route
 
 from kiln.emulator._blobs import key_from_uri
 from kiln.emulator._config import BuilderBehaviour
-from kiln.emulator._errors import bad_request
+from kiln.emulator._errors import bad_request, not_found
 from kiln.emulator._http import state_of
 from kiln.emulator._validate import json_object, optional
 
 ADMIN = "/_emulator"
+# The reason a sandbox terminated through this surface reports, unless the caller names one.
+INJECTED_TERMINATION = "terminated by the emulator (injected fault)"
 _BEHAVIOUR_FIELDS: dict[str, type] = {
     "exit_code": int,
     "oom_kill": bool,
     "enospc": bool,
+    "signal": int,
     "duration_ms": int,
     "log_lines": int,
     "line_pace_ms": int,
@@ -85,6 +88,25 @@ async def list_processes(request: Request) -> JSONResponse:
     return JSONResponse({"processes": processes})
 
 
+async def terminate_sandbox(request: Request) -> JSONResponse:
+    """Terminate a sandbox now, whatever its status: a sandbox that dies while it is still
+    pending (the platform reports it ``terminated``, never ``running``), or one lost mid-build."""
+    state = state_of(request)
+    sandbox_id = request.path_params["sandbox_id"]
+    sandbox = state.sandbox(sandbox_id)
+    if sandbox is None:
+        raise not_found(f"no sandbox {sandbox_id!r} (GET {ADMIN}/sandboxes lists them)")
+    body = await json_object(request)
+    sandbox.terminate(optional(body, "reason", str, INJECTED_TERMINATION))
+    return JSONResponse(
+        {
+            "sandbox_id": sandbox.id,
+            "status": sandbox.status(time.monotonic()),
+            "termination_reason": sandbox.terminated_reason,
+        }
+    )
+
+
 async def list_templates(request: Request) -> JSONResponse:
     return JSONResponse({"templates": state_of(request).templates.all()})
 
@@ -133,6 +155,7 @@ def routes() -> list[BaseRoute]:
         Route(ADMIN + "/builder", set_builder, methods=["POST"]),
         Route(ADMIN + "/builder", get_builder, methods=["GET"]),
         Route(ADMIN + "/sandboxes", list_sandboxes, methods=["GET"]),
+        Route(ADMIN + "/sandboxes/{sandbox_id}/terminate", terminate_sandbox, methods=["POST"]),
         Route(ADMIN + "/processes", list_processes, methods=["GET"]),
         Route(ADMIN + "/templates", list_templates, methods=["GET"]),
         Route(ADMIN + "/reset", reset, methods=["POST"]),

@@ -210,6 +210,8 @@ def _injected_failure(ctx: CommandContext) -> Exit | None:
     if behaviour.exit_code:
         ctx.err(f"tl-rootfs-build: failed (injected exit code {behaviour.exit_code})")
         return exited(behaviour.exit_code)
+    if behaviour.signal:
+        return Exit(signal=behaviour.signal)
     return None
 
 

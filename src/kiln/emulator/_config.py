@@ -15,6 +15,8 @@ DEFAULT_HOST = "127.0.0.1"
 MAX_PORT = 65535
 # A process exit status is one byte.
 MAX_EXIT_CODE = 255
+# Linux numbers its signals up to SIGRTMAX.
+MAX_SIGNAL = 64
 # The builder stand-in is instant by default so test suites stay fast; `--builder-duration-ms` and
 # `POST /_emulator/builder` slow it down to make live log streaming and timeouts observable.
 DEFAULT_BUILDER_DURATION_MS = 0
@@ -47,6 +49,11 @@ def _exit_code(_instance: object, attribute: attrs.Attribute[int], value: int) -
         raise ValueError(f"{attribute.name} must be within 0..{MAX_EXIT_CODE}, got {value}")
 
 
+def _signal(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= MAX_SIGNAL:
+        raise ValueError(f"{attribute.name} must be within 0..{MAX_SIGNAL} (0: none), got {value}")
+
+
 def _positive_or_none(
     _instance: object, attribute: attrs.Attribute[float | None], value: float | None
 ) -> None:
@@ -60,12 +67,14 @@ class BuilderBehaviour:
 
     The configured value is the default; `POST /_emulator/builder` replaces it until a reset.
     ``exit_code`` makes the builder fail plainly, ``oom_kill`` makes the kernel kill it (with
-    evidence in dmesg), ``enospc`` makes it run out of disk (evidence in its log and in df).
+    evidence in dmesg), ``enospc`` makes it run out of disk (evidence in its log and in df),
+    ``signal`` kills it with that signal for another reason than memory (no OOM evidence).
     """
 
     exit_code: int = attrs.field(default=0, validator=_exit_code)
     oom_kill: bool = False
     enospc: bool = False
+    signal: int = attrs.field(default=0, validator=_signal)
     duration_ms: int = attrs.field(default=DEFAULT_BUILDER_DURATION_MS, validator=_non_negative)
     log_lines: int = attrs.field(default=DEFAULT_BUILDER_LOG_LINES, validator=_non_negative)
     line_pace_ms: int = attrs.field(default=DEFAULT_BUILDER_LINE_PACE_MS, validator=_non_negative)

@@ -65,7 +65,7 @@ class EmulatorClient:
 
     def set_builder(self, **behaviour: Any) -> dict[str, Any]:
         """Replace the builder stand-in's behaviour (``exit_code``, ``oom_kill``, ``enospc``,
-        ``duration_ms``, ``log_lines``, ``line_pace_ms``) until the next reset."""
+        ``signal``, ``duration_ms``, ``log_lines``, ``line_pace_ms``) until the next reset."""
         applied: dict[str, Any] = _json(self._http.post(f"{ADMIN}/builder", json=behaviour))
         return applied
 
@@ -77,6 +77,13 @@ class EmulatorClient:
     def sandboxes(self) -> list[dict[str, Any]]:
         """Every sandbox created since the last reset, with its status."""
         return self._listing("sandboxes")
+
+    def terminate_sandbox(self, sandbox_id: str, reason: str | None = None) -> dict[str, Any]:
+        """End a sandbox now, whatever its status: one that dies while starting, or is lost."""
+        body = {} if reason is None else {"reason": reason}
+        url = f"{ADMIN}/sandboxes/{sandbox_id}/terminate"
+        ended: dict[str, Any] = _json(self._http.post(url, json=body))
+        return ended
 
     def live_sandboxes(self) -> list[dict[str, Any]]:
         """The sandboxes not terminated: after a finished build, a leak."""

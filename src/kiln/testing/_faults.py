@@ -118,7 +118,7 @@ class FaultSchedule:
     """Request faults (one per phase at most), builder behaviour and an optional lost sandbox."""
 
     faults: tuple[RequestFault, ...] = ()
-    # Fields for POST /_emulator/builder: exit_code, oom_kill, enospc.
+    # Fields for POST /_emulator/builder: exit_code, oom_kill, enospc, signal.
     builder: Mapping[str, Any] = attrs.field(factory=dict)
     # The index in PROXY_PHASES of the first proxy request that finds the sandbox gone.
     sandbox_lost_at: int | None = None
@@ -192,6 +192,7 @@ class FaultSchedule:
             self.builder.get("exit_code")
             or self.builder.get("oom_kill")
             or self.builder.get("enospc")
+            or self.builder.get("signal")
         )
 
 

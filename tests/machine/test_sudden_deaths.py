@@ -1,0 +1,55 @@
+"""A builder or a sandbox that dies of something else than the usual faults fails the build at once.
+
+Both were gaps a hand-made mutant slipped through (issue 17): a builder killed by a signal treated
+as a success, and a sandbox terminated while pending polled until the phase's deadline.
+"""
+
+from __future__ import annotations
+
+from machine_support import Admin, EmulatorPool, fast_spec, run_to_end, start_run, wait_for
+
+from kiln.errors import BuildFailed, PhaseTimeout, WithDiagnostics
+
+SIGTERM = 15
+# Long enough that the sandbox is still pending when the test terminates it, whatever the load.
+PENDING_FOR_MS = 10_000
+# Far beyond the one poll a terminated sandbox needs, yet short enough that a build that keeps
+# polling it (the mutant) fails this test in seconds instead of after the declared 120 s.
+WAIT_RUNNING_DEADLINE_S = 30.0
+
+
+async def test_a_builder_killed_by_a_signal_fails_the_build(emulator: Admin) -> None:
+    await emulator.builder(signal=SIGTERM)
+    run = await run_to_end(emulator)
+    assert run.state.state == "failed"
+    assert "failed with exit code -15" in str(run.driver.error)
+    assert "OOM" not in str(run.driver.error)
+    assert run.state.attempts["run_builder"] == 1
+    assert "read_metadata" not in run.states_entered()
+    error = run.driver.error
+    assert isinstance(error, BuildFailed) and isinstance(error.source, WithDiagnostics)
+    assert not any("memory" in line for line in error.source.advice)
+    assert await emulator.templates() == []
+
+
+async def test_a_sandbox_terminated_while_pending_fails_the_build_at_once(
+    emulator_pool: EmulatorPool,
+) -> None:
+    spec = fast_spec(wait_running={"deadline_s": WAIT_RUNNING_DEADLINE_S})
+    async with emulator_pool.running(start_delay_ms=PENDING_FOR_MS) as admin:
+        run = start_run(admin, spec=spec)
+        await wait_for(
+            lambda: run.state.state == "wait_running" and run.state.sandbox_id is not None
+        )
+        sandbox_id = run.state.sandbox_id
+        assert sandbox_id is not None
+        assert [s["status"] for s in await admin.sandboxes()] == ["pending"]
+        await admin.terminate(sandbox_id)
+        await run.finish()
+    assert run.state.state == "failed"
+    error = run.driver.error
+    assert not isinstance(error, PhaseTimeout), error
+    assert f"Sandbox {sandbox_id} terminated before reaching 'running'" in str(error)
+    # A permanent failure: no second attempt, straight to cleanup.
+    assert run.state.attempts["wait_running"] == 1
+    assert run.states_entered()[-2:] == ["cleanup", "failed"]
