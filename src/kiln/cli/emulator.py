@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.emulator import BuilderBehaviour, Emulator, EmulatorConfig
-from kiln.emulator._config import DEFAULT_HOST, SIGN_MODES, is_loopback
+from kiln.emulator._config import DEFAULT_HOST, PROFILES, SIGN_MODES, SSE_FRAMINGS, is_loopback
 from kiln.errors import UsageError
 
 # Any token works unless --api-key is given; this one is only printed as an example.
@@ -35,9 +35,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         default="legacy",
         help="prepare answers the legacy upload block, or the new snapshotRelPath",
     )
-    parser.add_argument(
-        "--start-delay-ms", type=int, default=0, help="sandboxes stay pending this long"
-    )
+    _add_profile_arguments(parser)
     parser.add_argument("--latency-ms", type=int, default=0, help="added to every response")
     parser.add_argument("--bandwidth-mbps", type=float, help="pace request and response bodies")
     parser.add_argument(
@@ -49,6 +47,62 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    """The realism parts: each defaults to what --profile says, and each can be set alone."""
+    group = parser.add_argument_group(
+        "realism", "--profile cloud turns every part on with realistic timings; each flag overrides"
+    )
+    group.add_argument("--profile", choices=PROFILES, default="ideal", help="default: ideal")
+    flag = argparse.BooleanOptionalAction
+    group.add_argument("--start-delay-ms", type=int, help="sandboxes stay pending this long")
+    group.add_argument(
+        "--pending-errors-ms", type=int, help="GET sandbox answers 502 this long after create"
+    )
+    group.add_argument("--separate-proxy", action=flag, help="the proxy on a port of its own")
+    group.add_argument("--stream-idle-ms", type=int, help="close a stream silent this long")
+    group.add_argument("--stream-max-ms", type=int, help="close any stream this old")
+    group.add_argument("--sse-keepalive-ms", type=int, help="': keepalive' comment interval")
+    group.add_argument("--sse-framing", choices=SSE_FRAMINGS, help="cloud: id: lines and CRLF")
+    group.add_argument(
+        "--require-content-length", action=flag, help="PUT without Content-Length answers 411"
+    )
+    group.add_argument(
+        "--platform-auth", action=flag, help="API keys on token routes, PATs on org routes"
+    )
+    group.add_argument("--pat", help="the token that is a personal access token")
+    group.add_argument(
+        "--private-registry",
+        action="append",
+        default=[],
+        metavar="HOST=USER:PASSWORD",
+        help="images on HOST need these credentials in spec.json (repeatable)",
+    )
+
+
+_PROFILE_OPTIONS = (
+    "start_delay_ms",
+    "pending_errors_ms",
+    "separate_proxy",
+    "stream_idle_ms",
+    "stream_max_ms",
+    "sse_keepalive_ms",
+    "sse_framing",
+    "require_content_length",
+    "platform_auth",
+)
+
+
+def _registry(text: str) -> tuple[str, tuple[str, str]]:
+    host, _, credentials = text.partition("=")
+    user, _, password = credentials.partition(":")
+    if not (host and user and password):
+        raise UsageError(
+            f"--private-registry {host or text!r}... is not HOST=USER:PASSWORD",
+            hint="e.g. --private-registry registry.example.com=alice:s3cret",
+        )
+    return host, (user, password)
+
+
 def config_from(args: argparse.Namespace) -> EmulatorConfig:
     if not args.allow_remote and not is_loopback(args.host):
         raise UsageError(
@@ -56,13 +110,21 @@ def config_from(args: argparse.Namespace) -> EmulatorConfig:
             hint="the emulator accepts any token; pass --allow-remote to listen beyond this machine",
         )
     try:
+        chosen = {
+            name: getattr(args, name)
+            for name in _PROFILE_OPTIONS
+            if getattr(args, name) is not None
+        }
         return EmulatorConfig(
+            profile=args.profile,
+            **chosen,
+            pat=args.pat,
+            private_registries=dict(_registry(text) for text in args.private_registry),
             host=args.host,
             port=args.port,
             data_dir=args.data_dir,
             api_key=args.api_key,
             sign_mode=args.sign_mode,
-            start_delay_ms=args.start_delay_ms,
             latency_ms=args.latency_ms,
             bandwidth_mbps=args.bandwidth_mbps,
             builder=BuilderBehaviour(duration_ms=args.builder_duration_ms),
@@ -77,6 +139,8 @@ def banner(emulator: Emulator, api_key: str | None) -> str:
     return "\n".join(
         [
             f"kiln emulator listening on {emulator.url}",
+            f"  profile: {emulator.config.profile}",
+            *([f"  sandbox proxy: {emulator.proxy_url}"] if emulator.proxy_url else []),
             f"  data dir: {emulator.data_dir}",
             "  point kiln at it:",
             f"    TENSORLAKE_API_URL={emulator.url} TENSORLAKE_API_KEY={token} kiln build ...",

@@ -26,13 +26,27 @@ Run it with ``kiln emulator``, or in-process::
 """
 
 from kiln.emulator._app import create_app
-from kiln.emulator._config import BuilderBehaviour, EmulatorConfig, SignMode
+from kiln.emulator._config import (
+    CLOUD,
+    IDEAL,
+    PROFILES,
+    BuilderBehaviour,
+    EmulatorConfig,
+    Profile,
+    ProfileDefaults,
+    SignMode,
+)
 from kiln.emulator._server import Emulator, start_emulator
 
 __all__ = [
+    "CLOUD",
+    "IDEAL",
+    "PROFILES",
     "BuilderBehaviour",
     "Emulator",
     "EmulatorConfig",
+    "Profile",
+    "ProfileDefaults",
     "SignMode",
     "create_app",
     "start_emulator",

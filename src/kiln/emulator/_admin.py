@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from kiln.emulator._blobs import key_from_uri
 from kiln.emulator._config import BuilderBehaviour
 from kiln.emulator._errors import bad_request, not_found
-from kiln.emulator._http import state_of
+from kiln.emulator._http import require_length, state_of
 from kiln.emulator._validate import json_object, optional
 
 ADMIN = "/_emulator"
@@ -128,6 +128,7 @@ def _part_number(request: Request) -> int | None:
 async def put_blob(request: Request) -> JSONResponse:
     """The signed upload target: a whole object, or one part of a multipart upload."""
     state = state_of(request)
+    require_length(request)
     key = request.path_params["key"]
     data = await request.body()
     part = _part_number(request)

@@ -11,24 +11,54 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiln.emulator import _admin, _lifecycle, _platform, _proxy
 from kiln.emulator._config import EmulatorConfig
-from kiln.emulator._errors import EXCEPTION_HANDLERS
+from kiln.emulator._errors import EXCEPTION_HANDLERS, error_response
 from kiln.emulator._state import EmulatorState
 from kiln.emulator.middleware import wrap_app
+from kiln.errors import ConfigError
 
 # Expiry is also checked on every access; the sweep only makes idle sandboxes end on time even when
 # nobody is looking, so the leak check sees them terminated.
 REAP_INTERVAL_S = 0.1
 _TEMP_PREFIX = "kiln-emulator-"
+ADMIN_PREFIX = "/_emulator/"
+PROXY_PREFIX = _proxy.API + "/"
 
 
 async def _reap_forever(state: EmulatorState) -> None:
     while True:
         state.reap()
         await asyncio.sleep(REAP_INTERVAL_S)
+
+
+class _PortRouter:
+    """With the proxy on its own port, each port serves only its own API (``/_emulator/`` both).
+
+    A client that sends proxy calls to the platform's address, or platform calls to a sandbox's,
+    gets the 404 a real load balancer in front of the other service would give.
+    """
+
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self._app = app
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        port = self._state.proxy_port
+        if scope["type"] != "http" or port is None or scope["path"].startswith(ADMIN_PREFIX):
+            await self._app(scope, receive, send)
+            return
+        on_proxy_port = (scope.get("server") or ("", None))[1] == port
+        if on_proxy_port != scope["path"].startswith(PROXY_PREFIX):
+            where = "a sandbox's proxy" if on_proxy_port else "the platform API"
+            response = error_response(
+                404, "NOT_FOUND", f"{scope['method']} {scope['path']}: no such route on {where}"
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
 
 
 def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
@@ -57,7 +87,7 @@ def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
     )
     app.state.emulator = state
     wrapped = wrap_app(
-        app,
+        _PortRouter(app, state),
         faults=state.faults,
         log=state.requests,
         latency_ms=config.latency_ms,
@@ -67,5 +97,13 @@ def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
 
 
 def create_app(config: EmulatorConfig) -> ASGIApp:
-    """The emulator as an ASGI app, for uvicorn or ``httpx.ASGITransport``."""
+    """The emulator as an ASGI app, for uvicorn or ``httpx.ASGITransport``.
+
+    One app has one address, so the proxy shares it: ``separate_proxy`` needs :class:`Emulator`.
+    """
+    if config.separate_proxy:
+        raise ConfigError(
+            "separate_proxy needs two listening ports; an in-process app has one address",
+            hint="run it with kiln.emulator.Emulator, or pass separate_proxy=False",
+        )
     return build_app(config)[0]

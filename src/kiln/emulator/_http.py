@@ -13,6 +13,7 @@ _BEARER = "bearer "
 _ORG_HEADER = "x-forwarded-organization-id"
 _PROJECT_HEADER = "x-forwarded-project-id"
 _UNAUTHENTICATED = "UNAUTHENTICATED"
+_FORBIDDEN = "FORBIDDEN"
 
 
 def state_of(request: Request) -> EmulatorState:
@@ -31,22 +32,60 @@ def public_url(request: Request) -> str:
     return f"{request.url.scheme}://{host}:{port}"
 
 
-def require_token(request: Request) -> None:
-    """Any bearer token is accepted unless the emulator was started with an API key.
+def proxy_url(request: Request) -> str:
+    """Where sandboxes are reached: the proxy's own port when it has one, else this one."""
+    return state_of(request).proxy_url or public_url(request)
+
+
+def require_length(request: Request) -> None:
+    """``require_content_length``: a chunked PUT is refused as proxies in front of stores do."""
+    if state_of(request).config.require_content_length and "content-length" not in request.headers:
+        raise EmulatorError(
+            411, "LENGTH_REQUIRED", "Length Required: this PUT must carry a Content-Length header"
+        )
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith(_BEARER):
+        return None
+    return header[len(_BEARER) :].strip() or None
+
+
+def _same(token: str, expected: str | None) -> bool:
+    return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def is_pat(request: Request, token: str) -> bool:
+    """Platform auth tells the kinds apart; the emulator knows its PAT by configuration."""
+    return _same(token, state_of(request).config.pat)
+
+
+def require_token(request: Request) -> str:
+    """Any bearer token is accepted unless the emulator was started with an API key (then that
+    key, or the configured PAT). With platform auth, a PAT must name its scope on every route.
 
     The token is never echoed back, logged or stored.
     """
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith(_BEARER) or not header[len(_BEARER) :].strip():
+    token = bearer(request)
+    if token is None:
         raise EmulatorError(
             401, _UNAUTHENTICATED, "missing bearer token: send 'Authorization: Bearer <token>'"
         )
-    expected = state_of(request).config.api_key
-    token = header[len(_BEARER) :].strip()
-    if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
+    config = state_of(request).config
+    if config.api_key is not None and not (_same(token, config.api_key) or is_pat(request, token)):
         raise EmulatorError(
             401, _UNAUTHENTICATED, "token refused: this emulator was started with --api-key"
         )
+    if config.platform_auth and is_pat(request, token):
+        missing = [h for h in (_ORG_HEADER, _PROJECT_HEADER) if h not in request.headers]
+        if missing:
+            raise EmulatorError(
+                403,
+                _FORBIDDEN,
+                f"a personal access token must name its scope: missing {', '.join(missing)}",
+            )
+    return token
 
 
 def require_scope(request: Request, organization: str, project: str) -> None:
@@ -70,8 +109,30 @@ def require_scope(request: Request, organization: str, project: str) -> None:
 
 
 def authorize(request: Request) -> None:
-    """Token check, plus the scope check when the route is the organization/project form."""
-    require_token(request)
+    """Token check, plus the scope check when the route is the organization/project form.
+
+    With platform auth, as the platform checks it: an API key belongs to one project and may use
+    only the token-scoped routes; a PAT acts for a user across projects and must use the
+    organization/project routes.
+    """
+    token = require_token(request)
     params = request.path_params
-    if "organization" in params:
+    scoped_route = "organization" in params
+    if state_of(request).config.platform_auth:
+        pat = is_pat(request, token)
+        if scoped_route and not pat:
+            raise EmulatorError(
+                403,
+                _FORBIDDEN,
+                "API keys are scoped to their project: use the /platform/v1/... routes without "
+                "/organizations/{org}/projects/{project}",
+            )
+        if pat and not scoped_route:
+            raise EmulatorError(
+                403,
+                _FORBIDDEN,
+                "a personal access token needs the /platform/v1/organizations/{org}/projects/"
+                "{project}/... routes and the X-Forwarded-Organization-Id/Project-Id headers",
+            )
+    if scoped_route:
         require_scope(request, params["organization"], params["project"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from kiln.emulator._errors import not_found
-from kiln.emulator._http import public_url, require_token, state_of
+from kiln.emulator._errors import EmulatorError, not_found
+from kiln.emulator._http import proxy_url, require_token, state_of
 from kiln.emulator._sandbox import Sandbox
 from kiln.emulator._state import SandboxRequest
 from kiln.emulator._validate import field, json_object, non_empty, optional, positive
@@ -61,19 +63,25 @@ async def create(request: Request) -> JSONResponse:
         ),
     )
     sandbox = state_of(request).create_sandbox(spec)
-    return JSONResponse(sandbox.describe(public_url(request)))
+    return JSONResponse(sandbox.describe(proxy_url(request)))
 
 
 async def get(request: Request) -> JSONResponse:
     require_token(request)
-    return JSONResponse(_sandbox(request).describe(public_url(request)))
+    sandbox = _sandbox(request)
+    if time.monotonic() < sandbox.errors_until:
+        # What the platform answers while a new sandbox's route is not yet programmed.
+        raise EmulatorError(
+            502, "PROXY_ERROR", "PROXY_ERROR: Failed to proxy request: sandbox is starting"
+        )
+    return JSONResponse(sandbox.describe(proxy_url(request)))
 
 
 async def delete(request: Request) -> JSONResponse:
     require_token(request)
     sandbox = _sandbox(request)
     sandbox.terminate("deleted")
-    return JSONResponse(sandbox.describe(public_url(request)))
+    return JSONResponse(sandbox.describe(proxy_url(request)))
 
 
 def routes() -> list[BaseRoute]:

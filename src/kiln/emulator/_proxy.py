@@ -9,7 +9,6 @@ proxy: an unknown sandbox is a 502 ``PROXY_ERROR``, a sandbox that is not runnin
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -21,9 +20,10 @@ from starlette.routing import BaseRoute, Route
 
 from kiln.emulator._blobs import BLOB_ROUTE, check_key, key_from_uri, uri_for
 from kiln.emulator._errors import EmulatorError, bad_request, not_found
-from kiln.emulator._http import public_url, require_token, state_of
+from kiln.emulator._http import public_url, require_length, require_token, state_of
 from kiln.emulator._process import Process
 from kiln.emulator._sandbox import RUNNING, Sandbox
+from kiln.emulator._sse import limits_of, sse_body
 from kiln.emulator._state import ProcessRequest
 from kiln.emulator._validate import field, json_object, non_empty, optional, positive
 from kiln.emulator._vfs import SANDBOX_USER, FsError, normalize
@@ -133,19 +133,13 @@ async def get_process(request: Request) -> JSONResponse:
     return JSONResponse(_process(request).info())
 
 
-async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield f"data: {json.dumps(event)}\n\n".encode()
-
-
-def _event_stream(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    return StreamingResponse(
-        _sse(events), media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache"}
-    )
+def _event_stream(request: Request, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    body = sse_body(events, limits_of(state_of(request).config))
+    return StreamingResponse(body, media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
 
 
 async def follow(request: Request) -> StreamingResponse:
-    return _event_stream(_process(request).follow())
+    return _event_stream(request, _process(request).follow())
 
 
 async def _run_events(process: Process) -> AsyncIterator[dict[str, Any]]:
@@ -157,7 +151,7 @@ async def _run_events(process: Process) -> AsyncIterator[dict[str, Any]]:
 
 
 async def run_process(request: Request) -> StreamingResponse:
-    return _event_stream(_run_events(await _start(request)))
+    return _event_stream(request, _run_events(await _start(request)))
 
 
 def _file_path(request: Request) -> str:
@@ -173,6 +167,7 @@ def _file_path(request: Request) -> str:
 async def put_file(request: Request) -> Response:
     """Stream the raw body to the file, in batches, so a large context never sits in memory."""
     sandbox = routed(request)
+    require_length(request)
     path = _file_path(request)
     try:
         handle = await asyncio.to_thread(sandbox.fs.open_for_write, path, SANDBOX_USER)

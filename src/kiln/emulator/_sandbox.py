@@ -36,6 +36,8 @@ class Sandbox:
     timeout_secs: int
     fs: VirtualFS
     ready_at: float
+    # Until then GET answers 502 PROXY_ERROR, as the platform does right after create.
+    errors_until: float = 0.0
     created_at: float = attrs.field(factory=time.time)
     last_activity: float = attrs.field(factory=time.monotonic)
     terminated_reason: str | None = None
@@ -74,12 +76,14 @@ class Sandbox:
         """The lifecycle API's view, with every field the official client requires.
 
         ``id`` is deliberately absent: the official client reads it as an alias of ``sandbox_id``
-        and refuses a body carrying both ("duplicate field `sandbox_id`").
+        and refuses a body carrying both ("duplicate field `sandbox_id`"). ``sandbox_url`` is
+        absent until the sandbox runs: the platform has no address for it before.
         """
-        return {
+        status = self.status(time.monotonic())
+        described: dict[str, Any] = {
             "sandbox_id": self.id,
             "namespace": self.namespace,
-            "status": self.status(time.monotonic()),
+            "status": status,
             "image": self.image,
             "resources": {
                 "cpus": self.cpus,
@@ -88,7 +92,9 @@ class Sandbox:
                 "ephemeral_disk_mb": self.disk_mb,
             },
             "timeout_secs": self.timeout_secs,
-            "sandbox_url": sandbox_url,
             "routing_hint": ROUTING_HINT,
             "termination_reason": self.terminated_reason,
         }
+        if status == RUNNING:
+            described["sandbox_url"] = sandbox_url
+        return described

@@ -64,6 +64,7 @@ class Emulator:
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
         self._sock: socket.socket | None = None
+        self._proxy_sock: socket.socket | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,6 +80,11 @@ class Emulator:
         return self._url
 
     @property
+    def proxy_url(self) -> str | None:
+        """The proxy's own address (``separate_proxy``), else None: the proxy shares ``url``."""
+        return None if self._state is None else self._state.proxy_url
+
+    @property
     def data_dir(self) -> Path:
         if self._state is None:
             raise RuntimeError("the emulator is not running; start it first")
@@ -88,12 +94,19 @@ class Emulator:
         if self._thread is not None:
             raise RuntimeError("this emulator is already running")
         sock = _listen(self.config.host, self.config.port)
+        # The cloud's proxy is another host; here it is another port, known only via sandbox_url.
+        proxy_sock = _listen(self.config.host, 0) if self.config.separate_proxy else None
         try:
             app, self._state = build_app(self.config)
         except BaseException:
             sock.close()
+            if proxy_sock is not None:
+                proxy_sock.close()
             raise
-        self._sock, self._url = sock, _url_of(sock)
+        if proxy_sock is not None:
+            self._state.proxy_url = _url_of(proxy_sock)
+            self._state.proxy_port = proxy_sock.getsockname()[1]
+        self._sock, self._proxy_sock, self._url = sock, proxy_sock, _url_of(sock)
         self._server = _Server(
             uvicorn.Config(
                 app,
@@ -112,16 +125,17 @@ class Emulator:
 
     def _run(self) -> None:
         assert self._server is not None and self._sock is not None
+        sockets = [self._sock] if self._proxy_sock is None else [self._sock, self._proxy_sock]
         try:
-            asyncio.run(self._serve(self._server, self._sock))
+            asyncio.run(self._serve(self._server, sockets))
         except BaseException as failure:  # reported to the thread that called start()
             self._failure = failure
         finally:
             self._server.ready.set()
 
-    async def _serve(self, server: _Server, sock: socket.socket) -> None:
+    async def _serve(self, server: _Server, sockets: list[socket.socket]) -> None:
         self._loop = asyncio.get_running_loop()
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=sockets)
 
     def stop(self) -> None:
         """End every process (so open streams close), then shut uvicorn down and join its thread."""
@@ -134,8 +148,9 @@ class Emulator:
         assert self._server is not None
         self._server.should_exit = True
         self._thread.join(STOP_TIMEOUT_S)
-        if self._sock is not None:
-            self._sock.close()
+        for sock in (self._sock, self._proxy_sock):
+            if sock is not None:
+                sock.close()
         self._thread = None
         self._loop = None
 

@@ -78,6 +78,9 @@ class EmulatorState:
         self.requests = RequestLog()
         self.behaviour: BuilderBehaviour = config.builder
         self.sandboxes: dict[str, Sandbox] = {}
+        # Set by the server when the proxy listens on a port of its own (the cloud profile).
+        self.proxy_url: str | None = None
+        self.proxy_port: int | None = None
         self.builds: dict[str, Build] = {}
         # Sandbox files from an earlier run belong to sandboxes that no longer exist.
         self._sandbox_root = data_dir / "sandboxes"
@@ -96,6 +99,7 @@ class EmulatorState:
             timeout_secs=request.timeout_secs,
             fs=VirtualFS(self._sandbox_root / sandbox_id),
             ready_at=now + self.config.start_delay_ms / _MS,
+            errors_until=now + self.config.pending_errors_ms / _MS,
             last_activity=now,
         )
         self.sandboxes[sandbox_id] = sandbox

@@ -312,6 +312,9 @@ class SseCutter:
         if self.remaining == 0:
             return 0
         for index, byte in enumerate(chunk):
+            # CRLF framing (the cloud profile): a CR changes nothing, the LF pair still counts.
+            if byte == ord("\r"):
+                continue
             is_newline = byte == ord("\n")
             if is_newline and self._after_newline:
                 self.remaining -= 1

@@ -4,6 +4,8 @@
   ``pytest -p kiln.testing``) with the fixtures ``kiln_emulator`` and ``kiln_store``.
 - :func:`run_build`: run one build to its end against the emulator and get back a
   :class:`BuildRun` (final state, events, log lines, the emulator's request log).
+- :func:`emulator_config`: an emulator configuration for tests, ``ideal`` or ``cloud`` (the
+  cloud profile with its timings scaled down, :data:`CLOUD_TEST_TIMINGS`).
 - :class:`EmulatorClient`: faults, builder behaviour and introspection of a running emulator.
 - :class:`FaultSchedule`: faults for a whole build (:class:`RequestFault` on the request kinds
   in :data:`TARGETS`, builder failures, a lost sandbox), installed on an emulator, and the
@@ -21,18 +23,28 @@ Importing :mod:`kiln.testing` needs ``pytest`` (the fixtures are part of it).
 
 from kiln.testing._client import EmulatorClient
 from kiln.testing._faults import TARGETS, FaultSchedule, RequestFault, Target
+from kiln.testing._profiles import CLOUD_TEST_TIMINGS, TEST_PAT, emulator_config
 from kiln.testing._run import TEST_TOKEN, BuildRun, persist_to, run_build, without_backoff
-from kiln.testing.plugin import kiln_emulator, kiln_emulator_server, kiln_store
+from kiln.testing.plugin import (
+    kiln_emulator,
+    kiln_emulator_config,
+    kiln_emulator_server,
+    kiln_store,
+)
 
 __all__ = [
+    "CLOUD_TEST_TIMINGS",
     "TARGETS",
+    "TEST_PAT",
     "TEST_TOKEN",
     "BuildRun",
     "EmulatorClient",
     "FaultSchedule",
     "RequestFault",
     "Target",
+    "emulator_config",
     "kiln_emulator",
+    "kiln_emulator_config",
     "kiln_emulator_server",
     "kiln_store",
     "persist_to",

@@ -8,6 +8,9 @@ loads it explicitly, e.g. under ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
     and reset before every test: ``.url`` to build against, plus faults and introspection.
     Inside a hypothesis ``@given`` test, call ``kiln_emulator.reset()`` at the start of each
     example (and suppress ``HealthCheck.function_scoped_fixture``).
+    Its profile is ``ideal`` unless ``--kiln-emulator-profile cloud`` (or the environment
+    variable ``KILN_EMULATOR_PROFILE=cloud``) asks for the cloud profile at test speed; a project
+    can also override the session fixture ``kiln_emulator_config`` with any configuration.
 ``kiln_store``
     A fresh, empty build store; the test runs once with the in-memory store and once with SQLite.
 """
@@ -15,23 +18,51 @@ loads it explicitly, e.g. under ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kiln.emulator import Emulator, EmulatorConfig
+from kiln.emulator import PROFILES, Emulator, EmulatorConfig
 from kiln.store import MemoryStore, SQLiteStore, Store
 from kiln.testing._client import EmulatorClient
+from kiln.testing._profiles import emulator_config
 
 STORE_KINDS = ("memory", "sqlite")
 SQLITE_FILE = "builds.db"
+PROFILE_OPTION = "--kiln-emulator-profile"
+PROFILE_ENV = "KILN_EMULATOR_PROFILE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("kiln").addoption(
+        PROFILE_OPTION,
+        choices=PROFILES,
+        default=None,
+        help=f"the kiln_emulator fixture's profile (default: ${PROFILE_ENV}, else ideal)",
+    )
+
+
+def chosen_profile(config: pytest.Config) -> str:
+    """The option if given, else the environment, else ``ideal``."""
+    chosen = config.getoption(PROFILE_OPTION.lstrip("-").replace("-", "_"), default=None)
+    profile = chosen or os.environ.get(PROFILE_ENV) or "ideal"
+    if profile not in PROFILES:
+        raise pytest.UsageError(f"{PROFILE_ENV}={profile!r}: expected one of {PROFILES}")
+    return str(profile)
 
 
 @pytest.fixture(scope="session")
-def kiln_emulator_server() -> Iterator[Emulator]:
-    """The session's emulator (one loopback port, a temporary data directory)."""
-    with Emulator(EmulatorConfig()) as emulator:
+def kiln_emulator_config(request: pytest.FixtureRequest) -> EmulatorConfig:
+    """The configuration of the session's emulator; override it in a conftest to choose."""
+    return emulator_config(chosen_profile(request.config))
+
+
+@pytest.fixture(scope="session")
+def kiln_emulator_server(kiln_emulator_config: EmulatorConfig) -> Iterator[Emulator]:
+    """The session's emulator (loopback ports, a temporary data directory)."""
+    with Emulator(kiln_emulator_config) as emulator:
         yield emulator
 
 
