@@ -3,7 +3,7 @@
 Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its sub-commands
 with ``set_defaults(func=...)``; a command function takes the parsed arguments and returns the
 exit code. Errors are mapped to exit codes here, once: usage and plan errors exit 2, build and
-remote errors exit 1, Ctrl-C exits 130.
+remote errors exit 1, Ctrl-C exits 130, a closed standard output ends quietly (141, as SIGPIPE).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kiln._version import __version__
+from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
 _COMMAND_MODULES = ("plan", "emulator", "build", "durable")
@@ -50,6 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    try:
+        with guarded_stdout():
+            return _dispatch(func, args)
+    except StdoutError as error:
+        return stdout_failed(error)
+
+
+def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return func(args)
     except KilnError as error:

@@ -34,6 +34,10 @@ EXIT_BY_OUTCOME = {"done": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CAN
 STATUS_LOG_LINES = 10
 # How often `kiln logs --follow` looks for new lines; the running build writes about as often.
 FOLLOW_POLL_S = 0.5
+# How long `kiln logs --follow` waits for someone to run a build nobody runs before it says so
+# and stops, as `docker logs -f` does on a stopped container: a few polls of an idle worker
+# (1 s), so a just-submitted build is not given up on before a worker could claim it.
+FOLLOW_UNOWNED_GRACE_S = 3.0
 LIST_LIMIT = 100
 STORE_HELP = "build store URL (default: $KILN_STORE, else the SQLite file in the state dir)"
 
@@ -318,6 +322,7 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
 async def _logs(args: argparse.Namespace, store: Store) -> int:
     record = await _find(store, args.build_id)
     seen = 0
+    unowned_since: float | None = None
     while True:
         for event in await store.events(record.id, after_seq=seen):
             if seen and event.seq > seen + 1:
@@ -330,9 +335,23 @@ async def _logs(args: argparse.Namespace, store: Store) -> int:
                 print(line, flush=True)
         if not args.follow or record.final:
             return EXIT_OK
+        if _running(record):
+            unowned_since = None
+        else:
+            unowned_since = unowned_since or time.monotonic()
+            if time.monotonic() - unowned_since >= FOLLOW_UNOWNED_GRACE_S:
+                print(_unowned_notice(record), file=sys.stderr)
+                return EXIT_OK
         await asyncio.sleep(FOLLOW_POLL_S)
         # Read the record after the events: a final record means every event is written.
         record = await _find(store, record.id)
+
+
+def _unowned_notice(record: BuildRecord) -> str:
+    return (
+        f"kiln: build {record.id} is in {record.state} but nobody runs it (no live process owns"
+        f" it): stopped following. `kiln resume {record.id}` (or a worker) continues it"
+    )
 
 
 def log_line(event: EventRow) -> str | None:

@@ -37,9 +37,15 @@ def run(args: argparse.Namespace) -> int:
     """Plan and print; errors propagate to the dispatcher, which maps them to exit codes."""
     plan = _plan(args)
     context = None
+    # The context's warnings (a FIFO or socket skipped) join the plan's own: with --json,
+    # stdout carries the JSON object and nothing else.
+    context_warnings: list[str] = []
     if not plan.is_import and plan.context_dir is not None:
-        context = summarize_context(plan.context_dir, dockerfile=plan.dockerfile_path)
+        context = summarize_context(
+            plan.context_dir, dockerfile=plan.dockerfile_path, on_warning=context_warnings.append
+        )
     payload = plan_payload(plan, context)
+    payload["warnings"] += context_warnings
     if args.json:
         print(json.dumps(payload, indent=2))
     else:

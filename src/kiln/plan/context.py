@@ -153,9 +153,13 @@ def summarize_context(
     *,
     dockerfile: str | os.PathLike[str] | None = None,
     extra_files: Sequence[ExtraFile] = (),
+    on_warning: Callable[[str], None] | None = None,
 ) -> ContextSummary:
-    """Walk and digest the context without compressing it."""
-    archive = ContextArchive(context_dir, dockerfile=dockerfile, extra_files=extra_files)
+    """Walk and digest the context without compressing it; ``on_warning`` receives what would
+    otherwise be logged (files that cannot be archived)."""
+    archive = ContextArchive(
+        context_dir, dockerfile=dockerfile, extra_files=extra_files, on_warning=on_warning
+    )
     tar_hash = hashlib.sha256()
     for piece in archive.tar_stream():
         tar_hash.update(piece)

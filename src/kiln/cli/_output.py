@@ -1,0 +1,98 @@
+"""Standard output that goes away: a closed pipe (``kiln ls | head -1``) or a full device.
+
+A Unix tool whose reader has gone stops quietly: ``yes | head -1`` leaves no message. Python
+instead raises BrokenPipeError at the first write after the reader closed, and a failed flush at
+interpreter exit prints "Exception ignored" and exits 120. kiln cannot simply restore SIGPIPE's
+default action (death): a ``kiln build`` killed that way would skip the cleanup that deletes its
+builder sandbox. So while a command runs, stdout is wrapped to tell its write errors apart from
+any other OSError; the dispatcher ends the process on one, after pointing stdout at /dev/null so
+that the interpreter's last flush has somewhere to go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO, cast
+
+# What a shell reports for a process killed by SIGPIPE, the exit status of `yes | head -1`'s yes.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+# A write error other than a closed pipe (a full disk, /dev/full): a plain failure, with a message.
+EXIT_WRITE_FAILED = 1
+
+
+class StdoutError(OSError):
+    """Writing standard output failed (the reader closed the pipe, the device is full)."""
+
+
+class StdoutClosed(StdoutError, BrokenPipeError):
+    """The reader of standard output has gone; still a BrokenPipeError, so a view that carries
+    on without its reader (``kiln build --json | head -1``) catches it as before."""
+
+
+class _GuardedStdout:
+    """Standard output whose write errors are StdoutError; everything else is passed through."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with _as_stdout_error():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with _as_stdout_error():
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _as_stdout_error() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError as error:
+        raise StdoutClosed(error.errno, error.strerror) from error
+    except OSError as error:
+        raise StdoutError(error.errno, error.strerror) from error
+
+
+@contextlib.contextmanager
+def guarded_stdout() -> Iterator[None]:
+    """Within the block, a failed write to ``sys.stdout`` raises StdoutError; the block's output
+    is flushed at its end, so that a failure surfaces while it can still be handled."""
+    original = sys.stdout
+    sys.stdout = cast(TextIO, _GuardedStdout(original))
+    try:
+        yield
+        sys.stdout.flush()
+    finally:
+        sys.stdout = original
+
+
+def stdout_failed(error: StdoutError) -> int:
+    """The exit code for a failed write to stdout: a closed pipe ends quietly, any other error
+    is named once on stderr. Either way stdout then leads to /dev/null, since the bytes still
+    buffered would fail again at exit."""
+    _discard_stdout()
+    if isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE:
+        return EXIT_BROKEN_PIPE
+    with contextlib.suppress(OSError):
+        print(f"kiln: error: cannot write to standard output: {error.strerror}", file=sys.stderr)
+    return EXIT_WRITE_FAILED
+
+
+def _discard_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        # No descriptor behind stdout (a caller's in-memory stream): nothing to redirect.
+        # (io.UnsupportedOperation, from fileno(), is a ValueError and an OSError.)
+        pass
