@@ -28,7 +28,8 @@ from kiln.plan import BuildPlan, plan_dockerfile, plan_import
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello" / "Dockerfile"
 MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
-TOKEN = "test-token-not-a-secret"
+# Mixed case, as real API keys and PATs are: a redaction that compares lower-cased text leaks it.
+TOKEN = "Test-Token-Not-A-Secret-4kQz"
 # Retries in tests wait milliseconds, not seconds: the budget is what is under test.
 FAST_BACKOFF = Backoff(initial_s=0.01, factor=2.0, max_s=0.05)
 

@@ -31,8 +31,9 @@ from kiln.plan import BuildPlan, plan_dockerfile
 from kiln.store import Store
 from kiln.testing._client import EmulatorClient
 
-# Any token is accepted by the emulator; this one is distinctive so a test can grep for leaks.
-TEST_TOKEN = "kiln-testing-token-0123456789abcdef"
+# Any token is accepted by the emulator; this one is distinctive so a test can grep for leaks,
+# and mixed case like real API keys and PATs, so a redaction that compares lower-cased text leaks.
+TEST_TOKEN = "kiln-Testing-Token-7Fq2ZxLm9KpR4wVbN3cD"
 # Retries wait no time in tests: the attempt budgets, not the wall clock, are what is tested.
 NO_BACKOFF = Backoff(initial_s=0.0, factor=1.0, max_s=0.0)
 # The package's logger, where the handler goes, and the build's own, which may be set quieter.
@@ -80,17 +81,20 @@ async def run_build(
     spec: MachineSpec | None = None,
     options: BuildOptions | None = None,
     api_key: str = TEST_TOKEN,
+    pat: str | None = None,
 ) -> BuildRun:
     """Build ``dockerfile`` (a path, or a plan) against ``emulator`` and return how it went.
 
     The build state is written to ``store`` after every transition when one is given. ``spec``
-    defaults to the declared machine without backoff, so retries cost no wall time.
+    defaults to the declared machine without backoff, so retries cost no wall time. ``pat``
+    builds with a personal access token instead of ``api_key`` (``options`` then name the
+    organization and project).
     """
     plan = dockerfile if isinstance(dockerfile, BuildPlan) else plan_dockerfile(dockerfile)
     state = BuildState(plan=plan, options=options or BuildOptions(api_url=emulator.url))
     events: list[Event] = []
     services = Services(
-        spec=spec or without_backoff(), emit_event=events.append, secrets=Secrets(api_key=api_key)
+        spec=spec or without_backoff(), emit_event=events.append, secrets=_secrets(api_key, pat)
     )
     driver = Driver(services, persist=persist_to(store) if store is not None else no_persist)
     with _captured_logs() as logs:
@@ -105,6 +109,10 @@ async def run_build(
         requests=tuple(emulator.requests()),
         error=driver.error,
     )
+
+
+def _secrets(api_key: str, pat: str | None) -> Secrets:
+    return Secrets(pat=pat) if pat is not None else Secrets(api_key=api_key)
 
 
 def persist_to(store: Store) -> PersistHook:
