@@ -321,6 +321,35 @@ def test_cutter_counts_events_whatever_the_chunking(
     assert sent == expected
 
 
+@settings(max_examples=60)
+@given(
+    count=st.integers(min_value=0, max_value=6),
+    keepalives=st.lists(st.booleans(), min_size=6, max_size=6),
+    crlf=st.booleans(),
+    keep=st.integers(min_value=1, max_value=7),
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=6),
+)
+def test_cutter_skips_keepalive_comments_and_reads_crlf(
+    count: int, keepalives: list[bool], crlf: bool, keep: int, cuts: list[int]
+) -> None:
+    # The cloud profile's wire: `: keepalive` blocks between events, id: lines, CRLF line ends.
+    end = "\r\n" if crlf else "\n"
+    blocks = []
+    for number in range(1, count + 1):
+        comment = f": keepalive{end}{end}" if keepalives[number - 1] else ""
+        blocks.append(comment + f"id: {number}{end}data: {{}}{end}{end}")
+    stream = "".join(blocks).encode()
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    cutter = SseCutter(keep)
+    sent = b""
+    for a, b in itertools.pairwise(bounds):
+        cut = cutter.feed(stream[a:b])
+        sent += stream[a:b] if cut is None else stream[a:b][:cut]
+        if cut is not None:
+            break
+    assert sent == "".join(blocks[:keep]).encode()
+
+
 # -- latency and bandwidth ---------------------------------------------------------------------
 
 

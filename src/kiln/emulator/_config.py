@@ -113,11 +113,14 @@ IDEAL = ProfileDefaults(
     platform_auth=False,
 )
 # The platform as the reference describes it. The timings are realistic (a sandbox takes a second
-# or two to boot and its proxy answers 502 meanwhile; load balancers end silent streams after a
-# minute and any stream after five); tests scale them down through the per-part options.
+# or two to boot; load balancers end silent streams after a minute and any stream after five);
+# tests scale them down through the per-part options. The 502 window after create is short by
+# default because the official client (0.5.163, measured) re-sends a failed GET sandbox twice
+# within about 120 ms and then fails the build: a longer window is not "harsh but possible" for
+# it. `pending_errors_ms` makes it as long as the reference's "a minute or two" for kiln's tests.
 CLOUD = ProfileDefaults(
     start_delay_ms=1500,
-    pending_errors_ms=1000,
+    pending_errors_ms=50,
     separate_proxy=True,
     stream_idle_ms=60_000,
     stream_max_ms=300_000,

@@ -301,26 +301,36 @@ class TokenBucket:
 
 
 class SseCutter:
-    """Counts ``\\n\\n``-terminated events and says where the body must end."""
+    """Counts events (blocks ended by an empty line) and says where the body must end.
+
+    Comment blocks (``: keepalive``) are not events: a cut placed after N events must fall at
+    the same place whether or not the stream carried keepalives. CR bytes are skipped, so CRLF
+    framing counts as LF framing does.
+    """
 
     def __init__(self, events: int) -> None:
         self.remaining = events
-        self._after_newline = False
+        self._after_newline = True
+        self._block_is_comment: bool | None = None
 
     def feed(self, chunk: bytes) -> int | None:
         """The offset in ``chunk`` just past the last allowed event, or None to pass it all."""
         if self.remaining == 0:
             return 0
         for index, byte in enumerate(chunk):
-            # CRLF framing (the cloud profile): a CR changes nothing, the LF pair still counts.
             if byte == ord("\r"):
                 continue
             is_newline = byte == ord("\n")
-            if is_newline and self._after_newline:
-                self.remaining -= 1
+            if self._block_is_comment is None and not is_newline:
+                self._block_is_comment = byte == ord(":")
+            if is_newline and self._after_newline and self._block_is_comment is not None:
+                counted = not self._block_is_comment
+                self._block_is_comment = None
                 self._after_newline = False
-                if self.remaining == 0:
-                    return index + 1
+                if counted:
+                    self.remaining -= 1
+                    if self.remaining == 0:
+                        return index + 1
                 continue
             self._after_newline = is_newline
         return None
