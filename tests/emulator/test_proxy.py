@@ -128,17 +128,58 @@ def test_tar_skips_dotdot_members_and_strips_absolute_ones(
     assert list(emulator.data_dir.rglob("escape.txt")) == []
 
 
-def test_tar_skips_symlinks(sandbox: SandboxDriver, emulator: Emulator) -> None:
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def _archive(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        link = tarfile.TarInfo("link")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/etc/passwd"
-        archive.addfile(link)
-    info, lines = _upload_and_extract(sandbox, buffer.getvalue())
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def test_tar_extracts_symlinks_and_hard_links_inside_the_sandbox(
+    sandbox: SandboxDriver, emulator: Emulator
+) -> None:
+    archive = _archive(
+        (tarfile.TarInfo("real.txt"), b"content"),
+        (_link("alias.txt", "real.txt"), None),
+        (_link("passwd", "/etc/passwd"), None),
+        (_link("up", "../../../../../../etc/hostname"), None),
+        (_link("hard.txt", "real.txt", tarfile.LNKTYPE), None),
+    )
+    info, lines = _upload_and_extract(sandbox, archive)
+    assert info["exit_code"] == 0, lines
+    assert lines == []
+    # Reads resolve links inside the sandbox's own tree, never the host's.
+    assert sandbox.get("/tmp/out/alias.txt").content == b"content"
+    assert sandbox.get("/tmp/out/hard.txt").content == b"content"
+    assert sandbox.get("/tmp/out/passwd").status_code == 404
+    assert sandbox.get("/tmp/out/up").status_code == 404
+    # No host symlink anywhere under the data directory.
+    assert [p for p in emulator.data_dir.rglob("*") if p.is_symlink()] == []
+
+
+def test_tar_link_errors_are_gnu_tars(sandbox: SandboxDriver) -> None:
+    archive = _archive(
+        (_link("orphan", "missing.txt", tarfile.LNKTYPE), None),
+        (_link("escape", "../outside", tarfile.LNKTYPE), None),
+        (tarfile.TarInfo("/abs.txt"), b"y"),
+    )
+    info, lines = _upload_and_extract(sandbox, archive)
+    text = [line["line"] for line in lines]
     assert info["exit_code"] == 2
-    assert "not a regular file" in lines[0]["line"]
-    assert [p for p in emulator.data_dir.rglob("link")] == []
+    assert "tar: Removing leading `/' from member names" in text
+    assert any("orphan: Cannot hard link to" in line for line in text)
+    assert "tar: ../outside: Member name contains '..'" in text
+    assert text[-1] == "tar: Exiting with failure status due to previous errors"
+    assert all(line["stream"] == "stderr" for line in lines)
 
 
 def test_process_timeout_kills(sandbox: SandboxDriver, http: httpx.Client) -> None:

@@ -158,6 +158,10 @@ def _pack(ctx: CommandContext, spec: _Spec) -> int:
         if spec.context_dir is not None:
             for relative, host in ctx.sandbox.fs.walk_files(spec.context_dir):
                 archive.add(host, arcname=f"context/{relative}", recursive=False)
+            for relative, target in ctx.sandbox.fs.walk_links(spec.context_dir):
+                link = tarfile.TarInfo(f"context/{relative}")
+                link.type, link.linkname = tarfile.SYMTYPE, target
+                archive.addfile(link)
     return ctx.blobs.size(spec.upload_key)
 
 

@@ -147,37 +147,84 @@ def _parse_tar(ctx: CommandContext, args: list[str]) -> _TarJob:
     return _TarJob(ctx.path(archive), ctx.path(destination))
 
 
-def _extract(ctx: CommandContext, host_archive: Path, destination: str) -> list[str]:
-    """Unpack regular files and directories; returns the complaints (empty when all went well).
+# GNU tar's own words, so a user reading a failed build's log sees what a real builder prints.
+_TAR_LEADING_SLASH = "tar: Removing leading `/' from member names"
+_TAR_LEADING_SLASH_LINKS = "tar: Removing leading `/' from hard link targets"
+_TAR_FAILED = "tar: Exiting with failure status due to previous errors"
 
-    Like GNU tar, a leading '/' is stripped and a member containing '..' is skipped, so an archive
-    can never write outside the destination.
+
+@attrs.define
+class _TarReport:
+    """What tar prints: warnings (exit 0 still) and errors (exit 2 at the end)."""
+
+    warnings: list[str] = attrs.field(factory=list)
+    errors: list[str] = attrs.field(factory=list)
+
+    def warn_once(self, line: str) -> None:
+        if line not in self.warnings:
+            self.warnings.append(line)
+
+
+def _member_path(report: _TarReport, name: str, warning: str) -> str | None:
+    """The member's path relative to the destination, or None when tar refuses it."""
+    relative = name.lstrip("/")
+    if relative != name:
+        report.warn_once(warning)
+    if ".." in PurePosixPath(relative).parts:
+        report.errors.append(f"tar: {name}: Member name contains '..'")
+        return None
+    return relative
+
+
+def _extract_member(
+    ctx: CommandContext, archive: tarfile.TarFile, member: tarfile.TarInfo, target: str, job: str
+) -> None:
+    fs = ctx.sandbox.fs
+    if member.isdir():
+        fs.mkdir(target, ctx.user, parents=True)
+        return
+    fs.mkdir(str(PurePosixPath(target).parent), ctx.user, parents=True)
+    existing = fs.node(target)
+    if existing is not None and not existing.is_dir:
+        # GNU tar unlinks what is in the way before it extracts a member over it.
+        fs.remove(target, ctx.user)
+    if member.issym():
+        fs.symlink(target, member.linkname, ctx.user)
+    elif member.islnk():
+        fs.hardlink(target, normalize(f"{job}/{member.linkname.lstrip('/')}"), ctx.user)
+    elif member.isreg():
+        source = archive.extractfile(member)
+        assert source is not None  # a regular member always has data
+        fs.copy_in(target, source, ctx.user, member.mode & 0o777)
+    else:
+        # Devices and FIFOs: what GNU tar says when the sandbox user may not create them.
+        raise FsError("permission", f"{member.name}: Cannot mknod: Operation not permitted")
+
+
+def _extract(ctx: CommandContext, host_archive: Path, destination: str) -> _TarReport:
+    """Unpack files, directories and links as GNU tar does, into the virtual filesystem.
+
+    A leading '/' is stripped (a warning) and a member or hard link target containing '..' is
+    refused (an error), so an archive can never write outside the destination. Symbolic links
+    are link entries of the virtual filesystem, whatever they point at: never host symlinks.
     """
-    fs, problems = ctx.sandbox.fs, []
+    report = _TarReport()
     with tarfile.open(host_archive, "r:*") as archive:
         for member in archive:
-            name = member.name.lstrip("/")
-            if name != member.name:
-                problems.append(f"tar: Removing leading '/' from member name {member.name!r}")
-            if ".." in PurePosixPath(name).parts:
-                problems.append(f"tar: {member.name}: Member name contains '..'; skipped")
+            name = _member_path(report, member.name, _TAR_LEADING_SLASH)
+            if name in (None, "", "."):
                 continue
-            if name in ("", "."):
-                continue
-            target = normalize(f"{destination}/{name}")
+            if member.islnk():
+                linked = _member_path(report, member.linkname, _TAR_LEADING_SLASH_LINKS)
+                if linked is None:
+                    continue
             try:
-                if member.isdir():
-                    fs.mkdir(target, ctx.user, parents=True)
-                elif member.isreg():
-                    fs.mkdir(str(PurePosixPath(target).parent), ctx.user, parents=True)
-                    source = archive.extractfile(member)
-                    assert source is not None  # a regular member always has data
-                    fs.copy_in(target, source, ctx.user, member.mode & 0o777)
-                else:
-                    problems.append(f"tar: {member.name}: not a regular file or directory; skipped")
+                _extract_member(
+                    ctx, archive, member, normalize(f"{destination}/{name}"), destination
+                )
             except FsError as problem:
-                problems.append(f"tar: {problem.message}")
-    return problems
+                report.errors.append(f"tar: {problem.message}")
+    return report
 
 
 async def _tar(ctx: CommandContext, args: list[str]) -> Exit:
@@ -186,14 +233,17 @@ async def _tar(ctx: CommandContext, args: list[str]) -> Exit:
     if not ctx.sandbox.fs.is_dir(job.destination):
         raise FsError("not_found", f"{job.destination}: Cannot open: No such file or directory")
     try:
-        problems = await asyncio.to_thread(_extract, ctx, host_archive, job.destination)
+        report = await asyncio.to_thread(_extract, ctx, host_archive, job.destination)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as bad:
         # Not a tar, not gzip, or cut short: what a client uploading a truncated archive sees.
         ctx.err(f"tar: {job.archive}: This does not look like a tar archive ({bad})")
         return exited(EXIT_USAGE)
-    for line in problems:
+    for line in report.warnings + report.errors:
         ctx.err(line)
-    return exited(EXIT_USAGE if problems else EXIT_OK)
+    if report.errors:
+        ctx.err(_TAR_FAILED)
+        return exited(EXIT_USAGE)
+    return exited(EXIT_OK)
 
 
 def df_lines(sandbox: Sandbox) -> list[str]:

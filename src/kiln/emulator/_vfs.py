@@ -6,12 +6,16 @@ reproduces the platform's fsuid pitfall: the file API acts as the sandbox user, 
 by root and not opened up is not writable through it.
 
 Virtual paths are absolute POSIX paths. Any ``..`` component is refused outright rather than
-resolved, and no symlink is ever created, so nothing outside the sandbox root can be reached.
+resolved. Symbolic links are entries of this table only (their target is a string, never a host
+symlink): writes never go through them, and reads resolve them inside the virtual tree, where
+``..`` at ``/`` stays at ``/`` as in a chroot, so nothing outside the sandbox root can be reached.
+Hard links are host hard links between two files of the same sandbox directory.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import stat
 import threading
@@ -33,6 +37,9 @@ _OWNER_SHIFT = 6
 # What a fresh builder VM image has: root-owned system directories and a world-writable /tmp.
 _SKELETON = ("/var", "/var/lib", "/usr", "/usr/local", "/usr/local/bin", "/etc", "/home")
 _COPY_CHUNK = 1024 * 1024
+_SYMLINK_MODE = 0o777
+# Linux gives up resolving after this many links (ELOOP).
+MAX_SYMLINK_HOPS = 40
 
 FsErrorKind = Literal["not_found", "permission", "invalid", "exists", "not_dir", "is_dir"]
 
@@ -51,6 +58,8 @@ class Node:
     owner: Actor
     mode: int
     is_dir: bool
+    # The target of a symbolic link, as written; None for files and directories.
+    link: str | None = None
 
 
 def normalize(path: str) -> str:
@@ -151,6 +160,10 @@ class VirtualFS:
             existing = self._nodes.get(path)
             if existing is not None and existing.is_dir:
                 raise FsError("is_dir", f"{path}: Is a directory")
+            if existing is not None and existing.link is not None:
+                raise FsError(
+                    "invalid", f"{path}: is a symbolic link; the emulator never writes through one"
+                )
             self._require_writable_dir(_parent(path), actor)
             if existing is not None and not self._permits(existing, actor, _WRITE):
                 raise FsError("permission", f"{path}: Permission denied")
@@ -166,9 +179,58 @@ class VirtualFS:
         with self.open_for_write(path, actor, mode) as handle:
             shutil.copyfileobj(source, handle, _COPY_CHUNK)
 
+    def symlink(self, path: str, target: str, actor: Actor) -> None:
+        """A link entry, replacing a file or link already there (as ``tar -x`` does)."""
+        path = normalize(path)
+        with self._lock:
+            self._require_writable_dir(_parent(path), actor)
+            existing = self._nodes.get(path)
+            if existing is not None and existing.is_dir:
+                raise FsError("exists", f"{path}: Cannot create symlink to '{target}': File exists")
+            if existing is not None and existing.link is None:
+                self.host(path).unlink()
+            self._nodes[path] = Node(actor, _SYMLINK_MODE, False, link=target)
+
+    def hardlink(self, path: str, existing_path: str, actor: Actor) -> None:
+        """A second name for a regular file of this sandbox."""
+        path, existing_path = normalize(path), normalize(existing_path)
+        with self._lock:
+            source = self._nodes.get(existing_path)
+            if source is None or source.is_dir or source.link is not None:
+                problem = (
+                    "Is a directory" if source and source.is_dir else "No such file or directory"
+                )
+                raise FsError(
+                    "not_found", f"{path}: Cannot hard link to '{existing_path}': {problem}"
+                )
+            self._require_writable_dir(_parent(path), actor)
+            current = self._nodes.get(path)
+            if current is not None and current.is_dir:
+                raise FsError("is_dir", f"{path}: Cannot hard link: Is a directory")
+            if current is not None and current.link is None:
+                self.host(path).unlink()
+            os.link(self.host(existing_path), self.host(path))
+            self._nodes[path] = Node(source.owner, source.mode, False)
+
+    def link_target(self, path: str) -> str | None:
+        node = self.node(path)
+        return None if node is None else node.link
+
+    def _resolve(self, path: str) -> str:
+        """Follow symbolic links inside the virtual tree (the lock is held)."""
+        for _ in range(MAX_SYMLINK_HOPS):
+            node = self._nodes.get(path)
+            if node is None or node.link is None:
+                return path
+            joined = posixpath.join(_parent(path), node.link)
+            # Like a chroot: '..' at the root stays at the root, so a link cannot leave it.
+            path = normalize(posixpath.normpath("/" + joined.lstrip("/")))
+        raise FsError("invalid", f"{path}: Too many levels of symbolic links")
+
     def readable_host_path(self, path: str, actor: Actor) -> Path:
         path = normalize(path)
         with self._lock:
+            path = self._resolve(path)
             node = self._existing(path)
             if node.is_dir:
                 raise FsError("is_dir", f"{path}: Is a directory")
@@ -194,7 +256,7 @@ class VirtualFS:
             target = self.host(path)
             if node.is_dir:
                 shutil.rmtree(target)
-            else:
+            elif node.link is None:
                 target.unlink()
 
     def walk_files(self, path: str) -> Iterator[tuple[str, Path]]:
@@ -203,10 +265,23 @@ class VirtualFS:
         with self._lock:
             prefix = path.rstrip("/") + "/"
             found = sorted(
-                p for p, n in self._nodes.items() if p.startswith(prefix) and not n.is_dir
+                p
+                for p, n in self._nodes.items()
+                if p.startswith(prefix) and not n.is_dir and n.link is None
             )
         for virtual in found:
             yield virtual.removeprefix(prefix), self.host(virtual)
+
+    def walk_links(self, path: str) -> list[tuple[str, str]]:
+        """Every symbolic link under a directory, as (path relative to it, target), sorted."""
+        path = normalize(path)
+        with self._lock:
+            prefix = path.rstrip("/") + "/"
+            return sorted(
+                (p.removeprefix(prefix), n.link)
+                for p, n in self._nodes.items()
+                if p.startswith(prefix) and n.link is not None
+            )
 
     def usage_bytes(self) -> int:
         total = 0
