@@ -77,6 +77,7 @@ def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
         finally:
             reaper.cancel()
             state.terminate_all("emulator stopped")
+            shutil.rmtree(state.sandbox_root, ignore_errors=True)
             if owns_data_dir:
                 shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -49,7 +50,8 @@ class BlobStore:
     def writer(self, key: str) -> Iterator[BinaryIO]:
         """A file to fill; it becomes the object only when the block ends without an error."""
         target = self.path(key)
-        partial = target.with_name(target.name + ".partial")
+        # A name of this writer's own: two emulators on one data directory may write one key.
+        partial = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             handle = partial.open("wb")

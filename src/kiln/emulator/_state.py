@@ -7,6 +7,7 @@ platform after a crash); templates and blobs live under the data directory and s
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import time
@@ -29,6 +30,26 @@ from kiln.emulator.middleware import FaultRules, RequestLog
 _log = structlog.get_logger("kiln.emulator")
 _MS = 1000.0
 _ID_BYTES = 8
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_instances(sandboxes: Path) -> None:
+    """Drop the sandbox files of emulators whose process is gone (``<pid>-<token>`` dirs)."""
+    if not sandboxes.is_dir():
+        return
+    for instance in sandboxes.iterdir():
+        owner = instance.name.split("-", 1)[0]
+        if not (owner.isdigit() and _pid_alive(int(owner))):
+            shutil.rmtree(instance, ignore_errors=True)
 
 
 def new_id(prefix: str) -> str:
@@ -82,9 +103,11 @@ class EmulatorState:
         self.proxy_url: str | None = None
         self.proxy_port: int | None = None
         self.builds: dict[str, Build] = {}
-        # Sandbox files from an earlier run belong to sandboxes that no longer exist.
-        self._sandbox_root = data_dir / "sandboxes"
-        shutil.rmtree(self._sandbox_root, ignore_errors=True)
+        # Each emulator keeps its sandboxes' files in a directory of its own (other processes may
+        # share the data directory); those of emulators that no longer run are removed.
+        sandboxes = data_dir / "sandboxes"
+        _remove_dead_instances(sandboxes)
+        self.sandbox_root = sandboxes / f"{os.getpid()}-{secrets.token_hex(_ID_BYTES)}"
 
     def create_sandbox(self, request: SandboxRequest) -> Sandbox:
         sandbox_id = new_id("sbx")
@@ -97,7 +120,7 @@ class EmulatorState:
             memory_mb=request.memory_mb,
             disk_mb=request.disk_mb,
             timeout_secs=request.timeout_secs,
-            fs=VirtualFS(self._sandbox_root / sandbox_id),
+            fs=VirtualFS(self.sandbox_root / sandbox_id),
             ready_at=now + self.config.start_delay_ms / _MS,
             errors_until=now + self.config.pending_errors_ms / _MS,
             last_activity=now,
