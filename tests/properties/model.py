@@ -40,6 +40,9 @@ ORACLE_BUILD_ID = "build-oracle"
 ORACLE_SANDBOX_ID = "sbx-oracle"
 # Cleanup leaves the way the build was heading when it entered cleanup.
 WAY_OUT = {"done": Trigger.SUCCEED, "failed": Trigger.FAIL, "cancelled": Trigger.CANCEL}
+# The part of a state's deadline one attempt uses in `spend`: a few attempts together run past
+# it, while no single one does.
+ATTEMPT_SHARE = 0.4
 # Fields that hold wall-clock readings; a resumed build legitimately restarts its phase clock.
 CLOCK_FIELDS = ("created_at", "state_entered_at", "deadline_at")
 Transition = tuple[str, str, str]
@@ -103,6 +106,10 @@ class SteppedBuild:
         self.persisted: list[str] = []
         self.transitions: list[Transition] = []
         self.crashes = 0
+        # When the current state was entered (or the build resumed, which restarts the phase
+        # clock), by the fake clock; and, per handler run, its state and how long after that.
+        self.entered_at = self.clock.now
+        self.handler_runs: list[tuple[str, float]] = []
         # Durable, like the store's cancel flag: a resumed build is told again.
         self.cancel_requested = False
         self._pending: asyncio.Future[str] | None = None
@@ -136,6 +143,12 @@ class SteppedBuild:
         self.clock.now += self.spec.states[self.current].deadline_s + 1
         self.resolve(kind)
 
+    def spend(self, kind: str) -> None:
+        """A share of the current state's deadline passes while its handler runs; it then
+        reports ``kind``."""
+        self.clock.now += self.spec.states[self.current].deadline_s * ATTEMPT_SHARE
+        self.resolve(kind)
+
     def overrun(self, kind: str) -> None:
         """The whole build's deadline passes while a handler runs; it then reports ``kind``."""
         assert self.state.deadline_at is not None
@@ -164,6 +177,7 @@ class SteppedBuild:
         if self.cancel_requested:
             self.driver.cancel()
         self.state = state
+        self.entered_at = self.clock.now
         self.task = self.loop.create_task(self.driver.run(state))
         self.task.add_done_callback(lambda _: self._changed.set())
         self._settle()
@@ -179,6 +193,7 @@ class SteppedBuild:
         self.loop.run_until_complete(settled())
 
     async def _oracle(self, state: BuildState, services: Services) -> Outcome:
+        self.handler_runs.append((state.state, self.clock.now - self.entered_at))
         self._pending = self.loop.create_future()
         self._changed.set()
         kind = await self._pending
@@ -190,6 +205,9 @@ class SteppedBuild:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, TransitionEvent):
             self.transitions.append((event.source, event.trigger, event.dest))
+            # A retry stays in the state: its deadline bounds all attempts together.
+            if event.dest != event.source:
+                self.entered_at = self.clock.now
 
 
 def comparable(state: BuildState) -> dict[str, object]:
@@ -228,8 +246,17 @@ def check_bounded(spec: MachineSpec, transitions: list[Transition]) -> None:
     assert len(transitions) <= sum(s.attempts for s in spec.states.values())
 
 
+def check_phase_deadlines(spec: MachineSpec, build: SteppedBuild) -> None:
+    """No handler starts once its state's deadline, counted from entering the state (not from
+    the attempt), has passed."""
+    for name, elapsed in build.handler_runs:
+        limit = spec.states[name].deadline_s
+        assert elapsed < limit, f"{name} ran a handler {elapsed:g}s into its {limit:g}s deadline"
+
+
 def check_all(spec: MachineSpec, build: SteppedBuild) -> None:
     check_declared(spec, build.transitions)
+    check_phase_deadlines(spec, build)
     check_cleanup_before_final(spec, build.transitions)
     check_budgets(spec, build.state)
     check_bounded(spec, build.transitions)

@@ -1,6 +1,6 @@
 """Model level, rule-based: hypothesis plays the world around the driver (handler outcomes,
-cancel requests, a phase's or the whole build's deadline passing, the process dying) and the
-invariants hold after every step.
+cancel requests, a phase's or the whole build's deadline passing, within one attempt or spent
+across several, the process dying) and the invariants hold after every step.
 
 A finished build that was killed and resumed on the way is replayed without its crashes from the
 same decisions: the replay must take the same transitions and end in the same state.
@@ -72,6 +72,18 @@ class DriverModel(RuleBasedStateMachine):
         build.expire(kind)
         self._after(build, ("expire", kind))
 
+    @rule(attempts=st.integers(min_value=2, max_value=5))
+    def deadline_spent_across_attempts(self, attempts: int) -> None:
+        """Attempts that each use a share of the state's deadline and fail transiently: the
+        deadline runs out across attempts, never within one."""
+        build = self._current()
+        name = build.current
+        for _ in range(attempts):
+            build.spend("retry")
+            self._after(build, ("spend", "retry"))
+            if self.build is not build or build.current != name:
+                return
+
     @rule(kind=OUTCOMES)
     def build_deadline_passes(self, kind: str) -> None:
         build = self._current()
@@ -101,8 +113,32 @@ def apply(build: SteppedBuild, what: str, kind: str) -> None:
         build.cancel()
     elif what == "overrun":
         build.overrun(kind)
+    elif what == "spend":
+        build.spend(kind)
     else:
         build.expire(kind)
+
+
+def test_a_deadline_spent_across_attempts_fails_the_phase() -> None:
+    """Three attempts of prepare each use 40% of its deadline and fail transiently: the fourth
+    would start past the deadline, so it never runs and the build fails by timeout (a phase
+    clock reset on every retry would give each attempt a whole deadline, and all five run)."""
+    loop = asyncio.new_event_loop()
+    try:
+        build = SteppedBuild(loop)
+        build.resolve("succeed")
+        assert build.current == "prepare"
+        for _ in range(3):
+            build.spend("retry")
+        assert build.final
+        state = build.result()
+        assert state.state == "failed"
+        assert state.error is not None
+        assert (state.error.kind, state.error.phase) == ("PhaseTimeout", "prepare")
+        assert [name for name, _ in build.handler_runs].count("prepare") == 3
+        check_all(SPEC, build)
+    finally:
+        loop.close()
 
 
 TestDriverModel = DriverModel.TestCase
