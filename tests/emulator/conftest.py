@@ -139,7 +139,11 @@ def prepare(http: httpx.Client, name: str, dockerfile: str, **extra: Any) -> dic
 
 
 def stage_build(
-    sandbox: SandboxDriver, prepared: dict[str, Any], dockerfile: str, files: dict[str, bytes]
+    sandbox: SandboxDriver,
+    prepared: dict[str, Any],
+    dockerfile: str,
+    files: dict[str, bytes],
+    **spec_extra: Any,
 ) -> None:
     """Everything the client does before it starts the builder (reference §4, remote steps)."""
     sandbox.run("mkdir", "-p", BUILD_DIR, root=True)
@@ -156,6 +160,7 @@ def stage_build(
         "contextDir": f"{BUILD_DIR}/context",
         "baseImage": dockerfile.split()[1],
         "rootfsDiskBytes": ROOTFS_BYTES,
+        **spec_extra,
     }
     assert sandbox.put(f"{BUILD_DIR}/spec.json", json.dumps(spec).encode()).status_code == 200
 

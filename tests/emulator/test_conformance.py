@@ -12,6 +12,7 @@ but possible.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -375,6 +376,28 @@ def test_a_silent_builder_outlives_streams_closed_for_idleness(
     # stream while it worked; the client followed again until the builder ended.
     assert "ended before process" in run.text()
     assert len(follows) > FOLLOWS_BEFORE_BUILDER + 1
+
+
+def test_a_private_base_image_needs_credentials_from_the_docker_config(
+    conformance_emulator: Callable[..., Peer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, user, password = "registry.example.com", "alice", "conformance-registry-pw"
+    peer = conformance_emulator(private_registries={registry: (user, password)})
+    dockerfile = tmp_path / "app" / "Dockerfile"
+    dockerfile.parent.mkdir()
+    dockerfile.write_text(f"FROM {registry}/team/base:1\nRUN make\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    refused = peer.build(dockerfile)
+    assert "tl-rootfs-build' failed with exit code 1" in refused.failure()
+    assert "pull access denied for registry.example.com/team/base" in refused.text()
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (tmp_path / ".docker").mkdir()
+    (tmp_path / ".docker" / "config.json").write_text(
+        json.dumps({"auths": {registry: {"auth": auth}}})
+    )
+    peer.build(dockerfile).ok()
+    assert auth not in peer.http.get("/_emulator/requests").text
 
 
 def test_builder_oom_kill_fails_with_memory_advice(conformance_peer: Peer) -> None:

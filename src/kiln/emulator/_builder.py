@@ -21,9 +21,12 @@ import attrs
 from kiln.emulator._blobs import BLOB_ROUTE, check_key, uri_for
 from kiln.emulator._context import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandContext
 from kiln.emulator._process import SIGKILL, Exit, exited
+from kiln.emulator._registry import needed_images, pull_refusal
 from kiln.emulator._vfs import ROOT, FsError
 
 SNAPSHOT_FORMAT = "durable_archive_v1"
+# spec.json keys that carry secrets (registry credentials): never copied into a snapshot.
+SECRET_SPEC_KEYS = frozenset({"dockerConfigJson"})
 # The snapshot is a stand-in, so it is a plain tar: compressing it would only take CPU away from
 # the client being measured when both run on one machine (benchmarks).
 SNAPSHOT_TAR_MODE: Final = "w"
@@ -151,7 +154,9 @@ def _pack(ctx: CommandContext, spec: _Spec) -> int:
         ctx.blobs.writer(spec.upload_key) as handle,
         tarfile.open(fileobj=handle, mode=SNAPSHOT_TAR_MODE) as archive,
     ):
-        spec_bytes = json.dumps(spec.raw, indent=2, sort_keys=True).encode()
+        # Registry credentials never leave the builder: what is stored is the spec without them.
+        stored = {k: v for k, v in spec.raw.items() if k not in SECRET_SPEC_KEYS}
+        spec_bytes = json.dumps(stored, indent=2, sort_keys=True).encode()
         info = tarfile.TarInfo("spec.json")
         info.size = len(spec_bytes)
         archive.addfile(info, io.BytesIO(spec_bytes))
@@ -201,6 +206,32 @@ async def _log_steps(ctx: CommandContext, spec: _Spec) -> None:
     await asyncio.sleep(max(0.0, remaining))
 
 
+def _local_references(spec: _Spec) -> list[str]:
+    """Images the build takes from registered templates rather than from a registry."""
+    local = [
+        entry["reference"]
+        for entry in spec.raw.get("additionalLocalImages") or []
+        if isinstance(entry, dict) and isinstance(entry.get("reference"), str)
+    ]
+    if spec.raw.get("rootfsNodeKind") == "diff":
+        local.append(spec.base_image)
+    return local
+
+
+def _pull(ctx: CommandContext, spec: _Spec) -> Exit | None:
+    """Pull what the build needs; an image on a private registry needs its credentials."""
+    private = ctx.private_registries
+    if not private:
+        return None
+    for image in needed_images(spec.dockerfile, _local_references(spec)):
+        ctx.process.emit(f"pulling {image}")
+        refusal = pull_refusal(image, private, spec.raw.get("dockerConfigJson"))
+        if refusal is not None:
+            ctx.err(refusal)
+            return exited(EXIT_FAILURE)
+    return None
+
+
 def _injected_failure(ctx: CommandContext) -> Exit | None:
     behaviour = ctx.behaviour
     if behaviour.oom_kill:
@@ -229,6 +260,9 @@ async def run_builder(ctx: CommandContext, args: list[str]) -> Exit:
     except _SpecProblem as problem:
         ctx.err(f"tl-rootfs-build: {problem}")
         return exited(EXIT_USAGE)
+    refused = _pull(ctx, spec)
+    if refused is not None:
+        return refused
     await _log_steps(ctx, spec)
     failure = _injected_failure(ctx)
     if failure is not None:

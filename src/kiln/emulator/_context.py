@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from kiln.emulator._blobs import BlobStore
@@ -27,6 +29,8 @@ class CommandContext:
     cwd: str
     blobs: BlobStore
     behaviour: BuilderBehaviour
+    # Registries whose images need credentials: host -> (user, password).
+    private_registries: Mapping[str, tuple[str, str]] = attrs.field(factory=dict)
 
     def err(self, line: str) -> None:
         self.process.emit(line, "stderr")

@@ -154,6 +154,7 @@ class EmulatorState:
             cwd=request.working_dir,
             blobs=self.blobs,
             behaviour=self.behaviour,
+            private_registries=self.config.private_registries,
         )
         task = asyncio.create_task(_supervise(ctx, request))
         sandbox.tasks.add(task)
