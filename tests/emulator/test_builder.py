@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kiln.emulator import Emulator
 from kiln.testing import EmulatorClient, run_build
 
 from .conftest import (
@@ -200,18 +201,17 @@ def test_an_import_needs_no_context(http: httpx.Client, sandbox: SandboxDriver) 
 
 
 async def test_a_context_with_links_builds_and_its_snapshot_keeps_them(
-    kiln_emulator: EmulatorClient, tmp_path: Path
+    emulator: Emulator, tmp_path: Path
 ) -> None:
     # The symptom of issue 10: a symlink in the context failed every build in phase upload.
     (tmp_path / "Dockerfile").write_text("FROM python:3.12-slim\nCOPY . /app\n")
     (tmp_path / "real.txt").write_text("content")
     (tmp_path / "alias.txt").symlink_to("real.txt")
-    run = await run_build(kiln_emulator, tmp_path / "Dockerfile")
-    assert run.outcome == "done", run.state.error
-    [template] = kiln_emulator.templates()
-    blob = httpx.get(
-        kiln_emulator.url + "/_emulator/blobs", params={"uri": template["snapshotUri"]}
-    )
+    with EmulatorClient(emulator.url) as client:
+        run = await run_build(client, tmp_path / "Dockerfile")
+        assert run.outcome == "done", run.state.error
+        [template] = client.templates()
+    blob = httpx.get(emulator.url + "/_emulator/blobs", params={"uri": template["snapshotUri"]})
     with tarfile.open(fileobj=io.BytesIO(blob.content)) as archive:
         alias = archive.getmember("context/alias.txt")
     assert alias.issym()
