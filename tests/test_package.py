@@ -31,3 +31,25 @@ def test_build_failed_names_sandbox_and_build() -> None:
 def test_cli_without_command_is_a_usage_error() -> None:
     result = subprocess.run([sys.executable, "-m", "kiln"], capture_output=True, text=True)
     assert result.returncode == 2
+
+
+def test_every_public_name_resolves_lazily_to_its_module() -> None:
+    """kiln/__init__ imports on first use; its map, __all__ and the typed imports agree."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    exports = kiln._EXPORTS
+    assert set(kiln.__all__) == {*exports, "__version__"}
+    for name, module in exports.items():
+        assert getattr(kiln, name) is getattr(importlib.import_module(module), name), name
+    tree = ast.parse(Path(kiln.__file__).read_text())
+    typed = {
+        alias.name: node.module
+        for block in tree.body
+        if isinstance(block, ast.If)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == exports

@@ -1,35 +1,84 @@
-"""kiln: build Tensorlake sandbox images through an explicit, persisted state machine."""
+"""kiln: build Tensorlake sandbox images through an explicit, persisted state machine.
 
-from kiln._build import (
-    Build,
-    build_image,
-    build_image_sync,
-    import_image,
-    import_image_sync,
-    start_build,
-    start_import,
-    start_plan,
-)
-from kiln._service import resume, submit
+The public names are imported on first use (PEP 562): ``import kiln.cli`` must not load the whole
+library, so that a Ctrl-C while ``kiln`` starts reaches its handler instead of ending in a
+traceback from the middle of an import.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from kiln._version import __version__
-from kiln._worker import Worker, WorkerConfig
-from kiln.errors import (
-    ApiError,
-    BuildError,
-    BuildFailed,
-    KilnError,
-    PlanError,
-    UsageError,
-    WithDiagnostics,
-)
-from kiln.machine import (
-    BuildLogEvent,
-    BuildState,
-    Event,
-    StatusEvent,
-    TransitionEvent,
-    WarningEvent,
-)
+
+if TYPE_CHECKING:
+    from kiln._build import (
+        Build,
+        build_image,
+        build_image_sync,
+        import_image,
+        import_image_sync,
+        start_build,
+        start_import,
+        start_plan,
+    )
+    from kiln._service import resume, submit
+    from kiln._worker import Worker, WorkerConfig
+    from kiln.errors import (
+        ApiError,
+        BuildError,
+        BuildFailed,
+        KilnError,
+        PlanError,
+        UsageError,
+        WithDiagnostics,
+    )
+    from kiln.machine import (
+        BuildLogEvent,
+        BuildState,
+        Event,
+        StatusEvent,
+        TransitionEvent,
+        WarningEvent,
+    )
+
+# Where each public name lives; a test checks that this matches __all__ and the imports above.
+_EXPORTS = {
+    "ApiError": "kiln.errors",
+    "Build": "kiln._build",
+    "BuildError": "kiln.errors",
+    "BuildFailed": "kiln.errors",
+    "BuildLogEvent": "kiln.machine",
+    "BuildState": "kiln.machine",
+    "Event": "kiln.machine",
+    "KilnError": "kiln.errors",
+    "PlanError": "kiln.errors",
+    "StatusEvent": "kiln.machine",
+    "TransitionEvent": "kiln.machine",
+    "UsageError": "kiln.errors",
+    "WarningEvent": "kiln.machine",
+    "WithDiagnostics": "kiln.errors",
+    "Worker": "kiln._worker",
+    "WorkerConfig": "kiln._worker",
+    "build_image": "kiln._build",
+    "build_image_sync": "kiln._build",
+    "import_image": "kiln._build",
+    "import_image_sync": "kiln._build",
+    "resume": "kiln._service",
+    "start_build": "kiln._build",
+    "start_import": "kiln._build",
+    "start_plan": "kiln._build",
+    "submit": "kiln._service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ApiError",

@@ -3,10 +3,12 @@ for its stdout, and polling with a deadline (never a sleep standing in for a wai
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,8 +34,8 @@ def kiln_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         XDG_STATE_HOME=str(tmp_path / "state"),
         KILN_STORE=f"sqlite:///{tmp_path / 'builds.db'}",
         PYTHONPYCACHEPREFIX=str(PYCACHE),
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -81,3 +83,62 @@ def wait_for(predicate: Callable[[], T | None], *, timeout_s: float = 60.0) -> T
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(POLL_S)
+
+
+class Running:
+    """A `kiln` process whose stdout and stderr lines are collected as they arrive."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str]) -> None:
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.process = subprocess.Popen(
+            kiln_argv(*args),
+            env=dict(env),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # One reader per pipe: neither may fill up and stall the process.
+        self._readers = [
+            threading.Thread(target=_collect, args=(stream, sink), daemon=True)
+            for stream, sink in (
+                (self.process.stdout, self.stdout),
+                (self.process.stderr, self.stderr),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def json_events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self.stdout)]
+
+    def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first JSON line on stdout for which ``predicate`` holds."""
+
+        def seen() -> dict[str, Any] | None:
+            assert self.process.poll() is None, f"kiln ended early: {self.stdout} {self.stderr}"
+            return next((event for event in self.json_events() if predicate(event)), None)
+
+        return wait_for(seen)
+
+    def finish(self) -> tuple[int, str]:
+        """Exit code and stderr, once the process ended and both pipes are read to their end."""
+        code = self.process.wait(PROCESS_TIMEOUT_S)
+        for reader in self._readers:
+            reader.join(PROCESS_TIMEOUT_S)
+        return code, "".join(self.stderr)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(PROCESS_TIMEOUT_S)
+
+
+def _collect(stream: Any, sink: list[str]) -> None:
+    for line in stream:
+        sink.append(line)
+
+
+def entered(state: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event["event"] == "transition" and event["dest"] == state

@@ -45,17 +45,25 @@ def exit_code_for(error: KilnError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        with guarded_stdout():
+            return _parse_and_dispatch(argv)
+    except StdoutError as error:
+        return stdout_failed(error)
+    except KeyboardInterrupt:
+        # Ctrl-C while kiln loads its modules or parses: nothing has started, nothing to undo.
+        print("kiln: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+def _parse_and_dispatch(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    try:
-        with guarded_stdout():
-            return _dispatch(func, args)
-    except StdoutError as error:
-        return stdout_failed(error)
+    return _dispatch(func, args)
 
 
 def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -70,9 +70,11 @@ def guarded_stdout() -> Iterator[None]:
     sys.stdout = cast(TextIO, _GuardedStdout(original))
     try:
         yield
-        sys.stdout.flush()
     finally:
-        sys.stdout = original
+        try:
+            sys.stdout.flush()
+        finally:
+            sys.stdout = original
 
 
 def stdout_failed(error: StdoutError) -> int:

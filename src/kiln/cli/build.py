@@ -6,7 +6,7 @@ then runs against the embedded emulator (started in-process, data under the user
 directory so templates persist between runs); kiln says so in one line, because a user who meant
 to build in the cloud must notice.
 
-The helpers ``_add_common``, ``_options``, ``_make_view`` and ``_interrupts`` are shared with
+The helpers ``_add_common``, ``_options`` and ``_make_view`` are shared with
 ``kiln resume`` and ``kiln submit`` (cli/durable.py).
 """
 
@@ -18,10 +18,9 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import structlog
 from kiln._build import Build, start_plan
 from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
 from kiln.cli._paths import user_state_dir
+from kiln.cli._signals import interrupts
 from kiln.cli._view import JsonView, PlainView, RichView, View
 from kiln.errors import BuildCancelled, ConfigError, ContextError, KilnError, UsageError
 from kiln.plan import BuildPlan
@@ -53,8 +53,9 @@ LOG_FORMAT = "kiln: %(levelname)s %(name)s: %(message)s"
 
 BUILD_DESCRIPTION = (
     "With no TENSORLAKE_API_KEY or TENSORLAKE_PAT and no --api-url, it runs against the embedded "
-    "emulator. Ctrl-C cancels (the builder sandbox is deleted); a second Ctrl-C stops at once. "
-    "Exit status: 0 done, 1 failed, 2 usage or Dockerfile error, 130 cancelled."
+    "emulator. Ctrl-C, SIGTERM or SIGHUP cancels (the builder sandbox is deleted); a second one "
+    "stops at once. Exit status: 0 done, 1 failed, 2 usage or Dockerfile error, 130 cancelled "
+    "(143 by SIGTERM, 129 by SIGHUP)."
 )
 
 
@@ -348,13 +349,13 @@ async def _follow(
     store: Store,
 ) -> int:
     build = start_plan(plan, store=store, **_build_options(args), **target.options())
-    with _interrupts(build, view, embedded=target.embedded):
+    with interrupts(build, view, embedded=target.embedded) as signals:
         with view:
             await build.recorded()
             view.notice(_recorded_notice(build.state.id, embedded=target.embedded))
             async for event in build.events():
                 view.event(event)
-        return await _report(build, view)
+        return signals.exit_code(await _report(build, view))
 
 
 def _recorded_notice(build_id: str, *, embedded: bool) -> str:
@@ -377,37 +378,3 @@ async def _report(build: Build, view: View) -> int:
         return EXIT_FAILED
     view.done(result, build.state)
     return EXIT_OK
-
-
-@contextlib.contextmanager
-def _interrupts(build: Build, view: View, *, embedded: bool = False) -> Iterator[None]:
-    """First Ctrl-C cancels the build (its cleanup still deletes the builder sandbox); a second
-    one gives up on cleanup and exits at once, naming the sandbox that may be left.
-
-    ``embedded``: the build runs on the embedded emulator, whose sandboxes end with kiln.
-    """
-    loop = asyncio.get_running_loop()
-    presses = 0
-
-    def on_sigint() -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1:
-            view.notice("Cancelling: deleting the builder sandbox (Ctrl-C again to abort cleanup)")
-            build.cancel()
-            return
-        view.aborted(build.state, embedded=embedded)
-        # Waiting for anything now (a slow delete, the loop's task teardown) is what the user
-        # just refused. The store already holds the state at its last transition, so
-        # `kiln resume` can still finish the cleanup.
-        os._exit(EXIT_CANCELLED)
-
-    try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError):  # not the main thread: leave Ctrl-C default
-        yield
-        return
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)

@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 
-from kiln.cli.build import _add_common, _interrupts, _make_view, _options, _positive_int
+from kiln.cli._signals import interrupts
+from kiln.cli.build import _add_common, _make_view, _options, _positive_int
 from kiln.errors import BuildCancelled, KilnError, UsageError
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store
 from kiln.store._base import pid_alive
@@ -143,14 +144,14 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
     build = await resume(record.id, store=store, retry_lost_sandbox=args.retry_lost_sandbox)
     view = _make_view(args)
     view.notice(f"Resuming build {record.id} from {build.state.state!r}")
-    with _interrupts(build, view), view:
+    with interrupts(build, view) as signals, view:
         async for event in build.events():
             view.event(event)
         try:
             result = await build.result()
         except BuildCancelled as error:
             view.failed(error, build.state)
-            return EXIT_CANCELLED
+            return signals.exit_code(EXIT_CANCELLED)
         except KilnError as error:
             view.failed(error, build.state)
             return EXIT_FAILED
