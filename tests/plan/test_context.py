@@ -561,8 +561,12 @@ def test_a_file_that_becomes_unreadable_is_an_error(
     archive = ContextArchive(tmp_path)
     archive.entries()
 
-    def refuse(path: object, flags: int, *args: object) -> int:
-        raise PermissionError(13, "Permission denied", str(path))
+    real_open = os.open
+
+    def refuse(path: str, flags: int, *args: int, **kwargs: int | None) -> int:
+        if str(path).endswith("a.txt"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(ContextError, match=r"cannot read a\.txt in the build context"):

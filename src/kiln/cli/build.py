@@ -33,7 +33,7 @@ from kiln.cli._paths import user_state_dir
 from kiln.cli._signals import interrupts
 from kiln.cli._view import JsonView, PlainView, RichView, View
 from kiln.errors import BuildCancelled, ConfigError, ContextError, KilnError, UsageError
-from kiln.plan import BuildPlan
+from kiln.plan import BuildPlan, ContextArchive
 from kiln.store import Store
 
 CREDENTIAL_ENV = ("TENSORLAKE_API_KEY", "TENSORLAKE_PAT")
@@ -186,12 +186,22 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _check_context(plan: BuildPlan) -> None:
-    """A missing context is the caller's mistake: say so now, not after a sandbox was made."""
-    if plan.context_dir is not None and not os.path.isdir(plan.context_dir):
+    """Context problems are the caller's to fix: say so now (exit 2), not after a sandbox was
+    made. A missing directory, an unreadable file, a bad .dockerignore pattern, a link that
+    cannot be read: the walk the upload will make finds them all."""
+    if plan.context_dir is None:
+        return
+    if not os.path.isdir(plan.context_dir):
         raise ContextError(
             f"build context not found: {plan.context_dir}",
             hint="pass an existing directory with --context (it defaults to the Dockerfile's)",
         )
+    # Files that cannot be archived (FIFOs, sockets) are skipped with a warning; the build
+    # reports those itself when it uploads.
+    archive = ContextArchive(
+        plan.context_dir, dockerfile=plan.dockerfile_path, on_warning=lambda _text: None
+    )
+    archive.entries()
 
 
 def _run_diagram(args: argparse.Namespace) -> int:

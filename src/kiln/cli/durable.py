@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from kiln.cli._signals import interrupts
-from kiln.cli.build import _add_common, _make_view, _options, _positive_int
+from kiln.cli.build import _add_common, _check_context, _make_view, _options, _positive_int
 from kiln.errors import BuildCancelled, KilnError, UsageError
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store
 from kiln.store._base import pid_alive
@@ -389,7 +389,10 @@ async def _reap(args: argparse.Namespace, store: Store) -> int:
 
 async def _submit(args: argparse.Namespace, store: Store) -> int:
     from kiln._service import submit
+    from kiln.plan import plan_dockerfile
 
+    # Planned here first, so a bad context fails now (exit 2), not on the worker.
+    _check_context(plan_dockerfile(args.dockerfile, context=args.context, name=args.name))
     build_id = await submit(
         args.dockerfile, store=store, context=args.context, api_url=args.api_url, **_options(args)
     )

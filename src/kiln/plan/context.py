@@ -208,7 +208,7 @@ class ContextArchive:
             always = _always_included(self.context_dir, self._dockerfile)
             patterns = read_dockerignore(self.context_dir, dockerfile=self._dockerfile)
             matcher = PatternMatcher(patterns)
-            disk = _walk(str(self.context_dir), "", matcher, always, self._on_warning)
+            disk = _walk(str(self.context_dir), matcher, always, self._on_warning)
             self._entries = _with_extras(disk, self._extra_files)
         return list(self._entries)
 
@@ -284,17 +284,18 @@ class ContextArchive:
         entries = self.entries()
         progress = _Progress(sum(e.size for e in entries), self._on_progress)
         written = 0
-        for entry in entries:
-            header = _header(entry)
-            written += len(header)
-            yield header
-            if entry.kind is EntryKind.FILE:
-                for piece in self._content(entry):
-                    progress.advance(len(piece))
-                    yield piece
-                padding = -entry.size % tarfile.BLOCKSIZE
-                written += entry.size + padding
-                yield tarfile.NUL * padding
+        with _Files(str(self.context_dir)) as files:
+            for entry in entries:
+                header = _header(entry)
+                written += len(header)
+                yield header
+                if entry.kind is EntryKind.FILE:
+                    for piece in self._content(entry, files):
+                        progress.advance(len(piece))
+                        yield piece
+                    padding = -entry.size % tarfile.BLOCKSIZE
+                    written += entry.size + padding
+                    yield tarfile.NUL * padding
         # Two zero blocks end the archive; padding to a whole record is what tar(1) writes.
         written += 2 * tarfile.BLOCKSIZE
         yield tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-written % tarfile.RECORDSIZE))
@@ -347,11 +348,11 @@ class ContextArchive:
             raise RuntimeError("the archive stream has not been fully consumed yet")
         return self._result
 
-    def _content(self, entry: ContextEntry) -> Iterator[bytes]:
+    def _content(self, entry: ContextEntry, files: _Files) -> Iterator[bytes]:
         if entry.path in self._extras:
             yield self._extras[entry.path]
         else:
-            yield from _read_file(str(self.context_dir), entry)
+            yield from _read_file(files, entry)
 
 
 def _log_warning(message: str) -> None:
@@ -384,30 +385,51 @@ def _always_included(
     return frozenset(always)
 
 
+@attrs.define
+class _Dir:
+    """A directory being walked: its remaining listing and the entries found below it so far."""
+
+    rel: str
+    listing: Iterator[tuple[str, os.stat_result]]
+    excluded: bool
+    mode: int
+    entries: list[ContextEntry] = attrs.Factory(list)
+
+
 def _walk(
-    root: str,
-    rel_dir: str,
-    matcher: PatternMatcher,
-    always: frozenset[str],
-    warn: Callable[[str], None],
+    root: str, matcher: PatternMatcher, always: frozenset[str], warn: Callable[[str], None]
 ) -> list[ContextEntry]:
-    """The entries below ``rel_dir``, deciding each path as Docker does."""
-    entries: list[ContextEntry] = []
-    for name, st in _list_dir(root, rel_dir):
-        rel = f"{rel_dir}{_PATH_SEP}{name}" if rel_dir else name
+    """The entries below ``root``, deciding each path as Docker does, in archive order.
+
+    Depth-first with a stack of its own rather than recursion: a context may nest deeper than
+    Python's recursion limit (1,200 directories raised RecursionError). A directory's entry
+    precedes what is below it, and an excluded directory gets one only when something beneath
+    it is re-included.
+    """
+    top = _Dir("", iter(_list_dir(root, "")), excluded=False, mode=0)
+    stack = [top]
+    while stack:
+        current = stack[-1]
+        item = next(current.listing, None)
+        if item is None:
+            stack.pop()
+            if stack and (current.entries or not current.excluded):
+                parent = stack[-1].entries
+                parent.append(ContextEntry(current.rel, EntryKind.DIR, 0, current.mode))
+                parent.extend(current.entries)
+            continue
+        name, st = item
+        rel = f"{current.rel}{_PATH_SEP}{name}" if current.rel else name
         excluded = rel not in always and matcher.matches(rel)
         if stat.S_ISDIR(st.st_mode):
-            if excluded and not _may_include_beneath(rel, matcher, always):
-                continue
-            below = _walk(root, rel, matcher, always, warn)
-            if below or not excluded:
-                entries.append(ContextEntry(rel, EntryKind.DIR, 0, st.st_mode & _DISK_MODE_MASK))
-                entries.extend(below)
+            if not excluded or _may_include_beneath(rel, matcher, always):
+                listing = iter(_list_dir(root, rel))
+                stack.append(_Dir(rel, listing, excluded, st.st_mode & _DISK_MODE_MASK))
         elif not excluded:
             entry = _leaf_entry(root, rel, st, warn)
             if entry is not None:
-                entries.append(entry)
-    return entries
+                current.entries.append(entry)
+    return top.entries
 
 
 def _may_include_beneath(rel_dir: str, matcher: PatternMatcher, always: frozenset[str]) -> bool:
@@ -446,6 +468,8 @@ def _leaf_entry(
             target = os.readlink(os.path.join(root, rel))
         except FileNotFoundError as exc:
             raise _vanished(rel) from exc
+        except OSError as exc:  # /proc/1/cwd: EACCES even for root
+            raise _unreadable(rel, exc) from exc
         return ContextEntry(rel, EntryKind.SYMLINK, 0, mode, link_target=target)
     warn(f"skipping {rel}: a {_kind_name(st.st_mode)} cannot be part of a build context")
     return None
@@ -533,13 +557,93 @@ def _tarfile_header(entry: ContextEntry) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT, *_NAME_ENCODING)
 
 
-def _read_file(root: str, entry: ContextEntry) -> Iterator[bytes]:
-    """The file's bytes in pieces, failing if it is no longer what the walk saw."""
-    # O_NOFOLLOW: a file swapped for a symlink since the walk must not upload the link's target.
-    # O_NONBLOCK: a file swapped for a FIFO must not hang the open.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Every directory on the way to a file is opened relative to its parent without following a
+# link: a parent swapped for a symlink after the walk cannot lead the read out of the context
+# (O_NOFOLLOW on the file alone guards only the last component).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NOFOLLOW: a file swapped for a symlink since the walk must not upload the link's target.
+# O_NONBLOCK: a file swapped for a FIFO must not hang the open.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class _Files:
+    """Opens the context's files through directory descriptors, one component at a time.
+
+    The descriptor of the last directory used is kept, since the archive reads a directory's
+    files one after another; at most three descriptors are open at once, however deep the tree.
+    """
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._root_fd = -1
+        self._dir_rel = ""
+        self._dir_fd = -1
+
+    def __enter__(self) -> _Files:
+        try:
+            self._root_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise _vanished(".") from exc
+        except PermissionError as exc:
+            raise _unreadable(".", exc) from exc
+        except OSError as exc:
+            raise _changed(".", "it is no longer a directory") from exc
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._forget_dir()
+        os.close(self._root_fd)
+
+    def open(self, rel: str) -> int:
+        """A descriptor for the regular file (or whatever now stands) at ``rel``."""
+        parent, _sep, name = rel.rpartition(_PATH_SEP)
+        return os.open(name, _FILE_FLAGS, dir_fd=self._dir(parent))
+
+    def _dir(self, rel_dir: str) -> int:
+        if not rel_dir:
+            return self._root_fd
+        if rel_dir != self._dir_rel or self._dir_fd < 0:
+            self._forget_dir()
+            self._dir_fd = _open_dir_below(self._root_fd, rel_dir)
+            self._dir_rel = rel_dir
+        return self._dir_fd
+
+    def _forget_dir(self) -> None:
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+        self._dir_fd, self._dir_rel = -1, ""
+
+
+def _open_dir_below(root_fd: int, rel_dir: str) -> int:
+    """Open ``rel_dir`` under ``root_fd`` component by component, never through a link."""
+    current = root_fd
+    done: list[str] = []
     try:
-        fd = os.open(os.path.join(root, entry.path), flags)
+        for part in rel_dir.split(_PATH_SEP):
+            done.append(part)
+            try:
+                opened = os.open(part, _DIR_FLAGS, dir_fd=current)
+            except FileNotFoundError as exc:
+                raise _vanished(_PATH_SEP.join(done)) from exc
+            except PermissionError as exc:
+                raise _unreadable(_PATH_SEP.join(done), exc) from exc
+            except OSError as exc:  # ELOOP, ENOTDIR: a link or a file stands there now
+                where = _PATH_SEP.join(done)
+                raise _changed(where, "it is no longer a directory") from exc
+            if current != root_fd:
+                os.close(current)
+            current = opened
+    except BaseException:
+        if current != root_fd:
+            os.close(current)
+        raise
+    return current
+
+
+def _read_file(files: _Files, entry: ContextEntry) -> Iterator[bytes]:
+    """The file's bytes in pieces, failing if it is no longer what the walk saw."""
+    try:
+        fd = files.open(entry.path)
     except FileNotFoundError as exc:
         raise _vanished(entry.path) from exc
     except PermissionError as exc:
