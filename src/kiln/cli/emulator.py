@@ -9,7 +9,7 @@ from typing import Any
 
 from kiln.emulator import BuilderBehaviour, Emulator, EmulatorConfig
 from kiln.emulator._config import DEFAULT_HOST, PROFILES, SIGN_MODES, SSE_FRAMINGS, is_loopback
-from kiln.errors import UsageError
+from kiln.errors import ConfigError, UsageError
 
 # Any token works unless --api-key is given; this one is only printed as an example.
 EXAMPLE_TOKEN = "any-token"
@@ -156,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     try:
         emulator = Emulator(config).start()
+    except ConfigError as problem:
+        # A --data-dir that cannot be one is a problem with the command line.
+        raise UsageError(problem.message, hint=problem.hint) from None
     except OSError as problem:
         raise UsageError(
             f"cannot listen on {config.host}:{config.port}: {problem.strerror or problem}",

@@ -12,13 +12,13 @@ from typing import Any
 
 import attrs
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from kiln.emulator._blobs import key_from_uri
+from kiln.emulator._blobs import check_key, key_from_uri
 from kiln.emulator._config import BuilderBehaviour
 from kiln.emulator._errors import bad_request, not_found
-from kiln.emulator._http import require_length, state_of
+from kiln.emulator._http import copy_body, require_length, state_of
 from kiln.emulator._validate import json_object, optional
 
 ADMIN = "/_emulator"
@@ -126,29 +126,31 @@ def _part_number(request: Request) -> int | None:
 
 
 async def put_blob(request: Request) -> JSONResponse:
-    """The signed upload target: a whole object, or one part of a multipart upload."""
-    state = state_of(request)
+    """The signed upload target: a whole object, or one part of a multipart upload, streamed to
+    disk in batches (a large snapshot never sits in memory)."""
+    blobs = state_of(request).blobs
     require_length(request)
-    key = request.path_params["key"]
-    data = await request.body()
+    key = check_key(request.path_params["key"])
     part = _part_number(request)
     if part is None:
-        state.blobs.write(key, data)
+        target = blobs.writer(key)
     else:
         upload_id = request.query_params.get("uploadId") or "default"
-        state.blobs.write_part(key, upload_id, part, data)
-    return JSONResponse({"key": key, "size": len(data)})
+        target = blobs.part_writer(key, upload_id, part)
+    with target as handle:
+        size = await copy_body(request, handle)
+    return JSONResponse({"key": key, "size": size})
 
 
 async def get_blob(request: Request) -> Response:
-    return Response(state_of(request).blobs.read(request.path_params["key"]))
+    return FileResponse(state_of(request).blobs.file(request.path_params["key"]))
 
 
 async def get_blob_by_uri(request: Request) -> Response:
     uri = request.query_params.get("uri")
     if not uri:
         raise bad_request("missing query parameter 'uri' (s3://kiln-emulator/<key>)")
-    return Response(state_of(request).blobs.read(key_from_uri(uri)))
+    return FileResponse(state_of(request).blobs.file(key_from_uri(uri)))
 
 
 def routes() -> list[BaseRoute]:

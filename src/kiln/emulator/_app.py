@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiln.emulator import _admin, _lifecycle, _platform, _proxy
+from kiln.emulator._blobs import BLOB_ROUTE, SIGNATURE_PARAM
 from kiln.emulator._config import EmulatorConfig
 from kiln.emulator._errors import EXCEPTION_HANDLERS, error_response
 from kiln.emulator._state import EmulatorState
@@ -61,12 +64,70 @@ class _PortRouter:
         await self._app(scope, receive, send)
 
 
+class _AdminGuard:
+    """With an API key, ``/_emulator/*`` (faults, reset, introspection, blobs) needs it too.
+
+    A blob URL the emulator signed (``sig``) is its own permission, as a pre-signed URL is.
+    """
+
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self._app = app
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self._state.config.api_key
+        path = scope.get("path", "")
+        if scope["type"] != "http" or key is None or not path.startswith(ADMIN_PREFIX):
+            await self._app(scope, receive, send)
+            return
+        if self._token_ok(scope, key) or self._signed_blob(scope, path):
+            await self._app(scope, receive, send)
+            return
+        response = error_response(
+            401,
+            "UNAUTHENTICATED",
+            f"{path} needs the emulator's --api-key as a bearer token (or a signed blob URL)",
+        )
+        await response(scope, receive, send)
+
+    @staticmethod
+    def _token_ok(scope: Scope, key: str) -> bool:
+        header = Headers(scope=scope).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), key.encode()
+        )
+
+    def _signed_blob(self, scope: Scope, path: str) -> bool:
+        if not path.startswith(BLOB_ROUTE) or scope["method"] not in ("GET", "PUT"):
+            return False
+        given = QueryParams(scope["query_string"]).get(SIGNATURE_PARAM, "")
+        return self._state.blobs.signature_valid(path.removeprefix(BLOB_ROUTE), given)
+
+
+def _data_dir(config: EmulatorConfig) -> tuple[Path, bool]:
+    """The data directory (a fresh temporary one when none is configured), checked usable."""
+    if config.data_dir is None:
+        return Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX)), True
+    data_dir = config.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(
+            f"--data-dir {data_dir} is not a directory",
+            hint="name a directory (it is created when missing), or omit it for a temporary one",
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as problem:
+        raise ConfigError(
+            f"cannot create --data-dir {data_dir}: {problem.strerror or problem}",
+            hint="name a directory you can write to",
+        ) from None
+    return data_dir, False
+
+
 def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
     """The wrapped app and the state behind it (the server needs both)."""
-    owns_data_dir = config.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX)) if owns_data_dir else config.data_dir
-    assert data_dir is not None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir, owns_data_dir = _data_dir(config)
     state = EmulatorState(config, data_dir)
 
     @contextlib.asynccontextmanager
@@ -94,7 +155,7 @@ def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
         latency_ms=config.latency_ms,
         bandwidth_mbps=config.bandwidth_mbps,
     )
-    return wrapped, state
+    return _AdminGuard(wrapped, state), state
 
 
 def create_app(config: EmulatorConfig) -> ASGIApp:

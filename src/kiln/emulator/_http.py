@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from typing import IO
 
 from starlette.requests import Request
 
@@ -35,6 +37,23 @@ def public_url(request: Request) -> str:
 def proxy_url(request: Request) -> str:
     """Where sandboxes are reached: the proxy's own port when it has one, else this one."""
     return state_of(request).proxy_url or public_url(request)
+
+
+# Big enough that a worker-thread hop per batch costs nothing next to the disk write.
+WRITE_BATCH_BYTES = 4 * 1024 * 1024
+
+
+async def copy_body(request: Request, handle: IO[bytes]) -> int:
+    """Stream the request body into ``handle`` in batches; a large upload never sits in memory."""
+    size, pending = 0, bytearray()
+    async for chunk in request.stream():
+        size += len(chunk)
+        pending += chunk
+        if len(pending) >= WRITE_BATCH_BYTES:
+            await asyncio.to_thread(handle.write, pending)
+            pending = bytearray()
+    await asyncio.to_thread(handle.write, pending)
+    return size
 
 
 def require_length(request: Request) -> None:

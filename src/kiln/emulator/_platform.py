@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from kiln.emulator._blobs import BLOB_ROUTE, key_from_uri, uri_for
+from kiln.emulator._blobs import key_from_uri, uri_for
 from kiln.emulator._errors import EmulatorError, bad_request, not_found
 from kiln.emulator._http import authorize, public_url, require_token, state_of
 from kiln.emulator._state import Build, EmulatorState, new_id
@@ -89,7 +89,7 @@ def _snapshot_location(request: Request, build_id: str) -> dict[str, Any]:
     upload = {
         "kind": "single_put",
         "method": "PUT",
-        "url": public_url(request) + BLOB_ROUTE + key,
+        "url": state_of(request).blobs.signed_url(public_url(request), key),
         "headers": {},
         "expiresAt": expires,
     }

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from kiln.emulator._blobs import BLOB_ROUTE, check_key, key_from_uri, uri_for
+from kiln.emulator._blobs import check_key, key_from_uri, uri_for
 from kiln.emulator._errors import EmulatorError, bad_request, not_found
-from kiln.emulator._http import public_url, require_length, require_token, state_of
+from kiln.emulator._http import copy_body, public_url, require_length, require_token, state_of
 from kiln.emulator._process import Process
 from kiln.emulator._sandbox import RUNNING, Sandbox
 from kiln.emulator._sse import limits_of, sse_body
@@ -32,11 +32,10 @@ API = "/api/v1"
 SANDBOX_HOST_SUFFIX = ".local"
 SANDBOX_HEADER = "x-tensorlake-sandbox-id"
 SSE_MEDIA_TYPE = "text/event-stream"
+OCTET_STREAM = "application/octet-stream"
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_PARTS = 1
 MAX_PARTS = 10000
-# Big enough that a worker-thread hop per batch costs nothing next to the disk write.
-WRITE_BATCH_BYTES = 4 * 1024 * 1024
 _FS_STATUS = {
     "not_found": 404,
     "permission": 403,
@@ -173,25 +172,19 @@ async def put_file(request: Request) -> Response:
         handle = await asyncio.to_thread(sandbox.fs.open_for_write, path, SANDBOX_USER)
     except FsError as problem:
         raise _fs_error(problem) from None
-    size, pending = 0, bytearray()
     with handle:
-        async for chunk in request.stream():
-            size += len(chunk)
-            pending += chunk
-            if len(pending) >= WRITE_BATCH_BYTES:
-                await asyncio.to_thread(handle.write, pending)
-                pending = bytearray()
-        await asyncio.to_thread(handle.write, pending)
+        size = await copy_body(request, handle)
     return JSONResponse({"path": path, "size": size})
 
 
 async def get_file(request: Request) -> Response:
+    """Streamed from the file in chunks: a large file never sits in memory."""
     sandbox = routed(request)
     try:
-        data = await asyncio.to_thread(sandbox.fs.read_file, _file_path(request), SANDBOX_USER)
+        host = sandbox.fs.readable_host_path(_file_path(request), SANDBOX_USER)
     except FsError as problem:
         raise _fs_error(problem) from None
-    return Response(data, media_type="application/octet-stream")
+    return FileResponse(host, media_type=OCTET_STREAM)
 
 
 async def delete_file(request: Request) -> Response:
@@ -223,14 +216,16 @@ def _sign_put(request: Request, target: dict[str, Any], op: dict[str, Any]) -> d
     )
     max_parts = optional(hint, "max_parts", int, DEFAULT_MAX_PARTS, where="op.multipart_hint.")
     upload_id = f"upload-{secrets.token_hex(8)}"
-    base = public_url(request) + BLOB_ROUTE + key
+    blobs, base = state_of(request).blobs, public_url(request)
     parts = range(1, min(max(max_parts, 1), MAX_PARTS) + 1)
     return {
         "kind": "s3_multipart",
         "uri": uri_for(key),
         "uploadId": upload_id,
         "partSizeBytes": part_size,
-        "partUrls": [f"{base}?uploadId={upload_id}&partNumber={n}" for n in parts],
+        "partUrls": [
+            blobs.signed_url(base, key, uploadId=upload_id, partNumber=str(n)) for n in parts
+        ],
     }
 
 
@@ -238,7 +233,10 @@ def _sign_get(request: Request, target: dict[str, Any]) -> dict[str, Any]:
     key = key_from_uri(field(target, "uri", str, where="target."))
     if not state_of(request).blobs.exists(key):
         raise not_found(f"no blob at {uri_for(key)}", code="BLOB_NOT_FOUND")
-    return {"kind": "single_get", "url": public_url(request) + BLOB_ROUTE + key}
+    return {
+        "kind": "single_get",
+        "url": state_of(request).blobs.signed_url(public_url(request), key),
+    }
 
 
 async def sign_blob(request: Request) -> JSONResponse:

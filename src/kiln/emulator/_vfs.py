@@ -37,6 +37,9 @@ _OWNER_SHIFT = 6
 # What a fresh builder VM image has: root-owned system directories and a world-writable /tmp.
 _SKELETON = ("/var", "/var/lib", "/usr", "/usr/local", "/usr/local/bin", "/etc", "/home")
 _COPY_CHUNK = 1024 * 1024
+# Linux's limits: a path component (NAME_MAX) and a whole path (PATH_MAX), in bytes.
+NAME_MAX = 255
+PATH_MAX = 4096
 _SYMLINK_MODE = 0o777
 # Linux gives up resolving after this many links (ELOOP).
 MAX_SYMLINK_HOPS = 40
@@ -71,6 +74,12 @@ def normalize(path: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise FsError("invalid", f"path {path!r} contains '..'; path traversal is refused")
+    if any(len(part.encode()) > NAME_MAX for part in parts):
+        raise FsError(
+            "invalid", f"{path[:80]}...: File name too long (a component over {NAME_MAX} bytes)"
+        )
+    if len(path.encode()) > PATH_MAX:
+        raise FsError("invalid", f"{path[:80]}...: File name too long (over {PATH_MAX} bytes)")
     return "/" + "/".join(parts)
 
 

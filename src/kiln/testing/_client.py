@@ -26,9 +26,11 @@ HTTP_OK = 200
 class EmulatorClient:
     """Faults, builder behaviour and introspection of one running emulator at ``url``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, token: str | None = None) -> None:
+        """``token``: the emulator's ``--api-key``, which then guards ``/_emulator/`` too."""
         self.url = url
-        self._http = httpx.Client(base_url=url, timeout=ADMIN_TIMEOUT_S)
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._http = httpx.Client(base_url=url, timeout=ADMIN_TIMEOUT_S, headers=headers)
 
     def add_fault(
         self,

@@ -69,7 +69,8 @@ def kiln_emulator_server(kiln_emulator_config: EmulatorConfig) -> Iterator[Emula
 @pytest.fixture
 def kiln_emulator(kiln_emulator_server: Emulator) -> Iterator[EmulatorClient]:
     """The session's emulator, reset: no sandboxes, templates, faults or logged requests."""
-    with EmulatorClient(kiln_emulator_server.url) as client:
+    token = kiln_emulator_server.config.api_key
+    with EmulatorClient(kiln_emulator_server.url, token=token) as client:
         client.reset()
         yield client
 
