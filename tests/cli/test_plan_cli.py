@@ -32,7 +32,7 @@ RUN --mount=type=cache,target=/root/.cache \\
 FROM python:${PY}-slim
 COPY --from=build /out/app /app
 COPY --from=busybox:1.36 /bin/busybox /bin/busybox
-COPY --from=tool:${NODEF} /t /t
+COPY --from=tool@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa /t /t
 RUN <<EOF
 echo hi
 EOF
@@ -65,7 +65,7 @@ def test_json_has_exactly_the_documented_keys(
     assert payload["base_image_is_internal_stage"] is False
     assert payload["additional_image_references"] == ["golang:1.22", "busybox:1.36"]
     assert payload["unresolvable_image_references"] == [
-        {"line": 11, "reference": "tool:${NODEF}", "reason": "build_arg_expansion"}
+        {"line": 11, "reference": "tool@sha256:" + "a" * 64, "reason": "digest_pin"}
     ]
     assert payload["ignored_instructions"] == [{"line": 15, "keyword": "EXPOSE"}]
     assert payload["import_image_reference"] is None
@@ -110,7 +110,7 @@ def test_human_output_is_a_summary_with_warnings(
     assert "golang:1.22, busybox:1.36" in out
     assert out.count("warning: ") == 2
     assert "EXPOSE" in out
-    assert "tool:${NODEF}" in out
+    assert "tool@sha256:" in out
 
 
 def test_import_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,6 @@ from kiln.plan import plan_dockerfile, plan_import
         ("FROM python:3.12-slim\n", True),
         ("FROM my-template\n", True),
         ("FROM scratch\nCOPY a /a\n", False),
-        ("FROM SCRATCH\n", False),
         ("FROM ubuntu:24.04 AS base\nFROM base\n", False),
         ("FROM python@sha256:" + "a" * 64 + "\n", False),
         ("ARG TAG\nFROM python:${TAG}\n", False),

@@ -436,6 +436,12 @@ def _parse_words(text: str, escape: str) -> list[str]:
     return words
 
 
+def quoted_words(text: str, escape: str = DEFAULT_ESCAPE) -> list[str]:
+    """Words as BuildKit's parseWords splits ARG/ENV/LABEL arguments: quotes kept, escapes
+    honoured, whitespace inside quotes not a separator."""
+    return _parse_words(text, escape)
+
+
 def split_words(text: str) -> list[str] | None:
     """Shell-style words with quotes and escapes removed; None for an unterminated quote."""
     return _shell_words(text, raw=False)
