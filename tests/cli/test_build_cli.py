@@ -223,7 +223,7 @@ def test_missing_dockerfile_exits_2_before_starting_anything(tmp_path: Path) -> 
     missing = tmp_path / "nowhere" / "Dockerfile"
     run = run_kiln(["build", str(missing), "--json"], kiln_env(tmp_path))
     assert run.returncode == 2
-    assert f"Dockerfile not found: {missing}" in run.stderr
+    assert f'unable to prepare context: path "{missing}" not found' in run.stderr  # Docker's
     assert "hint:" in run.stderr
     assert run.stdout == ""
     assert not (tmp_path / "state" / "kiln" / "emulator").exists()
@@ -475,3 +475,199 @@ def test_diagram_reports_a_graphviz_failure(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "Graphviz failed" in run.stderr and "syntax error near line 1" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# -- the Docker user's front door (issue 12) -------------------------------------------------------
+
+APP_DOCKERFILE = """\
+ARG PY=3.11
+FROM python:${PY}-slim AS base
+ARG PY
+RUN echo "python $PY"
+FROM base AS app
+ARG GREETING=hello
+COPY app.py /app/
+RUN echo "$GREETING"
+FROM app AS debug
+RUN echo never-sent
+"""
+
+
+def run_in(
+    cwd: Path, args: Sequence[str], env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        kiln_argv(args),
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+
+
+def received_dockerfile(emulator: EmulatorClient, name: str) -> str:
+    """The Dockerfile the emulator's builder was given, from the spec.json in its snapshot."""
+    import io
+    import tarfile
+
+    import httpx
+
+    (template,) = [t for t in emulator.templates() if t["name"] == name]
+    blob = httpx.get(
+        f"{emulator.url}/_emulator/blobs",
+        params={"uri": template["snapshotUri"]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert blob.is_success, blob.text
+    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as archive:
+        spec = archive.extractfile("spec.json")
+        assert spec is not None
+        dockerfile: str = json.loads(spec.read())["dockerfile"]
+    return dockerfile
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    project = tmp_path / "shop"
+    project.mkdir()
+    (project / "Dockerfile").write_text(APP_DOCKERFILE)
+    (project / "app.py").write_text("print('hi')\n")
+    return project
+
+
+def test_build_dot_uses_the_directory_as_context_and_tag_as_name(
+    tmp_path: Path, app: Path, emulator: EmulatorClient
+) -> None:
+    args = ["build", ".", "-t", "web", "--api-url", emulator.url, "--json"]
+    done = run_in(app, args, remote_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert result_of(done.stdout)["name"] == "web"
+    assert received_dockerfile(emulator, "web") == APP_DOCKERFILE
+
+
+def test_file_build_args_target_and_platform_are_applied_in_the_dockerfile_sent(
+    tmp_path: Path, app: Path, emulator: EmulatorClient
+) -> None:
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    (ci / "app.Dockerfile").write_text(APP_DOCKERFILE)
+    (app / "Dockerfile").unlink()
+    args = [
+        *("build", "-f", "ci/app.Dockerfile", "shop", "--build-arg", "PY=3.12"),
+        *("--build-arg", "GREETING", "--build-arg", "NOBODY=1", "--target", "app"),
+        *("--platform", "linux/amd64", "--api-url", emulator.url, "--json"),
+    ]
+    done = run_in(tmp_path, args, {**remote_env(tmp_path), "GREETING": "it's me"})
+    assert done.returncode == 0, done.stderr
+    assert result_of(done.stdout)["name"] == "app"
+    warnings = [e["message"] for e in json_lines(done.stdout) if e["event"] == "warning"]
+    assert any("build-args [NOBODY] were not consumed" in w for w in warnings)
+    sent = received_dockerfile(emulator, "app").split("\n")
+    assert sent[0] == "ARG PY='3.12'"
+    assert sent[2] == "ARG PY='3.12'"
+    assert sent[5] == "ARG GREETING='it'\"'\"'s me'"
+    assert "never-sent" not in "\n".join(sent)
+    assert len(sent) == 9  # eight lines up to the target stage's end, and the final newline
+
+
+def test_a_dockerfile_from_stdin_builds_with_no_context(
+    tmp_path: Path, emulator: EmulatorClient
+) -> None:
+    text = "FROM alpine:3.20\nRUN echo from-stdin\n"
+    args = ["build", "-", "-t", "piped", "--api-url", emulator.url, "--json"]
+    done = run_in(tmp_path, args, remote_env(tmp_path), stdin=text)
+    assert done.returncode == 0, done.stderr
+    assert received_dockerfile(emulator, "piped") == text
+
+
+def test_a_dockerfile_from_stdin_with_a_context_directory(
+    tmp_path: Path, app: Path, emulator: EmulatorClient
+) -> None:
+    args = ["build", "-f", "-", str(app), "--api-url", emulator.url, "--json"]
+    done = run_in(tmp_path, args, remote_env(tmp_path), stdin=APP_DOCKERFILE)
+    assert done.returncode == 0, done.stderr
+    assert result_of(done.stdout)["name"] == "shop"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["-"], "FROM alpine\nCOPY app.py /\n", 'COPY source "app.py": not found'),
+        (["shop"], "", "line 7: COPY source"),  # replaced below by a Dockerfile naming a gone file
+        (["shop", "--target", "tset"], None, 'target stage "tset" could not be found'),
+        (["shop", "--platform", "linux/arm64"], None, "Tensorlake builders are linux/amd64"),
+        (["nowhere"], None, 'unable to prepare context: path "nowhere" not found'),
+        (["shop", "--bogus"], None, "usage: kiln build"),
+    ],
+)
+def test_front_door_mistakes_exit_2_before_any_request(
+    tmp_path: Path,
+    app: Path,
+    emulator: EmulatorClient,
+    args: list[str],
+    stdin: str | None,
+    message: str,
+) -> None:
+    if stdin == "":
+        (app / "app.py").unlink()
+        stdin = None
+    run = run_in(tmp_path, ["build", *args, "--api-url", emulator.url], remote_env(tmp_path), stdin)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert emulator.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "message"),
+    [
+        ("FROM alpine\nRUNN echo hi\n", "line 2: unknown instruction: RUNN (did you mean RUN?)"),
+        ("FROM alpine\nCOPY --frm=x a b\n", "line 2: unknown flag: --frm (did you mean from?)"),
+    ],
+)
+def test_what_buildkit_refuses_exits_2_before_any_request(
+    tmp_path: Path, emulator: EmulatorClient, dockerfile: str, message: str
+) -> None:
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    run = run_in(tmp_path, ["build", ".", "--api-url", emulator.url], remote_env(tmp_path))
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert emulator.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["import", "Ubuntu:24.04"], "invalid image reference 'Ubuntu:24.04'"),
+        (["import", "ubuntu", "--name", "a/b"], "image name 'a/b'"),
+    ],
+)
+def test_import_reference_and_name_are_checked_before_any_request(
+    tmp_path: Path, emulator: EmulatorClient, args: list[str], message: str
+) -> None:
+    run = run_in(tmp_path, [*args, "--api-url", emulator.url], remote_env(tmp_path))
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert emulator.requests() == []
+
+
+def test_build_help_lists_every_flag_with_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kiln.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = capsys.readouterr().out
+    options = text.split("options:")[1].split("coming from docker build:")[0]
+    blocks = re.split(r"\n  (?=-)", options)[1:]
+    flags = [block.split()[0] for block in blocks]
+    for flag in ("-f", "-t", "--build-arg", "--target", "--platform", "--context", "--name"):
+        assert flag in flags
+    for block in blocks:
+        if block.startswith("-h"):
+            continue
+        assert "(default:" in " ".join(block.split()), block

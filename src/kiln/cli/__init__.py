@@ -25,12 +25,25 @@ EXIT_USAGE = 2
 EXIT_CANCELLED = 130
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: an unknown argument is reported with that command's usage
+    (``kiln build -x`` shows ``kiln build``'s), not the top level's."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln", description="Build Tensorlake sandbox images from Dockerfiles."
     )
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name in _COMMAND_MODULES:
         importlib.import_module(f"kiln.cli.{name}").register(sub)
     return parser
