@@ -279,7 +279,7 @@ def test_a_missing_literal_source_names_line_and_path(context: Path) -> None:
 
 
 def test_a_source_excluded_by_dockerignore_is_refused(context: Path) -> None:
-    with pytest.raises(DockerfileError, match="excluded from the build context by .dockerignore"):
+    with pytest.raises(DockerfileError, match=r"excluded from the build context by \.dockerignore"):
         _plan_in(context, "ADD secret.txt /s\n")
 
 
