@@ -45,7 +45,8 @@ AUTOMATIC = {
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
 # distribution/reference, written out whole.
 COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-DOMAIN = r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+DOMAIN = rf"(?:{LABEL}(?:\.{LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
 REFERENCE = re.compile(
     rf"^(?:{DOMAIN}/)?{COMPONENT}(?:/{COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
@@ -66,7 +67,7 @@ def valid_reference(ref: str) -> bool:
     remote = (rest if is_domain else ref).split(":")[0].split("@")[0]
     if remote != remote.lower() or re.fullmatch(r"[a-f0-9]{64}", ref):
         return False
-    if not REFERENCE.match(ref.lower() if False else ref):
+    if not REFERENCE.match(ref):
         return False
     digest = ref.partition("@")[2]
     return not digest or (digest.startswith("sha256:") and len(digest) == 7 + 64)
@@ -166,10 +167,11 @@ def model(text: str, target: str | None, build_args: dict[str, str]) -> tuple[An
         image = substitute(written, scope)
         if image == "":
             raise Refused("blank base")
-        base_stage = next((i for i in range(index) if names[i] == image), None)
-        if image is not None and base_stage is None and image != "scratch":
-            if not valid_reference(image):
-                raise Refused("base reference")
+        earlier = range(index) if image is not None else range(0)
+        base_stage = next((i for i in earlier if names[i] == image), None)
+        plain = image is not None and base_stage is None and image != "scratch"
+        if plain and not valid_reference(str(image)):
+            raise Refused("base reference")
         bases.append((image if image is None or "@" not in image else None, base_stage))
         stage_deps: list[int] = []
         stage_images: list[str] = []
