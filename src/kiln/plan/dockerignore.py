@@ -135,6 +135,8 @@ class PatternMatcher:
         self._exceptions = [p for p in self._patterns if p.exclusion]
         self._glob_exception = any(p.has_glob for p in self._exceptions)
         self._parents: dict[str, MatchInfo] = {}
+        self._tests = [(p.exclusion, p.test) for p in self._patterns]
+        self._no_parent: MatchInfo = (False,) * len(self._patterns)
 
     def matches(self, rel_posix_path: str) -> bool:
         """True when the path (slash-separated, relative to the context) is excluded."""
@@ -145,14 +147,13 @@ class PatternMatcher:
         results its children need. ``parent`` is its directory's, None at the context root."""
         excluded = False
         info: list[bool] = []
-        for index, pattern in enumerate(self._patterns):
-            hit = parent is not None and parent[index]
+        parents = parent if parent is not None else self._no_parent
+        for (exclusion, test), parent_hit in zip(self._tests, parents, strict=True):
             # An exclusion can only flip an excluded path back, a plain pattern only the reverse.
-            if not hit and pattern.exclusion == excluded:
-                hit = pattern.test(rel_posix_path)
+            hit = parent_hit or (exclusion == excluded and test(rel_posix_path))
             info.append(hit)
             if hit:
-                excluded = not pattern.exclusion
+                excluded = not exclusion
         return excluded, tuple(info)
 
     def _parent_info(self, path: str) -> MatchInfo | None:
