@@ -25,6 +25,7 @@ from strategies import dockerfiles
 
 from kiln.errors import KilnError
 from kiln.plan import plan_dockerfile
+from kiln.plan.stages import resolve_stages
 
 # BuildKit's instructions/parse.go: the flags each instruction defines.
 FLAGS = {
@@ -112,7 +113,7 @@ def check_flags(command: Any) -> None:
 
 
 def model(text: str, target: str | None, build_args: dict[str, str]) -> tuple[Any, ...]:
-    """(base image, base is a stage, images needed) as BuildKit would resolve them."""
+    """(base image, base is a stage, images needed, stages reached) as BuildKit resolves them."""
     try:
         commands = buildkit.parse_string(text)
     except buildkit.GoParseError as error:
@@ -207,7 +208,7 @@ def model(text: str, target: str | None, build_args: dict[str, str]) -> tuple[An
     final_image, final_stage = bases[target_index]
     if final_stage is None:
         needed.discard(final_image)
-    return final_image, final_stage is not None, frozenset(needed)
+    return final_image, final_stage is not None, frozenset(needed), frozenset(reached)
 
 
 def side_values(command: Any) -> list[tuple[str, bool]]:
@@ -234,11 +235,13 @@ def side_values(command: Any) -> list[tuple[str, bool]]:
 def kiln_view(text: str, target: str | None, build_args: dict[str, str]) -> tuple[Any, ...]:
     try:
         plan = plan_dockerfile(text=text, context="/c", target=target, build_args=build_args)
+        reached = frozenset(s.index for s in resolve_stages(text, build_args, target).reachable())
     except KilnError as error:
         raise Refused(str(error)) from None
     unresolvable = {ref.reference for ref in plan.unresolvable_image_references}
     base = None if plan.base_image in unresolvable else plan.base_image
-    return base, plan.base_image_is_internal_stage, frozenset(plan.additional_image_references)
+    needed = frozenset(plan.additional_image_references)
+    return base, plan.base_image_is_internal_stage, needed, reached
 
 
 def outcome(view: Any, text: str, target: str | None, args: dict[str, str]) -> Any:
