@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +96,22 @@ def test_an_invalid_dockerignore_pattern_is_a_plan_error(
     assert "'['" in done.stderr and ".dockerignore" in done.stderr
 
 
+@pytest.fixture
+def nest(context: Path) -> Iterator[Callable[[str, int], None]]:
+    """Makes deep trees in the context, and removes them at the end with rm(1): Python's
+    shutil.rmtree recurses, and pytest's cleanup of old temporary directories would hit the
+    recursion limit on them (in every later pytest session on the machine)."""
+    made: list[Path] = []
+
+    def make(name: str, depth: int) -> None:
+        _nest(context, name, depth)
+        made.append(context / name)
+
+    yield make
+    for top in made:
+        subprocess.run(["rm", "-rf", str(top)], check=True)
+
+
 def _nest(root: Path, name: str, depth: int) -> None:
     """``depth`` directories named ``name`` one inside the other, with a file at the bottom;
     made through descriptors, since the whole path may be too long to name."""
@@ -115,17 +131,23 @@ def _nest(root: Path, name: str, depth: int) -> None:
 
 @pytest.mark.parametrize("kind", ["build", "submit"])
 def test_a_tree_too_deep_to_name_is_a_plan_error(
-    kind: str, context: Path, kiln_emulator: EmulatorClient, tmp_path: Path
+    kind: str,
+    context: Path,
+    kiln_emulator: EmulatorClient,
+    tmp_path: Path,
+    nest: Callable[[str, int], None],
 ) -> None:
-    _nest(context, TOO_DEEP_NAME, DEEP)
+    nest(TOO_DEEP_NAME, DEEP)
     done = _refused(kind, context, kiln_emulator, tmp_path)
     assert f"{TOO_DEEP_NAME}/{TOO_DEEP_NAME}/" in done.stderr
     assert "File name too long" in done.stderr
 
 
-def test_a_tree_1200_deep_is_walked_and_archived(context: Path) -> None:
+def test_a_tree_1200_deep_is_walked_and_archived(
+    context: Path, nest: Callable[[str, int], None]
+) -> None:
     """Deeper than Python's recursion limit, still short enough to name: archived whole."""
-    _nest(context, "d", DEEP)
+    nest("d", DEEP)
     archive = ContextArchive(context)
     bottom = "/".join(["d"] * DEEP) + "/bottom.txt"
     assert bottom in {entry.path for entry in archive.entries()}
