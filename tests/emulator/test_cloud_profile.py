@@ -95,6 +95,8 @@ def test_profile_defaults_are_realistic_and_every_part_is_its_own_option() -> No
     assert config.stream_idle_ms == CLOUD.stream_idle_ms
     assert config.separate_proxy and config.require_content_length and config.platform_auth
     assert not EmulatorConfig().separate_proxy
+    # A frozen value stays hashable whatever it holds.
+    assert hash(EmulatorConfig(private_registries={"reg.example": ("u", "p")}))
 
 
 def test_create_is_pending_without_url_and_get_errors_then_runs(

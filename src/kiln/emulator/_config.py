@@ -214,7 +214,7 @@ class EmulatorConfig:
     pat: str | None = attrs.field(default=None, repr=False)
     # Registries whose images need credentials: host -> (user, password).
     private_registries: Mapping[str, tuple[str, str]] = attrs.field(
-        factory=dict, converter=_registry_table, validator=_registries, repr=False
+        factory=dict, converter=_registry_table, validator=_registries, repr=False, hash=False
     )
     latency_ms: int = attrs.field(default=0, validator=_non_negative)
     bandwidth_mbps: float | None = attrs.field(default=None, validator=_positive_or_none)
