@@ -36,6 +36,7 @@ DOCKERFILE = "FROM python:3.12-slim\nRUN echo hi\n"
 IDLE_MS = 400
 MAX_MS = 800
 KEEPALIVE_MS = 100
+PENDING_ERRORS_MS = 1000
 ORG, PROJECT = "org-1", "proj-1"
 SCOPE = {"X-Forwarded-Organization-Id": ORG, "X-Forwarded-Project-Id": PROJECT}
 PAT_AUTH = {"Authorization": f"Bearer {TEST_PAT}"}
@@ -52,7 +53,13 @@ BUILDER = {
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Emulator]:
     config = emulator_config(
-        "cloud", stream_idle_ms=IDLE_MS, stream_max_ms=MAX_MS, sse_keepalive_ms=KEEPALIVE_MS
+        "cloud",
+        # A 502 window the first poll cannot miss, however loaded the machine.
+        pending_errors_ms=PENDING_ERRORS_MS,
+        start_delay_ms=2 * PENDING_ERRORS_MS,
+        stream_idle_ms=IDLE_MS,
+        stream_max_ms=MAX_MS,
+        sse_keepalive_ms=KEEPALIVE_MS,
     )
     with Emulator(config) as emu:
         yield emu

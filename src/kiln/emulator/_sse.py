@@ -34,6 +34,9 @@ class StreamLimits:
     crlf_and_ids: bool
 
 
+UNLIMITED = StreamLimits(idle_s=None, max_s=None, keepalive_s=None, crlf_and_ids=False)
+
+
 def limits_of(config: EmulatorConfig) -> StreamLimits:
     def seconds(ms: int | None) -> float | None:
         return None if ms is None else ms / _MS
@@ -90,6 +93,11 @@ async def sse_body(
     The idle limit counts events, not keepalive comments: it models a proxy that gives up on a
     process with nothing to say, which is what a client must survive.
     """
+    if limits == UNLIMITED:
+        # The ideal profile: no clock to watch, so no queue and no extra task per stream.
+        async for event in events:
+            yield _frame([f"data: {json.dumps(event)}"], crlf=False)
+        return
     queue: asyncio.Queue[object] = asyncio.Queue()
     pump = asyncio.create_task(_pump(events, queue))
     now = time.monotonic()
