@@ -1,4 +1,5 @@
-"""Hypothesis profiles for the whole suite, and a structlog reset around every test.
+"""Hypothesis profiles for the whole suite; around every test, a structlog reset and a guard
+against threads it leaves running.
 
 ``ci`` (loaded unless ``--hypothesis-profile`` names another): derandomized, so a CI run is
 reproducible and a red run stays red, with the default number of examples. ``deep``: ten times the
@@ -6,11 +7,15 @@ examples, random seeds, for long local runs (``pytest --hypothesis-profile=deep`
 suites in tests/properties scale their example counts from the loaded profile.
 """
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import structlog
 from hypothesis import settings
+
+import leak_guard
 
 DEFAULT_EXAMPLES = 100
 DEEP_EXAMPLES = 10 * DEFAULT_EXAMPLES
@@ -31,3 +36,39 @@ def _structlog_unconfigured() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+# Threads a test started may still be ending when it returns (a server's thread joining, a
+# producer seeing its consumer gone): poll this long before calling one leaked.
+THREAD_END_WAIT_S = 10.0
+THREAD_POLL_S = 0.02
+# The workers of an event loop's default executor: a test's loop is closed (and its workers
+# joined) by its owner, pytest-asyncio; a shared emulator's loop keeps its own on purpose.
+EXECUTOR_THREAD_PREFIX = "asyncio_"
+
+
+def _left_running(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread not in before
+        and thread.is_alive()
+        and not thread.name.startswith(EXECUTOR_THREAD_PREFIX)
+        and not leak_guard.is_shared(thread)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread running: an emulator it started and did not stop, a
+    server, a worker it did not join. Such a thread runs on into the tests after it and makes
+    them depend on the order (module and session fixtures' threads are set up before this
+    fixture, or registered with ``leak_guard.shared``, and may outlive it)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_END_WAIT_S
+    while (leaked := _left_running(before)) and time.monotonic() < deadline:
+        time.sleep(THREAD_POLL_S)
+    if leaked:
+        names = ", ".join(sorted(f"{t.name} (daemon={t.daemon})" for t in leaked))
+        pytest.fail(f"the test left threads running: {names}", pytrace=False)

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import httpx
 
+import leak_guard
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.machine import (
     Backoff,
@@ -107,9 +108,11 @@ class EmulatorPool:
         key = tuple(sorted(config.items()))
         if key not in self._urls:
             data_dir = self._root / f"emulator-{len(self._urls)}"
-            emulator = self._stack.enter_context(
-                Emulator(EmulatorConfig(data_dir=data_dir, **config))
-            )
+            # Started inside some test, but the session's: the leak guard lets it run on.
+            with leak_guard.shared():
+                emulator = self._stack.enter_context(
+                    Emulator(EmulatorConfig(data_dir=data_dir, **config))
+                )
             self._urls[key] = emulator.url
         return self._urls[key]
 
