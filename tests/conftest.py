@@ -25,6 +25,29 @@ settings.register_profile("deep", max_examples=DEEP_EXAMPLES, print_blob=True)
 settings.load_profile("ci")
 
 
+def _random_order_line(config: pytest.Config) -> str | None:
+    """How to replay this run's order (pytest-randomly's own header line is hidden by -q)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if not config.pluginmanager.has_plugin("randomly") or not isinstance(seed, int):
+        return None
+    return f"random test order: replay it with --randomly-seed={seed}"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    line = _random_order_line(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter is not None:
+        reporter.write_line(line)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    line = _random_order_line(config)
+    if line:
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture(autouse=True)
 def _structlog_unconfigured() -> Iterator[None]:
     """Each test starts and ends with structlog as a fresh process has it.
