@@ -110,6 +110,10 @@ class SteppedBuild:
         # clock), by the fake clock; and, per handler run, its state and how long after that.
         self.entered_at = self.clock.now
         self.handler_runs: list[tuple[str, float]] = []
+        # A resume restarts the phase clock (time with no process alive is not the phase's
+        # fault): after a crash that came once part of a deadline was spent, the same build
+        # without its crashes times out sooner, and no longer replays it.
+        self.phase_clock_restarted = False
         # Durable, like the store's cancel flag: a resumed build is told again.
         self.cancel_requested = False
         self._pending: asyncio.Future[str] | None = None
@@ -162,6 +166,7 @@ class SteppedBuild:
         self._settle()
         assert isinstance(self.task.exception(), Killed)
         self.crashes += 1
+        self.phase_clock_restarted |= self.clock.now > self.entered_at
         self._start(BuildState.from_json(self.persisted[-1]))
 
     def result(self) -> BuildState:
