@@ -65,9 +65,10 @@ def _structlog_unconfigured() -> Iterator[None]:
 # producer seeing its consumer gone): poll this long before calling one leaked.
 THREAD_END_WAIT_S = 10.0
 THREAD_POLL_S = 0.02
-# The workers of an event loop's default executor: a test's loop is closed (and its workers
-# joined) by its owner, pytest-asyncio; a shared emulator's loop keeps its own on purpose.
-EXECUTOR_THREAD_PREFIX = "asyncio_"
+# The worker threads of an event loop (its default executor's, and AnyIO's, which Starlette uses):
+# a test's loop ends them with itself (its owner, pytest-asyncio, closes it); a shared emulator's
+# loop keeps its own on purpose.
+LOOP_WORKER_PREFIXES = ("asyncio_", "AnyIO worker thread")
 
 
 def _left_running(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -76,7 +77,7 @@ def _left_running(before: set[threading.Thread]) -> list[threading.Thread]:
         for thread in threading.enumerate()
         if thread not in before
         and thread.is_alive()
-        and not thread.name.startswith(EXECUTOR_THREAD_PREFIX)
+        and not thread.name.startswith(LOOP_WORKER_PREFIXES)
         and not leak_guard.is_shared(thread)
     ]
 
