@@ -15,6 +15,7 @@ from typing import Any, TypedDict, Unpack
 
 import httpx
 
+from kiln.api import check_api_url
 from kiln.durable._session import Session
 from kiln.errors import BuildCancelled, BuildError, UsageError
 from kiln.machine import (
@@ -260,6 +261,11 @@ def _handle(state: BuildState, options: BuildKwargs, session: Session | None = N
 
 
 def _build_options(options: BuildKwargs) -> BuildOptions:
+    api_url = options.get("api_url")
+    if api_url is not None:
+        # Checked before the options are persisted with the build: a URL with credentials in
+        # it must never reach the store.
+        check_api_url(api_url)
     return BuildOptions(
         public=options.get("public", False),
         disk_mb=options.get("disk_mb"),

@@ -151,15 +151,59 @@ class WithDiagnostics(BuildError):
 
 
 class PhaseTimeout(BuildError):
-    """A phase ran past its declared deadline."""
+    """A phase (or the whole build, phase ``"build"``) ran past its deadline.
 
-    def __init__(self, phase: str, limit_s: float) -> None:
+    Once the build is under way the error says where it was (``during``), names the builder
+    sandbox and the build, and keeps the last error of the attempts the deadline cut short as
+    ``last_error`` (also its ``__cause__``): a retried 503 is what the user needs to see.
+    """
+
+    def __init__(
+        self,
+        phase: str,
+        limit_s: float,
+        *,
+        during: str | None = None,
+        sandbox_id: str | None = None,
+        build_id: str | None = None,
+        last_error: BaseException | None = None,
+    ) -> None:
+        message = f"phase {phase!r} did not finish within its {limit_s:g}s deadline"
+        where = [f"in phase: {during}"] if during and during != phase else []
+        where += [f"builder sandbox: {sandbox_id}"] if sandbox_id else []
+        where += [f"build: {build_id}"] if build_id else []
+        if where:
+            message += f" ({', '.join(where)})"
+        if last_error is not None:
+            message += f"; last error: {last_error}"
         super().__init__(
-            f"phase {phase!r} did not finish within its {limit_s:g}s deadline",
-            hint="the platform may be overloaded; retry later, or raise the deadline",
+            message, hint="the platform may be overloaded; retry later, or raise the deadline"
         )
         self.phase = phase
         self.limit_s = limit_s
+        self.during = during
+        self.sandbox_id = sandbox_id
+        self.build_id = build_id
+        self.last_error = last_error
+        self.__cause__ = last_error
+
+    def in_context(
+        self,
+        *,
+        during: str,
+        sandbox_id: str | None,
+        build_id: str | None,
+        last_error: BaseException | None,
+    ) -> PhaseTimeout:
+        """The same timeout, saying where the build was and what last went wrong."""
+        return PhaseTimeout(
+            self.phase,
+            self.limit_s,
+            during=during,
+            sandbox_id=sandbox_id,
+            build_id=build_id,
+            last_error=last_error,
+        )
 
 
 class BuildCancelled(BuildError):

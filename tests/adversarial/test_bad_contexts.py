@@ -10,7 +10,8 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,19 +98,18 @@ def test_an_invalid_dockerignore_pattern_is_a_plan_error(
 
 
 @pytest.fixture
-def nest(context: Path) -> Iterator[Callable[[str, int], None]]:
-    """Makes deep trees in the context, and removes them at the end with rm(1): Python's
-    shutil.rmtree recurses, and pytest's cleanup of old temporary directories would hit the
-    recursion limit on them (in every later pytest session on the machine)."""
-    made: list[Path] = []
+def deep_context() -> Iterator[Path]:
+    """A context outside pytest's temporary directories, removed at the end with rm(1).
 
-    def make(name: str, depth: int) -> None:
-        _nest(context, name, depth)
-        made.append(context / name)
-
-    yield make
-    for top in made:
-        subprocess.run(["rm", "-rf", str(top)], check=True)
+    Python's shutil.rmtree recurses: pytest's cleanup of old temporary directories would hit
+    the recursion limit on a deep tree, and fail every later pytest session on the machine.
+    """
+    top = Path(tempfile.mkdtemp(prefix="kiln-deep-context-"))
+    root = top / "ctx"
+    root.mkdir()
+    (root / "Dockerfile").write_text("FROM alpine:3.20\nCOPY . /app\n")
+    yield root
+    subprocess.run(["rm", "-rf", str(top)], check=True)
 
 
 def _nest(root: Path, name: str, depth: int) -> None:
@@ -131,24 +131,18 @@ def _nest(root: Path, name: str, depth: int) -> None:
 
 @pytest.mark.parametrize("kind", ["build", "submit"])
 def test_a_tree_too_deep_to_name_is_a_plan_error(
-    kind: str,
-    context: Path,
-    kiln_emulator: EmulatorClient,
-    tmp_path: Path,
-    nest: Callable[[str, int], None],
+    kind: str, deep_context: Path, kiln_emulator: EmulatorClient, tmp_path: Path
 ) -> None:
-    nest(TOO_DEEP_NAME, DEEP)
-    done = _refused(kind, context, kiln_emulator, tmp_path)
+    _nest(deep_context, TOO_DEEP_NAME, DEEP)
+    done = _refused(kind, deep_context, kiln_emulator, tmp_path)
     assert f"{TOO_DEEP_NAME}/{TOO_DEEP_NAME}/" in done.stderr
     assert "File name too long" in done.stderr
 
 
-def test_a_tree_1200_deep_is_walked_and_archived(
-    context: Path, nest: Callable[[str, int], None]
-) -> None:
+def test_a_tree_1200_deep_is_walked_and_archived(deep_context: Path) -> None:
     """Deeper than Python's recursion limit, still short enough to name: archived whole."""
-    nest("d", DEEP)
-    archive = ContextArchive(context)
+    _nest(deep_context, "d", DEEP)
+    archive = ContextArchive(deep_context)
     bottom = "/".join(["d"] * DEEP) + "/bottom.txt"
     assert bottom in {entry.path for entry in archive.entries()}
     with tarfile.open(fileobj=io.BytesIO(b"".join(archive.chunks())), mode="r:gz") as tar:

@@ -33,7 +33,7 @@ from kiln.api._proxy import (
     sign_get_blob_request,
     sign_put_artifact_request,
 )
-from kiln.api._settings import ApiSettings, AuthMode, Credentials
+from kiln.api._settings import ApiSettings, AuthMode, Credentials, check_api_url
 
 __all__ = [
     "ApiSettings",
@@ -53,6 +53,7 @@ __all__ = [
     "SandboxCreated",
     "SandboxInfo",
     "Template",
+    "check_api_url",
     "create_http_client",
     "exit_status",
     "is_transient",

@@ -40,6 +40,10 @@ DEFAULT_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 # hours), so only the connect phase is bounded; the phase deadlines of the machine bound the rest.
 STREAM_TIMEOUT = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
 
+# The largest response body kiln reads. The platform's JSON answers are kilobytes and the
+# builder's metadata file a few more; a server sending more is broken or hostile, and reading it
+# all (1 GB took kiln to 3.75 GB RSS) would let it take the machine down with the build.
+MAX_RESPONSE_BYTES = 4 << 20
 BODY_EXCERPT_CHARS = 2000
 REDACTED = "[redacted]"
 BEARER_PREFIX = "Bearer "
@@ -187,11 +191,44 @@ def transport_error(request: httpx.Request, exc: httpx.HTTPError) -> ApiError:
 
 
 async def send(http: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
-    """Send and read the whole response; httpx failures become kiln errors. Status unchecked."""
+    """Send and read the whole response, up to MAX_RESPONSE_BYTES (decoded); httpx failures
+    become kiln errors, a longer body a ResponseError naming the call. Status unchecked."""
     try:
-        return await http.send(request)
+        response = await http.send(request, stream=True)
+        try:
+            body = await _read_bounded(response)
+        finally:
+            await response.aclose()
     except (httpx.TransportError, httpx.DecodingError) as exc:
         raise transport_error(request, exc) from exc
+    # The body is already decoded: the copy must not claim a content encoding it no longer has.
+    headers = response.headers.copy()
+    headers.pop("content-encoding", None)
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=request,
+        extensions=response.extensions,
+    )
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    """The decoded body, counted as it arrives, so a compressed bomb is caught too."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise too_large(response.request, "response body", MAX_RESPONSE_BYTES)
+    return bytes(body)
+
+
+def too_large(request: httpx.Request, what: str, limit: int) -> ResponseError:
+    """The error for a server sending more than kiln reads at once."""
+    return ResponseError(
+        f"{describe(request)}: {what} larger than {limit >> 20} MiB; kiln stopped reading it",
+        hint="the server at the API URL is not answering as Tensorlake does; check the URL",
+    )
 
 
 @asynccontextmanager

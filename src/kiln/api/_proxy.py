@@ -17,6 +17,7 @@ from kiln.api._http import (
     parse_json,
     raise_for_status,
     send,
+    too_large,
 )
 from kiln.api._models import (
     OutputEvent,
@@ -28,7 +29,7 @@ from kiln.api._models import (
     structure,
 )
 from kiln.api._settings import ENV_PROXY_URL, LOOPBACK_HOSTS, ApiSettings
-from kiln.api._sse import iter_json_events
+from kiln.api._sse import MAX_EVENT_CHARS, LineTooLong, iter_json_events
 from kiln.errors import ApiError, ResponseError, TransportError
 
 EVENT_STREAM = "text/event-stream"
@@ -214,7 +215,7 @@ class ProxyClient:
         output: dict[str, list[str]] = {"stdout": [], "stderr": []}
         async with open_stream(self._http, request) as response:
             await _check_event_stream(response)
-            async for data in iter_json_events(response.aiter_bytes()):
+            async for data in _json_events(request, response):
                 event = parse_run_event(data)
                 if isinstance(event, RunStarted):
                     pid = event.pid
@@ -271,7 +272,7 @@ class ProxyClient:
         )
         async with open_stream(self._http, request) as response:
             await _check_event_stream(response)
-            async for data in iter_json_events(response.aiter_bytes()):
+            async for data in _json_events(request, response):
                 try:
                     yield structure(data, OutputEvent, "output event")
                 except ResponseError:
@@ -350,3 +351,12 @@ def _refuses_chunked(response: httpx.Response) -> bool:
         return False
     body = response.text.lower()
     return any(marker in body for marker in CHUNK_REFUSAL_MARKERS)
+
+
+async def _json_events(request: httpx.Request, response: httpx.Response) -> AsyncIterator[Any]:
+    """The stream's JSON events; a line or event past the bound is an error naming the call."""
+    try:
+        async for data in iter_json_events(response.aiter_bytes()):
+            yield data
+    except LineTooLong as exc:
+        raise too_large(request, "stream line or event", MAX_EVENT_CHARS) from exc

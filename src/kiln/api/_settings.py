@@ -79,12 +79,36 @@ def _strip_trailing_slash(url: str) -> str:
 
 
 def _check_api_url(_instance: object, _attribute: object, url: str) -> None:
+    check_api_url(url)
+
+
+def check_api_url(url: str) -> None:
+    """Refuse an API URL that is not absolute http(s), or that carries credentials.
+
+    ``https://user:pass@host`` would make httpx send Basic auth in place of the bearer token, and
+    the URL is persisted with the build: credentials belong in the environment, never in it.
+    The error names the URL without its user part.
+    """
     parsed = _parse_url(url)
     if parsed is None:
         raise ConfigError(
-            f"API URL {url!r} is not an absolute http(s) URL",
+            f"API URL {_without_userinfo(url)!r} is not an absolute http(s) URL",
             hint=f"set {ENV_API_URL} to something like {DEFAULT_API_URL}",
         )
+    if parsed.userinfo:
+        raise ConfigError(
+            f"API URL {str(parsed.copy_with(userinfo=b''))!r} must not carry a user name or"
+            " password (user:password@)",
+            hint=f"remove them from the URL; kiln authenticates with {ENV_API_KEY} or {ENV_PAT}",
+        )
+
+
+def _without_userinfo(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    host_part, slash, path = rest.partition("/")
+    if not sep or "@" not in host_part:
+        return url
+    return f"{scheme}{sep}{host_part.rpartition('@')[2]}{slash}{path}"
 
 
 def _parse_url(url: str) -> httpx.URL | None:

@@ -15,18 +15,26 @@ from typing import Any
 DATA_FIELD = "data"
 COMMENT_PREFIX = ":"
 BYTE_ORDER_MARK = "\ufeff"
+# The longest line or event kept in memory: a build log line is far shorter, and a server that
+# never ends a line must not fill the memory of the process reading it.
+MAX_EVENT_CHARS = 4 << 20
+
+
+class LineTooLong(Exception):
+    """A stream line or event longer than MAX_EVENT_CHARS; the caller names the stream."""
 
 
 async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
     """Lines of a byte stream, split on LF, CRLF or CR; an unterminated tail is dropped, since a
-    stream cut mid-line carries half an event."""
+    stream cut mid-line carries half an event. A line past MAX_EVENT_CHARS raises LineTooLong."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
     async for chunk in chunks:
         pending += decoder.decode(chunk)
         lines, pending = _split_complete(pending)
         for line in lines:
-            yield line
+            yield _bounded(line)
+        _bounded(pending)
     lines, _tail = _split_complete(pending + decoder.decode(b"", final=True), final=True)
     for line in lines:
         yield line
@@ -55,6 +63,7 @@ def _split_complete(text: str, *, final: bool = False) -> tuple[list[str], str]:
 async def iter_event_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
     """The data of each event: its `data:` lines joined by newlines; data-less events skipped."""
     data: list[str] = []
+    size = 0
     first = True
     async for raw_line in iter_lines(chunks):
         line = raw_line.removeprefix(BYTE_ORDER_MARK) if first else raw_line
@@ -62,13 +71,15 @@ async def iter_event_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
         if not line:
             if data:
                 yield "\n".join(data)
-            data = []
+            data, size = [], 0
             continue
         if line.startswith(COMMENT_PREFIX):
             continue
         name, _colon, value = line.partition(":")
         if name == DATA_FIELD:
             data.append(value.removeprefix(" "))
+            size += len(data[-1])
+            _bounded_size(size)
     # A server that closes right after its last data line, without the blank line, still meant
     # that event; every line here was complete, so nothing half-sent is passed on.
     if data:
@@ -82,3 +93,13 @@ async def iter_json_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[Any]:
             yield json.loads(data)
         except ValueError:
             continue
+
+
+def _bounded(line: str) -> str:
+    _bounded_size(len(line))
+    return line
+
+
+def _bounded_size(size: int) -> None:
+    if size > MAX_EVENT_CHARS:
+        raise LineTooLong(f"a stream line or event longer than {MAX_EVENT_CHARS >> 20} MiB")

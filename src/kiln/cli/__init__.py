@@ -76,6 +76,12 @@ def _parse_and_dispatch(argv: Sequence[str] | None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "json", False):
+        # With --json, stdout carries JSON only: a library warning logged through an
+        # unconfigured structlog would otherwise be printed there.
+        from kiln.cli.build import _route_logs_to_stderr
+
+        _route_logs_to_stderr()
     return _dispatch(func, args)
 
 

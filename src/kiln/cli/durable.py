@@ -365,7 +365,8 @@ def log_line(event: EventRow) -> str | None:
     if event.kind == "warning":
         return f"-- warning: {data.get('message', '')}"
     if event.kind == "transition":
-        return f"-- {data.get('source')} -> {data.get('dest')} ({data.get('trigger')})"
+        why = f": {data['reason']}" if data.get("reason") else ""
+        return f"-- {data.get('source')} -> {data.get('dest')} ({data.get('trigger')}{why})"
     return f"-- {event.kind}: {json.dumps(data, default=str)}"
 
 

@@ -6,7 +6,7 @@ a build is running the driver on a state loaded from the store (``BuildState.fro
 """
 
 from kiln.machine._diagram import render_dot, render_mermaid
-from kiln.machine._driver import Driver, PersistHook, no_persist
+from kiln.machine._driver import CLEANUP_GRACE_S, Driver, PersistHook, no_persist
 from kiln.machine._events import (
     BuildLogEvent,
     Event,
@@ -28,6 +28,7 @@ from kiln.machine._state import (
 from kiln.machine.handlers import HANDLERS
 
 __all__ = [
+    "CLEANUP_GRACE_S",
     "HANDLERS",
     "SCHEMA_VERSION",
     "Backoff",

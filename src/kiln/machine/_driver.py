@@ -32,6 +32,10 @@ PersistHook = Callable[[BuildState], Awaitable[None]]
 _OUTCOME_BY_TRIGGER = {Trigger.SUCCEED: "done", Trigger.FAIL: "failed", Trigger.CANCEL: "cancelled"}
 # The whole build's deadline is reported as a phase of its own.
 OVERALL_PHASE = "build"
+# How long cleanup may go on past the build's deadline: deleting the sandbox matters most then,
+# but a hung DELETE must not stretch a 30 s deadline to a minute. A delete answers in about a
+# second; past the grace the sandbox is left to `kiln reap` (and the builder's own timeout).
+CLEANUP_GRACE_S = 10.0
 
 
 async def no_persist(state: BuildState) -> None:
@@ -65,6 +69,9 @@ class Driver:
         # The live error behind state.error, with its cause chain; a resumed build only has
         # the persisted record.
         self.error: BaseException | None = None
+        # The error of the current state's last failed attempt: a retry's reason, and the
+        # cause a deadline names when it cuts the retries short.
+        self._last_error: BaseException | None = None
 
     def cancel(self) -> None:
         """Ask the build to stop: it moves to cleanup (then cancelled) at its next await point."""
@@ -182,15 +189,23 @@ class Driver:
         phase = self._spec.states[state.state]
         left = phase.deadline_s - (now - state.state_entered_at)
         error = PhaseTimeout(phase.name, phase.deadline_s)
-        # Cleanup ignores the overall deadline: deleting the sandbox matters most then.
         overall = state.deadline_at
-        if overall is not None and state.state != self._spec.cleanup and overall - now < left:
+        if overall is None:
+            return left, error
+        if state.state == self._spec.cleanup:
+            # Cleanup may outlast the overall deadline, by a bounded grace.
+            if overall + CLEANUP_GRACE_S - now < left:
+                return overall + CLEANUP_GRACE_S - now, PhaseTimeout(phase.name, CLEANUP_GRACE_S)
+            return left, error
+        if overall - now < left:
             left = overall - now
             error = PhaseTimeout(OVERALL_PHASE, state.options.deadline_s or 0.0)
         return left, error
 
     async def _resolve(self, state: BuildState, outcome: Outcome) -> Trigger:
         """Turn an outcome into the trigger to fire: wait before retries, record failures."""
+        if outcome.error is not None and not isinstance(outcome.error, PhaseTimeout):
+            self._last_error = outcome.error
         if outcome.trigger is Trigger.RETRY:
             if self._may_retry(state):
                 return await self._backoff(state, outcome)
@@ -237,10 +252,17 @@ class Driver:
     async def _decorate(self, state: BuildState, error: BaseException) -> BaseException:
         """Add diagnostics once the proxy answered, and the sandbox and build ids once it exists.
 
-        A PhaseTimeout stays as it is, so callers can catch it by type; its sandbox was
-        still deleted by cleanup.
+        A PhaseTimeout stays one, so callers can catch it by type, and names the ids and the
+        last attempt's error itself; its sandbox was still deleted by cleanup.
         """
-        if isinstance(error, PhaseTimeout | BuildCancelled | BuildFailed):
+        if isinstance(error, PhaseTimeout):
+            return error.in_context(
+                during=state.state,
+                sandbox_id=state.sandbox_id,
+                build_id=state.build_id,
+                last_error=self._last_error,
+            )
+        if isinstance(error, BuildCancelled | BuildFailed):
             return error
         if state.proxy_ready and state.state != self._spec.cleanup:
             error = WithDiagnostics(error, await diagnose(state, self._services, error))
@@ -258,8 +280,12 @@ class Driver:
         await machine.events[trigger.value].trigger(model)
         dest = model.state
         now = self._services.clock.now()
+        reason = None
+        if trigger is Trigger.RETRY and self._last_error is not None:
+            reason = str(self._last_error)
         if dest != source:
             state.state_entered_at = now
+            self._last_error = None
         if dest == self._spec.cleanup and source != dest:
             state.outcome = _OUTCOME_BY_TRIGGER[trigger]
         if dest in self._spec.finals:
@@ -267,7 +293,9 @@ class Driver:
         state.state = dest
         # Emitted first, so that the store hook writes the transition's event with its state: a
         # process killed right after the write leaves a log that shows the transition too.
-        self._services.emit(state, TransitionEvent(source, dest, trigger.value, now - entered))
+        self._services.emit(
+            state, TransitionEvent(source, dest, trigger.value, now - entered, reason)
+        )
         await self._persist(state)
 
 

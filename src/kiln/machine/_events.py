@@ -47,15 +47,20 @@ class TransitionEvent:
     trigger: str
     # Time spent in ``source`` since it was first entered (all attempts together).
     duration_s: float
+    # Why: a retry's failed attempt (the error it raised); absent for other triggers.
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "type": self.type,
             "source": self.source,
             "dest": self.dest,
             "trigger": self.trigger,
             "duration_s": self.duration_s,
         }
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data
 
 
 Event = StatusEvent | BuildLogEvent | WarningEvent | TransitionEvent
