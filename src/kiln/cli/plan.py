@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from kiln.cli._source import add_source_arguments, plan_from_arguments
 from kiln.errors import UsageError
-from kiln.plan import BuildPlan, plan_dockerfile, plan_import, summarize_context
-from kiln.plan.planner import DEFAULT_DOCKERFILE
+from kiln.plan import BuildPlan, plan_import, summarize_context
 from kiln.plan.sizing import format_bytes
 
 
@@ -17,16 +17,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser(
         "plan",
         help="show the build plan for a Dockerfile or an image import (no network)",
+        usage="%(prog)s [OPTIONS] [PATH | -] | --import REF",
         description="Parse the Dockerfile, pick the image name and summarise the build context, "
         "printing the warnings a build would print. Nothing is sent anywhere.",
     )
-    parser.add_argument(
-        "dockerfile",
-        nargs="?",
-        metavar="DOCKERFILE",
-        help=f"the Dockerfile to plan (default: ./{DEFAULT_DOCKERFILE})",
-    )
-    parser.add_argument("--context", metavar="DIR", help="build context (default: its directory)")
+    add_source_arguments(parser)
     parser.add_argument("--import", dest="import_ref", metavar="REF", help="plan an image import")
     parser.add_argument("--name", metavar="NAME", help="the image name to register")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
@@ -55,12 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> BuildPlan:
     if args.import_ref is None:
-        return plan_dockerfile(
-            args.dockerfile or DEFAULT_DOCKERFILE, context=args.context, name=args.name
-        )
-    if args.dockerfile is not None or args.context is not None:
+        return plan_from_arguments(args)
+    dockerfile_options = (args.path, args.file, args.context, args.target, args.platform)
+    if any(option is not None for option in dockerfile_options) or args.build_args:
         raise UsageError(
-            "--import takes no DOCKERFILE or --context",
+            "--import takes no PATH, -f, --context, --build-arg, --target or --platform",
             hint="plan either a Dockerfile or an image import",
         )
     return plan_import(args.import_ref, name=args.name)
