@@ -169,3 +169,19 @@ def test_missing_context_exits_2(project: Path, capsys: pytest.CaptureFixture[st
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "missing" in captured.err
+
+
+def test_plan_takes_build_path_and_docker_options(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(project)
+    payload = _json(capsys, ["plan", ".", "--target", "build", "-t", "gopher", "--json"])
+    assert (payload["name"], payload["base_image"]) == ("gopher", "golang:1.22")
+    assert payload["additional_image_references"] == []
+    payload = _json(capsys, ["plan", "--build-arg", "PY=3.13", "--json"])
+    assert payload["base_image"] == "python:3.13-slim"
+
+
+def test_plan_import_takes_no_dockerfile_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--import", "ubuntu", "--target", "x"]) == 2
+    assert "--import takes no PATH" in capsys.readouterr().err

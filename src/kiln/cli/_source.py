@@ -17,13 +17,14 @@ from pathlib import Path
 import attrs
 
 from kiln.cli._paths import user_state_dir
-from kiln.errors import ConfigError, UsageError
+from kiln.errors import ConfigError, PlanError, UsageError
 from kiln.plan import BuildPlan, default_name_for_dockerfile, plan_dockerfile
 from kiln.plan.buildargs import parse_build_arg
 from kiln.plan.planner import DEFAULT_DOCKERFILE
 
 STDIN = "-"
 EMPTY_CONTEXT_DIR = "empty-context"
+DOCKERFILE_STEM = "dockerfile"
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +111,12 @@ def _source(args: argparse.Namespace) -> _Source:
             )
         return _Source(None, _read_stdin(), str(_empty_context()), _name_of(os.getcwd()))
     if not os.path.exists(path):
+        if DOCKERFILE_STEM in os.path.basename(path).lower():
+            # kiln's original form, `kiln build path/Dockerfile`, with a typo in the path.
+            raise PlanError(
+                f"Dockerfile not found: {os.path.abspath(path)}",
+                hint="pass the path to a Dockerfile, or the build context directory",
+            )
         raise UsageError(
             f'unable to prepare context: path "{path}" not found',
             hint="pass the build context directory, or a Dockerfile",
