@@ -13,10 +13,12 @@ from kiln.api import (
     ChunkedUploadRefused,
     ProxyClient,
     create_http_client,
+    is_transient,
     multipart_max_parts,
     sign_get_blob_request,
     sign_put_artifact_request,
 )
+from kiln.api import _proxy as proxy_module
 from kiln.errors import ResponseError, ServerError, TransportError
 
 TOKEN = "tl-secret-token-c0de"
@@ -164,10 +166,74 @@ async def test_run_omits_optional_payload_keys() -> None:
     assert (result.pid, result.signal, result.oom_killed) == (None, 9, True)
 
 
-async def test_run_stream_ending_without_exit_is_transient() -> None:
-    server = Server(answer(headers=SSE, content=sse({"pid": 1, "started_at": 0})))
-    with pytest.raises(TransportError, match="stream ended before the process exited"):
+async def test_run_stream_ending_before_the_start_is_transient() -> None:
+    server = Server(answer(headers=SSE, content=b": heartbeat\n\n"))
+    with pytest.raises(TransportError, match="stream ended before the process started"):
         await server.proxy().run("true", [])
+
+
+def _process(status: str, **fields: Any) -> dict[str, Any]:
+    return {"pid": 7, "status": status, "command": "tar", "started_at": 0.0, **fields}
+
+
+async def test_run_stream_ending_without_exit_falls_back_to_the_process_status() -> None:
+    # An idle proxy closed the stream after the start: the status is polled until it ended.
+    statuses = iter([_process("running"), _process("exited", exit_code=2)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/processes/run":
+            events = sse(
+                {"pid": 7, "started_at": 0}, {"line": "bad", "timestamp": 0, "stream": "stderr"}
+            )
+            return httpx.Response(200, headers=SSE, content=events)
+        assert request.url.path == "/api/v1/processes/7"
+        return httpx.Response(200, json=next(statuses))
+
+    server = Server(handler)
+    result = await server.proxy().run("tar", ["-xzf", "a"])
+    assert (result.pid, result.exit_code, result.stderr) == (7, 2, ["bad"])
+    assert [r.url.path for r in server.requests].count("/api/v1/processes/7") == 2
+
+
+class _SilentAfter(httpx.AsyncByteStream):
+    """Sends ``head``, then stays open without a byte (a proxy that never closes the stream)."""
+
+    def __init__(self, head: bytes) -> None:
+        self._head = head
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._head
+        await asyncio.Event().wait()
+
+
+async def test_a_silent_run_stream_after_the_exit_is_not_waited_on() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/processes/run":
+            return httpx.Response(
+                200, headers=SSE, stream=_SilentAfter(sse({"pid": 7, "started_at": 0}))
+            )
+        return httpx.Response(200, json=_process("exited", exit_code=0))
+
+    server = Server(handler)
+    async with asyncio.timeout(30):
+        result = await server.proxy().run("mkdir", ["-p", "/b"], silence_s=0.05)
+    assert (result.pid, result.exit_code) == (7, 0)
+
+
+async def test_a_run_past_its_timeout_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proxy_module, "RUN_TIMEOUT_GRACE_S", 0.0)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/processes/run":
+            return httpx.Response(
+                200, headers=SSE, stream=_SilentAfter(sse({"pid": 7, "started_at": 0}))
+            )
+        return httpx.Response(200, json=_process("running"))
+
+    server = Server(handler)
+    with pytest.raises(TransportError, match=r"did not finish within 0\.2 s") as info:
+        await server.proxy().run("tar", [], timeout=0.2, silence_s=0.05)
+    assert is_transient(info.value)
 
 
 async def test_run_rejects_a_non_sse_answer() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,11 @@ FAST_BACKOFF = Backoff(initial_s=0.01, factor=2.0, max_s=0.05)
 
 def fast_spec(**state_changes: dict[str, Any]) -> MachineSpec:
     """The declared machine with a quick backoff and optional per-state overrides."""
-    spec = load_machine_spec()
+    spec = load_machine_spec().with_backoff(FAST_BACKOFF)
     states = dict(spec.states)
     for name, changes in state_changes.items():
         states[name] = attrs.evolve(states[name], **changes)
-    return attrs.evolve(spec, backoff=FAST_BACKOFF, states=states)
+    return attrs.evolve(spec, states=states)
 
 
 class Admin:
@@ -156,6 +157,10 @@ class Run:
         finally:
             await self.services.aclose()
 
+    def transitions(self) -> list[tuple[str, str, str]]:
+        """Every transition as ``(source, trigger, dest)``, in order."""
+        return [(e.source, e.trigger, e.dest) for e in self.events if e.type == "transition"]  # type: ignore[union-attr]
+
     def states_entered(self) -> list[str]:
         return [e.dest for e in self.events if e.type == "transition"]  # type: ignore[union-attr]
 
@@ -202,3 +207,36 @@ async def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 10.0) ->
     async with asyncio.timeout(timeout_s):
         while not predicate():
             await asyncio.sleep(0.002)
+
+
+def fake_credential_helper(
+    directory: Path, name: str, answers: dict[str, str], *, fail_with: str | None = None
+) -> Path:
+    """Install ``docker-credential-<name>`` in ``directory`` (put it on PATH): for a server in
+    ``answers`` it prints that JSON; for others Docker's "not found" answer, exit 1; with
+    ``fail_with``, that message and exit 2 for every server. Each server asked is appended to
+    ``directory/<name>.log``."""
+    cases = "".join(
+        f"  {shlex.quote(server)}) printf '%s' {shlex.quote(answer)} ;;\n"
+        for server, answer in answers.items()
+    )
+    failing = f"printf '%s\\n' {shlex.quote(fail_with)} >&2; exit 2\n" if fail_with else ""
+    script = (
+        "#!/bin/sh\n"
+        "read -r server\n"
+        f'printf "%s\\n" "$server" >> {shlex.quote(str(directory / (name + ".log")))}\n'
+        f"{failing}"
+        'case "$server" in\n'
+        f"{cases}"
+        "  *) echo 'credentials not found in native keychain'; exit 1 ;;\n"
+        "esac\n"
+    )
+    path = directory / f"docker-credential-{name}"
+    path.write_text(script)
+    path.chmod(0o755)
+    return path
+
+
+def helper_log(directory: Path, name: str) -> list[str]:
+    log = directory / f"{name}.log"
+    return log.read_text().splitlines() if log.exists() else []

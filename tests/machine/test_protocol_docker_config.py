@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from machine_support import fake_credential_helper, helper_log
 
 from kiln.errors import ConfigError
 from kiln.machine.protocol import (
     DOCKER_CONFIG_ENV,
+    DOCKER_HUB_SERVER,
     default_docker_config_path,
     load_docker_config_json,
+    registry_of,
 )
 
 SECRET = "s3cr3t-p4ss"
@@ -57,11 +61,114 @@ def test_username_and_password_are_encoded_as_auth(tmp_path: Path) -> None:
     }
 
 
-def test_both_credential_kinds_are_kept_together(tmp_path: Path) -> None:
+def test_an_identitytoken_goes_alone(tmp_path: Path) -> None:
+    # As Docker sends it: the token replaces the password, so `auth` is not sent beside it.
     path = write(tmp_path, {"auths": {"r.example": {"auth": BASIC, "identitytoken": TOKEN}}})
     loaded = load_docker_config_json(path)
     assert loaded is not None
-    assert json.loads(loaded) == {"auths": {"r.example": {"auth": BASIC, "identitytoken": TOKEN}}}
+    assert json.loads(loaded) == {"auths": {"r.example": {"identitytoken": TOKEN}}}
+
+
+# --- credential helpers (credsStore, credHelpers) --------------------------------------------
+
+PRIVATE = "registry.example.com"
+HELPER_ANSWER = json.dumps({"ServerURL": PRIVATE, "Username": "bob", "Secret": SECRET})
+BOB = base64.b64encode(f"bob:{SECRET}".encode()).decode()
+
+
+@pytest.fixture
+def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory on PATH for fake docker-credential-* programs."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+    return directory
+
+
+def loaded_auths(path: Path, registries: list[str], warnings: list[str] | None = None) -> Any:
+    sink = warnings if warnings is not None else []
+    loaded = load_docker_config_json(path, registries=registries, warn=sink.append)
+    return None if loaded is None else json.loads(loaded)["auths"]
+
+
+def test_a_creds_store_is_asked_about_exactly_the_registries_the_build_needs(
+    tmp_path: Path, helpers: Path
+) -> None:
+    fake_credential_helper(helpers, "desktop", {PRIVATE: HELPER_ANSWER})
+    path = write(tmp_path, {"auths": {PRIVATE: {}, "other.example": {}}, "credsStore": "desktop"})
+    assert loaded_auths(path, [PRIVATE, PRIVATE]) == {PRIVATE: {"auth": BOB}}
+    assert helper_log(helpers, "desktop") == [PRIVATE]
+
+
+def test_docker_hub_is_asked_by_its_index_address(tmp_path: Path, helpers: Path) -> None:
+    fake_credential_helper(helpers, "desktop", {DOCKER_HUB_SERVER: HELPER_ANSWER})
+    path = write(tmp_path, {"credsStore": "desktop"})
+    images = ["python:3.12", "library/ubuntu", "docker.io/x/y", "localhost:5000/z", "Host/a"]
+    registries = [registry_of(image) for image in images]
+    assert registries == ["docker.io", "docker.io", "docker.io", "localhost:5000", "Host"]
+    assert loaded_auths(path, registries) == {DOCKER_HUB_SERVER: {"auth": BOB}}
+    assert helper_log(helpers, "desktop") == [DOCKER_HUB_SERVER, "localhost:5000", "Host"]
+
+
+def test_cred_helpers_win_over_the_store_and_the_inline_entry(
+    tmp_path: Path, helpers: Path
+) -> None:
+    fake_credential_helper(
+        helpers, "gcloud", {"gcr.io": json.dumps({"Username": "<token>", "Secret": TOKEN})}
+    )
+    fake_credential_helper(helpers, "desktop", {PRIVATE: HELPER_ANSWER})
+    config = {
+        "auths": {"gcr.io": {"auth": BASIC}, "plain.example": {"auth": BASIC}},
+        "credsStore": "desktop",
+        "credHelpers": {"gcr.io": "gcloud"},
+    }
+    auths = loaded_auths(write(tmp_path, config), ["gcr.io", PRIVATE])
+    assert auths == {
+        "gcr.io": {"identitytoken": TOKEN},
+        PRIVATE: {"auth": BOB},
+        "plain.example": {"auth": BASIC},
+    }
+    assert helper_log(helpers, "gcloud") == ["gcr.io"]
+    assert helper_log(helpers, "desktop") == [PRIVATE]
+
+
+def test_a_helper_without_credentials_for_the_registry_is_no_warning(
+    tmp_path: Path, helpers: Path
+) -> None:
+    fake_credential_helper(helpers, "desktop", {})
+    warnings: list[str] = []
+    assert loaded_auths(write(tmp_path, {"credsStore": "desktop"}), [PRIVATE], warnings) is None
+    assert warnings == []
+
+
+@pytest.mark.parametrize(
+    ("install", "reason"),
+    [
+        (
+            lambda d: fake_credential_helper(d, "desktop", {}, fail_with="keychain locked"),
+            "keychain locked",
+        ),
+        (lambda d: fake_credential_helper(d, "desktop", {PRIVATE: "not json"}), "not JSON"),
+        (
+            lambda d: fake_credential_helper(d, "desktop", {PRIVATE: '{"Username": "bob"}'}),
+            "no Username",
+        ),
+        (lambda d: None, "not on PATH"),
+    ],
+    ids=["fails", "garbage", "no-secret", "missing"],
+)
+def test_a_failing_helper_is_a_warning_naming_the_registry(
+    tmp_path: Path, helpers: Path, install: Any, reason: str
+) -> None:
+    install(helpers)
+    config = {"auths": {"plain.example": {"auth": BASIC}}, "credsStore": "desktop"}
+    warnings: list[str] = []
+    auths = loaded_auths(write(tmp_path, config), [PRIVATE], warnings)
+    assert auths == {"plain.example": {"auth": BASIC}}
+    assert len(warnings) == 1
+    assert PRIVATE in warnings[0] and "docker-credential-desktop" in warnings[0]
+    assert reason in warnings[0] and f"docker login {PRIVATE}" in warnings[0]
+    assert SECRET not in warnings[0]
 
 
 def test_output_is_compact_and_deterministic(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from kiln.api._proxy import (
     process_payload,
     sign_get_blob_request,
     sign_put_artifact_request,
+    with_silences,
 )
 from kiln.api._settings import ApiSettings, AuthMode, Credentials, check_api_url
 
@@ -62,4 +63,5 @@ __all__ = [
     "sign_get_blob_request",
     "sign_put_artifact_request",
     "template_payload",
+    "with_silences",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import httpx
@@ -25,6 +27,7 @@ from kiln.api._models import (
     RunExited,
     RunResult,
     RunStarted,
+    exit_status,
     parse_run_event,
     structure,
 )
@@ -50,6 +53,17 @@ MULTIPART_MAX_PARTS = 10_000
 MIB = 1024 * 1024
 
 MISSING_PROXY_URL = "server response did not include sandbox_url; refusing to derive a proxy URL"
+
+# A run stream may end before its exit event (an idle proxy closes it) or stay open and silent
+# after the process exited: after this long without an event, the process's status is asked.
+RUN_SILENCE_S = 10.0
+# How often the status of a process whose run stream ended is read until it has exited.
+RUN_STATUS_POLL_S = 0.5
+# Beyond a command's own timeout (the daemon kills it then), how long the client waits for the
+# daemon to report the end before it gives up on the step.
+RUN_TIMEOUT_GRACE_S = 15.0
+
+_T = TypeVar("_T")
 
 
 class ChunkedUploadRefused(ApiError):
@@ -195,11 +209,15 @@ class ProxyClient:
         env: Mapping[str, str] | None = None,
         working_dir: str | None = None,
         timeout: float | None = None,
+        silence_s: float = RUN_SILENCE_S,
     ) -> RunResult:
         """Run a short command to completion in one request and collect its output.
 
-        Meant for idempotent steps: if the stream ends before the exit event, the error is a
-        transient TransportError and the caller may simply run the step again.
+        When the stream ends without an exit event, or stays silent for ``silence_s``, the
+        process's status says how it ended (polled until it has). ``timeout`` (seconds) goes to
+        the daemon, which kills the command then; the client waits a little longer for the end
+        and then raises a transient TransportError. A stream that ends before the process
+        started raises one too: the step is idempotent, the caller may run it again.
         """
         payload = process_payload(
             command, args, user=user, env=env, working_dir=working_dir, timeout=timeout
@@ -211,26 +229,62 @@ class ProxyClient:
             headers={"Accept": EVENT_STREAM},
             timeout=STREAM_TIMEOUT,
         )
-        pid: int | None = None
-        output: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        output = _RunOutput()
+        limit = None if timeout is None else timeout + RUN_TIMEOUT_GRACE_S
+        try:
+            async with asyncio.timeout(limit):
+                result = await self._run_stream(request, output, silence_s)
+                if result is not None:
+                    return result
+                if output.pid is None:
+                    raise TransportError(
+                        f"{describe(request)}: stream ended before the process started"
+                    )
+                return await self._run_ended(output, output.pid)
+        except TimeoutError:
+            raise TransportError(
+                f"{describe(request)}: {command} did not finish within {timeout:g} s"
+            ) from None
+
+    async def _run_stream(
+        self, request: httpx.Request, output: _RunOutput, silence_s: float
+    ) -> RunResult | None:
+        """The result from the stream's exit event, or from the status after a silence; None
+        when the stream ended without either."""
         async with open_stream(self._http, request) as response:
             await _check_event_stream(response)
-            async for data in _json_events(request, response):
-                event = parse_run_event(data)
-                if isinstance(event, RunStarted):
-                    pid = event.pid
-                elif isinstance(event, OutputEvent):
-                    output["stderr" if event.stream == "stderr" else "stdout"].append(event.line)
-                elif isinstance(event, RunExited):
-                    return RunResult(
-                        pid=pid,
-                        exit_code=event.exit_code,
-                        signal=event.signal,
-                        oom_killed=event.oom_killed,
-                        stdout=output["stdout"],
-                        stderr=output["stderr"],
-                    )
-        raise TransportError(f"{describe(request)}: stream ended before the process exited")
+            async with (
+                contextlib.aclosing(_json_events(request, response)) as events,
+                contextlib.aclosing(with_silences(events, silence_s)) as items,
+            ):
+                async for data in items:
+                    if data is None:
+                        result = await self._run_status(output)
+                        if result is not None:
+                            return result
+                        continue
+                    event = parse_run_event(data)
+                    if isinstance(event, RunStarted):
+                        output.pid = event.pid
+                    elif isinstance(event, OutputEvent):
+                        output.add(event)
+                    elif isinstance(event, RunExited):
+                        return output.result(event.exit_code, event.signal, event.oom_killed)
+        return None
+
+    async def _run_status(self, output: _RunOutput) -> RunResult | None:
+        """The result from the process's status, None while it runs (or before it started)."""
+        if output.pid is None:
+            return None
+        status = exit_status(await self.get_process(output.pid))
+        if status is None:
+            return None
+        return output.result(status.code, None, status.oom)
+
+    async def _run_ended(self, output: _RunOutput, pid: int) -> RunResult:
+        while (result := await self._run_status(output)) is None:
+            await asyncio.sleep(RUN_STATUS_POLL_S)
+        return result
 
     async def start_process(
         self,
@@ -258,7 +312,7 @@ class ProxyClient:
         data = await self._json(self._request("GET", f"{PROCESSES}/{pid}"))
         return structure(data, ProcessInfo, "get process response")
 
-    async def follow(self, pid: int) -> AsyncIterator[OutputEvent]:
+    async def follow(self, pid: int) -> AsyncGenerator[OutputEvent, None]:
         """The process's output from its first line (every follow replays), until it exits.
 
         A caller that may stop early should wrap it in `contextlib.aclosing` so the stream is
@@ -334,6 +388,65 @@ class ProxyClient:
         return data
 
 
+class _RunOutput:
+    """What a run stream delivered so far: the pid and the output lines."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+
+    def add(self, event: OutputEvent) -> None:
+        (self.stderr if event.stream == "stderr" else self.stdout).append(event.line)
+
+    def result(self, exit_code: int | None, signal: int | None, oom_killed: bool) -> RunResult:
+        return RunResult(
+            pid=self.pid,
+            exit_code=exit_code,
+            signal=signal,
+            oom_killed=oom_killed,
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
+
+
+async def with_silences(
+    events: AsyncIterator[_T], silence_s: float
+) -> AsyncGenerator[_T | None, None]:
+    """``events``, with a None after every ``silence_s`` seconds in which none came.
+
+    The stream is never read with a timeout that would cancel a read half done: the pending
+    read is kept across silences, so a caller can ask elsewhere (a process's status) and go on
+    waiting. Closing this generator cancels the pending read; ``events`` is the caller's to close.
+    """
+    pending = asyncio.ensure_future(_next_of(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=silence_s)
+            if not done:
+                yield None
+                continue
+            item = pending.result()
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+            pending = asyncio.ensure_future(_next_of(events))
+    finally:
+        pending.cancel()
+        # Waited for without raising: the read's own error (if it failed meanwhile) is moot
+        # once the caller stopped reading, and a cancel of this task must go on up.
+        await asyncio.wait({pending})
+        if not pending.cancelled():
+            pending.exception()
+
+
+_END = object()
+
+
+async def _next_of(events: AsyncIterator[_T]) -> _T | object:
+    return await anext(events, _END)
+
+
 async def _check_event_stream(response: httpx.Response) -> None:
     await raise_for_status(response)
     content_type = response.headers.get("content-type", "")
@@ -353,7 +466,9 @@ def _refuses_chunked(response: httpx.Response) -> bool:
     return any(marker in body for marker in CHUNK_REFUSAL_MARKERS)
 
 
-async def _json_events(request: httpx.Request, response: httpx.Response) -> AsyncIterator[Any]:
+async def _json_events(
+    request: httpx.Request, response: httpx.Response
+) -> AsyncGenerator[Any, None]:
     """The stream's JSON events; a line or event past the bound is an error naming the call."""
     try:
         async for data in iter_json_events(response.aiter_bytes()):

@@ -207,6 +207,7 @@ class Driver:
         if outcome.error is not None and not isinstance(outcome.error, PhaseTimeout):
             self._last_error = outcome.error
         if outcome.trigger is Trigger.RETRY:
+            self._restart_count_after_progress(state, outcome)
             if self._may_retry(state):
                 return await self._backoff(state, outcome)
             outcome = fail(outcome.error or BuildError(f"{state.state}: retry budget spent"))
@@ -214,12 +215,22 @@ class Driver:
             await self._record_failure(state, outcome.error)
         return outcome.trigger
 
+    def _restart_count_after_progress(self, state: BuildState, outcome: Outcome) -> None:
+        """The budget of a `progress_resets_attempts` state counts failures without progress:
+        an attempt that progressed before failing leaves none behind it."""
+        if outcome.progressed and self._spec.states[state.state].progress_resets_attempts:
+            state.attempts[state.state] = 0
+
     def _may_retry(self, state: BuildState) -> bool:
         phase = self._spec.states[state.state]
         return "retry" in phase.on and state.attempts_in(phase.name) < phase.attempts
 
     async def _backoff(self, state: BuildState, outcome: Outcome) -> Trigger:
-        delay = self._spec.backoff.delay(state.attempts_in(state.state))
+        if state.cancel_requested:
+            # cancel() came after the handler had ended and before this wait began: there was
+            # no task for it to interrupt, so the wait must not start at all.
+            return Trigger.CANCEL
+        delay = self._spec.backoff_of(state.state).delay(state.attempts_in(state.state))
         left, _ = self._time_left(state)
         self._services.logger(state).info(
             "retrying", error=str(outcome.error), attempt=state.attempts_in(state.state)

@@ -22,14 +22,17 @@ class Trigger(enum.StrEnum):
 class Outcome:
     trigger: Trigger
     error: BaseException | None = None
+    # The attempt moved the phase forward before it failed (new builder output, say): in a state
+    # declaring `progress_resets_attempts`, the attempt count starts again.
+    progressed: bool = False
 
 
 SUCCEEDED = Outcome(Trigger.SUCCEED)
 CANCELLED = Outcome(Trigger.CANCEL)
 
 
-def retry(error: BaseException) -> Outcome:
-    return Outcome(Trigger.RETRY, error)
+def retry(error: BaseException, *, progressed: bool = False) -> Outcome:
+    return Outcome(Trigger.RETRY, error, progressed)
 
 
 def fail(error: BaseException) -> Outcome:

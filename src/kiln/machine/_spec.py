@@ -48,6 +48,12 @@ class StateSpec:
     attempts: int
     deadline_s: float
     on: Mapping[str, str]
+    # The state's own backoff between attempts; None means the machine's.
+    backoff: Backoff | None = None
+    # An attempt that made progress before failing starts the attempt count again.
+    progress_resets_attempts: bool = False
+    # run_builder: ask the process's status after this long without output.
+    silence_s: float | None = None
 
 
 @attrs.frozen
@@ -59,6 +65,16 @@ class MachineSpec:
     final_docs: Mapping[str, str]
     backoff: Backoff
     states: Mapping[str, StateSpec]
+
+    def with_backoff(self, backoff: Backoff) -> MachineSpec:
+        """This machine with ``backoff`` between the attempts of every state (tests use it to
+        make retries cost no wall time, states with a backoff of their own included)."""
+        states = {name: attrs.evolve(s, backoff=None) for name, s in self.states.items()}
+        return attrs.evolve(self, backoff=backoff, states=states)
+
+    def backoff_of(self, state: str) -> Backoff:
+        """The backoff between the attempts of ``state``: its own, else the machine's."""
+        return self.states[state].backoff or self.backoff
 
     def edges(self) -> list[tuple[str, str, str]]:
         """Every (source, trigger, dest), in declaration order."""
@@ -116,6 +132,9 @@ def _parse(data: Mapping[str, Any], source: Path) -> MachineSpec:
                 attempts=int(body["attempts"]),
                 deadline_s=float(body["deadline_s"]),
                 on=dict(body["on"]),
+                backoff=_backoff(body["backoff"]) if "backoff" in body else None,
+                progress_resets_attempts=bool(body.get("progress_resets_attempts", False)),
+                silence_s=float(body["silence_s"]) if "silence_s" in body else None,
             )
             for name, body in data["states"].items()
         }
@@ -125,11 +144,7 @@ def _parse(data: Mapping[str, Any], source: Path) -> MachineSpec:
             cleanup=str(machine["cleanup"]),
             finals=tuple(machine["finals"]),
             final_docs={name: str(body["doc"]) for name, body in data.get("finals", {}).items()},
-            backoff=Backoff(
-                initial_s=float(backoff["initial_s"]),
-                factor=float(backoff["factor"]),
-                max_s=float(backoff["max_s"]),
-            ),
+            backoff=_backoff(backoff),
             states=states,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -137,6 +152,12 @@ def _parse(data: Mapping[str, Any], source: Path) -> MachineSpec:
             f"{source}: malformed build machine declaration ({error!r})",
             hint="compare it with the documented layout at the top of states/build.toml",
         ) from error
+
+
+def _backoff(body: Mapping[str, Any]) -> Backoff:
+    return Backoff(
+        initial_s=float(body["initial_s"]), factor=float(body["factor"]), max_s=float(body["max_s"])
+    )
 
 
 def validate(spec: MachineSpec) -> None:
@@ -174,6 +195,8 @@ def _state_problems(spec: MachineSpec, state: StateSpec, known: set[str]) -> lis
         found.append(f"{state.name}: attempts > 1 needs a retry edge back to itself")
     if state.deadline_s <= 0:
         found.append(f"{state.name}: deadline_s must be positive")
+    if state.silence_s is not None and state.silence_s <= 0:
+        found.append(f"{state.name}: silence_s must be positive")
     if state.holds_sandbox and state.name != spec.cleanup:
         found += [
             f"{state.name}: holds a sandbox, so {t!r} must lead to {spec.cleanup!r}"

@@ -86,7 +86,8 @@ class BuildState:
     id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     schema_version: int = SCHEMA_VERSION
     state: str = "resolve_scope"
-    # Handler runs per state; the retry budget in states/build.toml is checked against it.
+    # Handler runs per state; the retry budget in states/build.toml is checked against it. In a
+    # state with `progress_resets_attempts`, only the runs since the last one that progressed.
     attempts: dict[str, int] = attrs.field(factory=dict)
     created_at: float = 0.0
     # Wall-clock time the current state was first entered; a retry does not reset it, so a

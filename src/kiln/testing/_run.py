@@ -42,7 +42,7 @@ LOGGERS = ("kiln", "kiln.build")
 
 def without_backoff(spec: MachineSpec | None = None) -> MachineSpec:
     """The declared machine (or ``spec``) with retries that do not wait."""
-    return attrs.evolve(spec or load_machine_spec(), backoff=NO_BACKOFF)
+    return (spec or load_machine_spec()).with_backoff(NO_BACKOFF)
 
 
 @attrs.frozen

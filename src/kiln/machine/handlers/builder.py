@@ -10,9 +10,17 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from kiln.api import ExitStatus, ProcessInfo, ProxyClient, exit_status
-from kiln.errors import ApiError, BuildError, KilnError, TransportError
-from kiln.machine._outcome import SUCCEEDED, Outcome
+from kiln.api import (
+    ExitStatus,
+    OutputEvent,
+    ProcessInfo,
+    ProxyClient,
+    exit_status,
+    is_transient,
+    with_silences,
+)
+from kiln.errors import ApiError, BuildError, KilnError
+from kiln.machine._outcome import SUCCEEDED, Outcome, retry
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState
 from kiln.machine.protocol import (
@@ -29,10 +37,11 @@ PATH_ENV = "PATH"
 # Pause before following again after a stream that delivered new lines and then ended early:
 # the process is alive and making progress, so reconnecting promptly loses nothing.
 REFOLLOW_DELAY_S = 0.1
-
-
-class StreamEndedEarly(TransportError):
-    """The follow stream closed while the builder still runs and brought nothing new."""
+# Pause before following again after a stream that ended with nothing new while the builder
+# lives (a load balancer closing idle streams, say): the reference's reattach interval.
+REATTACH_INTERVAL_S = 1.0
+# The silence bound when states/ declares none.
+DEFAULT_SILENCE_S = 30.0
 
 
 async def run_builder(state: BuildState, services: Services) -> Outcome:
@@ -43,9 +52,16 @@ async def run_builder(state: BuildState, services: Services) -> Outcome:
         state.builder_pid = await _start_or_adopt(state, services, proxy, argv)
         # Recorded at once: a process that resumes this build reattaches instead of starting.
         await services.checkpoint(state)
+    delivered_before = state.output_events_delivered
     keepalive = asyncio.create_task(_keepalive(proxy))
     try:
         status = await _follow_until_exit(state, services, proxy, state.builder_pid)
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        # States/ declares that run_builder's budget counts failures without progress: this
+        # attempt delivered output before the stream failed, so it tells the driver so.
+        return retry(error, progressed=state.output_events_delivered > delivered_before)
     finally:
         keepalive.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -99,32 +115,58 @@ def _match(processes: Sequence[ProcessInfo], argv: Sequence[str]) -> int | None:
 async def _follow_until_exit(
     state: BuildState, services: Services, proxy: ProxyClient, pid: int
 ) -> ExitStatus:
-    """Stream the log until the process ends; reconnect while streams keep bringing lines.
+    """Stream the log until the process ends; follow again whenever a stream ends before it.
 
     Every follow replays the output from the start, so the first
     ``state.output_events_delivered`` events of each stream are skipped. A stream that ends
-    without new lines while the process runs raises StreamEndedEarly: a transient error, so
-    the state's attempt budget (not an endless loop) bounds a stream that keeps failing.
+    while the process lives is no failure (load balancers close idle and old streams): it is
+    followed again for as long as the process lives and the deadlines hold, as the reference
+    does. Errors (of a follow or of a status read) go to the driver as transient errors, whose
+    budget counts failures without progress.
     """
+    silence_s = services.spec.states[state.state].silence_s or DEFAULT_SILENCE_S
     while True:
         delivered_before = state.output_events_delivered
-        seen = 0
-        async for event in proxy.follow(pid):
-            seen += 1
-            if seen <= state.output_events_delivered:
-                continue
-            state.output_events_delivered = seen
-            if mentions_disk_error(event.line):
-                state.disk_error_seen = True
-            services.build_log(state, event.line, event.stream or "stdout")
-        status = exit_status(await proxy.get_process(pid))
+        status = await _follow_once(state, services, proxy, pid, silence_s)
+        if status is None:
+            status = exit_status(await proxy.get_process(pid))
         if status is not None:
             return status
-        message = f"Process output stream ended before process {pid} exited; reattaching..."
-        services.warning(state, message)
-        if state.output_events_delivered == delivered_before:
-            raise StreamEndedEarly(message)
-        await asyncio.sleep(REFOLLOW_DELAY_S)
+        services.status(
+            state, f"Process output stream ended before process {pid} exited; reattaching..."
+        )
+        progressed = state.output_events_delivered > delivered_before
+        await asyncio.sleep(REFOLLOW_DELAY_S if progressed else REATTACH_INTERVAL_S)
+
+
+async def _follow_once(
+    state: BuildState, services: Services, proxy: ProxyClient, pid: int, silence_s: float
+) -> ExitStatus | None:
+    """Deliver one follow stream's new lines. None when the stream ended; the process's exit
+    status when it ended while the stream stayed silent for ``silence_s`` (a stream that stays
+    open after its process exited must not hold the build until the phase deadline)."""
+    seen = 0
+    async with (
+        contextlib.aclosing(proxy.follow(pid)) as events,
+        contextlib.aclosing(with_silences(events, silence_s)) as items,
+    ):
+        async for event in items:
+            if event is None:
+                status = exit_status(await proxy.get_process(pid))
+                if status is not None:
+                    return status
+                continue
+            seen += 1
+            if seen > state.output_events_delivered:
+                _deliver(state, services, event, seen)
+    return None
+
+
+def _deliver(state: BuildState, services: Services, event: OutputEvent, seen: int) -> None:
+    state.output_events_delivered = seen
+    if mentions_disk_error(event.line):
+        state.disk_error_seen = True
+    services.build_log(state, event.line, event.stream or "stdout")
 
 
 async def _keepalive(proxy: ProxyClient) -> None:

@@ -23,8 +23,10 @@ from kiln.machine.protocol import (
     REMOTE_SPEC_PATH,
     build_spec,
     load_docker_config_json,
+    registry_of,
     spec_json_bytes,
 )
+from kiln.plan import BuildPlan
 from kiln.plan.context import ContextArchive
 from kiln.plan.sizing import format_bytes
 
@@ -41,13 +43,18 @@ SPOOL_READ_CHUNK = 1 << 20
 # 0.75x to about 0.6x of the official client's). Smaller contexts go as one archive, as before.
 PART_BYTES = 64 << 20
 PART_ARCHIVE_PATH = REMOTE_BUILD_DIR + "/context-{index}.tar.gz"
+# `FROM scratch` pulls nothing.
+SCRATCH = "scratch"
+# Extracting a context takes seconds (a minute for a few GB on a slow disk); one that runs for
+# twenty minutes is stuck, and the daemon kills it within the upload phase's deadline.
+EXTRACT_TIMEOUT_S = 1200.0
 
 
 async def upload(state: BuildState, services: Services) -> Outcome:
     """Re-entry: skips the context once state.context_digest records its extraction; rewrites spec.json."""
     proxy = services.proxy(state)
     if state.plan.is_import or state.context_digest is not None:
-        await _write_spec(state, proxy)
+        await _write_spec(state, services, proxy)
         return SUCCEEDED
     context_dir = state.plan.context_dir or "."
     services.status(state, "Uploading build context...")
@@ -60,7 +67,9 @@ async def upload(state: BuildState, services: Services) -> Outcome:
     # spec.json does not depend on the context: writing it while the archive is extracted saves a
     # round trip. Both run to the end before an error is raised, so an extraction that succeeded
     # is recorded (context_digest) even when the spec write fails, and a retry skips the context.
-    await _all_settled(_extract_context(state, services, proxy, archive), _write_spec(state, proxy))
+    await _all_settled(
+        _extract_context(state, services, proxy, archive), _write_spec(state, services, proxy)
+    )
     return SUCCEEDED
 
 
@@ -72,19 +81,44 @@ async def _all_settled(*steps: Awaitable[None]) -> None:
             raise result
 
 
-async def _write_spec(state: BuildState, proxy: ProxyClient) -> None:
+async def _write_spec(state: BuildState, services: Services, proxy: ProxyClient) -> None:
     prepared = state.prepared or {}
+    # Read at the last moment and never stored: registry credentials are secrets. Credential
+    # helpers run as programs (a keychain, a cloud CLI), so off the event loop; their warnings
+    # are delivered on it.
+    loop = asyncio.get_running_loop()
+    docker_config_json = await asyncio.to_thread(
+        load_docker_config_json,
+        registries=[registry_of(image) for image in _pulled_images(state.plan)],
+        warn=functools.partial(_warn_threadsafe, loop, state, services),
+    )
     spec = build_spec(
         prepared,
         dockerfile=state.plan.dockerfile_text,
         base_image=state.plan.base_image,
         import_reference=state.plan.import_image_reference,
         rootfs_disk_bytes=state.rootfs_disk_bytes or 0,
-        # Read at the last moment and never stored: registry credentials are secrets.
-        docker_config_json=load_docker_config_json(),
+        docker_config_json=docker_config_json,
         docker_compat=state.options.docker_compat,
     )
     await proxy.put_file(REMOTE_SPEC_PATH, spec_json_bytes(spec))
+
+
+def _warn_threadsafe(
+    loop: asyncio.AbstractEventLoop, state: BuildState, services: Services, text: str
+) -> None:
+    loop.call_soon_threadsafe(services.warning, state, text)
+
+
+def _pulled_images(plan: BuildPlan) -> list[str]:
+    """The images the builder may pull from a registry: the base (unless a stage or scratch),
+    the imported one and every other image the Dockerfile names."""
+    images = [*plan.additional_image_references]
+    if plan.import_image_reference:
+        images.append(plan.import_image_reference)
+    if not plan.base_image_is_internal_stage and plan.base_image != SCRATCH:
+        images.append(plan.base_image)
+    return images
 
 
 async def _send_context(
@@ -134,7 +168,7 @@ async def _upload_in_parts(
             extractions.append(asyncio.create_task(_untar(state, services, proxy, path)))
         _report_sizes(state, services, parts)
         await _all_settled(
-            _all_extracted(state, services, extractions, parts), _write_spec(state, proxy)
+            _all_extracted(state, services, extractions, parts), _write_spec(state, services, proxy)
         )
     finally:
         # After a failure, no extraction outlives the attempt.
@@ -164,11 +198,13 @@ async def _put_part(
 
 
 async def _untar(state: BuildState, services: Services, proxy: ProxyClient, path: str) -> None:
-    result = await run_checked(proxy, "tar", ["-xzf", path, "-C", REMOTE_CONTEXT_DIR])
-    for line in result.stdout:
-        services.build_log(state, line, "stdout")
-    for line in result.stderr:
-        services.build_log(state, line, "stderr")
+    await run_checked(
+        proxy,
+        "tar",
+        ["-xzf", path, "-C", REMOTE_CONTEXT_DIR],
+        timeout=EXTRACT_TIMEOUT_S,
+        log=functools.partial(services.build_log, state),
+    )
     await proxy.delete_file(path)
 
 
@@ -189,13 +225,13 @@ async def _extract_context(
     state: BuildState, services: Services, proxy: ProxyClient, archive: ContextArchive
 ) -> None:
     services.status(state, "Untarring build context archive in builder sandbox...")
-    result = await run_checked(
-        proxy, "tar", ["-xzf", REMOTE_ARCHIVE_PATH, "-C", REMOTE_CONTEXT_DIR]
+    await run_checked(
+        proxy,
+        "tar",
+        ["-xzf", REMOTE_ARCHIVE_PATH, "-C", REMOTE_CONTEXT_DIR],
+        timeout=EXTRACT_TIMEOUT_S,
+        log=functools.partial(services.build_log, state),
     )
-    for line in result.stdout:
-        services.build_log(state, line, "stdout")
-    for line in result.stderr:
-        services.build_log(state, line, "stderr")
     state.context_digest = archive.digest
     await proxy.delete_file(REMOTE_ARCHIVE_PATH)
     services.status(state, "Build context extracted; removed remote archive")

@@ -23,8 +23,10 @@ from kiln.machine.protocol._diagnostics import (
 )
 from kiln.machine.protocol._docker_config import (
     DOCKER_CONFIG_ENV,
+    DOCKER_HUB_SERVER,
     default_docker_config_path,
     load_docker_config_json,
+    registry_of,
 )
 from kiln.machine.protocol._layout import (
     BUILD_DIR_MODE,
@@ -77,6 +79,7 @@ __all__ = [
     "DISK_ADVICE",
     "DISK_ADVICE_THRESHOLD_PERCENT",
     "DOCKER_CONFIG_ENV",
+    "DOCKER_HUB_SERVER",
     "DURABLE_FORMAT",
     "KEEPALIVE_INTERVAL_S",
     "MULTIPART_MAX_PARTS",
@@ -110,6 +113,7 @@ __all__ = [
     "parse_metadata",
     "prepare_body",
     "put_artifact_request",
+    "registry_of",
     "reject_cas_templates",
     "sign_targets",
     "spec_json_bytes",

@@ -1,0 +1,211 @@
+"""Issue 10 §2: kiln survives what the cloud does to a build (the reproductions, scaled down).
+
+Silent builders whose follow streams are dropped, follow streams that stay open after the builder
+exited, a long pending window, run streams that end without an exit event. Each test failed
+before the fix it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+from machine_support import Admin, EmulatorPool, fast_spec, run_to_end
+
+from kiln.machine import load_machine_spec
+
+FOLLOW = r"/output/follow$"
+PROCESS_STATUS = r"^/api/v1/processes/\d+$"
+SANDBOX_GET = r"/sandboxes/[^/]+$"
+RUN = r"^/api/v1/processes/run$"
+# Generous: a build that should survive ends in a few seconds; one that hangs is cut here.
+HANG_LIMIT_S = 60.0
+
+
+async def test_a_silent_builder_whose_streams_keep_ending_is_followed_until_it_exits(
+    emulator: Admin,
+) -> None:
+    # Scaled from a 30-40 s silent builder behind a balancer that closes streams: every follow
+    # ends at once with nothing new. The build's budget must not run out while the builder lives.
+    await emulator.builder(duration_ms=2500)
+    await emulator.fault("GET", FOLLOW, {"cut_stream_after": 0}, times=1000)
+    run = await run_to_end(emulator)
+    assert run.state.state == "done", run.state.error
+    follows = [r for r in await emulator.requests() if r["path"].endswith("/output/follow")]
+    assert len(follows) >= 2
+    assert run.state.attempts["run_builder"] == 1, "clean stream ends are no failures"
+
+
+def _growing_cuts(count: int, step: int) -> list[dict[str, object]]:
+    """Follow faults that each let ``step`` more lines through than the one before, then end."""
+    return [{"cut_stream_after": step * (index + 1)} for index in range(count)]
+
+
+async def test_failures_after_progress_do_not_spend_the_builder_budget(emulator: Admin) -> None:
+    # Each follow delivers new lines, ends, and then the status read fails: more failures than
+    # the budget of 10, but every one of them came after progress.
+    failures = load_machine_spec().states["run_builder"].attempts + 3
+    await emulator.builder(duration_ms=3000, log_lines=3 * (failures + 2), line_pace_ms=60)
+    for action in _growing_cuts(failures, 2):
+        await emulator.fault("GET", FOLLOW, action, times=1)
+    await emulator.fault("GET", PROCESS_STATUS, {"status": 502}, times=failures)
+    run = await run_to_end(emulator)
+    assert run.state.state == "done", run.state.error
+    retries = [t for t in run.events if t.type == "transition" and t.trigger == "retry"]  # type: ignore[union-attr]
+    assert len(retries) == failures
+
+
+async def test_failures_without_progress_still_spend_the_budget(emulator: Admin) -> None:
+    await emulator.builder(duration_ms=5000)
+    await emulator.fault("GET", FOLLOW, {"status": 502}, times=1000)
+    run = await run_to_end(emulator)
+    assert run.state.state == "failed"
+    assert run.state.error is not None and run.state.error.phase == "run_builder"
+    assert run.state.attempts["run_builder"] == load_machine_spec().states["run_builder"].attempts
+
+
+class StreamsStayOpen(httpx.AsyncBaseTransport):
+    """A proxy whose follow streams never close: after the real stream's end, only keepalive
+    comments, forever."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if not request.url.path.endswith("/output/follow"):
+            return response
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_NeverEnding(response),
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _NeverEnding(httpx.AsyncByteStream):
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._response.aiter_raw():
+            yield chunk
+        while True:
+            await asyncio.sleep(0.05)
+            yield b": keepalive\r\n\r\n"
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+async def test_a_follow_stream_open_after_the_builder_exited_does_not_hold_the_build(
+    emulator: Admin,
+) -> None:
+    await emulator.builder(duration_ms=200, log_lines=2)
+    spec = fast_spec(run_builder={"silence_s": 0.3})
+    async with asyncio.timeout(HANG_LIMIT_S):
+        run = await run_to_end(emulator, spec=spec, transport=StreamsStayOpen())
+    assert run.state.state == "done", run.state.error
+    assert len(run.messages("build_log")) >= 2
+
+
+async def test_transient_errors_while_pending_are_retried_for_the_reference_window(
+    emulator_pool: EmulatorPool,
+) -> None:
+    # 30 gateway errors in a row while the sandbox starts: the reference polls through 120 s
+    # of them (every second); kiln's old budget of 10 attempts gave up after about 25 s.
+    async with emulator_pool.running(start_delay_ms=200) as admin:
+        await admin.fault(
+            "GET",
+            SANDBOX_GET,
+            {"status": 502, "body": "PROXY_ERROR: Failed to proxy request"},
+            times=30,
+        )
+        run = await run_to_end(admin)
+        assert run.state.state == "done", run.state.error
+        assert run.state.attempts["wait_running"] == 31
+
+
+def test_the_declared_pending_window_is_the_reference_one() -> None:
+    spec = load_machine_spec()
+    wait = spec.states["wait_running"]
+    assert wait.deadline_s == 120
+    backoff = spec.backoff_of("wait_running")
+    assert [backoff.delay(n) for n in (1, 2, 50)] == [1.0, 1.0, 1.0]
+    # The deadline, not the attempt count, ends the window.
+    assert wait.attempts * backoff.max_s > wait.deadline_s
+
+
+async def test_a_run_stream_that_ends_without_an_exit_event_falls_back_to_the_status(
+    emulator: Admin,
+) -> None:
+    # The extraction's run stream ends after its start event (an idle proxy closing it): the
+    # exit status comes from the process instead, and the context is not sent again.
+    await emulator.fault("POST", RUN, {"cut_stream_after": 1}, times=3)
+    run = await run_to_end(emulator)
+    assert run.state.state == "done", run.state.error
+    assert run.state.attempts["proxy_ready"] == 1
+    assert run.state.attempts["upload"] == 1
+    puts = [r for r in await emulator.requests() if r["method"] == "PUT"]
+    assert len(puts) == 2, "the context archive and spec.json, each once"
+
+
+class CorruptContext(httpx.AsyncBaseTransport):
+    """Replaces the context archive on its way to the sandbox with bytes tar cannot read."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and "context" in request.url.params.get("path", ""):
+            await request.aread()  # the archive is produced as it is read: let it finish
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() not in ("transfer-encoding", "content-length")
+            }
+            request = httpx.Request("PUT", request.url, headers=headers, content=b"not a tarball")
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_failed_remote_command_says_what_it_printed(emulator: Admin) -> None:
+    run = await run_to_end(emulator, transport=CorruptContext())
+    assert run.state.state == "failed"
+    assert run.state.error is not None and run.state.error.phase == "upload"
+    message = run.state.error.message
+    assert "Command 'tar' failed with exit code 2" in message
+    assert "does not look like a tar archive" in message, message
+    stderr = [e.message for e in run.events if e.type == "build_log" and e.stream == "stderr"]  # type: ignore[union-attr]
+    assert any("does not look like a tar archive" in line for line in stderr)
+
+
+class RunBodies(httpx.AsyncBaseTransport):
+    """Records the payload of every one-shot run."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.payloads: list[dict[str, object]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/processes/run":
+            self.payloads.append(json.loads(await request.aread()))
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_short_steps_carry_a_timeout(emulator: Admin) -> None:
+    spy = RunBodies()
+    run = await run_to_end(emulator, transport=spy)
+    assert run.state.state == "done", run.state.error
+    assert [p["command"] for p in spy.payloads] == ["mkdir", "chmod", "tar"]
+    assert all(isinstance(p.get("timeout"), float) and p["timeout"] > 0 for p in spy.payloads)
