@@ -1,4 +1,9 @@
-"""The machine tests' fixtures: shared in-process emulators, reset for every test."""
+"""The machine tests' fixtures: shared in-process emulators, reset for every test.
+
+A test marked ``cloud`` runs twice: against the ideal emulator and against the cloud profile
+with its timings scaled down (pending sandboxes erroring early, the proxy on its own port,
+streams cut by idle and age limits, 411 for unsized uploads).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from machine_support import Admin, EmulatorPool
+from machine_support import PROFILES, Admin, EmulatorPool, profile_config
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "emulator" in metafunc.fixturenames and metafunc.definition.get_closest_marker("cloud"):
+        metafunc.parametrize("emulator", PROFILES, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +29,11 @@ def emulator_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator
 
 
 @pytest.fixture
-async def emulator(emulator_pool: EmulatorPool) -> AsyncIterator[Admin]:
-    """The default emulator, reset; the test fails if a sandbox is left running."""
-    async with emulator_pool.running() as admin:
+async def emulator(
+    emulator_pool: EmulatorPool, request: pytest.FixtureRequest
+) -> AsyncIterator[Admin]:
+    """The default emulator (or, for a ``cloud`` test, each profile in turn), reset; the test
+    fails if a sandbox is left running."""
+    profile = getattr(request, "param", "ideal")
+    async with emulator_pool.running(**profile_config(profile)) as admin:
         yield admin

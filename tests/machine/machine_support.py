@@ -26,12 +26,15 @@ from kiln.machine import (
     load_machine_spec,
 )
 from kiln.plan import BuildPlan, plan_dockerfile, plan_import
+from kiln.testing import CLOUD_TEST_TIMINGS
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello" / "Dockerfile"
 MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
 # Mixed case, as real API keys and PATs are: a redaction that compares lower-cased text leaks it.
 TOKEN = "Test-Token-Not-A-Secret-4kQz"
+# The emulator profiles a ``cloud``-marked test runs under.
+PROFILES = ("ideal", "cloud")
 # Retries in tests wait milliseconds, not seconds: the budget is what is under test.
 FAST_BACKOFF = Backoff(initial_s=0.01, factor=2.0, max_s=0.05)
 
@@ -43,6 +46,13 @@ def fast_spec(**state_changes: dict[str, Any]) -> MachineSpec:
     for name, changes in state_changes.items():
         states[name] = attrs.evolve(states[name], **changes)
     return attrs.evolve(spec, states=states)
+
+
+def profile_config(profile: str, **config: Any) -> dict[str, Any]:
+    """EmulatorConfig fields for ``profile``: the cloud one at test speed (kiln.testing's)."""
+    if profile == "cloud":
+        return {"profile": "cloud", **CLOUD_TEST_TIMINGS, **config}
+    return dict(config)
 
 
 class Admin:

@@ -16,6 +16,7 @@ from kiln.machine.protocol import (
     dmesg_shows_oom,
     max_disk_usage_percent,
     mentions_disk_error,
+    pull_denied_image,
 )
 
 SOURCE = "rootfs builder exited with status 1"
@@ -144,3 +145,27 @@ def test_command_failed_message() -> None:
         "Command '/usr/local/bin/tl-rootfs-build' failed with exit code -9"
         " (process was killed by the kernel OOM killer)"
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "image", "login"),
+    [
+        (
+            "pull access denied for registry.example.com/team/base, repository does not exist "
+            "or may require 'docker login': denied: requested access to the resource is denied",
+            "registry.example.com/team/base",
+            "docker login registry.example.com",
+        ),
+        ("Error: pull access denied for acme/private:1.0", "acme/private:1.0", "docker login`"),
+    ],
+)
+def test_a_refused_pull_gets_login_advice_naming_the_registry(
+    line: str, image: str, login: str
+) -> None:
+    assert pull_denied_image(line) == image
+    (text,) = advice(oom=False, disk_percent=None, disk_error=False, denied_image=image)
+    assert login in text and image in text
+
+
+def test_other_lines_are_no_refused_pull() -> None:
+    assert pull_denied_image("Step 2/5 : RUN pip install access") is None

@@ -44,6 +44,7 @@ async def test_resume_after_a_crash_right_after_create_reuses_the_sandbox(emulat
     assert len(await emulator.sandboxes()) == 1
 
 
+@pytest.mark.cloud
 async def test_resume_reattaches_to_the_persisted_builder(emulator: Admin) -> None:
     await emulator.builder(duration_ms=200, log_lines=4, line_pace_ms=20)
     state, entered = await _crash_then_resume(emulator, lambda s: s.builder_pid is not None)
@@ -53,6 +54,7 @@ async def test_resume_reattaches_to_the_persisted_builder(emulator: Admin) -> No
     assert len(builders) == 1
 
 
+@pytest.mark.cloud
 async def test_resume_from_a_state_boundary(emulator: Admin) -> None:
     state, entered = await _crash_then_resume(emulator, lambda s: s.state == "upload")
     assert state.state == "done"
@@ -127,6 +129,7 @@ class LoseFirstCompleteResponse(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+@pytest.mark.cloud
 async def test_a_complete_whose_answer_was_lost_is_recognised(emulator: Admin) -> None:
     transport = LoseFirstCompleteResponse()
     run = await run_to_end(emulator, transport=transport)

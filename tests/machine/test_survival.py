@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from machine_support import Admin, EmulatorPool, fast_spec, run_to_end
 
 from kiln.machine import load_machine_spec
@@ -24,6 +25,7 @@ RUN = r"^/api/v1/processes/run$"
 HANG_LIMIT_S = 60.0
 
 
+@pytest.mark.cloud
 async def test_a_silent_builder_whose_streams_keep_ending_is_followed_until_it_exits(
     emulator: Admin,
 ) -> None:
@@ -43,6 +45,7 @@ def _growing_cuts(count: int, step: int) -> list[dict[str, object]]:
     return [{"cut_stream_after": step * (index + 1)} for index in range(count)]
 
 
+@pytest.mark.cloud
 async def test_failures_after_progress_do_not_spend_the_builder_budget(emulator: Admin) -> None:
     # Each follow delivers new lines, ends, and then the status read fails: more failures than
     # the budget of 10, but every one of them came after progress.
@@ -53,7 +56,7 @@ async def test_failures_after_progress_do_not_spend_the_builder_budget(emulator:
     await emulator.fault("GET", PROCESS_STATUS, {"status": 502}, times=failures)
     run = await run_to_end(emulator)
     assert run.state.state == "done", run.state.error
-    retries = [t for t in run.events if t.type == "transition" and t.trigger == "retry"]  # type: ignore[union-attr]
+    retries = [s for s, t, _ in run.transitions() if t == "retry" and s == "run_builder"]
     assert len(retries) == failures
 
 
@@ -176,6 +179,7 @@ class CorruptContext(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+@pytest.mark.cloud
 async def test_a_failed_remote_command_says_what_it_printed(emulator: Admin) -> None:
     run = await run_to_end(emulator, transport=CorruptContext())
     assert run.state.state == "failed"

@@ -1,4 +1,5 @@
-"""An emulator on the new (signed) upload path, next to the plugin's legacy one."""
+"""Session emulators next to the plugin's legacy one: the new (signed) upload path, and the
+cloud profile at test speed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
-from kiln.testing import EmulatorClient
+from kiln.testing import EmulatorClient, emulator_config
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,17 @@ def signing_emulator() -> Iterator[EmulatorClient]:
     tests reset it themselves."""
     with (
         Emulator(EmulatorConfig(sign_mode="new")) as emulator,
+        EmulatorClient(emulator.url) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def cloud_emulator() -> Iterator[EmulatorClient]:
+    """A session emulator under the cloud profile with kiln.testing's scaled timings; tests
+    reset it themselves."""
+    with (
+        Emulator(emulator_config("cloud")) as emulator,
         EmulatorClient(emulator.url) as client,
     ):
         yield client

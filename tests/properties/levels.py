@@ -14,9 +14,12 @@ SCALE = {
     "model_rules": 3.0,
     "emulator": 1.5,
     "emulator_signing": 0.75,
+    # The cloud profile: every build waits out a pending sandbox, so fewer examples.
+    "emulator_cloud": 0.3,
     "dockerfiles": 0.5,
     "cancel": 0.4,
     "crash": 0.6,
+    "crash_cloud": 0.05,
 }
 
 

@@ -139,6 +139,27 @@ async def run_with_crashes(
 def test_a_build_killed_and_resumed_ends_as_if_never_killed(
     kiln_emulator: EmulatorClient, kiln_store: Store, kills: list[int], builder: dict[str, Any]
 ) -> None:
+    check_killed_and_resumed(kiln_emulator, kiln_store, kills, builder)
+
+
+@settings(
+    max_examples=examples("crash_cloud"),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(kills=st.lists(st.integers(1, MAX_KILL_POINT), max_size=MAX_CRASHES))
+def test_a_build_killed_and_resumed_in_the_cloud_ends_as_if_never_killed(
+    cloud_emulator: EmulatorClient, kiln_store: Store, kills: list[int]
+) -> None:
+    # The library's own backoff applies here: each incarnation waits out the pending window's
+    # 502s a second apart, as against the platform, hence few examples.
+    check_killed_and_resumed(cloud_emulator, kiln_store, kills, {})
+
+
+def check_killed_and_resumed(
+    emulator: EmulatorClient, store: Store, kills: list[int], builder: dict[str, Any]
+) -> None:
+    kiln_emulator, kiln_store = emulator, store
     kiln_emulator.reset()
     if builder:
         kiln_emulator.set_builder(**builder)

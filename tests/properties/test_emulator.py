@@ -75,6 +75,18 @@ def test_a_signed_upload_under_faults_ends_as_its_schedule_predicts(
     check_schedule(signing_emulator, schedule)
 
 
+@settings(max_examples=examples("emulator_cloud"), **EXAMPLE_SETTINGS)
+@given(schedule=fault_schedules(SPEC))
+@example(schedule=flaky("follow", times=9))
+@example(schedule=FaultSchedule(sandbox_lost_at=5))
+def test_a_build_under_faults_in_the_cloud_ends_as_its_schedule_predicts(
+    cloud_emulator: EmulatorClient, schedule: FaultSchedule
+) -> None:
+    # The same predictions hold under the cloud profile: its pending window, cut streams and
+    # refused chunked uploads cost no attempt the schedule does not count.
+    check_schedule(cloud_emulator, schedule)
+
+
 def check_schedule(emulator: EmulatorClient, schedule: FaultSchedule) -> None:
     emulator.reset()
     schedule.install(emulator)

@@ -46,6 +46,15 @@ def test_the_example_project_passes_with_the_plugin(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_example_project_passes_against_the_cloud_profile(tmp_path: Path) -> None:
+    # The plugin's emulator with pending sandboxes, cut streams and 411s (timings scaled down):
+    # what a project embedding kiln gets from `--kiln-emulator-profile cloud`.
+    result = run_example(tmp_path, "-p", "kiln.testing", "--kiln-emulator-profile", "cloud")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
+
+
+@pytest.mark.slow
 def test_the_plugin_alone_provides_the_fixtures(tmp_path: Path) -> None:
     """With entry-point autoloading off, ``-p kiln.testing`` is what brings the fixtures."""
     without = run_example(tmp_path, "-p", "pytest_asyncio.plugin", autoload=False)

@@ -18,12 +18,25 @@ SANDBOX_STYLE = "fill:#fff3d6,stroke:#b7791f"
 DOT_SANDBOX_ATTRS = 'style=filled, fillcolor="#fff3d6", color="#b7791f"'
 
 
+def edge_label(spec: MachineSpec, source: str, trigger: str) -> str:
+    """The trigger; a retry edge also shows its budget, and when the budget counts only the
+    failures without progress (the attempt count starts again after progress)."""
+    if trigger != "retry":
+        return trigger
+    state = spec.states[source]
+    budget = f"{trigger} max {state.attempts}"
+    return f"{budget} without progress" if state.progress_resets_attempts else budget
+
+
 def render_mermaid(spec: MachineSpec) -> str:
     """The machine as Mermaid ``stateDiagram-v2`` text, ending with a newline."""
     lines = [f"%% generated from states/{spec.name}.toml by `kiln diagram`; do not edit", ""]
     lines.append("stateDiagram-v2")
     lines.append(f"{INDENT}[*] --> {spec.initial}")
-    lines += [f"{INDENT}{source} --> {dest} : {trigger}" for source, trigger, dest in spec.edges()]
+    lines += [
+        f"{INDENT}{source} --> {dest} : {edge_label(spec, source, trigger)}"
+        for source, trigger, dest in spec.edges()
+    ]
     lines += [f"{INDENT}{final} --> [*]" for final in spec.finals]
     holding = [state.name for state in spec.states.values() if state.holds_sandbox]
     if holding:
@@ -47,7 +60,7 @@ def render_dot(spec: MachineSpec) -> str:
     ]
     lines.append(f'{INDENT}"[*]" -> "{spec.initial}";')
     lines += [
-        f'{INDENT}"{source}" -> "{dest}" [label="{trigger}"];'
+        f'{INDENT}"{source}" -> "{dest}" [label="{edge_label(spec, source, trigger)}"];'
         for source, trigger, dest in spec.edges()
     ]
     lines.append("}")

@@ -226,9 +226,10 @@ class Driver:
         return "retry" in phase.on and state.attempts_in(phase.name) < phase.attempts
 
     async def _backoff(self, state: BuildState, outcome: Outcome) -> Trigger:
-        if state.cancel_requested:
+        if state.cancel_requested and state.state != self._spec.cleanup:
             # cancel() came after the handler had ended and before this wait began: there was
-            # no task for it to interrupt, so the wait must not start at all.
+            # no task for it to interrupt, so the wait must not start at all. (Cleanup goes on:
+            # it is what deletes the sandbox.)
             return Trigger.CANCEL
         delay = self._spec.backoff_of(state.state).delay(state.attempts_in(state.state))
         left, _ = self._time_left(state)

@@ -119,6 +119,8 @@ class BuildState:
     output_events_delivered: int = 0
     # A builder log line mentioned ENOSPC / "no space": feeds the disk advice.
     disk_error_seen: bool = False
+    # The image a registry refused to the builder ("pull access denied"): feeds the login advice.
+    pull_denied_image: str | None = None
     complete_body: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     error: ErrorRecord | None = None

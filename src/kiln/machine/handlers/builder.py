@@ -30,6 +30,7 @@ from kiln.machine.protocol import (
     builder_argv,
     command_failed_message,
     mentions_disk_error,
+    pull_denied_image,
 )
 
 ROOT = "root"
@@ -166,6 +167,7 @@ def _deliver(state: BuildState, services: Services, event: OutputEvent, seen: in
     state.output_events_delivered = seen
     if mentions_disk_error(event.line):
         state.disk_error_seen = True
+    state.pull_denied_image = pull_denied_image(event.line) or state.pull_denied_image
     services.build_log(state, event.line, event.stream or "stdout")
 
 

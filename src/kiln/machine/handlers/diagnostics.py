@@ -19,6 +19,7 @@ from kiln.machine.protocol import (
     dmesg_shows_oom,
     max_disk_usage_percent,
     mentions_disk_error,
+    pull_denied_image,
 )
 
 ROOT = "root"
@@ -27,7 +28,8 @@ _TOTAL_TIMEOUT_S = 3 * DIAGNOSTIC_TIMEOUT_S
 
 
 async def diagnose(state: BuildState, services: Services, error: BaseException) -> list[str]:
-    """Advice lines for ``error``: memory advice on OOM evidence, disk advice on a full disk."""
+    """Advice lines for ``error``: login advice when a registry refused a pull, memory advice on
+    OOM evidence, disk advice on a full disk."""
     outputs: list[str] = []
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(_TOTAL_TIMEOUT_S):
@@ -40,6 +42,7 @@ async def diagnose(state: BuildState, services: Services, error: BaseException) 
         oom=dmesg_shows_oom(dmesg),
         disk_percent=max_disk_usage_percent(df),
         disk_error=disk_error,
+        denied_image=state.pull_denied_image or pull_denied_image(str(error)),
     )
 
 

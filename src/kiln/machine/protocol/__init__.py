@@ -20,6 +20,8 @@ from kiln.machine.protocol._diagnostics import (
     dmesg_shows_oom,
     max_disk_usage_percent,
     mentions_disk_error,
+    pull_denied_image,
+    registry_advice,
 )
 from kiln.machine.protocol._docker_config import (
     DOCKER_CONFIG_ENV,
@@ -112,7 +114,9 @@ __all__ = [
     "mentions_disk_error",
     "parse_metadata",
     "prepare_body",
+    "pull_denied_image",
     "put_artifact_request",
+    "registry_advice",
     "registry_of",
     "reject_cas_templates",
     "sign_targets",

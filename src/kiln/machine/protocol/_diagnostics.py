@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from kiln.machine.protocol._docker_config import DOCKER_HUB, registry_of
 from kiln.machine.protocol._layout import REMOTE_BUILD_DIR
 
 # At or above this usage on any filesystem the builder touches, a failure is blamed on disk
@@ -41,6 +42,8 @@ DISK_ADVICE = (
     "(builder_disk_mb in the Python API)."
 )
 _OOM_SUFFIX = " (process was killed by the kernel OOM killer)"
+# Docker's words when a registry refuses a pull for want of credentials; the image follows.
+_PULL_DENIED = re.compile(r"pull access denied for ([^\s,]+)", re.IGNORECASE)
 
 
 def dmesg_shows_oom(text: str) -> bool:
@@ -79,9 +82,31 @@ def diagnostic_commands() -> list[tuple[str, list[str]]]:
     return [(_SHELL, [_SHELL_FLAG, _DMESG_SCRIPT]), (_SHELL, [_SHELL_FLAG, _DF_SCRIPT])]
 
 
-def advice(*, oom: bool, disk_percent: int | None, disk_error: bool) -> list[str]:
-    """What to tell the user about a failure, memory first, then disk; empty when nothing fits."""
+def pull_denied_image(line: str) -> str | None:
+    """The image a builder log line says the registry refused to hand over, if it says so."""
+    match = _PULL_DENIED.search(line)
+    return match.group(1) if match else None
+
+
+def registry_advice(image: str) -> str:
+    """What to do when a registry refused ``image``: log in to it as Docker would."""
+    registry = registry_of(image)
+    login = "docker login" if registry == DOCKER_HUB else f"docker login {registry}"
+    return (
+        f"The registry {registry} refused to let the builder pull {image}: it needs "
+        f"credentials. Run `{login}` (kiln sends the credentials of ~/.docker/config.json, "
+        "credential helpers included), then build again."
+    )
+
+
+def advice(
+    *, oom: bool, disk_percent: int | None, disk_error: bool, denied_image: str | None = None
+) -> list[str]:
+    """What to tell the user about a failure: registry credentials, memory, then disk; empty
+    when nothing fits."""
     lines = []
+    if denied_image is not None:
+        lines.append(registry_advice(denied_image))
     if oom:
         lines.append(OOM_ADVICE)
     disk_full = disk_percent is not None and disk_percent >= DISK_ADVICE_THRESHOLD_PERCENT
