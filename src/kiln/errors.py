@@ -133,6 +133,8 @@ class BuildFailed(BuildError):
         self.sandbox_id = sandbox_id
         self.build_id = build_id
         self.phase = phase
+        # The advice of a diagnosed failure stays reachable at the top of the chain.
+        self.advice: list[str] = list(getattr(source, "advice", []))
         parts = [f"phase: {phase}"] if phase else []
         parts.append(f"builder sandbox: {sandbox_id}")
         if build_id:

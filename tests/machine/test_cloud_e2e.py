@@ -6,8 +6,25 @@ Timings are scaled down by ten (a 40 s silent builder behind a 5 s stream idle l
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
-from machine_support import EmulatorPool, profile_config, run_to_end
+from machine_support import (
+    EmulatorPool,
+    fake_credential_helper,
+    helper_log,
+    profile_config,
+    run_to_end,
+)
+
+from kiln.emulator import Emulator
+from kiln.testing import TEST_TOKEN, emulator_config
 
 pytestmark = pytest.mark.e2e
 
@@ -26,3 +43,95 @@ async def test_a_silent_builder_behind_a_short_stream_idle_limit(
         follows = [r for r in await admin.requests() if r["path"].endswith("/output/follow")]
         assert len(follows) >= 2, "the balancer closed silent streams and kiln followed again"
         assert run.state.attempts["run_builder"] == 1
+
+
+# -- a private base image behind a credential helper, through the `kiln` command -----------------
+
+PRIVATE_HOST = "registry.example.com"
+PRIVATE_USER, PRIVATE_PASSWORD = "bob", "pr1vate-Passw0rd"
+PRIVATE_DOCKERFILE = f"FROM {PRIVATE_HOST}/team/base:1\nRUN echo built\n"
+PROCESS_TIMEOUT_S = 120.0
+
+
+@pytest.fixture
+def private_cloud(tmp_path: Path) -> Iterator[str]:
+    """A cloud-profile emulator (scaled timings) whose registry PRIVATE_HOST needs a login."""
+    config = emulator_config(
+        "cloud",
+        data_dir=tmp_path / "emulator",
+        private_registries={PRIVATE_HOST: (PRIVATE_USER, PRIVATE_PASSWORD)},
+    )
+    with Emulator(config) as server:
+        yield server.url
+
+
+def _kiln_build(tmp_path: Path, url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    context = tmp_path / "context"
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text(PRIVATE_DOCKERFILE)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
+    clean.update(
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        DOCKER_CONFIG=str(tmp_path / "docker"),
+        TENSORLAKE_API_KEY=TEST_TOKEN,
+        **env,
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "build",
+            str(context / "Dockerfile"),
+            "--api-url",
+            url,
+            "--json",
+        ],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _result(stdout: str) -> dict[str, Any]:
+    last = json.loads(stdout.splitlines()[-1])
+    assert last["event"] == "result", last
+    return last  # type: ignore[no-any-return]
+
+
+def _docker_config(tmp_path: Path, config: dict[str, Any]) -> None:
+    directory = tmp_path / "docker"
+    directory.mkdir(exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.slow
+def test_a_private_base_image_behind_a_creds_store_helper_builds(
+    tmp_path: Path, private_cloud: str
+) -> None:
+    helpers = tmp_path / "bin"
+    helpers.mkdir()
+    answer = {"ServerURL": PRIVATE_HOST, "Username": PRIVATE_USER, "Secret": PRIVATE_PASSWORD}
+    fake_credential_helper(helpers, "fake", {PRIVATE_HOST: json.dumps(answer)})
+    _docker_config(tmp_path, {"auths": {PRIVATE_HOST: {}}, "credsStore": "fake"})
+    path = f"{helpers}{os.pathsep}{os.environ['PATH']}"
+    done = _kiln_build(tmp_path, private_cloud, PATH=path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _result(done.stdout)["state"] == "done"
+    assert helper_log(helpers, "fake") == [PRIVATE_HOST]
+    assert PRIVATE_PASSWORD not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_private_base_image_without_credentials_fails_with_login_advice(
+    tmp_path: Path, private_cloud: str
+) -> None:
+    _docker_config(tmp_path, {"auths": {}})
+    failed = _kiln_build(tmp_path, private_cloud)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    result = _result(failed.stdout)
+    assert result["state"] == "failed"
+    advice = " ".join(result["advice"])
+    assert PRIVATE_HOST in advice and f"docker login {PRIVATE_HOST}" in advice, result
