@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kiln.durable import KILL_AFTER_TRANSITION_ENV
+from kiln.emulator import Emulator
 from kiln.machine import load_machine_spec
 from kiln.store import open_store
-from kiln.testing import EmulatorClient
+from kiln.testing import EmulatorClient, emulator_config
 
 from .support import HELLO, TOKEN, builder_starts, kiln_env, raw_store_text, run_kiln, spawn_kiln
 from .test_processes import _build_id_of
@@ -28,6 +30,8 @@ KILL_POINTS = st.lists(st.integers(1, HAPPY_TRANSITIONS), min_size=1, max_size=3
 # Each example runs two to four Python processes: a handful keeps CI quick; --hypothesis-profile
 # deep is for long local runs.
 EXAMPLES = 4
+# Under the cloud profile every process also waits out a pending sandbox: fewer still.
+CLOUD_EXAMPLES = 2
 KILLED = -signal.SIGKILL
 
 
@@ -79,3 +83,26 @@ async def _kill_resume_check(
     ]
     assert len([r for r in completes if r["status"] == 200]) == 1, completes
     assert TOKEN not in await raw_store_text(store_url)
+
+
+@pytest.fixture
+def cloud_emulator(tmp_path: Path) -> Iterator[EmulatorClient]:
+    """A fresh emulator under the cloud profile, timings scaled down (kiln.testing's)."""
+    with (
+        Emulator(emulator_config("cloud", data_dir=tmp_path / "emulator")) as server,
+        EmulatorClient(server.url) as client,
+    ):
+        yield client
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=CLOUD_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(kills=KILL_POINTS)
+def test_generated_kills_then_resumes_keep_the_invariants_in_the_cloud(
+    store_url: str, cloud_emulator: EmulatorClient, tmp_path: Path, kills: list[int]
+) -> None:
+    asyncio.run(_kill_resume_check(store_url, cloud_emulator, tmp_path, kills))

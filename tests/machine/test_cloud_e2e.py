@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from machine_support import (
+    HELLO,
     EmulatorPool,
     fake_credential_helper,
     helper_log,
@@ -24,6 +25,7 @@ from machine_support import (
 )
 
 from kiln.emulator import Emulator
+from kiln.plan import plan_dockerfile
 from kiln.testing import TEST_TOKEN, emulator_config
 
 pytestmark = pytest.mark.e2e
@@ -135,3 +137,43 @@ def test_a_private_base_image_without_credentials_fails_with_login_advice(
     assert result["state"] == "failed"
     advice = " ".join(result["advice"])
     assert PRIVATE_HOST in advice and f"docker login {PRIVATE_HOST}" in advice, result
+
+
+async def test_a_context_with_links_builds(emulator_pool: EmulatorPool, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    (context / "app").mkdir(parents=True)
+    (context / "app" / "main.py").write_text("print('hi')\n")
+    (context / "current").symlink_to("app")
+    (context / "main-link.py").symlink_to("app/main.py")
+    (context / "Dockerfile").write_text("FROM python:3.12-slim\nCOPY . /srv\n")
+    async with emulator_pool.running(**profile_config("cloud")) as admin:
+        run = await run_to_end(admin, plan_dockerfile(context / "Dockerfile"))
+        assert run.state.state == "done", run.state.error
+
+
+CONCURRENT_BUILDS = 3
+
+
+@pytest.mark.slow
+def test_concurrent_builds_on_one_data_dir_keep_every_template(tmp_path: Path) -> None:
+    # Three `kiln build --name rN &` on the embedded emulator's default data dir.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    names = [f"r{n}" for n in range(1, CONCURRENT_BUILDS + 1)]
+    builds = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kiln", "build", str(HELLO), "--name", name, "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    for build in builds:
+        stdout, stderr = build.communicate(timeout=PROCESS_TIMEOUT_S)
+        assert build.returncode == 0, stdout + stderr
+    templates = json.loads(
+        (tmp_path / "state" / "kiln" / "emulator" / "templates.json").read_text()
+    )
+    assert sorted(templates) == names
