@@ -46,6 +46,8 @@ ATTEMPT_SHARE = 0.4
 # Fields that hold wall-clock readings; a resumed build legitimately restarts its phase clock.
 CLOCK_FIELDS = ("created_at", "state_entered_at", "deadline_at")
 Transition = tuple[str, str, str]
+# What a handler reports when its attempt made progress (new builder output) before failing.
+PROGRESSED_RETRY = "retry_progress"
 
 
 class Killed(BaseException):
@@ -71,8 +73,9 @@ def oracle_outcome(state: BuildState, spec: MachineSpec, kind: str) -> Outcome:
     if kind == "succeed":
         _record_success(state)
         return Outcome(Trigger.SUCCEED)
-    if kind == "retry":
-        return Outcome(Trigger.RETRY, ServerError("oracle: 503", status=503, transient=True))
+    if kind in ("retry", PROGRESSED_RETRY):
+        error = ServerError("oracle: 503", status=503, transient=True)
+        return Outcome(Trigger.RETRY, error, progressed=kind == PROGRESSED_RETRY)
     return Outcome(Trigger.FAIL, BuildError(f"oracle: {state.state} failed for good"))
 
 
@@ -114,6 +117,8 @@ class SteppedBuild:
         # fault): after a crash that came once part of a deadline was spent, the same build
         # without its crashes times out sooner, and no longer replays it.
         self.phase_clock_restarted = False
+        # Retries reported after progress: each may restart its state's budget.
+        self.progressed_retries = 0
         # Durable, like the store's cancel flag: a resumed build is told again.
         self.cancel_requested = False
         self._pending: asyncio.Future[str] | None = None
@@ -134,6 +139,7 @@ class SteppedBuild:
     def resolve(self, kind: str) -> None:
         """The pending handler run reports ``kind``."""
         assert self._pending is not None and not self._pending.done()
+        self.progressed_retries += kind == PROGRESSED_RETRY
         self._pending.set_result(kind)
         self._settle()
 
@@ -246,9 +252,15 @@ def check_budgets(spec: MachineSpec, state: BuildState) -> None:
         assert used <= spec.states[name].attempts, f"{name}: {used} attempts"
 
 
-def check_bounded(spec: MachineSpec, transitions: list[Transition]) -> None:
-    """Every transition is one handler run, so their number is bounded by the budgets' sum."""
-    assert len(transitions) <= sum(s.attempts for s in spec.states.values())
+def check_bounded(spec: MachineSpec, transitions: list[Transition], progressed: int = 0) -> None:
+    """Every transition is one handler run, so their number is bounded by the budgets' sum, plus
+    one budget per retry after progress (in a state whose budget counts failures without it)."""
+    renewable = max(
+        (s.attempts for s in spec.states.values() if s.progress_resets_attempts), default=0
+    )
+    assert (
+        len(transitions) <= sum(s.attempts for s in spec.states.values()) + progressed * renewable
+    )
 
 
 def check_phase_deadlines(spec: MachineSpec, build: SteppedBuild) -> None:
@@ -264,4 +276,4 @@ def check_all(spec: MachineSpec, build: SteppedBuild) -> None:
     check_phase_deadlines(spec, build)
     check_cleanup_before_final(spec, build.transitions)
     check_budgets(spec, build.state)
-    check_bounded(spec, build.transitions)
+    check_bounded(spec, build.transitions, build.progressed_retries)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from kiln.testing.strategies import Step, transition_sequences
 from properties.levels import examples
-from properties.model import SPEC, SteppedBuild, check_all, comparable
+from properties.model import PROGRESSED_RETRY, SPEC, SteppedBuild, check_all, comparable
 
-# No path is longer than the sum of the attempt budgets.
+# No path is longer than the sum of the attempt budgets (retries after progress renew one).
 MAX_PATH = sum(state.attempts for state in SPEC.states.values())
 
 
@@ -40,6 +40,8 @@ def follow(
             build.resolve("retry" if step.trigger == "retry" else "succeed")
         elif step.trigger == "cancel":
             build.cancel()
+        elif step.progressed:
+            build.resolve(PROGRESSED_RETRY)
         else:
             build.resolve(step.trigger)
         check_all(SPEC, build)
@@ -66,3 +68,39 @@ def test_resuming_from_the_persisted_state_changes_nothing(
     crashed = follow(loop, path, crashes)
     assert crashed.transitions == plain.transitions
     assert comparable(crashed.result()) == comparable(plain.result())
+
+
+def _path_through_run_builder(retries: list[bool]) -> tuple[Step, ...]:
+    """The happy path, with run_builder retried once per entry of ``retries`` (True: that
+    attempt made progress before failing)."""
+    path: list[Step] = []
+    state = SPEC.initial
+    while state not in SPEC.finals:
+        if state == "run_builder":
+            path += [Step(state, "retry", state, progressed) for progressed in retries]
+        dest = SPEC.states[state].on["succeed"]
+        path.append(Step(state, "succeed", dest))
+        state = dest
+    return tuple(path)
+
+
+def test_retries_after_progress_renew_the_builder_budget(loop: asyncio.AbstractEventLoop) -> None:
+    # Twice the budget's worth of failures, each stretch one short of it: the build goes on.
+    budget = SPEC.states["run_builder"].attempts
+    stretch = [False] * (budget - 2) + [True]
+    build = follow(loop, _path_through_run_builder(stretch * 3), crashes={12, 30})
+    assert build.result().outcome == "done"
+
+
+def test_failures_without_progress_still_end_the_builder(loop: asyncio.AbstractEventLoop) -> None:
+    budget = SPEC.states["run_builder"].attempts
+    build = SteppedBuild(loop)
+    while build.current != "run_builder":
+        build.resolve("succeed")
+    build.resolve(PROGRESSED_RETRY)
+    for _ in range(budget):
+        build.resolve("retry")
+        check_all(SPEC, build)
+    assert build.current == SPEC.cleanup
+    build.resolve("succeed")
+    assert build.result().outcome == "failed"

@@ -36,6 +36,8 @@ from kiln.testing._faults import (
     Target,
 )
 
+# Retries after progress in one path at most: each restarts a budget, so paths stay finite.
+MAX_PROGRESS_RESETS = 3
 # Weights of each trigger at a state: mostly forward, so that paths reach the later phases.
 _TRIGGER_WEIGHTS = {"succeed": 6, "retry": 3, "fail": 1, "cancel": 1}
 # Delays short enough to keep a run quick, long enough to reorder concurrent requests.
@@ -58,6 +60,9 @@ class Step:
     source: str
     trigger: str
     dest: str
+    # A retry whose attempt made progress first: in a state declaring
+    # `progress_resets_attempts`, the attempt count starts again after it.
+    progressed: bool = False
 
 
 @st.composite
@@ -68,6 +73,7 @@ def transition_sequences(draw: st.DrawFn, spec: MachineSpec | None = None) -> tu
     attempts: dict[str, int] = {}
     # The trigger that entered cleanup is also the one it leaves by (the driver's rule).
     heading = "succeed"
+    resets = 0
     steps: list[Step] = []
     while state not in spec.finals:
         attempts[state] = attempts.get(state, 0) + 1
@@ -75,7 +81,16 @@ def transition_sequences(draw: st.DrawFn, spec: MachineSpec | None = None) -> tu
         dest = spec.states[state].on[trigger]
         if dest == spec.cleanup and state != spec.cleanup:
             heading = trigger
-        steps.append(Step(state, trigger, dest))
+        progressed = (
+            trigger == "retry"
+            and spec.states[state].progress_resets_attempts
+            and resets < MAX_PROGRESS_RESETS
+            and draw(st.booleans())
+        )
+        if progressed:
+            resets += 1
+            attempts[state] = 0
+        steps.append(Step(state, trigger, dest, progressed))
         state = dest
     return tuple(steps)
 
