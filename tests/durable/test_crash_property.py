@@ -30,8 +30,9 @@ KILL_POINTS = st.lists(st.integers(1, HAPPY_TRANSITIONS), min_size=1, max_size=3
 # Each example runs two to four Python processes: a handful keeps CI quick; --hypothesis-profile
 # deep is for long local runs.
 EXAMPLES = 4
-# Under the cloud profile every process also waits out a pending sandbox: fewer still.
-CLOUD_EXAMPLES = 2
+# Under the cloud profile every process also waits out a pending sandbox (a second of backoff
+# after its early 502s): one example per store.
+CLOUD_EXAMPLES = 1
 KILLED = -signal.SIGKILL
 
 
