@@ -23,7 +23,7 @@ import structlog
 
 from kiln.cli._signals import interrupts
 from kiln.cli.build import _add_common, _check_context, _make_view, _options, _positive_int
-from kiln.errors import BuildCancelled, KilnError, UsageError
+from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store
 from kiln.store._base import pid_alive
 
@@ -394,11 +394,23 @@ async def _submit(args: argparse.Namespace, store: Store) -> int:
 
     # Planned here first, so a bad context fails now (exit 2), not on the worker.
     _check_context(plan_dockerfile(args.dockerfile, context=args.context, name=args.name))
+    if args.api_url is not None:
+        _check_api_url_option(args.api_url)
     build_id = await submit(
         args.dockerfile, store=store, context=args.context, api_url=args.api_url, **_options(args)
     )
     print(json.dumps({"id": build_id}) if args.json else build_id)
     return EXIT_OK
+
+
+def _check_api_url_option(url: str) -> None:
+    """A malformed --api-url (or one with credentials in it) is a usage error: exit 2."""
+    from kiln.api import check_api_url
+
+    try:
+        check_api_url(url)
+    except ConfigError as error:
+        raise UsageError(str(error), hint=error.hint) from None
 
 
 # -- worker -------------------------------------------------------------------------------------
