@@ -21,7 +21,14 @@ from kiln._build import Build
 from kiln._logging import logger
 from kiln._service import resume_owned
 from kiln.api import ApiSettings
-from kiln.durable import BuildHandedOver, Session, UnreadableBuild, load_state, reap
+from kiln.durable import (
+    BuildHandedOver,
+    Session,
+    StoreOutage,
+    UnreadableBuild,
+    load_state,
+    reap,
+)
 from kiln.errors import KilnError
 from kiln.machine import Secrets
 from kiln.store import LEASE_S, RENEW_EVERY_S, BuildRecord, Owner, Store, StoreUnavailable
@@ -135,10 +142,21 @@ class Worker:
             lease_s=self._config.lease_s,
             renew_every_s=self._config.renew_every_s,
         )
-        task = asyncio.create_task(self._run_one(record, session), name=f"kiln-{record.id}")
+        # A build taken back from this worker itself (its run stopped on a store outage and
+        # could not release it) may still be winding down here: the claim moved its version, so
+        # that run stops at its next write; the new one starts after it.
+        previous = self._running.get(record.id)
+        task = asyncio.create_task(
+            self._run_one(record, session, previous.task if previous else None),
+            name=f"kiln-{record.id}",
+        )
         self._running[record.id] = _Running(task=task, session=session)
 
-    async def _run_one(self, record: BuildRecord, session: Session) -> None:
+    async def _run_one(
+        self, record: BuildRecord, session: Session, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
         log = self._log.bind(id=record.id, state=record.state)
         running = self._running[record.id]
         build: Build | None = None
@@ -161,6 +179,14 @@ class Worker:
         except UnreadableBuild as error:
             log.warning("build cannot be loaded", error=str(error))
             await self._give_up(record, error)
+        except StoreOutage as outage:
+            # Released if the store came back in time; else this worker claims it back once the
+            # lease runs out (or another worker does), so the build is never held by nobody.
+            log.warning(
+                "build stopped: store unavailable",
+                state=_state_of(build, record),
+                reason=str(outage),
+            )
         except BuildHandedOver as handed:
             log.info("build handed over", state=_state_of(build, record), reason=str(handed))
         except KilnError as error:
@@ -168,7 +194,8 @@ class Worker:
         except Exception:
             log.exception("build crashed in the worker", state=_state_of(build, record))
         finally:
-            del self._running[record.id]
+            if self._running.get(record.id) is running:
+                del self._running[record.id]
             self._wake.set()
 
     async def _give_up(self, record: BuildRecord, error: UnreadableBuild) -> None:

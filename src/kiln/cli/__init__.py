@@ -3,7 +3,8 @@
 Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its sub-commands
 with ``set_defaults(func=...)``; a command function takes the parsed arguments and returns the
 exit code. Errors are mapped to exit codes here, once: usage and plan errors exit 2, build and
-remote errors exit 1, Ctrl-C exits 130, a closed standard output ends quietly (141, as SIGPIPE).
+remote errors exit 1, Ctrl-C exits 130, a closed standard output ends quietly (141, as SIGPIPE), a
+build stopped because its store stayed unavailable exits 75.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from kiln._version import __version__
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
+from kiln.durable import StoreOutage
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
 _COMMAND_MODULES = ("plan", "emulator", "build", "durable")
@@ -23,6 +25,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
+# sysexits' EX_TEMPFAIL: the store was down, nothing was lost, the same build can be continued.
+EXIT_STORE_UNAVAILABLE = 75
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -54,6 +58,8 @@ def exit_code_for(error: KilnError) -> int:
         return EXIT_USAGE
     if isinstance(error, BuildCancelled):
         return EXIT_CANCELLED
+    if isinstance(error, StoreOutage):
+        return EXIT_STORE_UNAVAILABLE
     return EXIT_FAILED
 
 

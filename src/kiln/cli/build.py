@@ -28,11 +28,12 @@ import attrs
 import structlog
 
 from kiln._build import Build, start_plan
-from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
+from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
 from kiln.cli._paths import user_state_dir
 from kiln.cli._signals import interrupts
 from kiln.cli._source import add_source_arguments, plan_from_arguments
 from kiln.cli._view import JsonView, PlainView, RichView, View
+from kiln.durable import StoreOutage
 from kiln.errors import BuildCancelled, ConfigError, ContextError, KilnError, UsageError
 from kiln.plan import BuildPlan, ContextArchive
 from kiln.store import Store
@@ -417,6 +418,9 @@ async def _report(build: Build, view: View) -> int:
     except BuildCancelled as error:
         view.failed(error, build.state)
         return EXIT_CANCELLED
+    except StoreOutage as error:
+        view.failed(error, build.state)
+        return EXIT_STORE_UNAVAILABLE
     except KilnError as error:
         view.failed(error, build.state)
         return EXIT_FAILED

@@ -21,8 +21,10 @@ from typing import Any
 
 import structlog
 
+from kiln.cli import EXIT_STORE_UNAVAILABLE
 from kiln.cli._signals import interrupts
 from kiln.cli.build import _add_common, _check_context, _make_view, _options, _positive_int
+from kiln.durable import StoreOutage
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store
 from kiln.store._base import pid_alive
@@ -152,6 +154,9 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
         except BuildCancelled as error:
             view.failed(error, build.state)
             return signals.exit_code(EXIT_CANCELLED)
+        except StoreOutage as error:
+            view.failed(error, build.state)
+            return EXIT_STORE_UNAVAILABLE
         except KilnError as error:
             view.failed(error, build.state)
             return EXIT_FAILED

@@ -9,16 +9,25 @@ about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state read
 
 from kiln.durable._reap import ABANDONED_AFTER_S, Orphan, reap
 from kiln.durable._resume import SANDBOX_LOST, UnreadableBuild, load_state, prepare_resume
-from kiln.durable._session import KILL_AFTER_TRANSITION_ENV, POLL_S, BuildHandedOver, Session
+from kiln.durable._session import (
+    KILL_AFTER_TRANSITION_ENV,
+    POLL_S,
+    STORE_OUTAGE_S,
+    BuildHandedOver,
+    Session,
+    StoreOutage,
+)
 
 __all__ = [
     "ABANDONED_AFTER_S",
     "KILL_AFTER_TRANSITION_ENV",
     "POLL_S",
     "SANDBOX_LOST",
+    "STORE_OUTAGE_S",
     "BuildHandedOver",
     "Orphan",
     "Session",
+    "StoreOutage",
     "UnreadableBuild",
     "load_state",
     "prepare_resume",

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,11 +46,24 @@ POLL_S = 0.5
 # at every point of the machine and resume it from another process.
 KILL_AFTER_TRANSITION_ENV = "KILN_TEST_KILL_AFTER_TRANSITION"
 
+# A state write that fails because the store is unreachable (database down, disk full) is tried
+# again with backoff for this long before the build stops. Well inside the builder sandbox's
+# 300 s idle timeout, so the sandbox is still there for whoever continues the build; long enough
+# to ride out a database restart or failover.
+STORE_OUTAGE_S = 60.0
+STORE_RETRY_FIRST_S = 0.25
+STORE_RETRY_MAX_S = 5.0
+
 LOGGER_NAME = "kiln.durable"
 
 
 class BuildHandedOver(BuildError):
     """This process stopped running the build; it continues elsewhere (or on ``kiln resume``)."""
+
+
+class StoreOutage(BuildHandedOver):
+    """The store stayed unreachable past the retry bound: the build stopped at its last persisted
+    point, untouched (its sandbox kept), and continues on ``kiln resume`` once the store is back."""
 
 
 class Session:
@@ -59,6 +73,10 @@ class Session:
     acquires (or claims) it first and passes its version to :meth:`adopt`.
     """
 
+    # How long an unreachable store is retried before the build stops; a class attribute, so that
+    # a service embedding kiln (or a test) can set it for every session at once.
+    store_outage_s: float = STORE_OUTAGE_S
+
     def __init__(
         self,
         store: Store,
@@ -67,8 +85,11 @@ class Session:
         lease_s: float = LEASE_S,
         renew_every_s: float = RENEW_EVERY_S,
         poll_s: float = POLL_S,
+        store_outage_s: float | None = None,
     ) -> None:
         self.store = store
+        if store_outage_s is not None:
+            self.store_outage_s = store_outage_s
         self.owner = owner or Owner.current()
         # The store version this session last wrote or acquired; None until the record exists.
         self._version: int | None = None
@@ -78,6 +99,8 @@ class Session:
         self._kill_after = _kill_after(os.environ)
         self._pending: list[tuple[str, JsonObject]] = []
         self._saved_json: str | None = None
+        # The state the store last accepted: where a build stopped by a store outage resumes.
+        self._saved_state: str | None = None
         # Whether the store held a cancel request when this session's last state write landed.
         self._cancel_seen = False
         self._lock = asyncio.Lock()
@@ -121,7 +144,27 @@ class Session:
         await self._write_now(state)
 
     async def _write_now(self, state: BuildState) -> None:
-        """Write unless this session stopped: then raise why, so the driver goes no further."""
+        """Write unless this session stopped: then raise why, so the driver goes no further.
+
+        An unreachable store is retried with backoff for ``store_outage_s``; the handler that
+        asked for the write waits meanwhile, holding its sandbox. If the store stays away the
+        build stops where the store last saw it, and StoreOutage says how to continue."""
+        delay = STORE_RETRY_FIRST_S
+        give_up_at = time.monotonic() + self.store_outage_s
+        while True:
+            try:
+                await self._write_once(state)
+                return
+            except StoreUnavailable as error:
+                if time.monotonic() + delay > give_up_at:
+                    raise self._outage(state, error) from None
+                logger(LOGGER_NAME).warning(
+                    "store unavailable, retrying", build_id=state.id, in_s=delay, error=str(error)
+                )
+            await asyncio.sleep(delay)
+            delay = min(STORE_RETRY_MAX_S, delay * 2)
+
+    async def _write_once(self, state: BuildState) -> None:
         if self._keeper is not None:
             self._keeper.check()
         async with self._lock:
@@ -129,6 +172,15 @@ class Session:
             if self._stop_reason is not None:
                 raise self._stop_reason
             await self._write(state, force=True)
+
+    def _outage(self, state: BuildState, error: StoreUnavailable) -> StoreOutage:
+        where = self._saved_state or state.state
+        return StoreOutage(
+            f"the store stayed unavailable for {self.store_outage_s:.0f}s ({error}); build"
+            f" {state.id} stopped at its last persisted point, in state {where!r}, with its"
+            " builder sandbox kept",
+            hint=f"once the store is back, continue it with `kiln resume {state.id}`",
+        )
 
     # -- running ----------------------------------------------------------------------------
 
@@ -246,6 +298,10 @@ class Session:
             if not write.cancelled():
                 write.exception()  # retrieved: the cancel is what the caller sees
             raise
+        except StoreUnavailable:
+            # Nothing landed: the events go out with the next write that does.
+            self._pending[:0] = events
+            raise
 
     async def _commit(
         self,
@@ -272,6 +328,7 @@ class Session:
         self._version = committed.version
         self._cancel_seen = committed.cancel_requested
         self._saved_json = text
+        self._saved_state = str(data["state"])
 
     async def _cancel_requested(self, build_id: str) -> bool:
         record = await self.store.get(build_id)

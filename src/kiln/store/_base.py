@@ -311,13 +311,22 @@ def owner_holds(
 
 
 def claimable(record: BuildRecord, claimant: Owner, now: float) -> bool:
-    """Whether ``claim_next`` may hand this build to ``claimant``: unfinished, not already the
-    claimant's (it is running it), and not held by a live owner."""
-    return (
-        not record.final
-        and record.owner != claimant
-        and not owner_holds(record.owner, record.lease_expires_at, claimant, now)
-    )
+    """Whether ``claim_next`` may hand this build to ``claimant``: unfinished and not held by a
+    live owner. The claimant's own build counts as held while its lease runs (it is running it);
+    once the lease ran out the claimant stopped renewing it, because it stopped running it and
+    could not release it (the store was down), so it takes it back like anyone else would."""
+    if record.final:
+        return False
+    if record.owner == claimant:
+        return record.lease_expires_at is None or record.lease_expires_at <= now
+    return not owner_holds(record.owner, record.lease_expires_at, claimant, now)
+
+
+def claimed_version(record: BuildRecord, claimant: Owner, *, claim: bool) -> int:
+    """The version a build gets when ``claimant`` takes it. A change of owner moves it, so the
+    previous owner's next save is refused; so does every claim, even of the claimant's own build:
+    should an old run of it still be alive in the claimant's process, its next write is refused."""
+    return record.version + 1 if claim or record.owner != claimant else record.version
 
 
 @attrs.frozen

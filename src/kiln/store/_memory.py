@@ -32,6 +32,7 @@ from kiln.store._base import (
     check_lease,
     check_limit,
     claimable,
+    claimed_version,
     duplicate_build,
     owner_holds,
     plan_events,
@@ -218,15 +219,16 @@ class MemoryStore:
         oldest_first = sorted(self._builds.values(), key=lambda r: r.created_at)
         for record in oldest_first:
             if claimable(record, owner, now):
-                return _copy(self._take(record, owner, now + lease_s))
+                return _copy(self._take(record, owner, now + lease_s, claim=True))
         return None
 
     async def close(self) -> None:
         """Nothing to close; the data lives as long as the object."""
 
-    def _take(self, record: BuildRecord, owner: Owner, lease_expires_at: float) -> BuildRecord:
-        # A change of owner moves the version, so the previous owner's next save is refused.
-        version = record.version if record.owner == owner else record.version + 1
+    def _take(
+        self, record: BuildRecord, owner: Owner, lease_expires_at: float, *, claim: bool = False
+    ) -> BuildRecord:
+        version = claimed_version(record, owner, claim=claim)
         taken = attrs.evolve(
             record, owner=owner, lease_expires_at=lease_expires_at, version=version
         )

@@ -44,6 +44,7 @@ from kiln.store._base import (
     check_lease,
     check_limit,
     claimable,
+    claimed_version,
     duplicate_build,
     owner_holds,
     plan_events,
@@ -76,7 +77,7 @@ _SAVE = (
 _FREE = "(owner_host IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
 _NOT_MINE = "(owner_host, owner_pid, owner_worker) IS DISTINCT FROM (%(host)s, %(pid)s, %(worker)s)"
 _CLAIM_FREE = (
-    f"SELECT {RECORD_COLUMNS} FROM builds WHERE NOT final AND {_FREE} AND {_NOT_MINE}"
+    f"SELECT {RECORD_COLUMNS} FROM builds WHERE NOT final AND {_FREE}"
     " ORDER BY created_at, ordinal LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
 _CLAIM_LOCAL = (
@@ -288,7 +289,7 @@ class PostgresStore:
             for row in candidates:
                 record = _record(row)
                 if claimable(record, owner, now):
-                    return await _take(conn, record, owner, now + lease_s)
+                    return await _take(conn, record, owner, now + lease_s, claim=True)
             return None
 
     async def close(self) -> None:
@@ -382,10 +383,14 @@ async def _migrate(conn: Connection, where: str) -> None:
 
 
 async def _take(
-    conn: Connection, record: BuildRecord, owner: Owner, lease_expires_at: float
+    conn: Connection,
+    record: BuildRecord,
+    owner: Owner,
+    lease_expires_at: float,
+    *,
+    claim: bool = False,
 ) -> BuildRecord:
-    # A change of owner moves the version, so the previous owner's next save is refused.
-    version = record.version if record.owner == owner else record.version + 1
+    version = claimed_version(record, owner, claim=claim)
     cursor = await conn.execute(
         "UPDATE builds SET owner_host = %s, owner_pid = %s, owner_worker = %s,"
         f" lease_expires_at = %s, version = %s WHERE id = %s RETURNING {RECORD_COLUMNS}",

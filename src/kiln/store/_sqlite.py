@@ -39,6 +39,7 @@ from kiln.store._base import (
     check_lease,
     check_limit,
     claimable,
+    claimed_version,
     duplicate_build,
     owner_holds,
     plan_events,
@@ -284,7 +285,7 @@ class SQLiteStore:
                 for row in rows:
                     record = _record(row)
                     if claimable(record, owner, now):
-                        return _take(conn, record, owner, now + lease_s)
+                        return _take(conn, record, owner, now + lease_s, claim=True)
                 return None
 
         return await self._run(run)
@@ -402,10 +403,14 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _take(
-    conn: sqlite3.Connection, record: BuildRecord, owner: Owner, lease_expires_at: float
+    conn: sqlite3.Connection,
+    record: BuildRecord,
+    owner: Owner,
+    lease_expires_at: float,
+    *,
+    claim: bool = False,
 ) -> BuildRecord:
-    # A change of owner moves the version, so the previous owner's next save is refused.
-    version = record.version if record.owner == owner else record.version + 1
+    version = claimed_version(record, owner, claim=claim)
     conn.execute(
         "UPDATE builds SET owner_host = ?, owner_pid = ?, owner_worker = ?, lease_expires_at = ?,"
         " version = ? WHERE id = ?",

@@ -64,21 +64,13 @@ class PostgresCluster:
 
     def start(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
-        data = self._root / "data"
         self.socket_dir.mkdir()
         if os.geteuid() == 0:
             _give_to(self._root, _RUN_AS)
-        options = " ".join(
-            [
-                "-c listen_addresses=''",
-                f"-c unix_socket_directories='{self.socket_dir}'",
-                *(f"-c {setting}" for setting in _FAST_SETTINGS),
-            ]
-        )
         _run(
             "initdb",
             "-D",
-            str(data),
+            str(self._root / "data"),
             "-A",
             "trust",
             "-U",
@@ -87,20 +79,37 @@ class PostgresCluster:
             "UTF8",
             "--no-sync",
         )
+        self.start_server()
+
+    def start_server(self) -> None:
+        """Start the server on the cluster's data (after :meth:`stop_server`, the same data)."""
+        root = self._require_root()
+        options = " ".join(
+            [
+                "-c listen_addresses=''",
+                f"-c unix_socket_directories='{self.socket_dir}'",
+                *(f"-c {setting}" for setting in _FAST_SETTINGS),
+            ]
+        )
         _run(
             "pg_ctl",
             "-D",
-            str(data),
+            str(root / "data"),
             "-l",
-            str(self._root / "server.log"),
+            str(root / "server.log"),
             "-o",
             options,
             "-w",
             "-t",
             str(_START_TIMEOUT_S),
             "start",
-            log=self._root / "server.log",
+            log=root / "server.log",
         )
+
+    def stop_server(self) -> None:
+        """Stop the server at once and keep its data: a database outage, for tests of clients
+        that must ride one out. :meth:`start_server` ends it."""
+        _run("pg_ctl", "-D", str(self._require_root() / "data"), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         if self._root is None:
