@@ -92,7 +92,7 @@ def _restore_logging() -> Iterator[None]:
 
 @pytest.fixture
 def short_outage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Session, "store_outage_s", TEST_OUTAGE_S)
+    monkeypatch.setattr(Session, "store_outage_s", TEST_OUTAGE_S, raising=False)
 
 
 def test_kiln_build_stops_at_its_last_persisted_point_when_the_disk_stays_full(
