@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import attrs
@@ -28,6 +29,7 @@ from kiln.durable import (
     UnreadableBuild,
     load_state,
     reap,
+    unrecorded_sandboxes,
 )
 from kiln.errors import KilnError
 from kiln.machine import Secrets
@@ -162,6 +164,8 @@ class Worker:
         build: Build | None = None
         try:
             log.info("build claimed", name=record.name)
+            for sandbox in unrecorded_sandboxes(record, time.time()):
+                log.warning("sandbox possibly unrecorded", **sandbox.to_dict())
             # Checked while the build is still held, so that no other worker claims it meanwhile.
             load_state(record)
             build = await resume_owned(

@@ -27,14 +27,25 @@ class LifecycleClient:
         return self._base if sandbox_id is None else f"{self._base}/{quote(sandbox_id, safe='')}"
 
     async def create_sandbox(
-        self, *, image: str, cpus: float, memory_mb: int, disk_mb: int, timeout_secs: int
+        self,
+        *,
+        image: str,
+        cpus: float,
+        memory_mb: int,
+        disk_mb: int,
+        timeout_secs: int,
+        name: str | None = None,
     ) -> SandboxCreated:
-        """Ask for a builder sandbox; the answer's status is whatever the service says."""
-        body = {
+        """Ask for a builder sandbox; the answer's status is whatever the service says.
+
+        ``name`` is the create body's optional name (reference §3.2), omitted when not given."""
+        body: dict[str, object] = {
             "image": image,
             "resources": {"cpus": cpus, "memory_mb": memory_mb, "disk_mb": disk_mb},
             "timeout_secs": timeout_secs,
         }
+        if name is not None:
+            body["name"] = name
         request = self._http.build_request("POST", self._url(), json=body)
         response = await send(self._http, request)
         if response.status_code == GATEWAY_TIMEOUT:

@@ -24,7 +24,7 @@ import structlog
 from kiln.cli import EXIT_STORE_UNAVAILABLE
 from kiln.cli._signals import interrupts
 from kiln.cli.build import _add_common, _check_context, _make_view, _options, _positive_int
-from kiln.durable import StoreOutage
+from kiln.durable import StoreOutage, unrecorded_sandboxes
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store
 from kiln.store._base import pid_alive
@@ -220,6 +220,9 @@ def status_dict(record: BuildRecord, events: Sequence[EventRow]) -> dict[str, An
         ],
         "log_tail": log_tail(events),
         "events_dropped": record.events_dropped,
+        "unrecorded_sandboxes": [
+            sandbox.to_dict() for sandbox in unrecorded_sandboxes(record, time.time())
+        ],
     }
 
 
@@ -259,6 +262,8 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
     print(f"state     {record.state}{'  (cancel requested)' if record.cancel_requested else ''}")
     print(f"created   {_when(record.created_at)}   updated {_when(record.updated_at)}")
     print(f"sandbox   {record.sandbox_id or '-'}")
+    for sandbox in unrecorded_sandboxes(record, time.time()):
+        print(f"unrecorded {sandbox.describe()}")
     if record.owner is not None:
         gone = "  (its process is gone)" if _owner_gone(record.owner) else ""
         print(f"owner     {info['owner']}, lease until {_when(record.lease_expires_at)}{gone}")
@@ -379,7 +384,7 @@ def log_line(event: EventRow) -> str | None:
 
 
 async def _reap(args: argparse.Namespace, store: Store) -> int:
-    from kiln.durable import reap
+    from kiln.durable import reap, unrecorded
 
     orphans = await reap(store, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
@@ -387,6 +392,8 @@ async def _reap(args: argparse.Namespace, store: Store) -> int:
         print(f"{verb} sandbox {orphan.sandbox_id} of build {orphan.build_id}: {orphan.reason}")
     if not orphans:
         print("no orphaned builder sandboxes")
+    for sandbox in await unrecorded(store):
+        print(f"build {sandbox.build_id}: {sandbox.describe()}")
     return EXIT_OK
 
 

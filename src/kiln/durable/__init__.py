@@ -7,7 +7,7 @@ about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state read
 :func:`reap` deletes the builder sandboxes no live build will delete.
 """
 
-from kiln.durable._reap import ABANDONED_AFTER_S, Orphan, reap
+from kiln.durable._reap import ABANDONED_AFTER_S, Orphan, reap, unrecorded
 from kiln.durable._resume import SANDBOX_LOST, UnreadableBuild, load_state, prepare_resume
 from kiln.durable._session import (
     KILL_AFTER_TRANSITION_ENV,
@@ -17,6 +17,7 @@ from kiln.durable._session import (
     Session,
     StoreOutage,
 )
+from kiln.durable._unrecorded import UnrecordedSandbox, unrecorded_sandboxes
 
 __all__ = [
     "ABANDONED_AFTER_S",
@@ -29,7 +30,10 @@ __all__ = [
     "Session",
     "StoreOutage",
     "UnreadableBuild",
+    "UnrecordedSandbox",
     "load_state",
     "prepare_resume",
     "reap",
+    "unrecorded",
+    "unrecorded_sandboxes",
 ]

@@ -19,6 +19,7 @@ import httpx
 
 from kiln.api import LifecycleClient
 from kiln.durable._resume import UnreadableBuild, load_state
+from kiln.durable._unrecorded import UnrecordedSandbox, unrecorded_sandboxes
 from kiln.errors import ApiError, KilnError
 from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
 from kiln.store import LEASE_S, BuildRecord, OwnedElsewhere, Owner, StaleWriteError, Store
@@ -73,17 +74,36 @@ async def reap(
         await reaper.aclose()
 
 
+async def unrecorded(
+    store: Store, *, clock: Callable[[], float] = time.time
+) -> list[UnrecordedSandbox]:
+    """Sandboxes builds may have left without recording their ids, not yet ended on their own;
+    kiln cannot delete them (see :mod:`kiln.durable._unrecorded`), only report them."""
+    now = clock()
+    found: list[UnrecordedSandbox] = []
+    for record in await store.list(limit=SCAN_LIMIT):
+        found += unrecorded_sandboxes(record, now, in_flight=not _held_live(record, now))
+    return found
+
+
+def _held_live(record: BuildRecord, now: float) -> bool:
+    """Whether a live process (this one included) runs the build."""
+    if record.final:
+        return False
+    claimant = Owner.current()
+    # This very process running it counts as live too (owner_holds leaves the owner itself out).
+    return record.owner == claimant or owner_holds(
+        record.owner, record.lease_expires_at, claimant, now
+    )
+
+
 def _reason(record: BuildRecord, state: BuildState, now: float, grace_s: float) -> str | None:
     """Why the build's sandbox is an orphan, or None when it is not (or there is none)."""
     if state.sandbox_id is None or state.sandbox_deleted:
         return None
     if record.final:
         return f"the build ended ({record.state}) without deleting it"
-    claimant = Owner.current()
-    # This very process running it counts as live too (owner_holds leaves the owner itself out).
-    if record.owner == claimant or owner_holds(
-        record.owner, record.lease_expires_at, claimant, now
-    ):
+    if _held_live(record, now):
         return None
     idle = now - record.updated_at
     if idle < grace_s:

@@ -22,8 +22,8 @@ SANDBOX_LOST = "SandboxLost"
 # prepare on belongs to the lost sandbox (the prepared build, the signed upload, the context).
 RETRY_FROM = "prepare"
 # What a fresh state keeps from the old one when it starts over from prepare: who and what it
-# builds, when it started (the overall deadline stays absolute), and what it learned about the
-# server (a refused chunked upload will be refused again).
+# builds, when it started (the overall deadline stays absolute), what it learned about the
+# server (a refused chunked upload will be refused again), and the sandboxes it may have left.
 _KEPT_ON_RETRY = (
     "plan",
     "options",
@@ -32,6 +32,7 @@ _KEPT_ON_RETRY = (
     "deadline_at",
     "cancel_requested",
     "chunked_upload_refused",
+    "unrecorded_sandboxes",
 )
 
 Event = tuple[str, dict[str, object]]

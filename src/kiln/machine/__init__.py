@@ -24,6 +24,7 @@ from kiln.machine._state import (
     BuildState,
     ErrorRecord,
     PreparedInfo,
+    SandboxRequest,
 )
 from kiln.machine.handlers import HANDLERS
 
@@ -44,6 +45,7 @@ __all__ = [
     "Outcome",
     "PersistHook",
     "PreparedInfo",
+    "SandboxRequest",
     "Secrets",
     "Services",
     "StateSpec",

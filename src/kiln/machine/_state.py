@@ -77,6 +77,21 @@ class PreparedInfo:
     snapshot_rel_path: str | None
 
 
+@attrs.frozen
+class SandboxRequest:
+    """A builder sandbox create request, persisted before it is sent.
+
+    Until the answer's sandbox id is recorded, a sandbox may exist that kiln cannot name: the
+    platform shows no way to find a sandbox but by its id. ``name`` was sent in the create body
+    (it is what an operator can look for), and ``expires_by`` is when such a sandbox, kept alive
+    by nobody, has ended with its idle timeout at the latest.
+    """
+
+    name: str
+    requested_at: float
+    expires_by: float
+
+
 @attrs.define
 class BuildState:
     """The mutable record of one build; ``state`` names the machine state it is in."""
@@ -99,6 +114,11 @@ class BuildState:
     prepared_info: PreparedInfo | None = None
     build_id: str | None = None
     rootfs_disk_bytes: int | None = None
+    # The create request in flight or answered: persisted before the request is sent.
+    sandbox_request: SandboxRequest | None = None
+    # Earlier create requests whose answer was never recorded (the process died, or the request
+    # failed ambiguously): each may have left a sandbox that ends by its ``expires_by``.
+    unrecorded_sandboxes: list[SandboxRequest] = attrs.field(factory=list)
     sandbox_id: str | None = None
     sandbox_url: str | None = None
     routing_hint: str | None = None

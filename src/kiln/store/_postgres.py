@@ -4,9 +4,11 @@ Builds are rows. Every read-decide-write locks the build's row (``SELECT ... FOR
 one transaction, and ``claim_next`` uses ``FOR UPDATE SKIP LOCKED`` so that workers racing for
 work each skip the rows another is already deciding about instead of queueing behind it.
 
-One connection per store, used by one operation at a time: a worker runs a handful of builds,
-each writing a few times per transition, so a pool would add moving parts and no throughput.
-Times are the workers' unix clocks (injectable for tests); leases are tens of seconds, so the
+A small pool of connections per store (POOL_SIZE): one shared connection made every build of a
+worker wait on every other build's writes, so that a builder sandbox's id, recorded right after
+its creation, could wait behind log lines, and a round trip of a millisecond or two capped the
+worker's throughput. Log appends and reads may hold all connections but one, so that a state
+write or a lease renewal never waits behind them. Times are the workers' unix clocks (injectable for tests); leases are tens of seconds, so the
 usual clock skew between machines is well inside them.
 """
 
@@ -62,6 +64,10 @@ MIGRATION_LOCK_KEY = 0x6B696C6E  # "kiln"
 # Give up connecting after this long: a worker with no database should say so, not hang.
 CONNECT_TIMEOUT_S = 10
 
+# Connections per store (per worker process): enough for a few builds' state writes at once,
+# few enough that a fleet of workers stays inside PostgreSQL's max_connections (README).
+POOL_SIZE = 4
+
 # How many leased rows owned from this host one claim locks to check their owners' pids; few, so
 # that other workers skip few rows while we look.
 CLAIM_BATCH = 16
@@ -97,13 +103,20 @@ class PostgresStore:
         clock: Clock = time.time,
         head_events: int = HEAD_EVENTS,
         tail_events: int = TAIL_EVENTS,
+        pool_size: int = POOL_SIZE,
     ) -> None:
+        if pool_size < 1:
+            raise UsageError(f"a store needs at least one connection, not {pool_size}")
         self._url = url
         self._clock = clock
         self._head = head_events
         self._tail = tail_events
-        self._conn: Connection | None = None
-        self._lock = asyncio.Lock()
+        self._idle: list[Connection] = []
+        self._slots = asyncio.Semaphore(pool_size)
+        # Bulk work (log appends, reads for a reader) leaves one connection to the urgent.
+        self._bulk = asyncio.Semaphore(max(1, pool_size - 1))
+        self._migrated = False
+        self._migrating = asyncio.Lock()
 
     async def create(
         self,
@@ -200,7 +213,7 @@ class PostgresStore:
         self, *, state: str | None = None, limit: int = 100
     ) -> builtins.list[BuildRecord]:
         check_limit(limit)
-        async with self._transaction() as conn:
+        async with self._transaction(bulk=True) as conn:
             cursor = await conn.execute(
                 f"SELECT {RECORD_COLUMNS} FROM builds WHERE %(state)s::text IS NULL"
                 " OR state = %(state)s ORDER BY created_at DESC, ordinal DESC LIMIT %(limit)s",
@@ -210,7 +223,7 @@ class PostgresStore:
 
     async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:
         now = self._clock()
-        async with self._transaction() as conn:
+        async with self._transaction(bulk=True) as conn:
             cursor = await conn.execute(
                 "SELECT event_count FROM builds WHERE id = %s FOR UPDATE", (id,)
             )
@@ -220,7 +233,7 @@ class PostgresStore:
             await self._append(conn, id, events, row["event_count"], now)
 
     async def events(self, id: str, *, after_seq: int = 0) -> builtins.list[EventRow]:
-        async with self._transaction() as conn:
+        async with self._transaction(bulk=True) as conn:
             await _require(conn, id)
             cursor = await conn.execute(
                 "SELECT seq, time, kind, data FROM events WHERE build_id = %s AND seq > %s"
@@ -293,10 +306,9 @@ class PostgresStore:
             return None
 
     async def close(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
 
     async def _append(
         self,
@@ -329,34 +341,65 @@ class PostgresStore:
         )
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        async with self._lock:
-            try:
-                conn = await self._connection()
-                async with conn.transaction():
-                    yield conn
-            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-                raise self._unavailable(error) from None
+    async def _transaction(self, *, bulk: bool = False) -> AsyncIterator[Connection]:
+        async with contextlib.AsyncExitStack() as stack:
+            if bulk:
+                await stack.enter_async_context(self._bulk)
+            async with self._slots:
+                conn: Connection | None = None
+                try:
+                    conn = await self._connection()
+                    async with conn.transaction():
+                        yield conn
+                except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                    raise self._unavailable(error) from None
+                finally:
+                    if conn is not None:
+                        await self._give_back(conn)
 
     async def _connection(self) -> Connection:
-        # A connection the server dropped is closed; the next operation reconnects.
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self._url,
-                    autocommit=True,
-                    row_factory=dict_row,
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                )
-            except psycopg.ProgrammingError as error:
-                # An option libpq parses but refuses, such as sslmode=bogus.
-                raise UsageError(
-                    f"invalid PostgreSQL URL {redact_url(self._url)}:"
-                    f" {scrub(str(error).strip(), self._url)}",
-                    hint="fix the URL in --store / KILN_STORE",
-                ) from None
-            await _migrate(self._conn, redact_url(self._url))
-        return self._conn
+        """An idle connection, else a new one (the caller holds a slot, so the pool's bound
+        holds)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._url,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=CONNECT_TIMEOUT_S,
+            )
+        except psycopg.ProgrammingError as error:
+            # An option libpq parses but refuses, such as sslmode=bogus.
+            raise UsageError(
+                f"invalid PostgreSQL URL {redact_url(self._url)}:"
+                f" {scrub(str(error).strip(), self._url)}",
+                hint="fix the URL in --store / KILN_STORE",
+            ) from None
+        await self._migrate_once(conn)
+        return conn
+
+    async def _migrate_once(self, conn: Connection) -> None:
+        async with self._migrating:
+            if not self._migrated:
+                try:
+                    await _migrate(conn, redact_url(self._url))
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._migrated = True
+
+    async def _give_back(self, conn: Connection) -> None:
+        # A connection the server dropped is closed (or broken): the next operation reconnects.
+        if conn.closed or conn.broken:
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            # Left mid-transaction by a cancelled caller: never hand it to another operation.
+            await conn.close()
+            return
+        self._idle.append(conn)
 
     def _unavailable(self, error: psycopg.Error) -> StoreUnavailable:
         # ``from None``: the driver's exception may quote the connection string, password included.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 from kiln.errors import BuildError
 from kiln.machine._outcome import SUCCEEDED, Outcome
 from kiln.machine._services import Services
-from kiln.machine._state import BuildState
+from kiln.machine._state import BuildState, SandboxRequest
 from kiln.machine.handlers._remote import run_checked
 from kiln.machine.protocol import (
     REMOTE_BUILD_DIR,
@@ -29,12 +30,19 @@ ROOT = "root"
 # because `mkdir -p -m` leaves the mode of a directory that already exists alone, and a builder
 # image may ship the build directory pre-created.
 OPEN_DIR_MODE = "0777"
+CREATE_SANDBOX = "create_sandbox"
+# Sent as the create body's ``name``: an operator can tell kiln's builder sandboxes, and the
+# build each belongs to, by it.
+SANDBOX_NAME_PREFIX = "kiln-"
 
 
 async def create_sandbox(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: reuses state.sandbox_id when the create already answered; else creates one."""
+    """Re-entry: reuses state.sandbox_id when the create already answered; else creates one,
+    after reporting the sandbox an unanswered earlier request may have left."""
     if state.sandbox_id is not None:
         return SUCCEEDED
+    if state.sandbox_request is not None:
+        _report_unrecorded(state, services, state.sandbox_request)
     info = state.need_prepared()
     rootfs = rootfs_disk_bytes(
         disk_mb=state.options.disk_mb,
@@ -58,12 +66,18 @@ async def create_sandbox(state: BuildState, services: Services) -> Outcome:
     )
     services.status(state, f"Target rootfs size: {format_bytes(rootfs)}")
     services.status(state, f"Creating rootfs builder sandbox from {info.builder.image}...")
+    request = _request(state, services)
+    # The intent is durable before the request leaves: a process that dies before the answer is
+    # recorded leaves a trace saying a sandbox may exist, and until when.
+    state.sandbox_request = request
+    await services.checkpoint(state)
     created = await services.lifecycle(state).create_sandbox(
         image=info.builder.image,
         cpus=resources.cpus,
         memory_mb=resources.memory_mb,
         disk_mb=resources.disk_mb,
         timeout_secs=SANDBOX_TIMEOUT_SECS,
+        name=request.name,
     )
     state.sandbox_id = created.sandbox_id
     state.sandbox_status = created.status
@@ -101,6 +115,32 @@ async def proxy_ready(state: BuildState, services: Services) -> Outcome:
     await run_checked(proxy, "chmod", [OPEN_DIR_MODE, *directories], user=ROOT)
     state.proxy_ready = True
     return SUCCEEDED
+
+
+def _request(state: BuildState, services: Services) -> SandboxRequest:
+    """This attempt's create request: named after the build (one name per attempt, so no two
+    requests of a build can collide on it), and when a sandbox it made ends at the latest: the
+    platform may create it until the request's phase deadline, then it idles out."""
+    now = services.clock.now()
+    window_s = services.spec.states[CREATE_SANDBOX].deadline_s + SANDBOX_TIMEOUT_SECS
+    attempt = len(state.unrecorded_sandboxes) + 1
+    return SandboxRequest(
+        name=f"{SANDBOX_NAME_PREFIX}{state.id}-{attempt}",
+        requested_at=now,
+        expires_by=now + window_s,
+    )
+
+
+def _report_unrecorded(state: BuildState, services: Services, request: SandboxRequest) -> None:
+    state.unrecorded_sandboxes.append(request)
+    state.sandbox_request = None
+    expires = datetime.datetime.fromtimestamp(request.expires_by, tz=datetime.UTC)
+    services.warning(
+        state,
+        f"An earlier create request (sandbox name {request.name}) got no recorded answer: a"
+        " builder sandbox kiln cannot name may exist; nothing keeps it alive, it ends by"
+        f" {expires.isoformat(timespec='seconds')}",
+    )
 
 
 def _present(value: str | None) -> str | None:
