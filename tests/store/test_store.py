@@ -367,6 +367,33 @@ async def test_claim_next_takes_over_a_dead_local_owner(store: Store) -> None:
     assert claimed is not None and claimed.id == "b-1"
 
 
+async def test_orphans_are_claimed_before_newer_and_older_queued_builds(
+    backend: Backend, store: Store
+) -> None:
+    here = socket.gethostname()
+    await make(store, "queued-old")
+    backend.clock.advance(1)
+    # Its owner on this host is dead: recognised at once, although its lease still runs.
+    await make(store, "orphan-local")
+    await store.acquire("orphan-local", Owner(here, dead_pid(), "gone"), lease_s=LEASE_S * 10)
+    backend.clock.advance(1)
+    # Its owner on another host stopped renewing: free once its lease expires.
+    await make(store, "orphan-far")
+    await store.acquire("orphan-far", FAR_A, lease_s=LEASE_S)
+    backend.clock.advance(LEASE_S + 1)
+    await make(store, "queued-new")
+    claimant = Owner.current("claimer")
+
+    order = [await store.claim_next(claimant, lease_s=LEASE_S) for _ in range(4)]
+
+    assert [c.id if c else None for c in order] == [
+        "orphan-local",
+        "orphan-far",
+        "queued-old",
+        "queued-new",
+    ]
+
+
 async def test_concurrent_claimers_never_share_a_build(backend: Backend) -> None:
     builds = 12
     first, second = backend.open(), backend.open()

@@ -310,6 +310,21 @@ def owner_holds(
     return not (owner.host == claimant.host and not pid_alive(owner.pid))
 
 
+# A build's version when created; anything that ever owned it moved it on.
+FIRST_VERSION = 1
+
+
+def started(record: BuildRecord) -> bool:
+    """Whether a process has run the build before: a claim takes these first, so that a build
+    whose owner died (and whose builder sandbox may be running) never waits behind new work."""
+    return record.version > FIRST_VERSION
+
+
+def claim_order(record: BuildRecord) -> tuple[bool, float]:
+    """The order ``claim_next`` takes claimable builds in (ties: the order they were created)."""
+    return (not started(record), record.created_at)
+
+
 def claimable(record: BuildRecord, claimant: Owner, now: float) -> bool:
     """Whether ``claim_next`` may hand this build to ``claimant``: unfinished and not held by a
     live owner. The claimant's own build counts as held while its lease runs (it is running it);

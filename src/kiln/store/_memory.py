@@ -31,6 +31,7 @@ from kiln.store._base import (
     StaleWriteError,
     check_lease,
     check_limit,
+    claim_order,
     claimable,
     claimed_version,
     duplicate_build,
@@ -216,8 +217,8 @@ class MemoryStore:
     async def claim_next(self, owner: Owner, *, lease_s: float) -> BuildRecord | None:
         check_lease(lease_s)
         now = self._clock()
-        oldest_first = sorted(self._builds.values(), key=lambda r: r.created_at)
-        for record in oldest_first:
+        # sorted() is stable: ties stay in creation order.
+        for record in sorted(self._builds.values(), key=claim_order):
             if claimable(record, owner, now):
                 return _copy(self._take(record, owner, now + lease_s, claim=True))
         return None

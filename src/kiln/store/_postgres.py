@@ -45,6 +45,7 @@ from kiln.store._base import (
     StoreUnavailable,
     check_lease,
     check_limit,
+    claim_order,
     claimable,
     claimed_version,
     duplicate_build,
@@ -82,14 +83,16 @@ _SAVE = (
 # Rows whose owner cannot be holding them any more, whatever host it was on.
 _FREE = "(owner_host IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
 _NOT_MINE = "(owner_host, owner_pid, owner_worker) IS DISTINCT FROM (%(host)s, %(pid)s, %(worker)s)"
+# Claim order: builds someone ran before (version > 1) first, then by age (store._base.claim_order).
+_CLAIM_ORDER = "ORDER BY (version = 1), created_at, ordinal"
 _CLAIM_FREE = (
-    f"SELECT {RECORD_COLUMNS} FROM builds WHERE NOT final AND {_FREE}"
-    " ORDER BY created_at, ordinal LIMIT 1 FOR UPDATE SKIP LOCKED"
+    f"SELECT {RECORD_COLUMNS}, ordinal FROM builds WHERE NOT final AND {_FREE}"
+    f" {_CLAIM_ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
 _CLAIM_LOCAL = (
-    f"SELECT {RECORD_COLUMNS} FROM builds WHERE NOT final AND NOT {_FREE}"
-    f" AND owner_host = %(host)s AND {_NOT_MINE}"
-    " ORDER BY created_at, ordinal LIMIT %(batch)s FOR UPDATE SKIP LOCKED"
+    f"SELECT {RECORD_COLUMNS}, ordinal FROM builds WHERE NOT final AND NOT {_FREE}"
+    f" AND owner_host = %(host)s AND {_NOT_MINE} {_CLAIM_ORDER} LIMIT %(batch)s"
+    " FOR UPDATE SKIP LOCKED"
 )
 
 
@@ -292,18 +295,16 @@ class PostgresStore:
             "batch": CLAIM_BATCH,
         }
         async with self._transaction() as conn:
-            # Free rows first, one at a time, so that racing workers each lock a different row.
-            cursor = await conn.execute(_CLAIM_FREE, params)
-            candidates = await cursor.fetchall()
-            if not candidates:
-                # Only the pid of an owner on this host can show it dead before its lease ends.
-                cursor = await conn.execute(_CLAIM_LOCAL, params)
-                candidates = await cursor.fetchall()
-            for row in candidates:
-                record = _record(row)
-                if claimable(record, owner, now):
-                    return await _take(conn, record, owner, now + lease_s, claim=True)
-            return None
+            # The first free row, one at a time, so that racing workers each lock a different
+            # row; and the rows leased from this host, whose owner's pid may show it dead before
+            # its lease ends (an orphan is taken at once, and before new work).
+            free = await (await conn.execute(_CLAIM_FREE, params)).fetchall()
+            local = await (await conn.execute(_CLAIM_LOCAL, params)).fetchall()
+            rows = [row for row in [*free, *local] if claimable(_record(row), owner, now)]
+            if not rows:
+                return None
+            best = min(rows, key=lambda row: (*claim_order(_record(row)), row["ordinal"]))
+            return await _take(conn, _record(best), owner, now + lease_s, claim=True)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

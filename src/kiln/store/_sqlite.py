@@ -38,6 +38,7 @@ from kiln.store._base import (
     StoreUnavailable,
     check_lease,
     check_limit,
+    claim_order,
     claimable,
     claimed_version,
     duplicate_build,
@@ -282,8 +283,8 @@ class SQLiteStore:
                     f"SELECT {RECORD_COLUMNS} FROM builds WHERE NOT final"
                     " ORDER BY created_at, ordinal"
                 ).fetchall()
-                for row in rows:
-                    record = _record(row)
+                # sorted() is stable: ties stay in creation order.
+                for record in sorted(map(_record, rows), key=claim_order):
                     if claimable(record, owner, now):
                         return _take(conn, record, owner, now + lease_s, claim=True)
                 return None
