@@ -143,7 +143,7 @@ def open_real(request: pytest.FixtureRequest, tmp_path: Path) -> RealFactory:
     def open_postgres(clock: FakeClock) -> Store:
         # A database per example would cost a CREATE DATABASE each; emptying the tables is cheap.
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS events, builds, schema_migrations")
+            conn.execute("DROP TABLE IF EXISTS events, builds, schema_migrations, turns")
         return PostgresStore(url, clock=clock, head_events=HEAD, tail_events=TAIL)
 
     return open_postgres

@@ -32,6 +32,7 @@ from kiln.store._base import pid_alive
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
+DAY_S = 86_400.0
 EXIT_BY_OUTCOME = {"done": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 # How many of the last build log lines `kiln status` shows: the lines just before a failure.
 STATUS_LOG_LINES = 10
@@ -84,7 +85,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     worker.add_argument("--worker-id", help="name in ownership records (default: per process)")
     worker.add_argument("--lease-s", type=_seconds, help="lease length (default: 30)")
     worker.add_argument("--heartbeat-s", type=_seconds, help="lease renewal (default: 10)")
-    worker.add_argument("--poll-s", type=_seconds, help="idle wait between claims (default: 1)")
+    worker.add_argument(
+        "--poll-s", type=_seconds, help="first idle wait between claims (default: 1, up to 8)"
+    )
+    worker.add_argument(
+        "--retention-days",
+        type=_seconds,
+        help="delete finished builds and their logs this long after they ended (default: 7)",
+    )
 
 
 def _command(
@@ -439,6 +447,7 @@ async def _worker(args: argparse.Namespace, store: Store) -> int:
         concurrency=args.concurrency,
         lease_s=args.lease_s or defaults.lease_s,
         renew_every_s=args.heartbeat_s or defaults.renew_every_s,
+        retention_s=args.retention_days * DAY_S if args.retention_days else defaults.retention_s,
         poll_s=args.poll_s or defaults.poll_s,
         worker_id=args.worker_id,
     )

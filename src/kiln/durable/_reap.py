@@ -19,7 +19,7 @@ import httpx
 
 from kiln.api import LifecycleClient
 from kiln.durable._resume import UnreadableBuild, load_state
-from kiln.durable._unrecorded import UnrecordedSandbox, unrecorded_sandboxes
+from kiln.durable._unrecorded import UnrecordedSandbox, holds_sandbox, unrecorded_sandboxes
 from kiln.errors import ApiError, KilnError
 from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
 from kiln.store import LEASE_S, BuildRecord, OwnedElsewhere, Owner, StaleWriteError, Store
@@ -28,8 +28,8 @@ from kiln.store._base import owner_holds
 # Long enough that a stalled build is picked up by a worker or a `kiln resume` first; short
 # enough that a leaked sandbox does not run (and cost) for long.
 ABANDONED_AFTER_S = 600.0
-# Every build the store holds is looked at; ended builds are skipped without a remote call.
-SCAN_LIMIT = 100_000
+# The builds marked as maybe holding a sandbox are read (by index), not the whole history.
+SCAN_LIMIT = 10_000
 HTTP_NOT_FOUND = 404
 TERMINATED = "terminated"
 FAILED = "failed"
@@ -63,15 +63,23 @@ async def reap(
     reaper = _Reaper(store, secrets or Secrets(), transport)
     try:
         found: list[Orphan] = []
-        for record in await store.list(limit=SCAN_LIMIT):
-            orphan = await reaper.inspect(record, clock(), abandoned_after_s)
-            if orphan is None:
-                continue
-            if dry_run or await reaper.delete(record, orphan):
+        for record in await store.sandbox_holders(limit=SCAN_LIMIT):
+            now = clock()
+            orphan = await reaper.inspect(record, now, abandoned_after_s)
+            if orphan is not None and (dry_run or await reaper.delete(record, orphan)):
                 found.append(orphan)
+            if not dry_run and _settled(record, now):
+                await store.forget_sandbox(record.id)
         return found
     finally:
         await reaper.aclose()
+
+
+def _settled(record: BuildRecord, now: float) -> bool:
+    """Whether a finished build leaves nothing to watch: its sandbox is deleted (by it, or just
+    now by the reaper) or gone, and no unrecorded one can still be running. An unfinished
+    build's own writes keep its mark up to date."""
+    return record.final and not unrecorded_sandboxes(record, now)
 
 
 async def unrecorded(
@@ -81,7 +89,7 @@ async def unrecorded(
     kiln cannot delete them (see :mod:`kiln.durable._unrecorded`), only report them."""
     now = clock()
     found: list[UnrecordedSandbox] = []
-    for record in await store.list(limit=SCAN_LIMIT):
+    for record in await store.sandbox_holders(limit=SCAN_LIMIT):
         found += unrecorded_sandboxes(record, now, in_flight=not _held_live(record, now))
     return found
 
@@ -171,6 +179,7 @@ class _Reaper:
                 sandbox_id=state.sandbox_id,
                 final=True,
                 schema_version=state.schema_version,
+                holds_sandbox=holds_sandbox(state.to_dict(), time.time()),
             )
             await self._store.append_events(record.id, [("reaped", orphan.to_dict())])
         except StaleWriteError:

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from kiln._logging import logger
+from kiln.durable._unrecorded import holds_sandbox
 from kiln.errors import BuildError, KilnError
 from kiln.machine import BuildState, Driver, Event
 from kiln.store import (
     LEASE_S,
     RENEW_EVERY_S,
-    LeaseKeeper,
     LeaseLost,
     Owner,
     StaleWriteError,
@@ -39,7 +39,7 @@ JsonObject = dict[str, Any]
 # How often a running build looks at the store for a cancel request and checkpoints its state:
 # a `kiln cancel` from another process takes effect within about this long, and a crash loses at
 # most this much of a running phase's progress (its log lines, a builder pid just learned).
-POLL_S = 0.5
+POLL_S = 1.0
 
 # Testing hook, not a user option: when set to N, the process SIGKILLs itself right after the
 # N-th transition has been written to the store. The crash tests use it to stop a `kiln build`
@@ -106,7 +106,6 @@ class Session:
         self._lock = asyncio.Lock()
         self._stop_reason: KilnError | None = None
         self._driver_task: asyncio.Task[BuildState] | None = None
-        self._keeper: LeaseKeeper | None = None
         self._persists = 0
         self._finals: frozenset[str] = frozenset()
         # Set once the build's record exists in the store: from then on `kiln resume` finds it.
@@ -165,8 +164,6 @@ class Session:
             delay = min(STORE_RETRY_MAX_S, delay * 2)
 
     async def _write_once(self, state: BuildState) -> None:
-        if self._keeper is not None:
-            self._keeper.check()
         async with self._lock:
             # Checked under the lock: a stop() that held it has already checkpointed.
             if self._stop_reason is not None:
@@ -192,17 +189,8 @@ class Session:
         if self._version is None:
             await self._create(state)
         try:
-            async with LeaseKeeper(
-                self.store,
-                state.id,
-                self.owner,
-                lease_s=self._lease_s,
-                every_s=self._renew_every_s,
-            ) as keeper:
-                self._keeper = keeper
-                await self._drive(driver, state)
+            await self._drive(driver, state)
         finally:
-            self._keeper = None
             with contextlib.suppress(KilnError):
                 await self.store.release(state.id, self.owner)
 
@@ -253,8 +241,11 @@ class Session:
             raise self._stop_reason
 
     async def _tick(self, driver: Driver, state: BuildState) -> None:
+        # Each beat is one store transaction: the checkpoint, or else the lease renewal, and
+        # either one answers whether a cancel was requested and extends the lease.
+        beat_s = min(self._poll_s, self._renew_every_s)
         while True:
-            await asyncio.sleep(self._poll_s)
+            await asyncio.sleep(beat_s)
             try:
                 await self._checkpoint(driver, state)
             except (StaleWriteError, LeaseLost) as error:
@@ -267,18 +258,19 @@ class Session:
                 )
 
     async def _checkpoint(self, driver: Driver, state: BuildState) -> None:
-        if self._keeper is not None:
-            self._keeper.check()
         async with self._lock:
             if self._stop_reason is not None:
                 return
-            await self._write(state, force=False)
-        if not state.cancel_requested and await self._cancel_requested(state.id):
+            if not await self._write(state, force=False):
+                self._cancel_seen = await self.store.renew(
+                    state.id, self.owner, lease_s=self._lease_s
+                )
+        if self._cancel_seen and not state.cancel_requested:
             driver.cancel()
 
-    async def _write(self, state: BuildState, *, force: bool) -> None:
-        """Save the state if it changed (always when ``force``) with the queued events, in one
-        commit; with the state unchanged, append the events alone.
+    async def _write(self, state: BuildState, *, force: bool) -> bool:
+        """Save the state with the queued events in one commit, which also extends the lease,
+        when anything changed (always when ``force``); False when there was nothing to write.
 
         The state and the events are taken in one synchronous step, so the log written never
         runs ahead of the state (``output_events_delivered``) that says how much was delivered.
@@ -287,8 +279,9 @@ class Session:
         then the cancel goes on.
         """
         text = state.to_json()
-        save = force or text != self._saved_json
-        data = state.to_dict() if save else None
+        if not (force or self._pending or text != self._saved_json):
+            return False
+        data = state.to_dict()
         events, self._pending = self._pending, []
         write = asyncio.ensure_future(self._commit(state, data, text, events))
         try:
@@ -302,18 +295,15 @@ class Session:
             # Nothing landed: the events go out with the next write that does.
             self._pending[:0] = events
             raise
+        return True
 
     async def _commit(
         self,
         state: BuildState,
-        data: JsonObject | None,
+        data: JsonObject,
         text: str,
         events: list[tuple[str, JsonObject]],
     ) -> None:
-        if data is None:
-            if events:
-                await self.store.append_events(state.id, events)
-            return
         assert self._version is not None
         committed = await self.store.commit_transition(
             state.id,
@@ -324,15 +314,13 @@ class Session:
             final=data["state"] in self._finals,
             events=events,
             schema_version=int(data["schema_version"]),
+            holds_sandbox=holds_sandbox(data, time.time()),
+            lease_s=self._lease_s,
         )
         self._version = committed.version
         self._cancel_seen = committed.cancel_requested
         self._saved_json = text
         self._saved_state = str(data["state"])
-
-    async def _cancel_requested(self, build_id: str) -> bool:
-        record = await self.store.get(build_id)
-        return record is not None and record.cancel_requested
 
 
 def _kill_after(env: Mapping[str, str]) -> int | None:

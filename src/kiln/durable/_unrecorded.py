@@ -38,6 +38,15 @@ class UnrecordedSandbox:
         return attrs.asdict(self)
 
 
+def holds_sandbox(data: dict[str, Any], now: float) -> bool:
+    """Whether a build in this persisted state may have a builder sandbox running: a recorded
+    one not yet deleted, or one an unanswered create request may have made (the store's
+    ``holds_sandbox`` mark, which the reaper reads by index)."""
+    if data.get("sandbox_id") is not None and not data.get("sandbox_deleted"):
+        return True
+    return bool(_requests(data, now, in_flight=True))
+
+
 def unrecorded_sandboxes(
     record: BuildRecord, now: float, *, in_flight: bool = True
 ) -> list[UnrecordedSandbox]:
@@ -45,13 +54,6 @@ def unrecorded_sandboxes(
 
     ``in_flight=False`` leaves out the current request of a build a live process runs: its
     answer may still be recorded. Read from the raw record, as the reaper reads it."""
-    data = record.data
-    requests: list[dict[str, Any]] = list(data.get("unrecorded_sandboxes") or [])
-    pending = data.get("sandbox_request")
-    if in_flight and pending and data.get("sandbox_id") is None:
-        # Asked for and not answered as far as the store knows: in flight, or lost with its
-        # process. Either way a sandbox may exist that nobody can name.
-        requests.append(pending)
     return [
         UnrecordedSandbox(
             build_id=record.id,
@@ -59,9 +61,18 @@ def unrecorded_sandboxes(
             requested_at=float(request["requested_at"]),
             expires_by=float(request["expires_by"]),
         )
-        for request in requests
-        if float(request["expires_by"]) > now
+        for request in _requests(record.data, now, in_flight=in_flight)
     ]
+
+
+def _requests(data: dict[str, Any], now: float, *, in_flight: bool) -> list[dict[str, Any]]:
+    requests: list[dict[str, Any]] = list(data.get("unrecorded_sandboxes") or [])
+    pending = data.get("sandbox_request")
+    if in_flight and pending and data.get("sandbox_id") is None:
+        # Asked for and not answered as far as the store knows: in flight, or lost with its
+        # process. Either way a sandbox may exist that nobody can name.
+        requests.append(pending)
+    return [request for request in requests if float(request["expires_by"]) > now]
 
 
 def _iso(timestamp: float) -> str:

@@ -85,6 +85,9 @@ class BuildRecord:
     updated_at: float
     final: bool
     events_dropped: int = 0
+    # Whether the build may have a builder sandbox still running (the reaper's index): set by its
+    # writers, cleared by the reaper once nothing is left to watch.
+    holds_sandbox: bool = False
 
     def summary(self) -> JsonObject:
         """The fields ``kiln ls --json`` prints."""
@@ -214,6 +217,7 @@ class Store(Protocol):
         sandbox_id: str | None,
         final: bool,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
     ) -> int:
         """Write the state if the stored version is ``expected_version``; return the new version.
 
@@ -231,8 +235,12 @@ class Store(Protocol):
         final: bool,
         events: Sequence[tuple[str, JsonObject]],
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
+        lease_s: float | None = None,
     ) -> Committed:
-        """``save`` and ``append_events`` as one atomic write, also reading the cancel flag.
+        """``save`` and ``append_events`` as one atomic write, also reading the cancel flag,
+        and extending the lease to now + ``lease_s`` when given (the writer owns the build: the
+        version it wrote at says so).
 
         A transition's whole persist in one round trip and one commit: either the state and its
         events are both written or, on StaleWriteError, neither is."""
@@ -268,8 +276,9 @@ class Store(Protocol):
         """Make ``owner`` the owner for ``lease_s`` seconds; OwnedElsewhere if a live owner holds it."""
         ...
 
-    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> None:
-        """Extend the lease to now + ``lease_s``; LeaseLost if ``owner`` no longer holds it."""
+    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> bool:
+        """Extend the lease to now + ``lease_s`` and say whether a cancel was requested;
+        LeaseLost if ``owner`` no longer holds it."""
         ...
 
     async def release(self, id: str, owner: Owner) -> None:
@@ -278,6 +287,25 @@ class Store(Protocol):
 
     async def claim_next(self, owner: Owner, *, lease_s: float) -> BuildRecord | None:
         """Take the oldest unfinished build nobody live holds, or None."""
+        ...
+
+    async def sandbox_holders(self, *, limit: int = 1000) -> builtins.list[BuildRecord]:
+        """The builds marked as maybe holding a builder sandbox, least recently updated first
+        (read by index: the reaper never reads the whole history)."""
+        ...
+
+    async def forget_sandbox(self, id: str) -> None:
+        """Clear the mark: the reaper found nothing left to watch (the version does not move)."""
+        ...
+
+    async def prune(self, *, finished_before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` builds (with their events) that finished before the time given
+        and hold no sandbox; returns how many."""
+        ...
+
+    async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:
+        """True for at most one caller per ``every_s`` seconds across every process sharing the
+        store: fleet-wide chores (reaping, pruning) run once per period, not once per worker."""
         ...
 
     async def close(self) -> None: ...
@@ -423,6 +451,7 @@ def record_from_row(row: Row, data: JsonObject) -> BuildRecord:
         updated_at=float(row["updated_at"]),
         final=bool(row["final"]),
         events_dropped=int(row["events_dropped"]),
+        holds_sandbox=bool(row["holds_sandbox"]),
     )
 
 

@@ -56,6 +56,7 @@ class MemoryStore:
         self._builds: dict[str, BuildRecord] = {}
         self._events: dict[str, builtins.list[EventRow]] = {}
         self._event_totals: dict[str, int] = {}
+        self._turns: dict[str, float] = {}
 
     async def create(
         self,
@@ -100,6 +101,7 @@ class MemoryStore:
         sandbox_id: str | None,
         final: bool,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
     ) -> int:
         record = self._require(id)
         if record.version != expected_version:
@@ -119,6 +121,7 @@ class MemoryStore:
             schema_version=schema_version,
             version=record.version + 1,
             updated_at=self._clock(),
+            holds_sandbox=holds_sandbox,
         )
         return record.version + 1
 
@@ -133,6 +136,8 @@ class MemoryStore:
         final: bool,
         events: Sequence[tuple[str, JsonObject]],
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
+        lease_s: float | None = None,
     ) -> Committed:
         # The two writes never suspend, so nothing runs between them: together they are atomic,
         # and a refused save leaves the log untouched. Reusing them keeps one copy of each rule.
@@ -144,9 +149,14 @@ class MemoryStore:
             sandbox_id=sandbox_id,
             final=final,
             schema_version=schema_version,
+            holds_sandbox=holds_sandbox,
         )
         if events:
             await self.append_events(id, events)
+        if lease_s is not None:
+            self._builds[id] = attrs.evolve(
+                self._builds[id], lease_expires_at=self._clock() + lease_s
+            )
         return Committed(version=version, cancel_requested=self._builds[id].cancel_requested)
 
     async def get(self, id: str) -> BuildRecord | None:
@@ -202,12 +212,13 @@ class MemoryStore:
             raise OwnedElsewhere(id, record.owner, record.lease_expires_at)
         return _copy(self._take(record, owner, now + lease_s))
 
-    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> None:
+    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> bool:
         check_lease(lease_s)
         record = self._require(id)
         if record.owner != owner:
             raise LeaseLost(id, owner, record.owner)
         self._builds[id] = attrs.evolve(record, lease_expires_at=self._clock() + lease_s)
+        return record.cancel_requested
 
     async def release(self, id: str, owner: Owner) -> None:
         record = self._require(id)
@@ -222,6 +233,38 @@ class MemoryStore:
             if claimable(record, owner, now):
                 return _copy(self._take(record, owner, now + lease_s, claim=True))
         return None
+
+    async def sandbox_holders(self, *, limit: int = 1000) -> builtins.list[BuildRecord]:
+        check_limit(limit)
+        holders = sorted(
+            (r for r in self._builds.values() if r.holds_sandbox), key=lambda r: r.updated_at
+        )
+        return [_copy(r) for r in holders[:limit]]
+
+    async def forget_sandbox(self, id: str) -> None:
+        self._builds[id] = attrs.evolve(self._require(id), holds_sandbox=False)
+
+    async def prune(self, *, finished_before: float, limit: int = 1000) -> int:
+        check_limit(limit)
+        old = sorted(
+            (
+                r
+                for r in self._builds.values()
+                if r.final and not r.holds_sandbox and r.updated_at < finished_before
+            ),
+            key=lambda r: r.updated_at,
+        )[:limit]
+        for record in old:
+            del self._builds[record.id], self._events[record.id], self._event_totals[record.id]
+        return len(old)
+
+    async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:
+        now = self._clock()
+        last = self._turns.get(name)
+        if last is not None and last > now - every_s:
+            return False
+        self._turns[name] = now
+        return True
 
     async def close(self) -> None:
         """Nothing to close; the data lives as long as the object."""

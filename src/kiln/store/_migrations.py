@@ -80,6 +80,21 @@ def _initial(ordinal: str, json: str, real: str) -> tuple[str, ...]:
     )
 
 
+def _fleet(queue_order: str, false: str, real: str) -> tuple[str, ...]:
+    return (
+        f"ALTER TABLE builds ADD COLUMN holds_sandbox BOOLEAN NOT NULL DEFAULT {false}",
+        # Existing unfinished builds may hold one; the reaper clears the mark after a look.
+        "UPDATE builds SET holds_sandbox = (sandbox_id IS NOT NULL) WHERE NOT final",
+        "DROP INDEX builds_unfinished",
+        # Claims read only unfinished builds, however long the history grows.
+        f"CREATE INDEX builds_queue ON builds ({queue_order}) WHERE NOT final",
+        "CREATE INDEX builds_holding ON builds (updated_at) WHERE holds_sandbox",
+        "CREATE INDEX builds_finished ON builds (updated_at) WHERE final",
+        f"CREATE TABLE turns (name TEXT PRIMARY KEY, taken_at {real} NOT NULL,"
+        " holder TEXT NOT NULL)",
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -87,6 +102,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         # SQLite has one automatic counter per table (rowid), so the store fills ``ordinal``.
         sqlite=_initial("INTEGER NOT NULL", "TEXT", "REAL"),
         postgres=_initial("BIGINT GENERATED ALWAYS AS IDENTITY", "JSONB", "DOUBLE PRECISION"),
+    ),
+    Migration(
+        version=2,
+        name="a fleet's indexes: the queue, sandbox holders, finished builds; fleet-wide turns",
+        sqlite=_fleet("created_at, ordinal", "0", "REAL"),
+        postgres=_fleet("(version = 1), created_at, ordinal", "FALSE", "DOUBLE PRECISION"),
     ),
 )
 
@@ -96,7 +117,22 @@ LATEST_VERSION = MIGRATIONS[-1].version
 RECORD_COLUMNS = (
     "id, name, state, version, schema_version, data, sandbox_id, owner_host, owner_pid,"
     " owner_worker, lease_expires_at, cancel_requested, created_at, updated_at, final,"
-    " events_dropped"
+    " events_dropped, holds_sandbox"
+)
+
+
+# Statements both dialects share, with %s placeholders (SQLite's driver wants ?).
+# Finished builds past the retention, oldest first, in batches (events go with them: ON DELETE
+# CASCADE); a build whose sandbox the reaper still watches stays.
+PRUNE = (
+    "DELETE FROM builds WHERE id IN (SELECT id FROM builds WHERE final AND NOT holds_sandbox"
+    " AND updated_at < %s ORDER BY updated_at LIMIT %s)"
+)
+# A fleet-wide turn: the row is written (one row changed) only when the last turn is old enough.
+TAKE_TURN = (
+    "INSERT INTO turns (name, taken_at, holder) VALUES (%s, %s, %s) ON CONFLICT (name)"
+    " DO UPDATE SET taken_at = excluded.taken_at, holder = excluded.holder"
+    " WHERE turns.taken_at <= %s"
 )
 
 

@@ -53,7 +53,7 @@ from kiln.store._base import (
     plan_events,
     record_from_row,
 )
-from kiln.store._migrations import POSTGRES_LEDGER, RECORD_COLUMNS, pending
+from kiln.store._migrations import POSTGRES_LEDGER, PRUNE, RECORD_COLUMNS, TAKE_TURN, pending
 from kiln.store._urls import redact_url, scrub
 
 Connection = psycopg.AsyncConnection[DictRow]
@@ -77,7 +77,24 @@ CLAIM_BATCH = 16
 # the writer read.
 _SAVE = (
     "UPDATE builds SET state = %s, data = %s, sandbox_id = %s, final = %s, schema_version = %s,"
-    " version = version + 1, updated_at = %s WHERE id = %s AND version = %s AND NOT final"
+    " holds_sandbox = %s, version = version + 1, updated_at = %s"
+    " WHERE id = %s AND version = %s AND NOT final"
+)
+
+# Counting appended events on the build's row, which also locks it: ``event_count`` is the last
+# seq handed out, ``events_dropped`` how many of them the bound has removed (store._base).
+_COUNT_EVENTS = (
+    "event_count = event_count + %(count)s,"
+    " events_dropped = GREATEST(0, event_count + %(count)s - %(kept)s)"
+)
+# A transition: the compare-and-set state write, the lease, and the event count in one statement.
+_COMMIT = (
+    "UPDATE builds SET state = %(state)s, data = %(data)s, sandbox_id = %(sandbox_id)s,"
+    " final = %(final)s, schema_version = %(schema_version)s, holds_sandbox = %(holds_sandbox)s,"
+    " version = version + 1, updated_at = %(now)s,"
+    " lease_expires_at = COALESCE(%(lease)s, lease_expires_at),"
+    f" {_COUNT_EVENTS} WHERE id = %(id)s AND version = %(expected)s AND NOT final"
+    " RETURNING version, cancel_requested, event_count"
 )
 
 # Rows whose owner cannot be holding them any more, whatever host it was on.
@@ -155,8 +172,17 @@ class PostgresStore:
         sandbox_id: str | None,
         final: bool,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
     ) -> int:
-        params = (state, Jsonb(data), sandbox_id, final, schema_version, self._clock())
+        params = (
+            state,
+            Jsonb(data),
+            sandbox_id,
+            final,
+            schema_version,
+            holds_sandbox,
+            self._clock(),
+        )
         async with self._transaction() as conn:
             cursor = await conn.execute(
                 f"{_SAVE} RETURNING version", (*params, id, expected_version)
@@ -178,20 +204,33 @@ class PostgresStore:
         final: bool,
         events: Sequence[tuple[str, JsonObject]],
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
+        lease_s: float | None = None,
     ) -> Committed:
         now = self._clock()
-        params = (state, Jsonb(data), sandbox_id, final, schema_version, now)
+        params = {
+            "state": state,
+            "data": Jsonb(data),
+            "sandbox_id": sandbox_id,
+            "final": final,
+            "schema_version": schema_version,
+            "holds_sandbox": holds_sandbox,
+            "now": now,
+            "lease": None if lease_s is None else now + lease_s,
+            "count": len(events),
+            "kept": self._head + self._tail,
+            "id": id,
+            "expected": expected_version,
+        }
         async with self._transaction() as conn:
-            # The UPDATE locks the row, so the events appended after it cannot race another
-            # writer's; RETURNING hands back what the rest needs without a SELECT.
-            cursor = await conn.execute(
-                f"{_SAVE} RETURNING version, cancel_requested, event_count",
-                (*params, id, expected_version),
-            )
-            row = await cursor.fetchone()
+            # One UPDATE writes the state, extends the lease, counts the events and locks the
+            # row, so the events inserted after it cannot race another writer's; RETURNING hands
+            # back what the rest needs without a SELECT.
+            row = await (await conn.execute(_COMMIT, params)).fetchone()
             if row is not None:
                 if events:
-                    await self._append(conn, id, events, row["event_count"], now)
+                    old_total = int(row["event_count"]) - len(events)
+                    await self._insert_events(conn, id, events, old_total, now)
                 return Committed(int(row["version"]), bool(row["cancel_requested"]))
             current = await _require(conn, id)
         raise _stale(id, expected_version, current)
@@ -199,7 +238,7 @@ class PostgresStore:
     async def get(self, id: str) -> BuildRecord | None:
         if not id:
             return None
-        async with self._transaction() as conn:
+        async with self._transaction(atomic=False) as conn:
             exact = await _fetch(conn, id)
             if exact is not None:
                 return exact
@@ -216,7 +255,7 @@ class PostgresStore:
         self, *, state: str | None = None, limit: int = 100
     ) -> builtins.list[BuildRecord]:
         check_limit(limit)
-        async with self._transaction(bulk=True) as conn:
+        async with self._transaction(bulk=True, atomic=False) as conn:
             cursor = await conn.execute(
                 f"SELECT {RECORD_COLUMNS} FROM builds WHERE %(state)s::text IS NULL"
                 " OR state = %(state)s ORDER BY created_at DESC, ordinal DESC LIMIT %(limit)s",
@@ -228,15 +267,17 @@ class PostgresStore:
         now = self._clock()
         async with self._transaction(bulk=True) as conn:
             cursor = await conn.execute(
-                "SELECT event_count FROM builds WHERE id = %s FOR UPDATE", (id,)
+                f"UPDATE builds SET {_COUNT_EVENTS} WHERE id = %(id)s RETURNING event_count",
+                {"id": id, "count": len(events), "kept": self._head + self._tail},
             )
             row = await cursor.fetchone()
             if row is None:
                 raise BuildNotFound(id)
-            await self._append(conn, id, events, row["event_count"], now)
+            old_total = int(row["event_count"]) - len(events)
+            await self._insert_events(conn, id, events, old_total, now)
 
     async def events(self, id: str, *, after_seq: int = 0) -> builtins.list[EventRow]:
-        async with self._transaction(bulk=True) as conn:
+        async with self._transaction(bulk=True, atomic=False) as conn:
             await _require(conn, id)
             cursor = await conn.execute(
                 "SELECT seq, time, kind, data FROM events WHERE build_id = %s AND seq > %s"
@@ -264,16 +305,21 @@ class PostgresStore:
                 raise OwnedElsewhere(id, record.owner, record.lease_expires_at)
             return await _take(conn, record, owner, now + lease_s)
 
-    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> None:
+    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> bool:
         check_lease(lease_s)
-        async with self._transaction() as conn:
-            record = await _require(conn, id, lock=True)
-            if record.owner != owner:
-                raise LeaseLost(id, owner, record.owner)
-            await conn.execute(
-                "UPDATE builds SET lease_expires_at = %s WHERE id = %s",
-                (self._clock() + lease_s, id),
+        # One statement, no transaction around it: the heartbeat of every running build.
+        async with self._transaction(atomic=False) as conn:
+            cursor = await conn.execute(
+                "UPDATE builds SET lease_expires_at = %s WHERE id = %s"
+                " AND (owner_host, owner_pid, owner_worker) = (%s, %s, %s)"
+                " RETURNING cancel_requested",
+                (self._clock() + lease_s, id, owner.host, owner.pid, owner.worker_id),
             )
+            row = await cursor.fetchone()
+            if row is not None:
+                return bool(row["cancel_requested"])
+            record = await _require(conn, id)
+        raise LeaseLost(id, owner, record.owner)
 
     async def release(self, id: str, owner: Owner) -> None:
         async with self._transaction() as conn:
@@ -306,12 +352,38 @@ class PostgresStore:
             best = min(rows, key=lambda row: (*claim_order(_record(row)), row["ordinal"]))
             return await _take(conn, _record(best), owner, now + lease_s, claim=True)
 
+    async def sandbox_holders(self, *, limit: int = 1000) -> builtins.list[BuildRecord]:
+        check_limit(limit)
+        async with self._transaction(bulk=True, atomic=False) as conn:
+            cursor = await conn.execute(
+                f"SELECT {RECORD_COLUMNS} FROM builds WHERE holds_sandbox"
+                " ORDER BY updated_at LIMIT %s",
+                (limit,),
+            )
+            return [_record(row) for row in await cursor.fetchall()]
+
+    async def forget_sandbox(self, id: str) -> None:
+        async with self._transaction(atomic=False) as conn:
+            await conn.execute("UPDATE builds SET holds_sandbox = FALSE WHERE id = %s", (id,))
+
+    async def prune(self, *, finished_before: float, limit: int = 1000) -> int:
+        check_limit(limit)
+        async with self._transaction(bulk=True, atomic=False) as conn:
+            cursor = await conn.execute(PRUNE, (finished_before, limit))
+            return cursor.rowcount
+
+    async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:
+        now = self._clock()
+        async with self._transaction(atomic=False) as conn:
+            cursor = await conn.execute(TAKE_TURN, (name, now, holder, now - every_s))
+            return cursor.rowcount == 1
+
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()
 
-    async def _append(
+    async def _insert_events(
         self,
         conn: Connection,
         id: str,
@@ -319,30 +391,35 @@ class PostgresStore:
         old_total: int,
         now: float,
     ) -> None:
-        """Add ``events`` after ``old_total`` earlier ones, inside the caller's transaction, which
-        holds the build's row lock."""
+        """Store ``events`` after ``old_total`` earlier ones, inside the caller's transaction,
+        which holds the build's row lock and has already counted them."""
         plan = plan_events(old_total, len(events), head=self._head, tail=self._tail)
-        await conn.execute(
-            "DELETE FROM events WHERE build_id = %s AND seq BETWEEN %s AND %s",
-            (id, plan.drop_from, plan.drop_to),
-        )
+        if plan.drop_from <= plan.drop_to:
+            await conn.execute(
+                "DELETE FROM events WHERE build_id = %s AND seq BETWEEN %s AND %s",
+                (id, plan.drop_from, plan.drop_to),
+            )
         kept = [
-            (id, plan.first_seq + offset, now, kind, Jsonb(data))
+            (plan.first_seq + offset, kind, Jsonb(data))
             for offset, ((kind, data), keep) in enumerate(zip(events, plan.keep, strict=True))
             if keep
         ]
-        async with conn.cursor() as insert:
-            await insert.executemany(
-                "INSERT INTO events (build_id, seq, time, kind, data) VALUES (%s, %s, %s, %s, %s)",
-                kept,
+        if kept:
+            seqs, kinds, datas = (list(column) for column in zip(*kept, strict=True))
+            # One statement for the whole batch (executemany would send one per event).
+            await conn.execute(
+                "INSERT INTO events (build_id, seq, time, kind, data)"
+                " SELECT %s, seq, %s, kind, data"
+                " FROM unnest(%s::bigint[], %s::text[], %s::jsonb[]) AS t(seq, kind, data)",
+                (id, now, seqs, kinds, datas),
             )
-        await conn.execute(
-            "UPDATE builds SET event_count = %s, events_dropped = %s WHERE id = %s",
-            (plan.total, plan.dropped, id),
-        )
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, *, bulk: bool = False) -> AsyncIterator[Connection]:
+    async def _transaction(
+        self, *, bulk: bool = False, atomic: bool = True
+    ) -> AsyncIterator[Connection]:
+        """A pooled connection inside a transaction (``atomic``), or in autocommit for a single
+        statement, which then costs no BEGIN and COMMIT."""
         async with contextlib.AsyncExitStack() as stack:
             if bulk:
                 await stack.enter_async_context(self._bulk)
@@ -350,7 +427,8 @@ class PostgresStore:
                 conn: Connection | None = None
                 try:
                     conn = await self._connection()
-                    async with conn.transaction():
+                    scope = conn.transaction() if atomic else contextlib.nullcontext()
+                    async with scope:
                         yield conn
                 except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                     raise self._unavailable(error) from None

@@ -46,7 +46,9 @@ from kiln.store._base import (
     plan_events,
     record_from_row,
 )
+from kiln.store._migrations import PRUNE as _PRUNE
 from kiln.store._migrations import RECORD_COLUMNS, SQLITE_LEDGER, pending
+from kiln.store._migrations import TAKE_TURN as _TAKE_TURN
 
 T = TypeVar("T")
 
@@ -58,7 +60,8 @@ BUSY_TIMEOUT_S = 30.0
 # the writer read.
 _SAVE = (
     "UPDATE builds SET state = ?, data = ?, sandbox_id = ?, final = ?, schema_version = ?,"
-    " version = version + 1, updated_at = ? WHERE id = ? AND version = ? AND NOT final"
+    " holds_sandbox = ?, version = version + 1, updated_at = ?"
+    " WHERE id = ? AND version = ? AND NOT final"
 )
 
 
@@ -123,9 +126,18 @@ class SQLiteStore:
         sandbox_id: str | None,
         final: bool,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
     ) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            params = (state, _dump(data), sandbox_id, final, schema_version, self._clock())
+            params = (
+                state,
+                _dump(data),
+                sandbox_id,
+                final,
+                schema_version,
+                holds_sandbox,
+                self._clock(),
+            )
             with _write(conn):
                 if conn.execute(_SAVE, (*params, id, expected_version)).rowcount == 1:
                     return expected_version + 1
@@ -145,10 +157,12 @@ class SQLiteStore:
         final: bool,
         events: Sequence[tuple[str, JsonObject]],
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        holds_sandbox: bool = False,
+        lease_s: float | None = None,
     ) -> Committed:
         def run(conn: sqlite3.Connection) -> Committed:
             now = self._clock()
-            params = (state, _dump(data), sandbox_id, final, schema_version, now)
+            params = (state, _dump(data), sandbox_id, final, schema_version, holds_sandbox, now)
             with _write(conn):
                 # RETURNING hands back what the rest of the transaction needs without a SELECT.
                 rows = conn.execute(
@@ -158,6 +172,11 @@ class SQLiteStore:
                 if rows:
                     if events:
                         self._append(conn, id, events, rows[0]["event_count"], now)
+                    if lease_s is not None:
+                        conn.execute(
+                            "UPDATE builds SET lease_expires_at = ? WHERE id = ?",
+                            (now + lease_s, id),
+                        )
                     return Committed(expected_version + 1, bool(rows[0]["cancel_requested"]))
                 current = _require(conn, id)
             raise _stale(id, expected_version, current)
@@ -244,10 +263,10 @@ class SQLiteStore:
 
         return await self._run(run)
 
-    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> None:
+    async def renew(self, id: str, owner: Owner, *, lease_s: float) -> bool:
         check_lease(lease_s)
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> bool:
             with _write(conn):
                 record = _require(conn, id)
                 if record.owner != owner:
@@ -256,8 +275,9 @@ class SQLiteStore:
                     "UPDATE builds SET lease_expires_at = ? WHERE id = ?",
                     (self._clock() + lease_s, id),
                 )
+                return record.cancel_requested
 
-        await self._run(run)
+        return await self._run(run)
 
     async def release(self, id: str, owner: Owner) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -288,6 +308,46 @@ class SQLiteStore:
                     if claimable(record, owner, now):
                         return _take(conn, record, owner, now + lease_s, claim=True)
                 return None
+
+        return await self._run(run)
+
+    async def sandbox_holders(self, *, limit: int = 1000) -> builtins.list[BuildRecord]:
+        check_limit(limit)
+
+        def run(conn: sqlite3.Connection) -> builtins.list[BuildRecord]:
+            rows = conn.execute(
+                f"SELECT {RECORD_COLUMNS} FROM builds WHERE holds_sandbox"
+                " ORDER BY updated_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self._run(run)
+
+    async def forget_sandbox(self, id: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with _write(conn):
+                conn.execute("UPDATE builds SET holds_sandbox = 0 WHERE id = ?", (id,))
+
+        await self._run(run)
+
+    async def prune(self, *, finished_before: float, limit: int = 1000) -> int:
+        check_limit(limit)
+
+        def run(conn: sqlite3.Connection) -> int:
+            with _write(conn):
+                return conn.execute(_PRUNE.replace("%s", "?"), (finished_before, limit)).rowcount
+
+        return await self._run(run)
+
+    async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            with _write(conn):
+                cursor = conn.execute(
+                    _TAKE_TURN.replace("%s", "?"), (name, now, holder, now - every_s)
+                )
+                return cursor.rowcount == 1
 
         return await self._run(run)
 
