@@ -182,5 +182,6 @@ async def leak_a_sandbox(store: Store, emulator: EmulatorClient) -> str:
         data={**record.data, "state": "failed", "outcome": "failed"},
         sandbox_id=record.sandbox_id,
         final=True,
+        holds_sandbox=True,
     )
     return build_id

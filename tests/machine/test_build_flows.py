@@ -144,10 +144,11 @@ async def test_the_store_hook_sees_every_transition_before_the_next_handler(
         assert BuildState.from_json(state.to_json()).state == state.state
 
     run = await run_to_end(emulator, persist=persist)
-    # Handlers also checkpoint mid-state (sandbox created, builder started): same state twice.
+    # Handlers also checkpoint mid-state (before the sandbox is requested, once it is created,
+    # once the builder started): the same state again.
     transitions = [name for i, name in enumerate(seen) if i == 0 or seen[i - 1] != name]
     assert transitions == ["resolve_scope", *HAPPY_PATH]
-    assert seen.count("create_sandbox") == 2
+    assert seen.count("create_sandbox") == 3
     assert seen.count("run_builder") == 2
     assert run.state.outcome == "done"
 

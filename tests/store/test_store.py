@@ -458,3 +458,91 @@ async def test_the_lease_keeper_reports_a_takeover(backend: Backend, store: Stor
         with pytest.raises(LeaseLost, match="worker-b"):
             keeper.check()
     assert (await store.get("b-1")).owner == FAR_B  # type: ignore[union-attr]
+
+
+# --- a fleet's chores: sandbox holders, pruning, turns -----------------------------------------
+
+
+async def _finish(store: Store, id: str, *, holds_sandbox: bool = False) -> None:
+    record = await store.get(id)
+    assert record is not None
+    await store.save(
+        id,
+        expected_version=record.version,
+        state="done",
+        data=STATE,
+        sandbox_id="sbx",
+        final=True,
+        holds_sandbox=holds_sandbox,
+    )
+
+
+async def test_sandbox_holders_are_the_marked_builds_until_forgotten(store: Store) -> None:
+    await make(store, "plain")
+    await make(store, "holder")
+    await store.commit_transition(
+        "holder",
+        expected_version=1,
+        state="upload",
+        data=STATE,
+        sandbox_id="sbx",
+        final=False,
+        events=[],
+        holds_sandbox=True,
+    )
+    assert [r.id for r in await store.sandbox_holders()] == ["holder"]
+    await store.forget_sandbox("holder")
+    assert await store.sandbox_holders() == []
+
+
+async def test_prune_deletes_only_builds_finished_before_the_retention(
+    backend: Backend, store: Store
+) -> None:
+    for id in ("stale", "kept-holder", "running"):
+        await make(store, id)
+    await store.append_events("stale", [("log", {"n": 1})])
+    await _finish(store, "stale")
+    await _finish(store, "kept-holder", holds_sandbox=True)
+    backend.clock.advance(100)
+    await make(store, "recent")
+    await _finish(store, "recent")
+
+    assert await store.prune(finished_before=START_TIME + 50) == 1
+
+    assert await store.get("stale") is None
+    assert {r.id for r in await store.list()} == {"kept-holder", "running", "recent"}
+    with pytest.raises(BuildNotFound):
+        await store.events("stale")
+
+
+async def test_a_turn_goes_to_one_caller_per_period(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    assert await first.take_turn("reap", "a", every_s=60)
+    assert not await second.take_turn("reap", "b", every_s=60)
+    assert await second.take_turn("other", "b", every_s=60)
+    backend.clock.advance(60)
+    assert await second.take_turn("reap", "b", every_s=60)
+    assert not await first.take_turn("reap", "a", every_s=60)
+
+
+async def test_a_commit_extends_the_lease_and_renew_reports_a_cancel(
+    backend: Backend, store: Store
+) -> None:
+    await make(store)
+    held = await store.acquire("b-1", FAR_A, lease_s=LEASE_S)
+    backend.clock.advance(10)
+    await store.commit_transition(
+        "b-1",
+        expected_version=held.version,
+        state="upload",
+        data=STATE,
+        sandbox_id=None,
+        final=False,
+        events=[],
+        lease_s=LEASE_S,
+    )
+    record = await store.get("b-1")
+    assert record is not None and record.lease_expires_at == START_TIME + 10 + LEASE_S
+    assert await store.renew("b-1", FAR_A, lease_s=LEASE_S) is False
+    await store.request_cancel("b-1")
+    assert await store.renew("b-1", FAR_A, lease_s=LEASE_S) is True

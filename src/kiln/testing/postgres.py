@@ -41,8 +41,11 @@ class PostgresClusterError(RuntimeError):
 class PostgresCluster:
     """Start a cluster on entry, stop it and delete its files on exit; ``url`` connects to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: tuple[str, ...] = ()) -> None:
+        """``settings``: extra server settings, as ``name=value`` (a benchmark's
+        ``shared_preload_libraries=pg_stat_statements``)."""
         self._root: Path | None = None
+        self._settings = settings
 
     @property
     def socket_dir(self) -> Path:
@@ -88,7 +91,7 @@ class PostgresCluster:
             [
                 "-c listen_addresses=''",
                 f"-c unix_socket_directories='{self.socket_dir}'",
-                *(f"-c {setting}" for setting in _FAST_SETTINGS),
+                *(f"-c {setting}" for setting in (*_FAST_SETTINGS, *self._settings)),
             ]
         )
         _run(
