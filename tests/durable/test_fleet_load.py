@@ -46,7 +46,8 @@ class CountingStore:
 async def test_a_running_build_makes_one_store_call_per_beat(
     store: Store, emulator: EmulatorClient
 ) -> None:
-    emulator.set_builder(duration_ms=BUILDER_MS, log_lines=20, line_pace_ms=50)
+    # A few lines, then silence: beats with log lines commit them, the silent ones renew.
+    emulator.set_builder(duration_ms=BUILDER_MS, log_lines=3, line_pace_ms=50)
     counting = CountingStore(store)
     session = Session(counting, poll_s=BEAT_S)  # type: ignore[arg-type]
     started = time.monotonic()

@@ -3,11 +3,13 @@
 A :class:`Session` is the driver's ``persist`` hook and the sink for the build's events. At every
 transition it writes the state (compare-and-set on the store's version) and the events gathered
 since the last write, in one store commit that also reports a cancel request, before the next
-handler runs; handlers checkpoint the same way right after a remote side effect (the sandbox
-created, the builder started). While a handler runs, a ticker writes every ``poll_s`` seconds
-when anything changed (the builder's delivered log lines) and polls the store for a cancel
-request made by another process. The lease is renewed in the background; losing it, or losing a compare-and-set,
-stops the build where it stands without cleanup: the new owner carries on from the store.
+handler runs; handlers checkpoint the same way around a remote side effect (before a sandbox is
+requested, once it exists, once the builder started). While a handler runs, a ticker beats every
+``poll_s`` seconds with one store transaction: the commit of what changed (the builder's
+delivered log lines), or else a lease renewal; both extend the lease and report a cancel
+request made by another process. Losing the lease, or a compare-and-set, stops the build where
+it stands without cleanup: the new owner carries on from the store. A store that cannot be
+reached is retried for ``store_outage_s``; then the build stops at its last persisted point.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ JsonObject = dict[str, Any]
 
 # How often a running build looks at the store for a cancel request and checkpoints its state:
 # a `kiln cancel` from another process takes effect within about this long, and a crash loses at
-# most this much of a running phase's progress (its log lines, a builder pid just learned).
+# most this much of a running phase's progress (its log lines, a builder pid just learned). Each
+# beat is one transaction, so this is also what a running build costs the store.
 POLL_S = 1.0
 
 # Testing hook, not a user option: when set to N, the process SIGKILLs itself right after the
