@@ -39,9 +39,10 @@ STATUS_LOG_LINES = 10
 # How often `kiln logs --follow` looks for new lines; the running build writes about as often.
 FOLLOW_POLL_S = 0.5
 # How long `kiln logs --follow` waits for someone to run a build nobody runs before it says so
-# and stops, as `docker logs -f` does on a stopped container: a few polls of an idle worker
-# (1 s), so a just-submitted build is not given up on before a worker could claim it.
-FOLLOW_UNOWNED_GRACE_S = 3.0
+# and stops, as `docker logs -f` does on a stopped container: longer than an idle worker's
+# longest wait between claims (8 s), so a just-submitted build is not given up on before a
+# worker could claim it.
+FOLLOW_UNOWNED_GRACE_S = 10.0
 LIST_LIMIT = 100
 STORE_HELP = "build store URL (default: $KILN_STORE, else the SQLite file in the state dir)"
 
