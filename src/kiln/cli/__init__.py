@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 
 from kiln._version import __version__
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
-from kiln.durable import StoreOutage
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
 _COMMAND_MODULES = ("plan", "emulator", "build", "durable")
@@ -58,8 +57,6 @@ def exit_code_for(error: KilnError) -> int:
         return EXIT_USAGE
     if isinstance(error, BuildCancelled):
         return EXIT_CANCELLED
-    if isinstance(error, StoreOutage):
-        return EXIT_STORE_UNAVAILABLE
     return EXIT_FAILED
 
 
