@@ -177,3 +177,17 @@ def test_concurrent_builds_on_one_data_dir_keep_every_template(tmp_path: Path) -
         (tmp_path / "state" / "kiln" / "emulator" / "templates.json").read_text()
     )
     assert sorted(templates) == names
+
+
+async def test_a_proxy_demanding_a_length_gets_the_context_once_with_one(
+    emulator_pool: EmulatorPool,
+) -> None:
+    async with emulator_pool.running(
+        **profile_config("cloud", require_content_length=True)
+    ) as admin:
+        run = await run_to_end(admin)
+        assert run.state.state == "done", run.state.error
+        puts = [r["status"] for r in await admin.requests() if r["method"] == "PUT"]
+        assert puts == [411, 200, 200], "refused once, then the spooled archive and spec.json"
+        assert run.state.attempts["upload"] == 1
+        assert run.state.chunked_upload_refused
