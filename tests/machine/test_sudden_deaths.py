@@ -11,11 +11,13 @@ from machine_support import Admin, EmulatorPool, fast_spec, run_to_end, start_ru
 from kiln.errors import BuildFailed, PhaseTimeout, WithDiagnostics
 
 SIGTERM = 15
-# Long enough that the sandbox is still pending when the test terminates it, whatever the load.
-PENDING_FOR_MS = 10_000
 # Far beyond the one poll a terminated sandbox needs, yet short enough that a build that keeps
-# polling it (the mutant) fails this test in seconds instead of after the declared 120 s.
-WAIT_RUNNING_DEADLINE_S = 30.0
+# polling it (the mutant) fails this test sooner than after the declared 120 s.
+WAIT_RUNNING_DEADLINE_S = 60.0
+# Generous: the build reaches wait_running in well under a second on an idle machine.
+REACH_WAIT_RUNNING_S = 60.0
+# Long enough that the sandbox is still pending when the test terminates it, whatever the load.
+PENDING_FOR_MS = 120_000
 
 
 async def test_a_builder_killed_by_a_signal_fails_the_build(emulator: Admin) -> None:
@@ -39,7 +41,8 @@ async def test_a_sandbox_terminated_while_pending_fails_the_build_at_once(
     async with emulator_pool.running(start_delay_ms=PENDING_FOR_MS) as admin:
         run = start_run(admin, spec=spec)
         await wait_for(
-            lambda: run.state.state == "wait_running" and run.state.sandbox_id is not None
+            lambda: run.state.state == "wait_running" and run.state.sandbox_id is not None,
+            timeout_s=REACH_WAIT_RUNNING_S,
         )
         sandbox_id = run.state.sandbox_id
         assert sandbox_id is not None
