@@ -61,7 +61,7 @@ TINY_STEADY_BUILDER = {"duration_ms": 8_000, "log_lines": 80, "line_pace_ms": 10
 _IN_BUILDER = (
     "SELECT count(*) FROM builds WHERE state = 'run_builder' AND data->>'builder_pid' IS NOT NULL"
 )
-TINY_IDLE_S = 5.0
+TINY_IDLE_S = 3.0
 WAIT_LIMIT_S = 900.0
 POLL_S = 0.5
 _UNFINISHED = "SELECT count(*) FROM builds WHERE NOT final"
@@ -480,8 +480,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.tiny:
-        args.workers, args.concurrency, args.builds = 2, 2, 6
-        args.kill_every = args.kill_every and 2.0
+        args.workers, args.concurrency, args.builds = 2, 2, 4
+        args.kill_every = args.kill_every and 8.0
     r = measure(args)
     text = print_table(
         ["measure", "value", "target"],

@@ -31,6 +31,7 @@ SCRIPTS = (
     ("bench_many", "many", "3. Many concurrent builds in one process"),
     ("bench_persistence", "persistence", "4. Persistence cost"),
     ("bench_resume", "resume", "5. Resume on another worker"),
+    ("bench_fleet", "fleet", "6. A fleet of workers on one PostgreSQL, under chaos"),
 )
 ANALYSIS = HERE / "ANALYSIS.md"
 DEFAULT_OUTPUT = HERE / "RESULTS.md"
@@ -88,7 +89,8 @@ def _status(met: bool) -> str:
 
 def headline() -> str:
     """The summary table for the README: one line per target of the issue."""
-    e2e, large, many, store, resume = (_load(name) for _script, name, _title in SCRIPTS)
+    e2e, large, many, store, resume, fleet = (_load(name) for _script, name, _title in SCRIPTS)
+    chaos = fleet["rows"][0]
     top = e2e["rows"][-1]
     context = large["summary"]
     biggest = many["rows"][-1]
@@ -152,6 +154,44 @@ def headline() -> str:
             "",
             f"<= {resume['target']['requests']}",
             _status(resume["target"]["met"]),
+        ),
+        (
+            f"fleet: {chaos['builds']} builds, {chaos['workers']} workers x"
+            f" {chaos['concurrency']}, a kill every {chaos['kill_every_s']:.0f} s",
+            f"{chaos['done']} done, {chaos['builder_runs']} builder runs,"
+            f" {chaos['builds_per_minute']:.0f}/min, {chaos['unreported_leaks']} unreported"
+            " sandboxes",
+            "",
+            "all done once, none unreported",
+            _status(
+                chaos["done"] == chaos["builds"] == chaos["builder_runs"]
+                and chaos["unreported_leaks"] == 0
+            ),
+        ),
+        (
+            "store load of a running build (PostgreSQL)",
+            f"{chaos['steady_statements_per_build_s']:.1f} statements/s,"
+            f" {chaos['steady_tx_per_build_s']:.2f} tx/s",
+            "",
+            "<= 5 statements, <= 1 tx per second",
+            _status(
+                chaos["steady_statements_per_build_s"] <= fleet["target"]["statements_per_build_s"]
+                and chaos["steady_tx_per_build_s"] <= fleet["target"]["tx_per_build_s"]
+            ),
+        ),
+        (
+            "idle worker",
+            f"{chaos['idle_tx_per_s']:.2f} tx/s",
+            "",
+            f"<= {fleet['target']['idle_tx_per_s']} tx/s",
+            _status(chaos["idle_tx_per_s"] <= fleet["target"]["idle_tx_per_s"]),
+        ),
+        (
+            f"claim at {chaos['history']:,} finished builds (in the database)",
+            f"{chaos['claim_server_ms']:.2f} ms",
+            "",
+            f"<= {fleet['target']['claim_ms']:.0f} ms",
+            _status(chaos["claim_server_ms"] <= fleet["target"]["claim_ms"]),
         ),
     ]
     return table(["benchmark", "kiln", "official client", "target", ""], rows)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_ALL = ROOT / "benchmarks" / "run_all.py"
 RESULTS_DIR_ENV = "KILN_BENCH_RESULTS_DIR"
 RUN_LIMIT_S = 900
-RESULTS = ("e2e", "large_context", "many", "persistence", "resume")
+RESULTS = ("e2e", "large_context", "many", "persistence", "resume", "fleet")
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
