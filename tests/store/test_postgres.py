@@ -81,3 +81,34 @@ async def test_a_dropped_connection_is_reported_then_replaced(postgres_db_url: s
         await store.get("b-1")
     assert (await store.get("b-1")) is not None
     await store.close()
+
+
+async def test_a_lease_renewal_never_waits_behind_log_writes(postgres_db_url: str) -> None:
+    store = PostgresStore(postgres_db_url, pool_size=2)
+    owner = Owner(host="w.example", pid=1, worker_id="w")
+    try:
+        for id in ("logging", "other"):
+            await store.create(id=id, name="n", state="run_builder", data={})
+            await store.acquire(id, owner, lease_s=LEASE_S)
+        async with await psycopg.AsyncConnection.connect(postgres_db_url) as holder:
+            # A log write stuck on a row lock holds a connection; a second one queues behind it.
+            await holder.execute("SELECT 1 FROM builds WHERE id = 'logging' FOR UPDATE")
+            stuck = [
+                asyncio.create_task(store.append_events("logging", [("log", {"n": n})]))
+                for n in range(2)
+            ]
+            await _until_a_backend_waits_on_a_lock(postgres_db_url)
+            async with asyncio.timeout(10):
+                assert await store.renew("other", owner, lease_s=LEASE_S) is False
+            assert not any(task.done() for task in stuck)
+            await holder.rollback()
+        await asyncio.gather(*stuck)
+        assert len(await store.events("logging")) == 2
+    finally:
+        await store.close()
+
+
+async def _until_a_backend_waits_on_a_lock(url: str) -> None:
+    async with asyncio.timeout(10):
+        while not _query(url, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+            await asyncio.sleep(0.01)
