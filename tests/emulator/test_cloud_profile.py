@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -18,6 +18,7 @@ from kiln.cli.emulator import config_from, register
 from kiln.emulator import CLOUD, Emulator, EmulatorConfig, create_app
 from kiln.errors import ConfigError, UsageError
 from kiln.testing import CLOUD_TEST_TIMINGS, TEST_PAT, emulator_config
+from kiln.testing.plugin import PROFILE_ENV, chosen_profile
 
 from .conftest import (
     AUTH,
@@ -244,3 +245,30 @@ def test_test_profile_scales_every_timing_down() -> None:
         assert getattr(config, name) == value
         assert value <= getattr(CLOUD, name)
     assert emulator_config("ideal") == EmulatorConfig()
+
+
+class _Options:
+    """A pytest config as chosen_profile sees it, with ``--kiln-emulator-profile`` as given."""
+
+    def __init__(self, profile: str | None) -> None:
+        self.profile = profile
+
+    def getoption(self, _name: str, default: object = None) -> object:
+        return self.profile if self.profile is not None else default
+
+
+def _config(profile: str | None) -> pytest.Config:
+    return cast(pytest.Config, _Options(profile))
+
+
+def test_the_kiln_emulator_fixture_takes_its_profile_from_option_then_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    assert chosen_profile(_config(None)) == "ideal"
+    monkeypatch.setenv(PROFILE_ENV, "cloud")
+    assert chosen_profile(_config(None)) == "cloud"
+    assert chosen_profile(_config("ideal")) == "ideal"
+    monkeypatch.setenv(PROFILE_ENV, "clod")
+    with pytest.raises(pytest.UsageError, match="clod"):
+        chosen_profile(_config(None))
