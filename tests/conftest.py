@@ -7,6 +7,7 @@ examples, random seeds, for long local runs (``pytest --hypothesis-profile=deep`
 suites in tests/properties scale their example counts from the loaded profile.
 """
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,13 @@ DEEP_EXAMPLES = 10 * DEFAULT_EXAMPLES
 settings.register_profile("ci", derandomize=True, max_examples=DEFAULT_EXAMPLES, print_blob=True)
 settings.register_profile("deep", max_examples=DEEP_EXAMPLES, print_blob=True)
 settings.load_profile("ci")
+
+# A shell starts a background job (`pytest &`, CI under a non-interactive shell) with SIGINT
+# ignored, and an ignored signal stays ignored across exec: every kiln process a test starts would
+# then shrug off the Ctrl-C the test sends it. Handling it here makes children start with the
+# default disposition, as they do under a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _random_order_line(config: pytest.Config) -> str | None:
