@@ -11,18 +11,20 @@ from typing import TYPE_CHECKING, Any
 from kiln._version import __version__
 
 if TYPE_CHECKING:
-    from kiln._build import (
+    from kiln.builds import (
         Build,
+        Worker,
+        WorkerConfig,
         build_image,
         build_image_sync,
         import_image,
         import_image_sync,
+        resume,
         start_build,
         start_import,
         start_plan,
+        submit,
     )
-    from kiln._service import resume, submit
-    from kiln._worker import Worker, WorkerConfig
     from kiln.errors import (
         ApiError,
         BuildError,
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 # Where each public name lives; a test checks that this matches __all__ and the imports above.
 _EXPORTS = {
     "ApiError": "kiln.errors",
-    "Build": "kiln._build",
+    "Build": "kiln.builds",
     "BuildError": "kiln.errors",
     "BuildFailed": "kiln.errors",
     "BuildLogEvent": "kiln.machine",
@@ -57,17 +59,17 @@ _EXPORTS = {
     "UsageError": "kiln.errors",
     "WarningEvent": "kiln.machine",
     "WithDiagnostics": "kiln.errors",
-    "Worker": "kiln._worker",
-    "WorkerConfig": "kiln._worker",
-    "build_image": "kiln._build",
-    "build_image_sync": "kiln._build",
-    "import_image": "kiln._build",
-    "import_image_sync": "kiln._build",
-    "resume": "kiln._service",
-    "start_build": "kiln._build",
-    "start_import": "kiln._build",
-    "start_plan": "kiln._build",
-    "submit": "kiln._service",
+    "Worker": "kiln.builds",
+    "WorkerConfig": "kiln.builds",
+    "build_image": "kiln.builds",
+    "build_image_sync": "kiln.builds",
+    "import_image": "kiln.builds",
+    "import_image_sync": "kiln.builds",
+    "resume": "kiln.builds",
+    "start_build": "kiln.builds",
+    "start_import": "kiln.builds",
+    "start_plan": "kiln.builds",
+    "submit": "kiln.builds",
 }
 
 

@@ -113,7 +113,7 @@ def test_importing_the_cli_does_not_load_the_library() -> None:
     and finds none of the heavy modules loaded."""
     probe = (
         "import sys, kiln.cli; "
-        "print(sorted(m for m in ('httpx', 'kiln.machine', 'kiln._build') if m in sys.modules))"
+        "print(sorted(m for m in ('httpx', 'kiln.machine', 'kiln.builds') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

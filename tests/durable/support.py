@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import Build
-from kiln._build import _handle
+from kiln.builds import start_state
 from kiln.durable import Session
 from kiln.machine import BuildOptions, BuildState
 from kiln.plan import plan_dockerfile
@@ -76,7 +76,7 @@ def start(
     """Start a persisted hello build against the emulator at ``api_url``."""
     state = BuildState(plan=plan_dockerfile(dockerfile), options=BuildOptions(api_url=api_url))
     session = session or Session(store, poll_s=FAST_POLL_S)
-    return _handle(state, {"api_key": TOKEN, "on_event": on_event}, session)
+    return start_state(state, {"api_key": TOKEN, "on_event": on_event}, session)
 
 
 async def crash_in(store: Store, api_url: str, crash_when: Callable[[BuildState], bool]) -> str:

@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from kiln import Worker, WorkerConfig
-from kiln._service import submit
+from kiln.builds import submit
 from kiln.cli import main
 from kiln.durable import Session
 from kiln.machine import load_machine_spec

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import structlog
 
-from kiln._build import Build, start_plan
+from kiln.builds import Build, start_plan
 from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
 from kiln.cli._paths import user_state_dir
 from kiln.cli._signals import interrupts

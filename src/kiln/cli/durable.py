@@ -145,7 +145,7 @@ async def _find(store: Store, build_id: str) -> BuildRecord:
 
 
 async def _resume(args: argparse.Namespace, store: Store) -> int:
-    from kiln._service import resume
+    from kiln.builds import resume
 
     record = await _find(store, args.build_id)
     if record.final:
@@ -410,7 +410,7 @@ async def _reap(args: argparse.Namespace, store: Store) -> int:
 
 
 async def _submit(args: argparse.Namespace, store: Store) -> int:
-    from kiln._service import submit
+    from kiln.builds import submit
     from kiln.plan import plan_dockerfile
 
     # Planned here first, so a bad context fails now (exit 2), not on the worker.
@@ -438,8 +438,8 @@ def _check_api_url_option(url: str) -> None:
 
 
 async def _worker(args: argparse.Namespace, store: Store) -> int:
-    from kiln._worker import Worker, WorkerConfig
     from kiln.api import ApiSettings
+    from kiln.builds import Worker, WorkerConfig
 
     # Checked before anything starts: without credentials every claimed build would fail.
     ApiSettings.from_env()

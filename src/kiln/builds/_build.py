@@ -16,7 +16,7 @@ from typing import Any, TypedDict, Unpack
 import httpx
 
 from kiln.api import check_api_url
-from kiln.durable._session import Session
+from kiln.durable import Session
 from kiln.errors import BuildCancelled, BuildError, UsageError
 from kiln.machine import (
     BuildOptions,
@@ -239,14 +239,16 @@ def import_image_sync(
 
 
 def _start(plan: BuildPlan, loading: str, options: BuildKwargs) -> Build:
-    state = BuildState(plan=plan, options=_build_options(options))
-    build = _handle(state, options)
+    state = BuildState(plan=plan, options=build_options(options))
+    build = start_state(state, options)
     # Planning happened before the machine started; tell the caller it did, first.
     build._deliver(StatusEvent(loading))
     return build
 
 
-def _handle(state: BuildState, options: BuildKwargs, session: Session | None = None) -> Build:
+def start_state(state: BuildState, options: BuildKwargs, session: Session | None = None) -> Build:
+    """Start running ``state`` (a new build, or one loaded from a store), persisted through
+    ``session`` when given, else through a session on ``options["store"]`` if there is one."""
     store = options.get("store")
     if session is None and store is not None:
         session = Session(store)
@@ -260,7 +262,8 @@ def _handle(state: BuildState, options: BuildKwargs, session: Session | None = N
     )
 
 
-def _build_options(options: BuildKwargs) -> BuildOptions:
+def build_options(options: BuildKwargs) -> BuildOptions:
+    """The options persisted with a build, taken from the entry points' keyword arguments."""
     api_url = options.get("api_url")
     if api_url is not None:
         # Checked before the options are persisted with the build: a URL with credentials in

@@ -18,10 +18,10 @@ from typing import Any
 import attrs
 import httpx
 
-from kiln._build import Build
 from kiln._logging import logger
-from kiln._service import resume_owned
 from kiln.api import ApiSettings
+from kiln.builds._build import Build
+from kiln.builds._service import resume_owned
 from kiln.durable import (
     BuildHandedOver,
     Session,

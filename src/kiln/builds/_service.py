@@ -17,7 +17,7 @@ from typing import TypedDict, Unpack, cast
 
 import httpx
 
-from kiln._build import Build, BuildKwargs, _build_options, _handle
+from kiln.builds._build import Build, BuildKwargs, build_options, start_state
 from kiln.durable import Session, load_state, prepare_resume
 from kiln.errors import KilnError
 from kiln.machine import BuildState, Event, Secrets, Services, load_machine_spec
@@ -66,7 +66,7 @@ async def submit(
     The plan records the build context's path: the worker must be able to read it there.
     """
     plan = plan_dockerfile(dockerfile, context=context, name=name)
-    state = BuildState(plan=plan, options=_build_options(cast(BuildKwargs, options)))
+    state = BuildState(plan=plan, options=build_options(cast(BuildKwargs, options)))
     await store.create(
         id=state.id,
         name=plan.name,
@@ -109,7 +109,7 @@ async def resume(
 
 def finished(record: BuildRecord, options: ResumeKwargs) -> Build:
     """A handle on a build that already ended: its result or error, without running anything."""
-    return _handle(load_state(record), cast(BuildKwargs, options))
+    return start_state(load_state(record), cast(BuildKwargs, options))
 
 
 async def resume_owned(
@@ -147,4 +147,4 @@ async def resume_owned(
         await services.aclose()
     for event in events:
         session.record(event)
-    return _handle(state, cast(BuildKwargs, options), session)
+    return start_state(state, cast(BuildKwargs, options), session)
