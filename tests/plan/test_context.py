@@ -29,7 +29,9 @@ from kiln.plan import (
     ExtraFile,
     summarize_context,
 )
-from kiln.plan.context import ContextEntry, _header, _Progress, _tarfile_header
+from kiln.plan.context import ContextEntry
+from kiln.plan.context._progress import Progress
+from kiln.plan.context._tar import _header, _tarfile_header
 
 # Both the archiving thread and the compression threads carry this prefix.
 THREAD_PREFIX = "kiln-context"
@@ -459,7 +461,7 @@ def test_progress_of_an_empty_context_reports_start_and_end(tmp_path: Path) -> N
 def test_progress_also_reports_every_64_mib() -> None:
     seen: list[tuple[int, int]] = []
     total = 100 << 30  # 1 % is about 1 GiB, so only the 64 MiB rule fires below it
-    progress = _Progress(total, lambda d, t: seen.append((d, t)))
+    progress = Progress(total, lambda d, t: seen.append((d, t)))
     for _ in range(5):
         progress.advance(32 << 20)
     assert [d for d, _ in seen] == [0, 64 << 20, 128 << 20]
