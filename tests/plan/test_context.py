@@ -8,6 +8,7 @@ import gc
 import gzip
 import hashlib
 import io
+import logging
 import os
 import stat
 import tarfile
@@ -188,6 +189,21 @@ def test_fifos_are_skipped_with_a_warning(tmp_path: Path) -> None:
     archive = ContextArchive(tmp_path, on_warning=warnings.append)
     assert [e.path for e in archive.entries()] == ["a.txt"]
     assert len(warnings) == 1 and "pipe" in warnings[0] and "FIFO" in warnings[0]
+
+
+def test_a_skipped_fifo_is_logged_through_stdlib_logging_when_structlog_is_unconfigured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A library must not print: unconfigured structlog wrote this warning to stdout in its own
+    # dev format. Through kiln._logging it goes to the stdlib logger, silent unless configured.
+    make_tree(tmp_path, {"a.txt": b"a"})
+    os.mkfifo(tmp_path / "pipe")
+    with caplog.at_level(logging.WARNING, logger="kiln.plan.context"):
+        ContextArchive(tmp_path).entries()
+    assert capsys.readouterr().out == ""
+    [record] = [r for r in caplog.records if r.name == "kiln.plan.context"]
+    assert record.levelno == logging.WARNING
+    assert "context_entry_skipped" in record.getMessage() and "pipe" in record.getMessage()
 
 
 def test_an_ignored_fifo_gives_no_warning(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
-import structlog
 
+from kiln._logging import logger
 from kiln.errors import ContextError
 from kiln.plan.context._entries import PATH_SEP, ContextEntry, EntryKind, ExtraFile
 from kiln.plan.context._errors import collision, unreadable, vanished
@@ -26,7 +26,8 @@ _EXTRA_MODE_MASK = 0o777
 _IMPLIED_DIR_MODE = 0o755
 
 
-_log = structlog.get_logger("kiln.plan.context")
+# The name the package had as one module; applications filter on it.
+_LOGGER = "kiln.plan.context"
 
 
 def scan(
@@ -43,7 +44,8 @@ def scan(
 
 
 def log_warning(message: str) -> None:
-    _log.warning("context_entry_skipped", detail=message)
+    """What a walk reports when the caller gave no ``on_warning``."""
+    logger(_LOGGER).warning("context_entry_skipped", detail=message)
 
 
 def _check_context_dir(context_dir: Path) -> None:
