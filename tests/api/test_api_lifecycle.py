@@ -104,3 +104,34 @@ async def test_delete_failure_names_the_call() -> None:
     server = Server(500, "")
     with pytest.raises(ServerError, match=r"^DELETE /v1/namespaces/ns/sandboxes/sbx1: HTTP 500"):
         await server.client().delete_sandbox("sbx1")
+
+
+@pytest.mark.parametrize("status", [200, 204, 404])
+async def test_ensure_deleted_counts_an_unknown_sandbox_as_deleted(status: int) -> None:
+    server = Server(status, {})
+    await server.client().ensure_deleted("sbx1")
+    assert server.requests[0].method == "DELETE"
+
+
+async def test_ensure_deleted_raises_any_other_error() -> None:
+    with pytest.raises(ServerError):
+        await Server(500, {"message": "boom"}).client().ensure_deleted("sbx1")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "gone"),
+    [
+        (404, {}, True),
+        (200, {"sandbox_id": "sbx1", "namespace": "ns", "status": "terminated"}, True),
+        (200, {"sandbox_id": "sbx1", "namespace": "ns", "status": "running"}, False),
+    ],
+)
+async def test_is_gone_reads_404_and_terminated_as_gone(status: int, body: Any, gone: bool) -> None:
+    server = Server(status, body)
+    assert await server.client().is_gone("sbx1") is gone
+    assert server.requests[0].method == "GET"
+
+
+async def test_is_gone_raises_an_unclear_answer() -> None:
+    with pytest.raises(ServerError):
+        await Server(500, {"message": "boom"}).client().is_gone("sbx1")

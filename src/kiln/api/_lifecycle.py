@@ -9,11 +9,15 @@ import httpx
 from kiln.api._http import body_excerpt, error_for_status, parse_json, raise_for_status, send
 from kiln.api._models import SandboxCreated, SandboxInfo, structure
 from kiln.api._settings import ApiSettings
-from kiln.errors import ResponseError
+from kiln.errors import ApiError, ResponseError
 
 # A create that outlives the gateway's own deadline answers 504 but may still carry the new
 # sandbox in its body; reading it lets the caller clean that sandbox up instead of leaking it.
 GATEWAY_TIMEOUT = 504
+# A sandbox the lifecycle service no longer knows, or reports as ended, is gone: deleting it
+# again has nothing left to do.
+NOT_FOUND = 404
+TERMINATED = "terminated"
 
 
 class LifecycleClient:
@@ -65,6 +69,27 @@ class LifecycleClient:
     async def delete_sandbox(self, sandbox_id: str) -> None:
         request = self._http.build_request("DELETE", self._url(sandbox_id))
         await raise_for_status(await send(self._http, request))
+
+    async def ensure_deleted(self, sandbox_id: str) -> None:
+        """Delete the sandbox; one the service does not know (404) is already deleted, which is
+        what a repeated delete (a resumed cleanup, the reaper after it) finds. Any other error
+        is raised: the sandbox may still exist."""
+        try:
+            await self.delete_sandbox(sandbox_id)
+        except ApiError as error:
+            if error.status != NOT_FOUND:
+                raise
+
+    async def is_gone(self, sandbox_id: str) -> bool:
+        """Whether the service says the sandbox no longer exists: unknown (404) or terminated.
+        Any other error is raised: the caller decides what an unclear answer means."""
+        try:
+            info = await self.get_sandbox(sandbox_id)
+        except ApiError as error:
+            if error.status == NOT_FOUND:
+                return True
+            raise
+        return info.status == TERMINATED
 
 
 def _created_despite_timeout(response: httpx.Response) -> SandboxCreated:

@@ -20,7 +20,7 @@ import httpx
 from kiln.api import LifecycleClient
 from kiln.durable._resume import UnreadableBuild, load_state
 from kiln.durable._unrecorded import UnrecordedSandbox, holds_sandbox, unrecorded_sandboxes
-from kiln.errors import ApiError, KilnError
+from kiln.errors import KilnError
 from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
 from kiln.store import LEASE_S, BuildRecord, OwnedElsewhere, Owner, StaleWriteError, Store
 from kiln.store._base import owner_holds
@@ -30,8 +30,6 @@ from kiln.store._base import owner_holds
 ABANDONED_AFTER_S = 600.0
 # The builds marked as maybe holding a sandbox are read (by index), not the whole history.
 SCAN_LIMIT = 10_000
-HTTP_NOT_FOUND = 404
-TERMINATED = "terminated"
 FAILED = "failed"
 REAPED = "Reaped"
 
@@ -190,20 +188,10 @@ class _Reaper:
         return True
 
     async def _exists(self, state: BuildState) -> bool:
-        try:
-            info = await self._lifecycle(state).get_sandbox(state.need_sandbox_id())
-        except ApiError as error:
-            if error.status == HTTP_NOT_FOUND:
-                return False
-            raise
-        return info.status != TERMINATED
+        return not await self._lifecycle(state).is_gone(state.need_sandbox_id())
 
     async def _delete_sandbox(self, state: BuildState) -> None:
-        try:
-            await self._lifecycle(state).delete_sandbox(state.need_sandbox_id())
-        except ApiError as error:
-            if error.status != HTTP_NOT_FOUND:
-                raise
+        await self._lifecycle(state).ensure_deleted(state.need_sandbox_id())
         state.sandbox_deleted = True
 
     def _lifecycle(self, state: BuildState) -> LifecycleClient:

@@ -14,8 +14,6 @@ from kiln.errors import ApiError, KilnError
 from kiln.machine import SCHEMA_VERSION, BuildState, ErrorRecord, MachineSpec, Services
 from kiln.store import BuildRecord, Owner
 
-HTTP_NOT_FOUND = 404
-TERMINATED = "terminated"
 FAILED = "failed"
 SANDBOX_LOST = "SandboxLost"
 # The state a lost sandbox sends the build back to with --retry-lost-sandbox: everything from
@@ -92,10 +90,9 @@ def _needs_sandbox_check(state: BuildState, spec: MachineSpec) -> bool:
 async def _sandbox_lost(state: BuildState, services: Services) -> bool:
     """Whether the lifecycle API says the sandbox is gone; an unclear answer means it is not."""
     try:
-        info = await services.lifecycle(state).get_sandbox(state.need_sandbox_id())
-    except ApiError as error:
-        return error.status == HTTP_NOT_FOUND
-    return info.status == TERMINATED
+        return await services.lifecycle(state).is_gone(state.need_sandbox_id())
+    except ApiError:
+        return False
 
 
 def _lose_sandbox(state: BuildState, spec: MachineSpec, *, retry: bool) -> Event:

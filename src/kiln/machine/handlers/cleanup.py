@@ -7,7 +7,6 @@ from kiln.machine._outcome import CANCELLED, SUCCEEDED, Outcome, Trigger, retry
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState
 
-HTTP_NOT_FOUND = 404
 DONE = "done"
 CANCELLED_OUTCOME = "cancelled"
 
@@ -16,16 +15,15 @@ async def cleanup(state: BuildState, services: Services) -> Outcome:
     """Re-entry: deletes again unless state.sandbox_deleted; a 404 counts as already deleted."""
     if state.sandbox_id is not None and not state.sandbox_deleted:
         try:
-            await services.lifecycle(state).delete_sandbox(state.sandbox_id)
+            await services.lifecycle(state).ensure_deleted(state.sandbox_id)
         except ApiError as error:
-            if error.status != HTTP_NOT_FOUND:
-                services.warning(
-                    state,
-                    f"Failed to terminate rootfs builder sandbox {state.sandbox_id} "
-                    f"during cleanup: {error}",
-                )
-                if state.attempts_in(state.state) < services.spec.states[state.state].attempts:
-                    return retry(error)
+            services.warning(
+                state,
+                f"Failed to terminate rootfs builder sandbox {state.sandbox_id} "
+                f"during cleanup: {error}",
+            )
+            if state.attempts_in(state.state) < services.spec.states[state.state].attempts:
+                return retry(error)
         else:
             state.sandbox_deleted = True
     return way_out(state)
