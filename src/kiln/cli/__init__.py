@@ -15,17 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kiln._version import __version__
+from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_USAGE
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
 _COMMAND_MODULES = ("plan", "emulator", "build", "durable")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 130
-# sysexits' EX_TEMPFAIL: the store was down, nothing was lost, the same build can be continued.
-EXIT_STORE_UNAVAILABLE = 75
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -82,9 +76,9 @@ def _parse_and_dispatch(argv: Sequence[str] | None) -> int:
     if getattr(args, "json", False):
         # With --json, stdout carries JSON only: a library warning logged through an
         # unconfigured structlog would otherwise be printed there.
-        from kiln.cli.build import _route_logs_to_stderr
+        from kiln.cli._common import route_logs_to_stderr
 
-        _route_logs_to_stderr()
+        route_logs_to_stderr()
     return _dispatch(func, args)
 
 

@@ -14,15 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO, cast
 
-# What a shell reports for a process killed by SIGPIPE, the exit status of `yes | head -1`'s yes.
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-# A write error other than a closed pipe (a full disk, /dev/full): a plain failure, with a message.
-EXIT_WRITE_FAILED = 1
+from kiln.cli._exit import EXIT_BROKEN_PIPE, EXIT_WRITE_FAILED
 
 
 class StdoutError(OSError):

@@ -18,14 +18,13 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
+from kiln.cli._exit import EXIT_CANCELLED, exit_for_signal
+
 if TYPE_CHECKING:
     from kiln.cli._view import View
     from kiln.machine import BuildState
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# The shell's exit status for a process ended by a signal, and kiln's for a build it cancelled.
-SIGNAL_EXIT_BASE = 128
-EXIT_CANCELLED = SIGNAL_EXIT_BASE + signal.SIGINT
 
 _CANCELLING = {
     signal.SIGINT: "Cancelling: deleting the builder sandbox (Ctrl-C again to abort cleanup)",
@@ -58,7 +57,7 @@ class Interrupts:
         """The exit status for a build that ended with ``code``: a build cancelled by a signal
         exits as that signal would (143 for SIGTERM, 129 for SIGHUP)."""
         if code == EXIT_CANCELLED and self.first is not None:
-            return SIGNAL_EXIT_BASE + self.first
+            return exit_for_signal(self.first)
         return code
 
     def received(self, signum: signal.Signals) -> None:
@@ -71,7 +70,7 @@ class Interrupts:
         # Waiting for anything now (a slow delete, the loop's task teardown) is what the user
         # just refused. The store already holds the state at its last transition, so
         # `kiln resume` can still finish the cleanup.
-        os._exit(SIGNAL_EXIT_BASE + signum)
+        os._exit(exit_for_signal(signum))
 
     @staticmethod
     def _say(show: Callable[[], None]) -> None:

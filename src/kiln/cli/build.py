@@ -6,8 +6,7 @@ then runs against the embedded emulator (started in-process, data under the user
 directory so templates persist between runs); kiln says so in one line, because a user who meant
 to build in the cloud must notice.
 
-The helpers ``_add_common``, ``_options`` and ``_make_view`` are shared with
-``kiln resume`` and ``kiln submit`` (cli/durable.py).
+What ``kiln resume`` and ``kiln submit`` share with these commands is in cli/_common.py.
 """
 
 from __future__ import annotations
@@ -15,27 +14,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 
 from kiln.builds import Build, start_plan
-from kiln.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
+from kiln.cli._common import (
+    add_build_options,
+    build_options,
+    check_context,
+    make_view,
+    route_logs_to_stderr,
+)
+from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
 from kiln.cli._paths import user_state_dir
 from kiln.cli._signals import interrupts
 from kiln.cli._source import add_source_arguments, plan_from_arguments
-from kiln.cli._view import JsonView, PlainView, RichView, View
+from kiln.cli._view import View
 from kiln.durable import StoreOutage
-from kiln.errors import BuildCancelled, ConfigError, ContextError, KilnError, UsageError
-from kiln.plan import BuildPlan, ContextArchive
+from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
+from kiln.plan import BuildPlan
 from kiln.store import Store
 
 CREDENTIAL_ENV = ("TENSORLAKE_API_KEY", "TENSORLAKE_PAT")
@@ -47,10 +50,6 @@ DIAGRAM_SVG = "build.svg"
 GRAPHVIZ = "dot"
 # Rendering a dozen states takes milliseconds; a hung `dot` must not hang `kiln diagram`.
 GRAPHVIZ_TIMEOUT_S = 30.0
-# The machine's logger repeats every build event, which the view already shows; it speaks up
-# only for errors. Everything else (store outages, skipped context files) stays at warnings.
-BUILD_LOGGER = "kiln.build"
-LOG_FORMAT = "kiln: %(levelname)s %(name)s: %(message)s"
 
 
 BUILD_EPILOG = """\
@@ -83,7 +82,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_arguments(build)
-    _add_common(build)
+    add_build_options(build)
     _add_store(build)
     build.set_defaults(func=_run_build)
 
@@ -93,7 +92,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description="Import a registry image as it is. " + BUILD_DESCRIPTION,
     )
     imp.add_argument("reference", help="registry image reference, e.g. python:3.12-slim")
-    _add_common(imp)
+    add_build_options(imp)
     _add_store(imp)
     imp.set_defaults(func=_run_import)
 
@@ -106,59 +105,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     diagram.set_defaults(func=_run_diagram)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--name", help="registered image name (default: derived from the Dockerfile or reference)"
-    )
-    parser.add_argument(
-        "--public", action="store_true", help="make the image public (default: private)"
-    )
-    parser.add_argument(
-        "--disk-mb",
-        metavar="N",
-        type=_positive_int,
-        help="target rootfs size in MiB (default: the parent template's, else 10240)",
-    )
-    parser.add_argument(
-        "--builder-disk-mb",
-        metavar="N",
-        type=_positive_int,
-        help="builder sandbox disk in MiB (default: what the platform proposes)",
-    )
-    parser.add_argument(
-        "--cpus",
-        metavar="F",
-        type=_positive_float,
-        help="builder sandbox CPUs (default: what the platform proposes)",
-    )
-    parser.add_argument(
-        "--memory-mb",
-        metavar="N",
-        type=_positive_int,
-        help="builder sandbox memory in MiB (default: what the platform proposes)",
-    )
-    parser.add_argument(
-        "--docker-compat", action="store_true", help="ask for Docker compat (default: off)"
-    )
-    parser.add_argument(
-        "--api-url",
-        metavar="URL",
-        help="Tensorlake API URL (default: $TENSORLAKE_API_URL, else the embedded emulator when "
-        "no credentials are set)",
-    )
-    parser.add_argument(
-        "--deadline",
-        metavar="S",
-        type=_positive_float,
-        help="overall limit in seconds (default: none)",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="one JSON event per line on stdout (default: a live view on stderr)",
-    )
-
-
 def _add_store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
@@ -168,49 +114,12 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
-    return value
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """The build options of ``_add_common``, named as the library takes them."""
-    return {"name": args.name, **_build_options(args)}
-
-
-def _build_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "public": args.public,
-        "disk_mb": args.disk_mb,
-        "builder_disk_mb": args.builder_disk_mb,
-        "cpus": args.cpus,
-        "memory_mb": args.memory_mb,
-        "docker_compat": args.docker_compat,
-        "deadline": args.deadline,
-    }
-
-
 # -- commands -----------------------------------------------------------------------------------
 
 
 def _run_build(args: argparse.Namespace) -> int:
     plan = plan_from_arguments(args)
-    _check_context(plan)
+    check_context(plan)
     return _drive(args, plan)
 
 
@@ -218,25 +127,6 @@ def _run_import(args: argparse.Namespace) -> int:
     from kiln.plan import plan_import
 
     return _drive(args, plan_import(args.reference, name=args.name))
-
-
-def _check_context(plan: BuildPlan) -> None:
-    """Context problems are the caller's to fix: say so now (exit 2), not after a sandbox was
-    made. A missing directory, an unreadable file, a bad .dockerignore pattern, a link that
-    cannot be read: the walk the upload will make finds them all."""
-    if plan.context_dir is None:
-        return
-    if not os.path.isdir(plan.context_dir):
-        raise ContextError(
-            f"build context not found: {plan.context_dir}",
-            hint="pass an existing directory as PATH (or --context with a Dockerfile PATH)",
-        )
-    # Files that cannot be archived (FIFOs, sockets) are skipped with a warning; the build
-    # reports those itself when it uploads.
-    archive = ContextArchive(
-        plan.context_dir, dockerfile=plan.dockerfile_path, on_warning=lambda _text: None
-    )
-    archive.entries()
 
 
 def _run_diagram(args: argparse.Namespace) -> int:
@@ -279,40 +169,11 @@ def _render_svg(dot: str, source: str, target: Path) -> None:
 # -- driving a build ----------------------------------------------------------------------------
 
 
-def _make_view(args: argparse.Namespace) -> View:
-    if args.json:
-        return JsonView(sys.stdout)
-    if sys.stderr.isatty():
-        return RichView()
-    return PlainView(sys.stderr)
-
-
 def _drive(args: argparse.Namespace, plan: BuildPlan) -> int:
     remote = _remote_target(args)
-    _route_logs_to_stderr()
-    view = _make_view(args)
+    route_logs_to_stderr()
+    view = make_view(args)
     return asyncio.run(_drive_async(args, plan, remote, view))
-
-
-def _route_logs_to_stderr() -> None:
-    """Send library and emulator logs to stderr, warnings and up.
-
-    stdout belongs to the view (with ``--json``, to JSON lines only), and unconfigured structlog
-    prints to stdout. Logs go through stdlib logging, as the library's own fallback does; a
-    handler already installed (a caller embedding ``main()``, pytest) is kept.
-    """
-    if not structlog.is_configured():
-        structlog.configure(
-            processors=[
-                structlog.stdlib.filter_by_level,
-                structlog.processors.format_exc_info,
-                structlog.processors.KeyValueRenderer(key_order=["event"]),
-            ],
-            logger_factory=structlog.stdlib.LoggerFactory(),
-            wrapper_class=structlog.stdlib.BoundLogger,
-        )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=LOG_FORMAT)
-    logging.getLogger(BUILD_LOGGER).setLevel(logging.ERROR)
 
 
 @attrs.frozen
@@ -393,7 +254,7 @@ async def _follow(
     target: _Target,
     store: Store,
 ) -> int:
-    build = start_plan(plan, store=store, **_build_options(args), **target.options())
+    build = start_plan(plan, store=store, **build_options(args), **target.options())
     with interrupts(build, view, embedded=target.embedded) as signals:
         with view:
             await build.recorded()

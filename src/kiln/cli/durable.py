@@ -21,17 +21,19 @@ from typing import Any
 
 import structlog
 
-from kiln.cli import EXIT_STORE_UNAVAILABLE
+from kiln.cli._common import (
+    add_build_options,
+    build_options,
+    check_context,
+    make_view,
+    positive_int,
+)
+from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
 from kiln.cli._signals import interrupts
-from kiln.cli.build import _add_common, _check_context, _make_view, _options, _positive_int
 from kiln.durable import StoreOutage, unrecorded_sandboxes
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
-from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store
-from kiln.store._base import pid_alive
+from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store, pid_alive
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CANCELLED = 130
 DAY_S = 86_400.0
 EXIT_BY_OUTCOME = {"done": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 # How many of the last build log lines `kiln status` shows: the lines just before a failure.
@@ -79,10 +81,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     submit = _command(sub, "submit", "queue a Dockerfile build for a worker", _submit)
     submit.add_argument("dockerfile", nargs="?", default="Dockerfile", help="default: Dockerfile")
     submit.add_argument("--context", help="build context directory (the worker must read it)")
-    _add_common(submit)
+    add_build_options(submit)
 
     worker = _command(sub, "worker", "run queued and stalled builds from a shared store", _worker)
-    worker.add_argument("--concurrency", type=_positive_int, default=1, help="builds at once")
+    worker.add_argument("--concurrency", type=positive_int, default=1, help="builds at once")
     worker.add_argument("--worker-id", help="name in ownership records (default: per process)")
     worker.add_argument("--lease-s", type=_seconds, help="lease length (default: 30)")
     worker.add_argument("--heartbeat-s", type=_seconds, help="lease renewal (default: 10)")
@@ -153,7 +155,7 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
         _print_status(record, await store.events(record.id))
         return EXIT_BY_OUTCOME.get(record.state, EXIT_FAILED)
     build = await resume(record.id, store=store, retry_lost_sandbox=args.retry_lost_sandbox)
-    view = _make_view(args)
+    view = make_view(args)
     view.notice(f"Resuming build {record.id} from {build.state.state!r}")
     with interrupts(build, view) as signals, view:
         async for event in build.events():
@@ -414,11 +416,16 @@ async def _submit(args: argparse.Namespace, store: Store) -> int:
     from kiln.plan import plan_dockerfile
 
     # Planned here first, so a bad context fails now (exit 2), not on the worker.
-    _check_context(plan_dockerfile(args.dockerfile, context=args.context, name=args.name))
+    check_context(plan_dockerfile(args.dockerfile, context=args.context, name=args.name))
     if args.api_url is not None:
         _check_api_url_option(args.api_url)
     build_id = await submit(
-        args.dockerfile, store=store, context=args.context, api_url=args.api_url, **_options(args)
+        args.dockerfile,
+        store=store,
+        context=args.context,
+        api_url=args.api_url,
+        name=args.name,
+        **build_options(args),
     )
     print(json.dumps({"id": build_id}) if args.json else build_id)
     return EXIT_OK

@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kiln.emulator import BuilderBehaviour, Emulator, EmulatorConfig
-from kiln.emulator._config import DEFAULT_HOST, PROFILES, SIGN_MODES, SSE_FRAMINGS, is_loopback
+from kiln.emulator import (
+    DEFAULT_HOST,
+    PROFILES,
+    SIGN_MODES,
+    SSE_FRAMINGS,
+    BuilderBehaviour,
+    EmulatorConfig,
+    is_loopback,
+)
 from kiln.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from kiln.emulator import Emulator
 
 # Any token works unless --api-key is given; this one is only printed as an example.
 EXAMPLE_TOKEN = "any-token"
@@ -153,6 +163,8 @@ def banner(emulator: Emulator, api_key: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.emulator import Emulator
+
     config = config_from(args)
     try:
         emulator = Emulator(config).start()

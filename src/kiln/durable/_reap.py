@@ -22,8 +22,15 @@ from kiln.durable._resume import UnreadableBuild, load_state
 from kiln.durable._unrecorded import UnrecordedSandbox, holds_sandbox, unrecorded_sandboxes
 from kiln.errors import KilnError
 from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
-from kiln.store import LEASE_S, BuildRecord, OwnedElsewhere, Owner, StaleWriteError, Store
-from kiln.store._base import owner_holds
+from kiln.store import (
+    LEASE_S,
+    BuildRecord,
+    OwnedElsewhere,
+    Owner,
+    StaleWriteError,
+    Store,
+    owner_holds,
+)
 
 # Long enough that a stalled build is picked up by a worker or a `kiln resume` first; short
 # enough that a leaked sandbox does not run (and cost) for long.

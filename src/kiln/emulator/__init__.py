@@ -25,23 +25,53 @@ Run it with ``kiln emulator``, or in-process::
         ...  # point kiln or the official client at emu.url
 """
 
-from kiln.emulator._app import create_app
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from kiln.emulator._config import (
     CLOUD,
+    DEFAULT_HOST,
     IDEAL,
     PROFILES,
+    SIGN_MODES,
+    SSE_FRAMINGS,
     BuilderBehaviour,
     EmulatorConfig,
     Profile,
     ProfileDefaults,
     SignMode,
+    is_loopback,
 )
-from kiln.emulator._server import Emulator, start_emulator
+
+if TYPE_CHECKING:
+    from kiln.emulator._app import create_app
+    from kiln.emulator._server import Emulator, start_emulator
+
+# The server and its app load Starlette and uvicorn: imported on first use, so that reading the
+# configuration (the CLI's options, the pytest plugin's) costs none of that.
+_SERVER_EXPORTS = {
+    "Emulator": "kiln.emulator._server",
+    "create_app": "kiln.emulator._app",
+    "start_emulator": "kiln.emulator._server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SERVER_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln.emulator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CLOUD",
+    "DEFAULT_HOST",
     "IDEAL",
     "PROFILES",
+    "SIGN_MODES",
+    "SSE_FRAMINGS",
     "BuilderBehaviour",
     "Emulator",
     "EmulatorConfig",
@@ -49,5 +79,6 @@ __all__ = [
     "ProfileDefaults",
     "SignMode",
     "create_app",
+    "is_loopback",
     "start_emulator",
 ]

@@ -28,6 +28,8 @@ from kiln.store._base import (
     StaleWriteError,
     Store,
     StoreUnavailable,
+    owner_holds,
+    pid_alive,
 )
 from kiln.store._lease import LEASE_S, RENEW_EVERY_S, LeaseKeeper
 from kiln.store._memory import MemoryStore
@@ -61,5 +63,7 @@ __all__ = [
     "StoreUnavailable",
     "default_store_url",
     "open_store",
+    "owner_holds",
+    "pid_alive",
     "redact_url",
 ]

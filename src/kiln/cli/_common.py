@@ -1,0 +1,157 @@
+"""What the build commands share: their options, the checks before a build starts, the view
+and where logs go (``kiln build``/``import`` in cli/build.py, ``resume``/``submit`` in
+cli/durable.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+from kiln.cli._view import JsonView, PlainView, RichView, View
+from kiln.errors import ContextError
+from kiln.plan import BuildPlan, ContextArchive
+
+# The machine's logger repeats every build event, which the view already shows; it speaks up
+# only for errors. Everything else (store outages, skipped context files) stays at warnings.
+BUILD_LOGGER = "kiln.build"
+LOG_FORMAT = "kiln: %(levelname)s %(name)s: %(message)s"
+
+
+def add_build_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that starts a build (``--name``, sizes, ``--json``, ...)."""
+    parser.add_argument(
+        "--name", help="registered image name (default: derived from the Dockerfile or reference)"
+    )
+    parser.add_argument(
+        "--public", action="store_true", help="make the image public (default: private)"
+    )
+    parser.add_argument(
+        "--disk-mb",
+        metavar="N",
+        type=positive_int,
+        help="target rootfs size in MiB (default: the parent template's, else 10240)",
+    )
+    parser.add_argument(
+        "--builder-disk-mb",
+        metavar="N",
+        type=positive_int,
+        help="builder sandbox disk in MiB (default: what the platform proposes)",
+    )
+    parser.add_argument(
+        "--cpus",
+        metavar="F",
+        type=positive_float,
+        help="builder sandbox CPUs (default: what the platform proposes)",
+    )
+    parser.add_argument(
+        "--memory-mb",
+        metavar="N",
+        type=positive_int,
+        help="builder sandbox memory in MiB (default: what the platform proposes)",
+    )
+    parser.add_argument(
+        "--docker-compat", action="store_true", help="ask for Docker compat (default: off)"
+    )
+    parser.add_argument(
+        "--api-url",
+        metavar="URL",
+        help="Tensorlake API URL (default: $TENSORLAKE_API_URL, else the embedded emulator when "
+        "no credentials are set)",
+    )
+    parser.add_argument(
+        "--deadline",
+        metavar="S",
+        type=positive_float,
+        help="overall limit in seconds (default: none)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON event per line on stdout (default: a live view on stderr)",
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
+
+def build_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The build options of ``add_build_options`` (but the name), as the library takes them."""
+    return {
+        "public": args.public,
+        "disk_mb": args.disk_mb,
+        "builder_disk_mb": args.builder_disk_mb,
+        "cpus": args.cpus,
+        "memory_mb": args.memory_mb,
+        "docker_compat": args.docker_compat,
+        "deadline": args.deadline,
+    }
+
+
+def check_context(plan: BuildPlan) -> None:
+    """Context problems are the caller's to fix: say so now (exit 2), not after a sandbox was
+    made. A missing directory, an unreadable file, a bad .dockerignore pattern, a link that
+    cannot be read: the walk the upload will make finds them all."""
+    if plan.context_dir is None:
+        return
+    if not os.path.isdir(plan.context_dir):
+        raise ContextError(
+            f"build context not found: {plan.context_dir}",
+            hint="pass an existing directory as PATH (or --context with a Dockerfile PATH)",
+        )
+    # Files that cannot be archived (FIFOs, sockets) are skipped with a warning; the build
+    # reports those itself when it uploads.
+    archive = ContextArchive(
+        plan.context_dir, dockerfile=plan.dockerfile_path, on_warning=lambda _text: None
+    )
+    archive.entries()
+
+
+def make_view(args: argparse.Namespace) -> View:
+    if args.json:
+        return JsonView(sys.stdout)
+    if sys.stderr.isatty():
+        return RichView()
+    return PlainView(sys.stderr)
+
+
+def route_logs_to_stderr() -> None:
+    """Send library and emulator logs to stderr, warnings and up.
+
+    stdout belongs to the view (with ``--json``, to JSON lines only), and unconfigured structlog
+    prints to stdout. Logs go through stdlib logging, as the library's own fallback does; a
+    handler already installed (a caller embedding ``main()``, pytest) is kept.
+    """
+    if not structlog.is_configured():
+        structlog.configure(
+            processors=[
+                structlog.stdlib.filter_by_level,
+                structlog.processors.format_exc_info,
+                structlog.processors.KeyValueRenderer(key_order=["event"]),
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=LOG_FORMAT)
+    logging.getLogger(BUILD_LOGGER).setLevel(logging.ERROR)
