@@ -1,6 +1,9 @@
 """The shared client: headers (§2), status mapping (§3.0), transient classification (§3.4)."""
 
+import importlib.util
 import re
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -147,3 +150,12 @@ def test_client_timeouts_bound_connect_and_reads() -> None:
     client = create_http_client(local_settings())
     assert client.timeout.connect == 10.0
     assert client.timeout.read == 300.0
+
+
+def test_httpcore_s_per_request_event_loop_lookup_finds_sniffio_installed() -> None:
+    # httpcore imports sniffio four times a request; when it is missing each import searches
+    # sys.path again. kiln depends on sniffio for that, and leaves sys.modules alone.
+    assert importlib.util.find_spec("sniffio") is not None
+    probe = "import sys, kiln.api; print(sys.modules.get('sniffio', 'unloaded') is None)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr

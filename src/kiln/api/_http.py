@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import secrets
 import ssl
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -66,17 +64,6 @@ def _ssl_context() -> ssl.SSLContext:
     """The CA bundle, loaded once per process: loading it costs ~25 ms, as much as a build's
     protocol work on a fast network, and httpx would load it again for every client."""
     return httpx.create_ssl_context()
-
-
-def _remember_missing_sniffio() -> None:
-    """httpcore imports sniffio on every request when it is absent (it is optional now), and a
-    failed import searches all of sys.path again each time (~0.08 ms, dozens per build).
-    Recording the absence makes later imports fail at once, exactly as they would anyway."""
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
-_remember_missing_sniffio()
 
 
 def create_http_client(
