@@ -14,9 +14,6 @@ from kiln.api import (
     ProxyClient,
     create_http_client,
     is_transient,
-    multipart_max_parts,
-    sign_get_blob_request,
-    sign_put_artifact_request,
 )
 from kiln.api import _proxy as proxy_module
 from kiln.errors import ResponseError, ServerError, TransportError
@@ -391,33 +388,10 @@ async def test_health() -> None:
     assert await Server(answer(json={"healthy": False})).proxy().health() is False
 
 
-def test_sign_requests_match_the_contract() -> None:  # §7 S3
-    ten_gib = 10 * 1024**3
-    assert sign_put_artifact_request("snaps/a.tlsnap", max_parts=multipart_max_parts(ten_gib)) == {
-        "target": {"kind": "artifact", "rel_path": "snaps/a.tlsnap"},
-        "op": {
-            "kind": "put_artifact",
-            "multipart_hint": {"max_parts": 160, "part_size_bytes": 67108864},
-        },
-    }
-    assert sign_get_blob_request("gs://b/p") == {
-        "target": {"kind": "blob", "uri": "gs://b/p"},
-        "op": {"kind": "get_blob"},
-    }
-
-
-@pytest.mark.parametrize(
-    ("size", "parts_expected"),
-    [(0, 1), (1, 1), (64 * 1024**2, 1), (64 * 1024**2 + 1, 2), (10**15, 10_000)],
-)
-def test_multipart_max_parts_is_clamped(size: int, parts_expected: int) -> None:
-    assert multipart_max_parts(size) == parts_expected
-
-
 async def test_sign_blob_posts_request_and_returns_opaque_json() -> None:
     signed = {"kind": "s3_multipart", "uri": "s3://b/final", "partUrls": ["u1"]}
     server = Server(answer(json=signed))
-    request_body = sign_get_blob_request("s3://b/p")
+    request_body = {"target": {"kind": "blob", "uri": "s3://b/p"}, "op": {"kind": "get_blob"}}
     assert await server.proxy().sign_blob(request_body) == signed
     assert server.requests[0].url.path == "/api/v1/blob/sign"
     assert json.loads(server.requests[0].content) == request_body

@@ -28,10 +28,7 @@ from kiln.api._platform import PlatformClient
 from kiln.api._proxy import (
     ChunkedUploadRefused,
     ProxyClient,
-    multipart_max_parts,
     process_payload,
-    sign_get_blob_request,
-    sign_put_artifact_request,
     with_silences,
 )
 from kiln.api._settings import ApiSettings, AuthMode, Credentials, check_api_url
@@ -58,10 +55,7 @@ __all__ = [
     "create_http_client",
     "exit_status",
     "is_transient",
-    "multipart_max_parts",
     "process_payload",
-    "sign_get_blob_request",
-    "sign_put_artifact_request",
     "template_payload",
     "with_silences",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -47,10 +46,6 @@ LOCAL_HOST_SUFFIX = ".local"
 LENGTH_REQUIRED = 411
 CHUNK_REFUSAL_STATUSES = frozenset({400, 413})
 CHUNK_REFUSAL_MARKERS = ("chunk", "length")
-
-MULTIPART_PART_SIZE_BYTES = 64 * 1024 * 1024
-MULTIPART_MAX_PARTS = 10_000
-MIB = 1024 * 1024
 
 MISSING_PROXY_URL = "server response did not include sandbox_url; refusing to derive a proxy URL"
 
@@ -130,32 +125,6 @@ def process_payload(
     if timeout is not None:
         payload["timeout"] = timeout
     return payload
-
-
-def multipart_max_parts(rootfs_disk_bytes: int) -> int:
-    """Parts to sign for a snapshot upload: one per 64 MiB of the rootfs, within 1..10000 (§4)."""
-    mib = math.ceil(rootfs_disk_bytes / MIB)
-    parts = math.ceil(mib / (MULTIPART_PART_SIZE_BYTES // MIB))
-    return min(max(parts, 1), MULTIPART_MAX_PARTS)
-
-
-def sign_put_artifact_request(rel_path: str, *, max_parts: int) -> dict[str, Any]:
-    """A sign request for uploading the snapshot to `snapshotRelPath` (§3.3, §5.4)."""
-    return {
-        "target": {"kind": "artifact", "rel_path": rel_path},
-        "op": {
-            "kind": "put_artifact",
-            "multipart_hint": {
-                "max_parts": max_parts,
-                "part_size_bytes": MULTIPART_PART_SIZE_BYTES,
-            },
-        },
-    }
-
-
-def sign_get_blob_request(uri: str) -> dict[str, Any]:
-    """A sign request for downloading a `gs://` or `s3://` blob (§3.3, §5.4)."""
-    return {"target": {"kind": "blob", "uri": uri}, "op": {"kind": "get_blob"}}
 
 
 class ProxyClient:
