@@ -1,9 +1,11 @@
-"""kiln's error hierarchy.
+"""kiln's error hierarchy, all of it: every error kiln raises on purpose is defined here.
 
 Every error kiln raises on purpose is a :class:`KilnError`. Catch at the depth you need::
 
     KilnError
     ├── UsageError            bad options or arguments (CLI exit 2)
+    │   ├── BuildNotFound     no persisted build has this id (or id prefix)
+    │   └── AmbiguousBuildId  an id prefix matches several builds
     ├── PlanError             the Dockerfile or the build context cannot be planned (CLI exit 2)
     │   ├── DockerfileError   carries the 1-based line number
     │   └── ContextError      missing context, unreadable or changing files, bad extra files
@@ -13,17 +15,32 @@ Every error kiln raises on purpose is a :class:`KilnError`. Catch at the depth y
     │   ├── AuthorizationError    HTTP 403
     │   ├── ServerError           any other non-2xx status
     │   ├── ResponseError         a 2xx body that is not what the contract says (names the field)
-    │   └── TransportError        connect error, timeout, dropped connection (always transient)
-    └── BuildError            the build itself failed
-        ├── BuildFailed       wraps the cause once the builder sandbox exists (names sandbox and build)
-        ├── WithDiagnostics   wraps the cause once the proxy is ready (adds OOM / disk advice)
-        ├── PhaseTimeout      a phase overran its declared deadline
-        └── BuildCancelled    the build was cancelled
+    │   ├── TransportError        connect error, timeout, dropped connection (always transient)
+    │   └── ChunkedUploadRefused  the proxy wants the upload again with a known length
+    ├── BuildError            the build itself failed
+    │   ├── BuildFailed       wraps the cause once the builder sandbox exists (names sandbox and build)
+    │   ├── WithDiagnostics   wraps the cause once the proxy is ready (adds OOM / disk advice)
+    │   ├── PhaseTimeout      a phase overran its declared deadline
+    │   ├── BuildCancelled    the build was cancelled
+    │   └── BuildHandedOver   this process stopped running the build; it continues elsewhere
+    │       └── StoreOutage   ... because the store stayed unreachable (CLI exit 75)
+    ├── StoreUnavailable      the build store cannot be reached or opened
+    ├── StaleWriteError       a write lost to a newer one (another process took the build over)
+    ├── OwnedElsewhere        another live process holds the build
+    ├── LeaseLost             this process no longer owns the build it was running
+    └── UnreadableBuild       a persisted build this kiln cannot load (newer kiln, or damaged)
 
 Each error's message says what was wrong; ``hint`` (when set) says what to do about it.
 """
 
 from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiln.store import Owner
 
 
 class KilnError(Exception):
@@ -44,6 +61,26 @@ class KilnError(Exception):
 
 class UsageError(KilnError):
     """An option or argument is invalid."""
+
+
+class BuildNotFound(UsageError):
+    """No build has this id (or the prefix matches none)."""
+
+    def __init__(self, build_id: str) -> None:
+        super().__init__(f"no build {build_id!r} in the store", hint="`kiln ls` lists the builds")
+        self.build_id = build_id
+
+
+class AmbiguousBuildId(UsageError):
+    """An id prefix matches more than one build."""
+
+    def __init__(self, prefix: str, matches: Sequence[str]) -> None:
+        super().__init__(
+            f"build id prefix {prefix!r} matches several builds: {', '.join(matches)}",
+            hint="give more characters of the id",
+        )
+        self.prefix = prefix
+        self.matches = list(matches)
 
 
 class PlanError(KilnError):
@@ -112,6 +149,10 @@ class TransportError(ApiError):
     """No usable response: connect error, timeout, reset. Always transient."""
 
     transient = True
+
+
+class ChunkedUploadRefused(ApiError):
+    """The proxy will not take a streamed (chunked) upload: send it again with a known length."""
 
 
 class BuildError(KilnError):
@@ -210,3 +251,97 @@ class PhaseTimeout(BuildError):
 
 class BuildCancelled(BuildError):
     """The build was cancelled before it finished."""
+
+
+class BuildHandedOver(BuildError):
+    """This process stopped running the build; it continues elsewhere (or on ``kiln resume``)."""
+
+
+class StoreOutage(BuildHandedOver):
+    """The store stayed unreachable past the retry bound: the build stopped at its last persisted
+    point, untouched (its sandbox kept), and continues on ``kiln resume`` once the store is back."""
+
+
+class StoreUnavailable(KilnError):
+    """The store cannot be reached or opened (database down, file not writable, busy too long)."""
+
+
+class StaleWriteError(KilnError):
+    """A compare-and-set write lost: the build moved on since the writer read it."""
+
+    def __init__(self, build_id: str, *, expected: int, actual: int | None, reason: str) -> None:
+        super().__init__(
+            f"build {build_id}: stale write refused ({reason}; expected version {expected},"
+            f" stored version {actual})",
+            hint="another process has taken this build over; stop this one and let the owner go on",
+        )
+        self.build_id = build_id
+        self.expected = expected
+        self.actual = actual
+
+
+class OwnedElsewhere(KilnError):
+    """The build is held by another live owner."""
+
+    def __init__(self, build_id: str, owner: Owner, lease_expires_at: float | None) -> None:
+        until = _iso(lease_expires_at) if lease_expires_at is not None else "no lease"
+        super().__init__(
+            f"build {build_id} is owned by {owner.describe()}, lease until {until}",
+            hint="wait for that process to finish or stop it; a build whose owner died is taken"
+            " over when its lease expires (at once when the owner was on this host)",
+        )
+        self.build_id = build_id
+        self.owner = owner
+        self.lease_expires_at = lease_expires_at
+
+
+class LeaseLost(KilnError):
+    """A renewal found that this worker no longer owns the build."""
+
+    def __init__(self, build_id: str, claimant: Owner, owner: Owner | None) -> None:
+        now_held = f"now owned by {owner.describe()}" if owner else "released"
+        super().__init__(
+            f"build {build_id}: {claimant.describe()} lost its lease ({now_held})",
+            hint="stop working on this build; its new owner resumes it",
+        )
+        self.build_id = build_id
+        self.owner = owner
+
+
+class UnreadableBuild(KilnError):
+    """A persisted build this kiln cannot load: written by a newer kiln, or damaged."""
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat(timespec="seconds")
+
+
+__all__ = [
+    "AmbiguousBuildId",
+    "ApiError",
+    "AuthenticationError",
+    "AuthorizationError",
+    "BuildCancelled",
+    "BuildError",
+    "BuildFailed",
+    "BuildHandedOver",
+    "BuildNotFound",
+    "ChunkedUploadRefused",
+    "ConfigError",
+    "ContextError",
+    "DockerfileError",
+    "KilnError",
+    "LeaseLost",
+    "OwnedElsewhere",
+    "PhaseTimeout",
+    "PlanError",
+    "ResponseError",
+    "ServerError",
+    "StaleWriteError",
+    "StoreOutage",
+    "StoreUnavailable",
+    "TransportError",
+    "UnreadableBuild",
+    "UsageError",
+    "WithDiagnostics",
+]

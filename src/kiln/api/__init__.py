@@ -26,12 +26,12 @@ from kiln.api._models import (
 )
 from kiln.api._platform import PlatformClient
 from kiln.api._proxy import (
-    ChunkedUploadRefused,
     ProxyClient,
     process_payload,
     with_silences,
 )
 from kiln.api._settings import ApiSettings, AuthMode, Credentials, check_api_url
+from kiln.errors import ChunkedUploadRefused
 
 __all__ = [
     "ApiSettings",

@@ -32,7 +32,7 @@ from kiln.api._models import (
 )
 from kiln.api._settings import ENV_PROXY_URL, LOOPBACK_HOSTS, ApiSettings
 from kiln.api._sse import MAX_EVENT_CHARS, LineTooLong, iter_json_events
-from kiln.errors import ApiError, ResponseError, TransportError
+from kiln.errors import ChunkedUploadRefused, ResponseError, TransportError
 
 EVENT_STREAM = "text/event-stream"
 OCTET_STREAM = "application/octet-stream"
@@ -59,10 +59,6 @@ RUN_STATUS_POLL_S = 0.5
 RUN_TIMEOUT_GRACE_S = 15.0
 
 _T = TypeVar("_T")
-
-
-class ChunkedUploadRefused(ApiError):
-    """The proxy will not take a streamed (chunked) upload: send it again with a known length."""
 
 
 @attrs.frozen

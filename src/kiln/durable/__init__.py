@@ -8,16 +8,10 @@ about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state read
 """
 
 from kiln.durable._reap import ABANDONED_AFTER_S, Orphan, reap, unrecorded
-from kiln.durable._resume import SANDBOX_LOST, UnreadableBuild, load_state, prepare_resume
-from kiln.durable._session import (
-    KILL_AFTER_TRANSITION_ENV,
-    POLL_S,
-    STORE_OUTAGE_S,
-    BuildHandedOver,
-    Session,
-    StoreOutage,
-)
+from kiln.durable._resume import SANDBOX_LOST, load_state, prepare_resume
+from kiln.durable._session import KILL_AFTER_TRANSITION_ENV, POLL_S, STORE_OUTAGE_S, Session
 from kiln.durable._unrecorded import UnrecordedSandbox, unrecorded_sandboxes
+from kiln.errors import BuildHandedOver, StoreOutage, UnreadableBuild
 
 __all__ = [
     "ABANDONED_AFTER_S",

@@ -18,9 +18,9 @@ import attrs
 import httpx
 
 from kiln.api import LifecycleClient
-from kiln.durable._resume import UnreadableBuild, load_state
+from kiln.durable._resume import load_state
 from kiln.durable._unrecorded import UnrecordedSandbox, holds_sandbox, unrecorded_sandboxes
-from kiln.errors import KilnError
+from kiln.errors import KilnError, UnreadableBuild
 from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
 from kiln.store import (
     LEASE_S,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 import cattrs
 
-from kiln.errors import ApiError, KilnError
+from kiln.errors import ApiError, UnreadableBuild
 from kiln.machine import SCHEMA_VERSION, BuildState, ErrorRecord, MachineSpec, Services
 from kiln.store import BuildRecord, Owner
 
@@ -34,10 +34,6 @@ _KEPT_ON_RETRY = (
 )
 
 Event = tuple[str, dict[str, object]]
-
-
-class UnreadableBuild(KilnError):
-    """A persisted build this kiln cannot load: written by a newer kiln, or damaged."""
 
 
 def load_state(record: BuildRecord) -> BuildState:

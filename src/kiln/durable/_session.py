@@ -24,7 +24,7 @@ from typing import Any
 
 from kiln._logging import logger
 from kiln.durable._unrecorded import holds_sandbox
-from kiln.errors import BuildError, KilnError
+from kiln.errors import BuildHandedOver, KilnError, StoreOutage
 from kiln.machine import BuildState, Driver, Event
 from kiln.store import (
     LEASE_S,
@@ -58,15 +58,6 @@ STORE_RETRY_FIRST_S = 0.25
 STORE_RETRY_MAX_S = 5.0
 
 LOGGER_NAME = "kiln.durable"
-
-
-class BuildHandedOver(BuildError):
-    """This process stopped running the build; it continues elsewhere (or on ``kiln resume``)."""
-
-
-class StoreOutage(BuildHandedOver):
-    """The store stayed unreachable past the retry bound: the build stopped at its last persisted
-    point, untouched (its sandbox kept), and continues on ``kiln resume`` once the store is back."""
 
 
 class Session:

@@ -13,21 +13,23 @@ lease it renews; a build whose lease expired, or whose owner process is gone fro
 taken over by the next ``acquire`` or ``claim_next``.
 """
 
+from kiln.errors import (
+    AmbiguousBuildId,
+    BuildNotFound,
+    LeaseLost,
+    OwnedElsewhere,
+    StaleWriteError,
+    StoreUnavailable,
+)
 from kiln.store._base import (
     DEFAULT_SCHEMA_VERSION,
     HEAD_EVENTS,
     TAIL_EVENTS,
-    AmbiguousBuildId,
-    BuildNotFound,
     BuildRecord,
     Committed,
     EventRow,
-    LeaseLost,
-    OwnedElsewhere,
     Owner,
-    StaleWriteError,
     Store,
-    StoreUnavailable,
     owner_holds,
     pid_alive,
 )

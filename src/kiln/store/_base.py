@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from kiln.errors import KilnError, UsageError
+from kiln.errors import UsageError
 
 Clock = Callable[[], float]
 JsonObject = dict[str, Any]
@@ -119,72 +119,6 @@ class Committed:
 
     version: int
     cancel_requested: bool
-
-
-class StaleWriteError(KilnError):
-    """A compare-and-set write lost: the build moved on since the writer read it."""
-
-    def __init__(self, build_id: str, *, expected: int, actual: int | None, reason: str) -> None:
-        super().__init__(
-            f"build {build_id}: stale write refused ({reason}; expected version {expected},"
-            f" stored version {actual})",
-            hint="another process has taken this build over; stop this one and let the owner go on",
-        )
-        self.build_id = build_id
-        self.expected = expected
-        self.actual = actual
-
-
-class OwnedElsewhere(KilnError):
-    """The build is held by another live owner."""
-
-    def __init__(self, build_id: str, owner: Owner, lease_expires_at: float | None) -> None:
-        until = _iso(lease_expires_at) if lease_expires_at is not None else "no lease"
-        super().__init__(
-            f"build {build_id} is owned by {owner.describe()}, lease until {until}",
-            hint="wait for that process to finish or stop it; a build whose owner died is taken"
-            " over when its lease expires (at once when the owner was on this host)",
-        )
-        self.build_id = build_id
-        self.owner = owner
-        self.lease_expires_at = lease_expires_at
-
-
-class LeaseLost(KilnError):
-    """A renewal found that this worker no longer owns the build."""
-
-    def __init__(self, build_id: str, claimant: Owner, owner: Owner | None) -> None:
-        now_held = f"now owned by {owner.describe()}" if owner else "released"
-        super().__init__(
-            f"build {build_id}: {claimant.describe()} lost its lease ({now_held})",
-            hint="stop working on this build; its new owner resumes it",
-        )
-        self.build_id = build_id
-        self.owner = owner
-
-
-class BuildNotFound(UsageError):
-    """No build has this id (or the prefix matches none)."""
-
-    def __init__(self, build_id: str) -> None:
-        super().__init__(f"no build {build_id!r} in the store", hint="`kiln ls` lists the builds")
-        self.build_id = build_id
-
-
-class AmbiguousBuildId(UsageError):
-    """An id prefix matches more than one build."""
-
-    def __init__(self, prefix: str, matches: Sequence[str]) -> None:
-        super().__init__(
-            f"build id prefix {prefix!r} matches several builds: {', '.join(matches)}",
-            hint="give more characters of the id",
-        )
-        self.prefix = prefix
-        self.matches = builtins.list(matches)
-
-
-class StoreUnavailable(KilnError):
-    """The store cannot be reached or opened (database down, file not writable, busy too long)."""
 
 
 class Store(Protocol):

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 from types import TracebackType
 
-from kiln.store._base import LeaseLost, Owner, Store, StoreUnavailable
+from kiln.errors import LeaseLost, StoreUnavailable
+from kiln.store._base import Owner, Store
 
 # Renewing at a third of the lease survives two missed heartbeats (a pause, a slow database)
 # before another worker may take the build over.

@@ -13,22 +13,18 @@ from collections.abc import Sequence
 
 import attrs
 
+from kiln.errors import AmbiguousBuildId, BuildNotFound, LeaseLost, OwnedElsewhere, StaleWriteError
 from kiln.store._base import (
     AMBIGUOUS_SHOWN,
     DEFAULT_SCHEMA_VERSION,
     HEAD_EVENTS,
     TAIL_EVENTS,
-    AmbiguousBuildId,
-    BuildNotFound,
     BuildRecord,
     Clock,
     Committed,
     EventRow,
     JsonObject,
-    LeaseLost,
-    OwnedElsewhere,
     Owner,
-    StaleWriteError,
     check_lease,
     check_limit,
     claim_order,

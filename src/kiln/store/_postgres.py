@@ -25,24 +25,26 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from kiln.errors import UsageError
+from kiln.errors import (
+    AmbiguousBuildId,
+    BuildNotFound,
+    LeaseLost,
+    OwnedElsewhere,
+    StaleWriteError,
+    StoreUnavailable,
+    UsageError,
+)
 from kiln.store._base import (
     AMBIGUOUS_SHOWN,
     DEFAULT_SCHEMA_VERSION,
     HEAD_EVENTS,
     TAIL_EVENTS,
-    AmbiguousBuildId,
-    BuildNotFound,
     BuildRecord,
     Clock,
     Committed,
     EventRow,
     JsonObject,
-    LeaseLost,
-    OwnedElsewhere,
     Owner,
-    StaleWriteError,
-    StoreUnavailable,
     check_lease,
     check_limit,
     claim_order,

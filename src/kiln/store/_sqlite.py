@@ -19,23 +19,25 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from kiln.errors import (
+    AmbiguousBuildId,
+    BuildNotFound,
+    LeaseLost,
+    OwnedElsewhere,
+    StaleWriteError,
+    StoreUnavailable,
+)
 from kiln.store._base import (
     AMBIGUOUS_SHOWN,
     DEFAULT_SCHEMA_VERSION,
     HEAD_EVENTS,
     TAIL_EVENTS,
-    AmbiguousBuildId,
-    BuildNotFound,
     BuildRecord,
     Clock,
     Committed,
     EventRow,
     JsonObject,
-    LeaseLost,
-    OwnedElsewhere,
     Owner,
-    StaleWriteError,
-    StoreUnavailable,
     check_lease,
     check_limit,
     claim_order,
