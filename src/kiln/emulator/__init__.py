@@ -1,7 +1,8 @@
 """A local server that speaks Tensorlake's sandbox-image build protocol.
 
 It serves the platform API (template lookup, prepare, complete, key introspection; API-key and
-PAT routes), the sandbox lifecycle API and the in-sandbox proxy API on one loopback port. Sandboxes
+PAT routes), the Image Service (``/images/v4``: the CAS path, see docs/image-service.md), the
+sandbox lifecycle API and the in-sandbox proxy API on one loopback port. Sandboxes
 are virtual: each has its own directory on the host, ownership and modes are tracked as metadata,
 and commands are a built-in table (``true``, ``mkdir``, ``chmod``, ``rm``, ``tar -x``, the two
 diagnostic ``sh -lc`` scripts and the ``tl-rootfs-build`` stand-in); nothing runs on the host.
@@ -13,7 +14,7 @@ uploads a snapshot archive holding ``spec.json`` and ``context/<path>`` for ever
 
 - ``POST /_emulator/builder``: builder behaviour (``exit_code``, ``oom_kill``, ``enospc``,
   ``signal``, ``duration_ms``, ``log_lines``, ``line_pace_ms``); ``GET`` shows it.
-- ``GET /_emulator/sandboxes``, ``/processes``, ``/templates``: introspection.
+- ``GET /_emulator/sandboxes``, ``/processes``, ``/templates``, ``/image-builds``: introspection.
 - ``POST /_emulator/sandboxes/<id>/terminate``: end a sandbox now, pending ones included.
 - ``POST /_emulator/reset``: forget everything, including faults and the request log.
 - ``POST|GET|DELETE /_emulator/faults``, ``GET /_emulator/requests``: see ``middleware``.

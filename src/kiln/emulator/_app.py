@@ -1,5 +1,5 @@
-"""The emulator as one ASGI app: Tensorlake's three APIs plus ``/_emulator/``, behind the network
-middleware (faults, request log, latency, bandwidth)."""
+"""The emulator as one ASGI app: Tensorlake's APIs (platform, Image Service, lifecycle, proxy) plus
+``/_emulator/``, behind the network middleware (faults, request log, latency, bandwidth)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kiln.emulator import _admin, _lifecycle, _platform, _proxy
+from kiln.emulator import _admin, _images, _lifecycle, _platform, _proxy
 from kiln.emulator._blobs import BLOB_ROUTE, SIGNATURE_PARAM
 from kiln.emulator._config import EmulatorConfig
 from kiln.emulator._errors import EXCEPTION_HANDLERS, error_response
@@ -143,7 +143,13 @@ def build_app(config: EmulatorConfig) -> tuple[ASGIApp, EmulatorState]:
                 shutil.rmtree(data_dir, ignore_errors=True)
 
     app = Starlette(
-        routes=[*_platform.routes(), *_lifecycle.routes(), *_proxy.routes(), *_admin.routes()],
+        routes=[
+            *_platform.routes(),
+            *_images.routes(),
+            *_lifecycle.routes(),
+            *_proxy.routes(),
+            *_admin.routes(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

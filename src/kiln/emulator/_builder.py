@@ -232,7 +232,8 @@ def _pull(ctx: CommandContext, spec: _Spec) -> Exit | None:
     return None
 
 
-def _injected_failure(ctx: CommandContext) -> Exit | None:
+def injected_failure(ctx: CommandContext) -> Exit | None:
+    """The failure the builder behaviour injects (both builder stand-ins honour it), or None."""
     behaviour = ctx.behaviour
     if behaviour.oom_kill:
         ctx.sandbox.dmesg.append(_OOM_DMESG)
@@ -264,7 +265,7 @@ async def run_builder(ctx: CommandContext, args: list[str]) -> Exit:
     if refused is not None:
         return refused
     await _log_steps(ctx, spec)
-    failure = _injected_failure(ctx)
+    failure = injected_failure(ctx)
     if failure is not None:
         return failure
     size = await asyncio.to_thread(_pack, ctx, spec)

@@ -22,6 +22,7 @@ from kiln.emulator._context import (
     REMOTE_BUILD_DIR,
     CommandContext,
 )
+from kiln.emulator._image_builder import BUILDER_PROGRAM, run_image_builder
 from kiln.emulator._process import Exit, exited
 from kiln.emulator._sandbox import Sandbox
 from kiln.emulator._vfs import FsError, normalize
@@ -282,4 +283,5 @@ _TABLE: dict[str, Handler] = {
     "tar": _tar,
     "sh": _sh,
     "tl-rootfs-build": run_builder,
+    BUILDER_PROGRAM: run_image_builder,
 }

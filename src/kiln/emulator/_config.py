@@ -27,6 +27,8 @@ MAX_SIGNAL = 64
 DEFAULT_BUILDER_DURATION_MS = 0
 DEFAULT_BUILDER_LOG_LINES = 0
 DEFAULT_BUILDER_LINE_PACE_MS = 0
+# The Image Service's cap on one build context (its upload capability's `max_bytes`).
+DEFAULT_IMAGE_CONTEXT_MAX_BYTES = 512 * 1024 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -221,6 +223,9 @@ class EmulatorConfig:
     latency_ms: int = attrs.field(default=0, validator=_non_negative)
     bandwidth_mbps: float | None = attrs.field(default=None, validator=_positive_or_none)
     builder: BuilderBehaviour = BuilderBehaviour()
+    image_context_max_bytes: int = attrs.field(
+        default=DEFAULT_IMAGE_CONTEXT_MAX_BYTES, validator=attrs.validators.gt(0)
+    )
     allow_remote: bool = False
 
     def __attrs_post_init__(self) -> None:

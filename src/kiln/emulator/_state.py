@@ -21,6 +21,7 @@ from kiln.emulator._blobs import BlobStore
 from kiln.emulator._commands import run_command
 from kiln.emulator._config import BuilderBehaviour, EmulatorConfig
 from kiln.emulator._context import EXIT_FAILURE, CommandContext
+from kiln.emulator._image_service import ImageService
 from kiln.emulator._process import KILLED, Process, exited
 from kiln.emulator._sandbox import Sandbox
 from kiln.emulator._templates import TemplateStore
@@ -103,6 +104,8 @@ class EmulatorState:
         self.proxy_url: str | None = None
         self.proxy_port: int | None = None
         self.builds: dict[str, Build] = {}
+        # The Image Service (/images/v4): its builds, run in sandboxes of this state.
+        self.images = ImageService(self)
         # Each emulator keeps its sandboxes' files in a directory of its own (other processes may
         # share the data directory); those of emulators that no longer run are removed.
         sandboxes = data_dir / "sandboxes"
@@ -163,6 +166,7 @@ class EmulatorState:
 
     def reset(self) -> None:
         self.terminate_all("emulator reset")
+        self.images.clear()
         self.sandboxes.clear()
         self.builds.clear()
         self.templates.clear()
@@ -172,6 +176,7 @@ class EmulatorState:
         self.behaviour = self.config.builder
 
     def terminate_all(self, reason: str) -> None:
+        self.images.stop_all(reason)
         for sandbox in self.sandboxes.values():
             sandbox.terminate(reason)
 
