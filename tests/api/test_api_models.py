@@ -4,7 +4,16 @@ from typing import Any
 
 import pytest
 
-from kiln.api import ExitStatus, PreparedBuild, ProcessInfo, Template, exit_status, template_payload
+from kiln.api import (
+    ExitStatus,
+    PreparedBuild,
+    ProcessInfo,
+    RunResult,
+    Template,
+    exit_status,
+    run_exit_code,
+    template_payload,
+)
 from kiln.api._models import OutputEvent, RunExited, RunStarted, parse_run_event, structure
 from kiln.errors import ResponseError
 
@@ -157,6 +166,26 @@ def test_oom_killed_process_exit_status() -> None:  # §7 item 66
 )
 def test_exit_status_rules_in_order(fields: dict[str, Any], expected: ExitStatus | None) -> None:
     assert exit_status(process(**fields)) == expected
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "signal", "oom", "expected"),
+    [
+        (0, None, False, 0),
+        (2, None, False, 2),
+        (None, 15, False, -15),
+        (3, 9, False, 3),
+        (None, None, True, -9),
+        (137, None, True, 137),
+        (137, 9, True, -9),
+        (None, None, False, 0),
+    ],
+)
+def test_a_run_s_exit_code_is_decided_as_a_process_s(
+    exit_code: int | None, signal: int | None, oom: bool, expected: int
+) -> None:
+    result = RunResult(None, exit_code, signal, oom, [], [])
+    assert run_exit_code(result) == expected
 
 
 def test_process_info_requires_started_at_but_allows_null() -> None:

@@ -22,6 +22,7 @@ from kiln.api._models import (
     SandboxInfo,
     Template,
     exit_status,
+    run_exit_code,
     template_payload,
 )
 from kiln.api._platform import PlatformClient
@@ -56,6 +57,7 @@ __all__ = [
     "exit_status",
     "is_transient",
     "process_payload",
+    "run_exit_code",
     "template_payload",
     "with_silences",
 ]

@@ -322,18 +322,26 @@ def exit_status(info: ProcessInfo) -> ExitStatus | None:
     failure; the builder's metadata file is what proves success afterwards.
     """
     oom = info.oom_killed or info.status == PROCESS_OOM_KILLED or _managed_oom(info.raw)
-    if oom:
-        if info.signal is not None:
-            return ExitStatus(code=-info.signal, oom=True)
-        code = info.exit_code if info.exit_code is not None else OOM_FALLBACK_CODE
-        return ExitStatus(code=code, oom=True)
-    if info.exit_code is not None:
-        return ExitStatus(code=info.exit_code, oom=False)
-    if info.signal is not None:
-        return ExitStatus(code=-info.signal, oom=False)
-    if info.status != PROCESS_RUNNING:
-        return ExitStatus(code=0, oom=False)
-    return None
+    unknown = info.exit_code is None and info.signal is None
+    if not oom and unknown and info.status == PROCESS_RUNNING:
+        return None
+    return ExitStatus(code=_exit_code(info.exit_code, info.signal, oom), oom=oom)
+
+
+def run_exit_code(result: RunResult) -> int:
+    """The exit code of a one-shot run, decided as ``exit_status`` decides it."""
+    return _exit_code(result.exit_code, result.signal, result.oom_killed)
+
+
+def _exit_code(code: int | None, signal: int | None, oom: bool) -> int:
+    # An OOM kill is told by its signal first; otherwise the code, then the signal, wins.
+    if oom and signal is not None:
+        return -signal
+    if code is not None:
+        return code
+    if signal is not None:
+        return -signal
+    return OOM_FALLBACK_CODE if oom else 0
 
 
 def _managed_oom(raw: dict[str, Any]) -> bool:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from kiln.api import ProxyClient, RunResult
+from kiln.api import ProxyClient, RunResult, run_exit_code
 from kiln.errors import BuildError
 from kiln.machine.protocol import command_failed_message
 
-# A process with neither an exit code nor a signal was killed without a trace; report it
-# the way the reference reports an OOM kill with no signal.
-_UNKNOWN_KILL_CODE = -9
 # Short steps (mkdir, chmod) take well under a second: one still running after a minute is
 # stuck, and the daemon kills it rather than letting it hold the phase until its deadline.
 SHORT_STEP_TIMEOUT_S = 60.0
@@ -41,7 +38,7 @@ async def run_checked(
             log(line, "stdout")
         for line in result.stderr:
             log(line, "stderr")
-    code = exit_code(result)
+    code = run_exit_code(result)
     if code != 0:
         raise BuildError(failure_message(command, code, result))
     return result
@@ -54,11 +51,3 @@ def failure_message(command: str, code: int, result: RunResult) -> str:
     if not tail:
         return message
     return message + ":\n" + "\n".join(f"  {line}" for line in tail)
-
-
-def exit_code(result: RunResult) -> int:
-    if result.exit_code is not None:
-        return result.exit_code
-    if result.signal is not None:
-        return -result.signal
-    return _UNKNOWN_KILL_CODE if result.oom_killed else 0
