@@ -23,3 +23,14 @@ def loaded_after(statement: str, watched: tuple[str, ...]) -> list[str]:
 def test_reading_the_emulator_s_configuration_loads_no_server() -> None:
     statement = "from kiln.emulator import PROFILES, DEFAULT_HOST, EmulatorConfig"
     assert loaded_after(statement, ("starlette", "uvicorn")) == []
+
+
+def test_importing_kiln_loads_none_of_the_heavy_modules() -> None:
+    assert loaded_after("import kiln", HEAVY) == []
+
+
+def test_the_library_loads_no_database_driver_and_no_server() -> None:
+    """psycopg is the kiln[postgres] extra: a store of another kind, a build, a worker need none
+    of it; and only the emulator's server needs Starlette and uvicorn."""
+    statement = "import kiln.builds, kiln.store, kiln.durable"
+    assert loaded_after(statement, ("psycopg", "starlette", "uvicorn")) == []

@@ -13,6 +13,8 @@ lease it renews; a build whose lease expired, or whose owner process is gone fro
 taken over by the next ``acquire`` or ``claim_next``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from kiln.errors import (
     AmbiguousBuildId,
     BuildNotFound,
@@ -36,15 +38,31 @@ from kiln.store._base import (
 from kiln.store._lease import LEASE_S, RENEW_EVERY_S, LeaseKeeper
 from kiln.store._memory import MemoryStore
 from kiln.store._open import open_store
-from kiln.store._postgres import PostgresStore
+from kiln.store._psycopg import POSTGRES_EXTRA, import_psycopg
 from kiln.store._sqlite import SQLiteStore
 from kiln.store._urls import ACCEPTED_FORMS, STORE_ENV, default_store_url, redact_url
+
+if TYPE_CHECKING:
+    from kiln.store._postgres import PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore loads psycopg, an extra (kiln[postgres]): only when it is asked for.
+    if name != "PostgresStore":
+        raise AttributeError(f"module 'kiln.store' has no attribute {name!r}")
+    import_psycopg()
+    from kiln.store._postgres import PostgresStore
+
+    globals()[name] = PostgresStore
+    return PostgresStore
+
 
 __all__ = [
     "ACCEPTED_FORMS",
     "DEFAULT_SCHEMA_VERSION",
     "HEAD_EVENTS",
     "LEASE_S",
+    "POSTGRES_EXTRA",
     "RENEW_EVERY_S",
     "STORE_ENV",
     "TAIL_EVENTS",

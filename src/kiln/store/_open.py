@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from kiln.store._base import Store
 from kiln.store._memory import MemoryStore
-from kiln.store._postgres import PostgresStore
+from kiln.store._psycopg import import_psycopg
 from kiln.store._sqlite import SQLiteStore
 from kiln.store._urls import STORE_ENV, default_store_url, parse_store_url
 
@@ -26,4 +26,7 @@ def open_store(url: str | None = None, *, env: Mapping[str, str] | None = None) 
         assert location.path is not None
         return SQLiteStore(location.path)
     assert location.url is not None
+    import_psycopg()
+    from kiln.store._postgres import PostgresStore
+
     return PostgresStore(location.url)

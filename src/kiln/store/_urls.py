@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 import attrs
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from kiln.errors import UsageError
+from kiln.store._psycopg import import_psycopg
 
 STORE_ENV = "KILN_STORE"
 
@@ -86,8 +85,9 @@ def _describe(url: str) -> str:
 def _check_conninfo(url: str) -> None:
     # libpq's own parser, so that what it would refuse at connect time is refused here, as a
     # usage error, before anything runs.
+    psycopg = import_psycopg()
     try:
-        conninfo_to_dict(url)
+        import_psycopg("psycopg.conninfo").conninfo_to_dict(url)
     except psycopg.Error as error:
         raise UsageError(
             f"invalid PostgreSQL URL {redact_url(url)}: {scrub(str(error).strip(), url)}",
