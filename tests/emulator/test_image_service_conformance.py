@@ -1,0 +1,370 @@
+"""Conformance on the CAS path: the official Tensorlake client (0.5.163, its Rust core) completes
+Image Service builds against the emulator with ``cas=True``, its default.
+
+The five scenarios issue 16 names (a Dockerfile build, one with build args, an import, a build on
+a pinned parent, a background build started, followed and cancelled) run on the ideal profile and
+on the cloud profile (timings scaled down, platform auth, the proxy on its own port), as the
+legacy conformance suite does; docs/image-service.md has the wire they exercise.
+
+The client polls a build every 3 s (the first poll some 45 ms after the seal) and follows the
+builder's log only while a poll finds the build running, so the tests that need the log make the
+builder outlast the first poll that can find it running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import tensorlake._cloud_sdk as sdk
+
+from kiln.emulator import Emulator
+from kiln.testing import emulator_config
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO = REPO / "examples" / "hello" / "Dockerfile"
+TOKEN = "tl_apikey_cas_conformance_0123456789abcdef"
+PAT = "tl_pat_cas_conformance_0123456789abcdef"
+ORG, PROJECT = "org-cas", "proj-cas"
+NAMESPACE = "default"
+CAS_FORMAT = "content_addressed_streaming_v1"
+BUILDS = "/images/v4/builds"
+CONTEXT_PREFIX = "context/"
+# How long the builder must run for the client to find it running at a poll and follow its log:
+# past the first poll (about 45 ms after the seal) on the ideal profile, past the second (3 s
+# later) on the cloud one, whose builder sandbox is still booting at the first.
+FOLLOWABLE_BUILDER_MS = {"ideal": 500, "cloud": 3500}
+# A builder that runs until it is cancelled, saying something every so often.
+ENDLESS_BUILDER = {"line_pace_ms": 100, "log_lines": 10_000}
+DEADLINE_S = 30.0
+POLL_S = 0.02
+ARGS_DOCKERFILE = (
+    "ARG BASE=python:3.12-slim\n"
+    "FROM ${BASE}\n"
+    "ARG GREETING\n"
+    "ARG TARGET=world\n"
+    'RUN echo "$GREETING ${TARGET}"\n'
+)
+
+
+@attrs.frozen
+class Run:
+    """One call of the official client: its result or its error, and every event it emitted."""
+
+    result: dict[str, Any] | None
+    error: Exception | None
+    events: list[dict[str, Any]]
+
+    def text(self) -> str:
+        return "\n".join(e["message"] for e in self.events)
+
+    def logs(self) -> list[str]:
+        return [e["message"] for e in self.events if e["type"] == "build_log"]
+
+    def ok(self) -> dict[str, Any]:
+        assert self.error is None, f"build failed: {self.error!r}\n{self.text()}"
+        assert self.result is not None
+        return self.result
+
+    def failure(self) -> str:
+        assert self.error is not None, f"expected a failure, got {self.result!r}"
+        return str(self.error)
+
+
+class Peer:
+    """The official client on the CAS path, pointed at one emulator, plus its introspection."""
+
+    def __init__(self, url: str, profile: str) -> None:
+        self.url = url
+        self.profile = profile
+        self.http = httpx.Client(base_url=url)
+
+    def _call(
+        self, function: Callable[..., Any], *args: Any, token: str = TOKEN, **options: Any
+    ) -> Run:
+        events: list[dict[str, Any]] = []
+        options = {"namespace": NAMESPACE, "emit": events.append, **options}
+        try:
+            result = function(self.url, token, *args, **options)
+        except sdk.CloudSandboxClientError as error:
+            return Run(None, error, events)
+        return Run(json.loads(result), None, events)
+
+    def build(self, dockerfile: Path, **options: Any) -> Run:
+        return self._call(sdk.build_sandbox_image, str(dockerfile), cas=True, **options)
+
+    def import_image(self, reference: str, **options: Any) -> Run:
+        return self._call(sdk.import_sandbox_image, reference, cas=True, **options)
+
+    def start(self, dockerfile: Path) -> dict[str, Any]:
+        started: dict[str, Any] = json.loads(
+            sdk.start_image_build(self.url, TOKEN, str(dockerfile), namespace=NAMESPACE)
+        )
+        return started
+
+    def wait(self, build_id: str, events: list[dict[str, Any]]) -> Run:
+        return self._call(sdk.wait_image_build, build_id, DEADLINE_S, True, emit=events.append)
+
+    def cancel(self, build_id: str) -> dict[str, Any]:
+        outcome: dict[str, Any] = json.loads(
+            sdk.cancel_image_build(self.url, TOKEN, build_id, namespace=NAMESPACE)
+        )
+        return outcome
+
+    def get(self, path: str, **params: str) -> Any:
+        response = self.http.get(path, params=params)
+        assert response.is_success, response.text
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = self.http.post(path, json=body)
+        assert response.is_success, response.text
+        return response.json()
+
+    def slow_builder(self) -> None:
+        self.post("/_emulator/builder", {"duration_ms": FOLLOWABLE_BUILDER_MS[self.profile]})
+
+    def requests(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self.get("/_emulator/requests")
+        return entries
+
+    def calls(self) -> list[str]:
+        return [f"{e['method']} {e['path']}" for e in self.requests()]
+
+    def builds(self) -> list[dict[str, Any]]:
+        builds: list[dict[str, Any]] = self.get("/_emulator/image-builds")["builds"]
+        return builds
+
+    def template(self, name: str) -> dict[str, Any]:
+        [template] = [t for t in self.get("/_emulator/templates")["templates"] if t["name"] == name]
+        assert isinstance(template, dict)
+        return template
+
+    def snapshot_files(self, name: str) -> dict[str, bytes]:
+        blob = self.http.get("/_emulator/blobs", params={"uri": self.template(name)["snapshotUri"]})
+        assert blob.is_success, blob.text
+        with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:") as archive:
+            return {
+                member.name: handle.read()
+                for member in archive.getmembers()
+                if (handle := archive.extractfile(member)) is not None
+            }
+
+    def assert_clean(self) -> None:
+        """After every run: no builder sandbox left, no token in the request log."""
+        sandboxes = self.get("/_emulator/sandboxes")["sandboxes"]
+        assert [s for s in sandboxes if s["status"] != "terminated"] == []
+        log = self.http.get("/_emulator/requests").text
+        assert TOKEN not in log
+        assert PAT not in log
+
+
+@pytest.fixture(params=["ideal", pytest.param("cloud", marks=pytest.mark.slow)])
+def cas_emulator(request: pytest.FixtureRequest) -> Iterator[Callable[..., Peer]]:
+    profile: str = request.param
+    with contextlib.ExitStack() as stack:
+
+        def start(**config: Any) -> Peer:
+            emulator = stack.enter_context(Emulator(emulator_config(profile, pat=PAT, **config)))
+            peer = Peer(emulator.url, profile)
+            stack.callback(peer.http.close)
+            stack.callback(peer.assert_clean)
+            return peer
+
+        yield start
+
+
+@pytest.fixture
+def peer(cas_emulator: Callable[..., Peer]) -> Peer:
+    return cas_emulator()
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(POLL_S)
+
+
+def dockerfile_in(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name / "Dockerfile"
+    path.parent.mkdir()
+    path.write_text(text)
+    return path
+
+
+# -- the five scenarios ------------------------------------------------------------------------
+
+
+def test_a_dockerfile_build_registers_a_cas_image(peer: Peer) -> None:
+    run = peer.build(HELLO)
+    result = run.ok()
+    assert (result["name"], result["snapshotFormatVersion"]) == ("hello", CAS_FORMAT)
+    assert f"CAS image 'hello' registered ({result['id']})" in run.text()
+    [build] = peer.builds()
+    assert (build["status"], build["kind"], build["sealed"]) == ("succeeded", "dockerfile", True)
+    calls = peer.calls()
+    assert calls[:6] == [
+        "GET /images/v4/images/name/python:3.12-slim",
+        "GET /platform/v1/sandbox-templates/by-name/python:3.12-slim",
+        f"POST {BUILDS}",
+        f"PUT /image-context-uploads/{build['build_id']}",
+        f"POST {BUILDS}/{build['build_id']}/context/seal",
+        f"GET {BUILDS}/{build['build_id']}",
+    ]
+    # Then only polls, and the follow of the builder's log when a poll found it running.
+    follow = (
+        f"GET /v1/namespaces/{NAMESPACE}/sandboxes/{build['builder_sandbox_id']}",
+        "GET /api/v1/",
+    )
+    assert all(c == calls[5] or c.startswith(follow) for c in calls[6:]), calls
+    looked_up = peer.http.get(
+        "/images/v4/images/name/hello", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert looked_up.json()["id"] == result["id"]
+    # The snapshot holds exactly what .dockerignore let the client send.
+    context = {
+        name.removeprefix(CONTEXT_PREFIX): data
+        for name, data in peer.snapshot_files("hello").items()
+        if name.startswith(CONTEXT_PREFIX)
+    }
+    allowed = [".dockerignore", "Dockerfile", "hello.py", "requirements.txt"]
+    assert context == {name: (HELLO.parent / name).read_bytes() for name in allowed}
+
+
+def test_build_args_are_applied_by_the_builder(peer: Peer, tmp_path: Path) -> None:
+    dockerfile = dockerfile_in(tmp_path, "greet", ARGS_DOCKERFILE)
+    peer.slow_builder()
+    run = peer.build(dockerfile, build_args={"GREETING": "hello", "UNUSED": "x"})
+    run.ok()
+    logs = run.logs()
+    assert "Step 2/5 : FROM python:3.12-slim" in logs
+    assert 'Step 5/5 : RUN echo "hello world"' in logs
+    assert "[Warning] One or more build-args ['UNUSED'] were not consumed" in logs
+    assert len(logs) == len(set(logs)), "a replayed log line was emitted twice"
+    spec = json.loads(peer.snapshot_files("greet")["spec.json"])
+    assert spec["build_args"] == {"GREETING": "hello", "UNUSED": "x"}
+
+
+def test_an_import_registers_a_cas_image_without_a_context(peer: Peer) -> None:
+    run = peer.import_image("python:3.12-slim")
+    assert run.ok()["name"] == "python"
+    calls = peer.calls()
+    assert calls[0] == f"POST {BUILDS}"
+    assert not [c for c in calls if "by-name" in c or "context" in c], calls
+    [build] = peer.builds()
+    assert (build["kind"], build["image_ref"]) == ("import", "python:3.12-slim")
+    assert set(peer.snapshot_files("python")) == {"spec.json"}
+
+
+def test_a_build_on_a_pinned_parent_is_a_diff(peer: Peer, tmp_path: Path) -> None:
+    parent = peer.build(HELLO).ok()
+    pinned = dockerfile_in(tmp_path, "pinned", f"FROM {parent['id']}\nRUN echo child\n")
+    before = len(peer.requests())
+    peer.build(pinned).ok()
+    # The client's result has no node kind (it says "base" for every CAS image); the image has.
+    assert peer.template("pinned")["rootfsNodeKind"] == "diff"
+    # A pin is resolved by nobody: the client sends the image id it names, unlooked-up.
+    assert not [c for c in peer.calls()[before:] if "by-name" in c or "/images/name/" in c]
+    peer.build(dockerfile_in(tmp_path, "named", "FROM hello\nRUN echo child\n")).ok()
+    assert peer.template("named")["rootfsNodeKind"] == "diff"
+    parents = {b["name"]: b["parents"] for b in peer.builds()}
+    assert parents["pinned"] == [{"reference": parent["id"], "public_id": parent["id"]}]
+    assert parents["named"] == [{"reference": "hello", "public_id": parent["id"]}]
+
+
+def test_a_background_build_is_started_followed_and_cancelled(peer: Peer) -> None:
+    peer.post("/_emulator/builder", ENDLESS_BUILDER)
+    started = peer.start(HELLO)
+    build_id = started["build"]["build_id"]
+    assert started["client_request_id"] == peer.builds()[0]["client_request_id"]
+    events: list[dict[str, Any]] = []
+    waited: list[Run] = []
+    waiter = threading.Thread(target=lambda: waited.append(peer.wait(build_id, events)))
+    waiter.start()
+    try:
+        until(lambda: any(e["type"] == "build_log" for e in events), "the builder's log")
+        outcome = peer.cancel(build_id)
+    finally:
+        waiter.join(DEADLINE_S)
+    assert outcome["outcome"] == "cancelled"
+    assert outcome["build"]["status"] == "cancelled"
+    [run] = waited
+    assert '"code":"cancelled"' in run.failure()
+    logs = [e["message"] for e in events if e["type"] == "build_log"]
+    assert any("tl-image-builder (kiln emulator stand-in)" in line for line in logs)
+    [sandbox] = peer.get("/_emulator/sandboxes")["sandboxes"]
+    assert sandbox["termination_reason"] == "image build cancelled"
+    assert json.loads(sdk.get_image_build(peer.url, TOKEN, build_id))["status"] == "cancelled"
+
+
+# -- around them -------------------------------------------------------------------------------
+
+
+def test_a_pat_uses_the_same_routes_with_scope_headers(peer: Peer) -> None:
+    run = peer._call(
+        sdk.build_sandbox_image,
+        str(HELLO),
+        token=PAT,
+        cas=True,
+        use_scope_headers=True,
+        organization_id=ORG,
+        project_id=PROJECT,
+    )
+    run.ok()
+    lookups = [c for c in peer.calls() if "by-name" in c]
+    assert lookups == [
+        f"GET /platform/v1/organizations/{ORG}/projects/{PROJECT}/sandbox-templates/by-name/"
+        "python:3.12-slim"
+    ]
+    assert f"POST {BUILDS}" in peer.calls()
+
+
+def test_a_lost_admission_answer_is_retried_onto_the_same_build(peer: Peer) -> None:
+    peer.post(
+        "/_emulator/faults",
+        {"match": {"method": "POST", "path": f"^{BUILDS}$"}, "action": {"status": 503}, "times": 1},
+    )
+    peer.build(HELLO).ok()
+    admissions = [e["status"] for e in peer.requests() if e["path"] == BUILDS]
+    assert admissions == [503, 200]
+    assert len(peer.builds()) == 1
+
+
+def test_a_failing_builder_fails_the_build_with_its_reason(peer: Peer) -> None:
+    peer.post("/_emulator/builder", {"exit_code": 3})
+    message = peer.build(HELLO).failure()
+    assert '"code":"failed"' in message
+    assert "tl-image-builder exited with status 3" in message
+
+
+def test_a_retired_build_is_not_found(peer: Peer) -> None:
+    peer.build(HELLO).ok()
+    [first] = peer.builds()
+    peer.build(HELLO).ok()
+    run = peer.wait(first["build_id"], [])
+    assert '"code":"not_found"' in run.failure()
+    assert "current build" in run.failure()
+
+
+def test_the_legacy_path_refuses_a_cas_parent_and_the_cas_path_a_legacy_one(
+    peer: Peer, tmp_path: Path
+) -> None:
+    peer.build(HELLO).ok()
+    child = dockerfile_in(tmp_path, "child", "FROM hello\nRUN echo child\n")
+    legacy = peer._call(sdk.build_sandbox_image, str(child), cas=False)
+    assert "hello" in legacy.failure()
+    assert not [c for c in peer.calls() if "sandbox-template-builds" in c]
+    peer._call(sdk.import_sandbox_image, "ubuntu:24.04", registered_name="base", cas=False).ok()
+    on_legacy = dockerfile_in(tmp_path, "onlegacy", "FROM base\nRUN echo child\n")
+    assert "is a legacy image" in peer.build(on_legacy).failure()
