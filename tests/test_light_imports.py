@@ -5,8 +5,10 @@ so that nothing this test process loaded before counts."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("psycopg", "starlette", "uvicorn", "rich")
 
@@ -34,3 +36,42 @@ def test_the_library_loads_no_database_driver_and_no_server() -> None:
     of it; and only the emulator's server needs Starlette and uvicorn."""
     statement = "import kiln.builds, kiln.store, kiln.durable"
     assert loaded_after(statement, ("psycopg", "starlette", "uvicorn")) == []
+
+
+PROBE = """
+import sys
+
+SERVER_AND_STORES = {"kiln.store", "kiln.emulator._server", "starlette", "uvicorn", "psycopg"}
+
+
+def test_a_test_that_uses_no_kiln_fixture_pays_for_none():
+    assert SERVER_AND_STORES & set(sys.modules) == set()
+
+
+def test_the_stores_load_with_the_fixture_that_uses_them(kiln_store):
+    assert "kiln.store" in sys.modules
+"""
+
+
+def test_the_pytest_plugin_loads_the_emulator_and_the_stores_only_for_its_fixtures(
+    tmp_path: Path,
+) -> None:
+    """pytest loads kiln's plugin in every run of any project where kiln is installed: a run of
+    tests that use none of its fixtures must not start paying for the emulator or the stores."""
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout, done.stdout
+
+
+def test_the_plugin_module_loads_neither_server_nor_stores() -> None:
+    loaded = loaded_after(
+        "import kiln.testing.plugin", ("kiln.store", "kiln.emulator._server", *HEAVY)
+    )
+    assert loaded == []

@@ -21,16 +21,51 @@ Importing :mod:`kiln.testing` needs ``pytest`` (the fixtures are part of it).
         assert run.outcome == "done" and kiln_emulator.live_sandboxes() == []
 """
 
-from kiln.testing._client import EmulatorClient
-from kiln.testing._faults import TARGETS, FaultSchedule, RequestFault, Target
-from kiln.testing._profiles import CLOUD_TEST_TIMINGS, TEST_PAT, emulator_config
-from kiln.testing._run import TEST_TOKEN, BuildRun, persist_to, run_build, without_backoff
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The fixtures are imported now: pytest finds them in this module (``pytest -p kiln.testing``).
+# The plugin module is light; the emulator and the stores load when a fixture is used.
 from kiln.testing.plugin import (
     kiln_emulator,
     kiln_emulator_config,
     kiln_emulator_server,
     kiln_store,
 )
+
+if TYPE_CHECKING:
+    from kiln.testing._client import EmulatorClient
+    from kiln.testing._faults import TARGETS, FaultSchedule, RequestFault, Target
+    from kiln.testing._profiles import CLOUD_TEST_TIMINGS, TEST_PAT, emulator_config
+    from kiln.testing._run import TEST_TOKEN, BuildRun, persist_to, run_build, without_backoff
+
+# The rest on first use (PEP 562): pytest imports this package in every run of any project where
+# kiln is installed, and most of those never use it.
+_EXPORTS = {
+    "CLOUD_TEST_TIMINGS": "kiln.testing._profiles",
+    "TARGETS": "kiln.testing._faults",
+    "TEST_PAT": "kiln.testing._profiles",
+    "TEST_TOKEN": "kiln.testing._run",
+    "BuildRun": "kiln.testing._run",
+    "EmulatorClient": "kiln.testing._client",
+    "FaultSchedule": "kiln.testing._faults",
+    "RequestFault": "kiln.testing._faults",
+    "Target": "kiln.testing._faults",
+    "emulator_config": "kiln.testing._profiles",
+    "persist_to": "kiln.testing._run",
+    "run_build": "kiln.testing._run",
+    "without_backoff": "kiln.testing._run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CLOUD_TEST_TIMINGS",

@@ -21,13 +21,19 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from kiln.emulator import PROFILES, Emulator, EmulatorConfig
-from kiln.store import MemoryStore, SQLiteStore, Store
-from kiln.testing._client import EmulatorClient
-from kiln.testing._profiles import emulator_config
+# The profiles' names only (the emulator's configuration module): pytest loads this plugin in
+# every run where kiln is installed, so the emulator's server and the stores load in the
+# fixtures that use them, not here.
+from kiln.emulator import PROFILES
+
+if TYPE_CHECKING:
+    from kiln.emulator import Emulator, EmulatorConfig
+    from kiln.store import Store
+    from kiln.testing._client import EmulatorClient
 
 STORE_KINDS = ("memory", "sqlite")
 SQLITE_FILE = "builds.db"
@@ -56,12 +62,16 @@ def chosen_profile(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def kiln_emulator_config(request: pytest.FixtureRequest) -> EmulatorConfig:
     """The configuration of the session's emulator; override it in a conftest to choose."""
+    from kiln.testing._profiles import emulator_config
+
     return emulator_config(chosen_profile(request.config))
 
 
 @pytest.fixture(scope="session")
 def kiln_emulator_server(kiln_emulator_config: EmulatorConfig) -> Iterator[Emulator]:
     """The session's emulator (loopback ports, a temporary data directory)."""
+    from kiln.emulator import Emulator
+
     with Emulator(kiln_emulator_config) as emulator:
         yield emulator
 
@@ -69,6 +79,8 @@ def kiln_emulator_server(kiln_emulator_config: EmulatorConfig) -> Iterator[Emula
 @pytest.fixture
 def kiln_emulator(kiln_emulator_server: Emulator) -> Iterator[EmulatorClient]:
     """The session's emulator, reset: no sandboxes, templates, faults or logged requests."""
+    from kiln.testing._client import EmulatorClient
+
     token = kiln_emulator_server.config.api_key
     with EmulatorClient(kiln_emulator_server.url, token=token) as client:
         client.reset()
@@ -78,6 +90,8 @@ def kiln_emulator(kiln_emulator_server: Emulator) -> Iterator[EmulatorClient]:
 @pytest.fixture(params=STORE_KINDS)
 def kiln_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """An empty store of each kind in turn."""
+    from kiln.store import MemoryStore, SQLiteStore
+
     store: Store = (
         MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / SQLITE_FILE)
     )
