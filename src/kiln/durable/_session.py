@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kiln._logging import logger
+from kiln._tasks import finish_despite_cancel
 from kiln.durable._unrecorded import holds_sandbox
 from kiln.errors import BuildHandedOver, KilnError, StoreOutage
 from kiln.machine import BuildState, Driver, Event
@@ -277,14 +278,8 @@ class Session:
             return False
         data = state.to_dict()
         events, self._pending = self._pending, []
-        write = asyncio.ensure_future(self._commit(state, data, text, events))
         try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            await asyncio.wait({write})
-            if not write.cancelled():
-                write.exception()  # retrieved: the cancel is what the caller sees
-            raise
+            await finish_despite_cancel(self._commit(state, data, text, events))
         except StoreUnavailable:
             # Nothing landed: the events go out with the next write that does.
             self._pending[:0] = events

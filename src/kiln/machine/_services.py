@@ -7,7 +7,6 @@ which is why nothing here may be needed to *understand* the state, only to act o
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -16,6 +15,7 @@ import attrs
 import httpx
 
 from kiln._logging import logger
+from kiln._tasks import finish_despite_cancel
 from kiln.api import (
     ApiSettings,
     LifecycleClient,
@@ -114,15 +114,11 @@ class Services:
 
     async def checkpoint(self, state: BuildState) -> None:
         """Persist the state now: a remote side effect (a sandbox, a process) just happened."""
-        write = asyncio.ensure_future(self.checkpoint_hook(state))
         try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
             # A cancel (Ctrl-C) must not cut a store write short: the store would move on while
             # the writer's record of its version did not, and the next write would be refused
-            # as stale. Let the write land, then stop.
-            await asyncio.wait({write})
-            raise
+            # as stale. The write lands, then the build stops.
+            await finish_despite_cancel(self.checkpoint_hook(state))
         except Exception as error:
             raise CheckpointFailed(error) from error
 

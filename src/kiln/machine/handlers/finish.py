@@ -7,6 +7,7 @@ import json
 from collections.abc import Coroutine
 from typing import Any
 
+from kiln._tasks import finish_despite_cancel
 from kiln.errors import ApiError, ResponseError
 from kiln.machine._outcome import SUCCEEDED, Outcome
 from kiln.machine._services import Services
@@ -69,9 +70,8 @@ async def _past_cancel(call: Coroutine[Any, Any, dict[str, Any]], state: BuildSt
         raise
     task = asyncio.ensure_future(call)
     try:
-        return await asyncio.shield(task)
+        return await finish_despite_cancel(task)
     except asyncio.CancelledError:
-        await asyncio.wait({task})
         if not task.cancelled() and task.exception() is None:
             state.result = task.result()
         raise
