@@ -16,7 +16,9 @@ import pytest
 import structlog
 from hypothesis import settings
 
-import leak_guard
+from support import leak_guard
+
+pytest_plugins = ["support.fixtures"]
 
 DEFAULT_EXAMPLES = 100
 DEEP_EXAMPLES = 10 * DEFAULT_EXAMPLES

@@ -19,8 +19,7 @@ import pytest
 from kiln.errors import ContextError
 from kiln.plan import ContextArchive
 from kiln.testing import EmulatorClient
-
-from .processes import TOKEN, kiln_env, run_kiln
+from support.processes import TOKEN, kiln_env, run_kiln
 
 DEEP = 1_200
 # Deeper than PATH_MAX (4096 bytes) allows a path to be named: such a tree cannot be archived.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .processes import HELLO, kiln_env, run_into_closed_pipe, run_kiln
+from support.processes import HELLO, kiln_env, run_into_closed_pipe, run_kiln
 
 EXIT_BROKEN_PIPE = 141
 DEV_FULL = Path("/dev/full")

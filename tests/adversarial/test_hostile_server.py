@@ -19,8 +19,7 @@ from kiln.errors import ConfigError, PhaseTimeout, ResponseError
 from kiln.machine import CLEANUP_GRACE_S, BuildOptions, TransitionEvent, WarningEvent
 from kiln.store import MemoryStore
 from kiln.testing import EmulatorClient, run_build
-
-from .processes import HELLO, TOKEN, kiln_env, run_kiln
+from support.processes import HELLO, TOKEN, kiln_env, run_kiln
 
 API = "https://api.tensorlake.ai"
 MIB = 1 << 20

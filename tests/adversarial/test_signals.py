@@ -16,8 +16,7 @@ import pytest
 
 import kiln.cli
 from kiln.testing import EmulatorClient
-
-from .processes import HELLO, TOKEN, Running, entered, kiln_env, wait_for
+from support.processes import HELLO, TOKEN, Running, entered, kiln_env, wait_for
 
 # Long enough that the builder is still running when the signal arrives, whatever the load.
 SLOW_BUILDER_MS = 60_000

@@ -93,16 +93,6 @@ def templates_file(tmp_path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorClient]:
-    """An emulator in this process, on a loopback port the `kiln` subprocess reaches."""
-    with (
-        Emulator(EmulatorConfig(data_dir=tmp_path / "emulator")) as server,
-        EmulatorClient(server.url) as client,
-    ):
-        yield client
-
-
 def remote_env(tmp_path: Path) -> dict[str, str]:
     return kiln_env(tmp_path, TENSORLAKE_API_KEY=TOKEN)
 

@@ -19,8 +19,16 @@ from kiln.emulator import Emulator
 from kiln.machine import load_machine_spec
 from kiln.store import open_store
 from kiln.testing import EmulatorClient, emulator_config
+from support.durable import (
+    HELLO,
+    TOKEN,
+    builder_starts,
+    kiln_env,
+    raw_store_text,
+    run_kiln,
+    spawn_kiln,
+)
 
-from .support import HELLO, TOKEN, builder_starts, kiln_env, raw_store_text, run_kiln, spawn_kiln
 from .test_processes import _build_id_of
 
 # One transition per state on the happy path; a kill point past what is left simply never fires.

@@ -15,8 +15,7 @@ import pytest
 from kiln import submit
 from kiln.store import open_store
 from kiln.testing import EmulatorClient
-
-from .support import HELLO, builder_starts, kiln_env, run_kiln, spawn_kiln, wait_until
+from support.durable import HELLO, builder_starts, kiln_env, run_kiln, spawn_kiln, wait_until
 
 WORKER_ARGS = ["worker", "--lease-s", "2", "--heartbeat-s", "0.5", "--poll-s", "0.2"]
 CREATE_PATH = r"/sandboxes$"

@@ -15,8 +15,7 @@ from kiln.durable import KILL_AFTER_TRANSITION_ENV
 from kiln.machine import load_machine_spec
 from kiln.store import Store
 from kiln.testing import EmulatorClient
-
-from .support import (
+from support.durable import (
     HELLO,
     TOKEN,
     builder_starts,

@@ -13,8 +13,7 @@ from kiln.errors import KilnError
 from kiln.machine import Secrets
 from kiln.store import Owner, PostgresStore, SQLiteStore, Store
 from kiln.testing import EmulatorClient
-
-from .support import (
+from support.durable import (
     FAST_POLL_S,
     TOKEN,
     builder_starts,

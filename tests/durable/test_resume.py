@@ -13,8 +13,7 @@ from kiln.errors import BuildError, ConfigError, KilnError
 from kiln.machine import load_machine_spec
 from kiln.store import OwnedElsewhere, Owner, Store
 from kiln.testing import EmulatorClient
-
-from .support import (
+from support.durable import (
     FAST_POLL_S,
     TOKEN,
     builder_starts,

@@ -11,8 +11,7 @@ from kiln.durable import Session
 from kiln.machine import BuildState
 from kiln.plan import plan_dockerfile
 from kiln.store import MemoryStore, Owner
-
-from .support import HELLO
+from support.durable import HELLO
 
 
 class LandingSaves(MemoryStore):

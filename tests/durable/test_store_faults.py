@@ -25,8 +25,7 @@ from kiln.machine import load_machine_spec
 from kiln.store import Store, StoreUnavailable, open_store
 from kiln.testing import EmulatorClient
 from kiln.testing.postgres import PostgresCluster
-
-from .support import FAST_POLL_S, HELLO, TOKEN, builder_starts, start, wait_until
+from support.durable import FAST_POLL_S, HELLO, TOKEN, builder_starts, start, wait_until
 
 EXIT_STORE_UNAVAILABLE = 75
 KILN_LOGGERS = ("kiln", "kiln.build", "kiln.durable", "kiln.worker", "kiln.emulator")

@@ -7,25 +7,16 @@ streams cut by idle and age limits, 411 for unsized uploads).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
-from machine_support import PROFILES, Admin, EmulatorPool, profile_config
+
+from support.machine import PROFILES, Admin, EmulatorPool, profile_config
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "emulator" in metafunc.fixturenames and metafunc.definition.get_closest_marker("cloud"):
         metafunc.parametrize("emulator", PROFILES, indirect=True)
-
-
-@pytest.fixture(scope="session")
-def emulator_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorPool]:
-    pool = EmulatorPool(Path(tmp_path_factory.mktemp("machine-emulators")))
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 @pytest.fixture

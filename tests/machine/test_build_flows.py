@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from machine_support import (
+
+from kiln.machine import BuildOptions, BuildState
+from kiln.plan import plan_dockerfile
+from support.machine import (
     MULTISTAGE,
     Admin,
     EmulatorPool,
     import_plan,
     run_to_end,
 )
-
-from kiln.machine import BuildOptions, BuildState
-from kiln.plan import plan_dockerfile
 
 # The official client makes 33 requests for examples/hello (reference §9); kiln's budget.
 HELLO_REQUEST_BUDGET = 16

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from machine_support import TOKEN, hello_plan, import_plan
-
 from kiln.machine import BuildOptions, BuildState, ErrorRecord
+from support.machine import TOKEN, hello_plan, import_plan
 
 
 def test_a_fresh_state_round_trips_through_json() -> None:

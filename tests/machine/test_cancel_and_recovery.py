@@ -8,7 +8,9 @@ from typing import Any
 import attrs
 import httpx
 import pytest
-from machine_support import (
+
+from kiln.machine import Backoff, BuildState, load_machine_spec
+from support.machine import (
     Admin,
     EmulatorPool,
     fast_spec,
@@ -16,8 +18,6 @@ from machine_support import (
     start_run,
     wait_for,
 )
-
-from kiln.machine import Backoff, BuildState, load_machine_spec
 
 SPEC = load_machine_spec()
 BUILDER = "/usr/local/bin/tl-rootfs-build"

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from machine_support import (
+
+from kiln.emulator import Emulator
+from kiln.plan import plan_dockerfile
+from kiln.testing import TEST_TOKEN, emulator_config
+from support.machine import (
     HELLO,
     EmulatorPool,
     fake_credential_helper,
@@ -23,10 +27,6 @@ from machine_support import (
     profile_config,
     run_to_end,
 )
-
-from kiln.emulator import Emulator
-from kiln.plan import plan_dockerfile
-from kiln.testing import TEST_TOKEN, emulator_config
 
 pytestmark = pytest.mark.e2e
 

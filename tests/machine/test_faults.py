@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from machine_support import Admin, EmulatorPool, fast_spec, run_to_end
 
 from kiln.errors import BuildFailed, PhaseTimeout, WithDiagnostics
 from kiln.machine import BuildOptions
+from support.machine import Admin, EmulatorPool, fast_spec, run_to_end
 
 # (state, method, path regex, matching requests to let through first, emulator config)
 FAULT_POINTS: list[tuple[str, str, str, int, dict[str, Any]]] = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from machine_support import Admin, run_to_end, start_run
 
 from kiln.machine import BuildState
 from kiln.machine.handlers import builder as builder_handler
+from support.machine import Admin, run_to_end, start_run
 
 BUILDER = "/usr/local/bin/tl-rootfs-build"
 

@@ -6,9 +6,8 @@ as a success, and a sandbox terminated while pending polled until the phase's de
 
 from __future__ import annotations
 
-from machine_support import Admin, EmulatorPool, fast_spec, run_to_end, start_run, wait_for
-
 from kiln.errors import BuildFailed, PhaseTimeout, WithDiagnostics
+from support.machine import Admin, EmulatorPool, fast_spec, run_to_end, start_run, wait_for
 
 SIGTERM = 15
 # Far beyond the one poll a terminated sandbox needs, yet short enough that a build that keeps

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from machine_support import Admin, EmulatorPool, fast_spec, run_to_end
 
 from kiln.machine import load_machine_spec
+from support.machine import Admin, EmulatorPool, fast_spec, run_to_end
 
 FOLLOW = r"/output/follow$"
 PROCESS_STATUS = r"^/api/v1/processes/\d+$"

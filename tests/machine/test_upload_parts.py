@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from machine_support import Admin, run_to_end
 
 from kiln.plan import plan_dockerfile
+from support.machine import Admin, run_to_end
 
 # The package re-exports the handler function under the module's name: fetch the module itself.
 upload_module = importlib.import_module("kiln.machine.handlers.upload")

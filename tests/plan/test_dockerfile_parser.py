@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import dockerfiles
 
 from kiln.errors import DockerfileError
 from kiln.plan import parse_dockerfile
+from kiln.testing.strategies import dockerfiles
 
 
 def _lines(text: str) -> list[tuple[int, str]]:

@@ -13,10 +13,10 @@ import dockerfile as buildkit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import dockerfiles
 
 from kiln.errors import DockerfileError
 from kiln.plan import Instruction, parse_dockerfile
+from kiln.testing.strategies import dockerfiles
 
 CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.Dockerfile"))
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*/Dockerfile"))

@@ -21,11 +21,11 @@ import dockerfile as buildkit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import dockerfiles
 
 from kiln.errors import KilnError
 from kiln.plan import plan_dockerfile
 from kiln.plan.stages import resolve_stages
+from kiln.testing.strategies import dockerfiles
 
 # BuildKit's instructions/parse.go: the flags each instruction defines.
 FLAGS = {

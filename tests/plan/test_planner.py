@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import dockerfiles
 
 from kiln.errors import DockerfileError, PlanError, UsageError
 from kiln.plan import (
@@ -19,6 +18,7 @@ from kiln.plan import (
     plan_dockerfile,
     plan_import,
 )
+from kiln.testing.strategies import dockerfiles
 
 DIGEST = "sha256:" + "a" * 64
 

@@ -1,17 +1,15 @@
-"""Fixtures for the store tests: a fake clock, one private PostgreSQL cluster per session, and a
-``backend`` fixture that runs a test against memory, SQLite and PostgreSQL in turn."""
+"""Fixtures for the store tests: a fake clock, and a ``backend`` fixture that runs a test against
+memory, SQLite and PostgreSQL (a database of its own on the session's cluster) in turn."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
 import pytest
 
 from kiln.store import HEAD_EVENTS, TAIL_EVENTS, MemoryStore, PostgresStore, SQLiteStore, Store
-from kiln.testing.postgres import PostgresCluster
 
 # Any fixed instant will do; a round one makes failing assertions easy to read.
 START_TIME = 1_800_000_000.0
@@ -49,24 +47,6 @@ class Backend:
         return store
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    with PostgresCluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="session")
-def postgres_url(postgres_cluster: PostgresCluster) -> str:
-    """The session cluster's ``postgres`` database; tests write to their own database instead."""
-    return postgres_cluster.url
-
-
-@pytest.fixture
-def postgres_db_url(postgres_cluster: PostgresCluster, postgres_url: str) -> str:
-    """A fresh, empty database for one test."""
-    return postgres_cluster.create_database(f"test_{uuid.uuid4().hex[:16]}")
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -91,7 +71,7 @@ async def backend(
         def factory(head: int, tail: int) -> Store:
             return SQLiteStore(path, clock=clock, head_events=head, tail_events=tail)
     else:
-        url: str = request.getfixturevalue("postgres_db_url")
+        url: str = request.getfixturevalue("postgres_store_url")
 
         def factory(head: int, tail: int) -> Store:
             return PostgresStore(url, clock=clock, head_events=head, tail_events=tail)

@@ -138,7 +138,7 @@ def open_real(request: pytest.FixtureRequest, tmp_path: Path) -> RealFactory:
         return lambda clock: SQLiteStore(
             tmp_path / f"{next(files)}.db", clock=clock, head_events=HEAD, tail_events=TAIL
         )
-    url: str = request.getfixturevalue("postgres_db_url")
+    url: str = request.getfixturevalue("postgres_store_url")
 
     def open_postgres(clock: FakeClock) -> Store:
         # A database per example would cost a CREATE DATABASE each; emptying the tables is cheap.

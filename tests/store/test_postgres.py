@@ -22,33 +22,33 @@ def _query(url: str, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
-async def test_workers_starting_together_migrate_once(postgres_db_url: str) -> None:
-    stores = [PostgresStore(postgres_db_url) for _ in range(4)]
+async def test_workers_starting_together_migrate_once(postgres_store_url: str) -> None:
+    stores = [PostgresStore(postgres_store_url) for _ in range(4)]
     await asyncio.gather(*(store.list() for store in stores))
     await asyncio.gather(*(store.close() for store in stores))
-    again = PostgresStore(postgres_db_url)
+    again = PostgresStore(postgres_store_url)
     await again.list()
     await again.close()
-    applied = _query(postgres_db_url, "SELECT version FROM schema_migrations ORDER BY version")
+    applied = _query(postgres_store_url, "SELECT version FROM schema_migrations ORDER BY version")
     assert applied == [(m.version,) for m in MIGRATIONS]
 
 
-async def test_a_database_from_a_newer_kiln_is_refused(postgres_db_url: str) -> None:
-    store = PostgresStore(postgres_db_url)
+async def test_a_database_from_a_newer_kiln_is_refused(postgres_store_url: str) -> None:
+    store = PostgresStore(postgres_store_url)
     await store.list()
     await store.close()
     _query(
-        postgres_db_url,
+        postgres_store_url,
         f"INSERT INTO schema_migrations VALUES ({LATEST_VERSION + 1}, 'future', 0) RETURNING 1",
     )
-    later = PostgresStore(postgres_db_url)
+    later = PostgresStore(postgres_store_url)
     with pytest.raises(ConfigError, match="newer than this kiln"):
         await later.list()
     await later.close()
 
 
-async def test_many_workers_claim_each_build_exactly_once(postgres_db_url: str) -> None:
-    workers = [PostgresStore(postgres_db_url) for _ in range(6)]
+async def test_many_workers_claim_each_build_exactly_once(postgres_store_url: str) -> None:
+    workers = [PostgresStore(postgres_store_url) for _ in range(6)]
     for n in range(30):
         await workers[0].create(id=f"b-{n:02}", name="n", state="prepare", data={})
     # Connect everyone first, so that no worker drains the queue while the others still connect.
@@ -69,11 +69,11 @@ async def test_many_workers_claim_each_build_exactly_once(postgres_db_url: str) 
     assert sum(1 for taken in results if taken) > 1
 
 
-async def test_a_dropped_connection_is_reported_then_replaced(postgres_db_url: str) -> None:
-    store = PostgresStore(postgres_db_url)
+async def test_a_dropped_connection_is_reported_then_replaced(postgres_store_url: str) -> None:
+    store = PostgresStore(postgres_store_url)
     await store.create(id="b-1", name="n", state="prepare", data={})
     _query(
-        postgres_db_url,
+        postgres_store_url,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()",
     )
@@ -83,21 +83,21 @@ async def test_a_dropped_connection_is_reported_then_replaced(postgres_db_url: s
     await store.close()
 
 
-async def test_a_lease_renewal_never_waits_behind_log_writes(postgres_db_url: str) -> None:
-    store = PostgresStore(postgres_db_url, pool_size=2)
+async def test_a_lease_renewal_never_waits_behind_log_writes(postgres_store_url: str) -> None:
+    store = PostgresStore(postgres_store_url, pool_size=2)
     owner = Owner(host="w.example", pid=1, worker_id="w")
     try:
         for id in ("logging", "other"):
             await store.create(id=id, name="n", state="run_builder", data={})
             await store.acquire(id, owner, lease_s=LEASE_S)
-        async with await psycopg.AsyncConnection.connect(postgres_db_url) as holder:
+        async with await psycopg.AsyncConnection.connect(postgres_store_url) as holder:
             # A log write stuck on a row lock holds a connection; a second one queues behind it.
             await holder.execute("SELECT 1 FROM builds WHERE id = 'logging' FOR UPDATE")
             stuck = [
                 asyncio.create_task(store.append_events("logging", [("log", {"n": n})]))
                 for n in range(2)
             ]
-            await _until_a_backend_waits_on_a_lock(postgres_db_url)
+            await _until_a_backend_waits_on_a_lock(postgres_store_url)
             async with asyncio.timeout(10):
                 assert await store.renew("other", owner, lease_s=LEASE_S) is False
             assert not any(task.done() for task in stuck)

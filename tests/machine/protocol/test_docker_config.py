@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from machine_support import fake_credential_helper, helper_log
 
 from kiln.errors import ConfigError
 from kiln.machine.protocol import (
@@ -19,6 +18,7 @@ from kiln.machine.protocol import (
     load_docker_config_json,
     registry_of,
 )
+from support.machine import fake_credential_helper, helper_log
 
 SECRET = "s3cr3t-p4ss"
 BASIC = base64.b64encode(f"alice:{SECRET}".encode()).decode()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import structlog
-from machine_support import HELLO, TOKEN, Admin, wait_for
 
 import kiln
 from kiln.emulator import Emulator, EmulatorConfig
@@ -20,6 +20,14 @@ from kiln.errors import (
     UsageError,
     WithDiagnostics,
 )
+from support.machine import HELLO, TOKEN, Admin, EmulatorPool, wait_for
+
+
+@pytest.fixture
+async def emulator(emulator_pool: EmulatorPool) -> AsyncIterator[Admin]:
+    """The session's shared emulator, reset; the test fails if a sandbox is left running."""
+    async with emulator_pool.running() as admin:
+        yield admin
 
 
 async def test_build_image_returns_the_template_and_reports_events(emulator: Admin) -> None:

@@ -15,8 +15,7 @@ from kiln.durable import Session, reap
 from kiln.machine import Secrets
 from kiln.store import Store
 from kiln.testing import EmulatorClient
-
-from .support import TOKEN, leak_a_sandbox, start
+from support.durable import TOKEN, leak_a_sandbox, start
 
 BEAT_S = 0.05
 BUILDER_MS = 1500

@@ -16,8 +16,7 @@ import pytest
 from kiln import Worker, WorkerConfig, resume, submit
 from kiln.store import Owner, Store, open_store
 from kiln.testing import EmulatorClient
-
-from .support import (
+from support.durable import (
     HELLO,
     TOKEN,
     builder_starts,

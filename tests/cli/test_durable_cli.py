@@ -21,8 +21,7 @@ from kiln.cli.durable import _logs
 from kiln.machine import load_machine_spec
 from kiln.store import MemoryStore, Owner, open_store
 from kiln.testing import EmulatorClient
-
-from .support import HELLO, REPO, TOKEN, crash_in, kiln_env
+from support.durable import HELLO, REPO, TOKEN, crash_in, kiln_env
 
 BUILD_ID = re.compile(r"Build ([0-9a-f]{32})")
 SUMMARY_KEYS = {"id", "name", "state", "sandbox_id", "created_at", "updated_at"}

@@ -12,7 +12,6 @@ from typing import Any
 import attrs
 import httpx
 
-import leak_guard
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.machine import (
     Backoff,
@@ -27,6 +26,7 @@ from kiln.machine import (
 )
 from kiln.plan import BuildPlan, plan_dockerfile, plan_import
 from kiln.testing import CLOUD_TEST_TIMINGS
+from support import leak_guard
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello" / "Dockerfile"
