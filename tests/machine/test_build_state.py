@@ -24,7 +24,7 @@ def test_a_state_midway_round_trips_through_json() -> None:
 
 
 async def test_a_finished_build_state_holds_no_token(emulator) -> None:  # type: ignore[no-untyped-def]
-    from machine_support import run_to_end
+    from support.machine import run_to_end
 
     run = await run_to_end(emulator)
     assert run.state.state == "done"
