@@ -16,10 +16,14 @@ import pytest
 from kiln import start_build
 from kiln.api import ApiSettings, PlatformClient, ProxyClient, create_http_client
 from kiln.errors import ConfigError, PhaseTimeout, ResponseError
-from kiln.machine import CLEANUP_GRACE_S, BuildOptions, TransitionEvent, WarningEvent
+from kiln.machine import BuildOptions, TransitionEvent, WarningEvent, load_machine_spec
 from kiln.store import MemoryStore
 from kiln.testing import EmulatorClient, run_build
 from support.processes import HELLO, TOKEN, kiln_env, run_kiln
+
+SPEC = load_machine_spec()
+# How long cleanup may run past the build's deadline (its declared grace).
+CLEANUP_GRACE_S = SPEC.states[SPEC.cleanup or ""].grace_s
 
 API = "https://api.tensorlake.ai"
 MIB = 1 << 20

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from kiln.errors import ConfigError
-from kiln.machine import HANDLERS, load_machine_spec, render_mermaid
+from kiln.machine import HANDLERS, handlers_for, load_machine_spec, render_mermaid
 from kiln.machine._spec import validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,3 +90,55 @@ def test_backoff_grows_and_is_capped() -> None:
     assert delays[0] == SPEC.backoff.initial_s
     assert delays == sorted(delays)
     assert max(delays) == SPEC.backoff.max_s
+
+
+def test_every_trigger_is_declared_with_what_it_means() -> None:
+    used = {trigger for _, trigger, _ in SPEC.edges()} | set(SPEC.interventions)
+    assert used == set(SPEC.triggers)
+    assert all(doc.strip() for doc in SPEC.triggers.values())
+
+
+def test_a_trigger_no_code_fires_is_rejected() -> None:
+    spec = attrs.evolve(SPEC, triggers={**SPEC.triggers, "teleport": "Nothing fires it."})
+    with pytest.raises(ConfigError, match="'teleport': no code fires it"):
+        validate(spec)
+
+
+def test_an_intervention_from_an_unknown_state_is_rejected() -> None:
+    lost = SPEC.interventions["reaped"]
+    interventions = {**SPEC.interventions, "reaped": attrs.evolve(lost, sources=("nowhere",))}
+    with pytest.raises(ConfigError, match="from unknown 'nowhere'"):
+        validate(attrs.evolve(SPEC, interventions=interventions))
+
+
+def test_giving_up_needs_leaving_as_entered() -> None:
+    states = dict(SPEC.states)
+    states["upload"] = attrs.evolve(states["upload"], gives_up="Gave up")
+    with pytest.raises(ConfigError, match="gives_up needs leaves_as_entered"):
+        validate(attrs.evolve(SPEC, states=states))
+
+
+def test_a_state_left_as_entered_needs_an_edge_out_for_each_way_in() -> None:
+    states = dict(SPEC.states)
+    upload = states["upload"]
+    states["upload"] = attrs.evolve(upload, on={**upload.on, "start_over": "cleanup"})
+    with pytest.raises(ConfigError, match="entered by 'start_over' but has no 'start_over' edge"):
+        validate(attrs.evolve(SPEC, states=states))
+
+
+def test_a_machine_without_handlers_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no handler"):
+        handlers_for(attrs.evolve(SPEC, name="unregistered"))
+
+
+def test_a_named_machine_is_loaded_from_its_own_file() -> None:
+    assert load_machine_spec(name="build") == SPEC
+    with pytest.raises(ConfigError, match=r"nonexistent\.toml"):
+        load_machine_spec(name="nonexistent")
+
+
+def test_the_diagram_draws_every_intervention() -> None:
+    text = render_mermaid(SPEC)
+    for source, trigger, dest in SPEC.intervention_edges():
+        assert f"--> {dest} : {trigger}" in text
+        assert source == "*" or f"{source} --> {dest} : {trigger}" in text

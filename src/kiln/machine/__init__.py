@@ -1,12 +1,13 @@
-"""kiln.machine: the build state machine declared in states/build.toml, and its driver.
+"""kiln.machine: the machines declared in states/ (the build's: states/build.toml), and their driver.
 
 ``load_machine_spec()`` reads the declaration, ``Driver(services, persist=...).run(state)`` drives a
-``BuildState`` from whatever state it names to ``done``, ``failed`` or ``cancelled``; resuming
-a build is running the driver on a state loaded from the store (``BuildState.from_json``).
+``BuildState`` from whatever state it names to a final state (``done``, ``failed`` or
+``cancelled``); resuming a build is running the driver on a state loaded from the store
+(``BuildState.from_json``). ``intervene()`` fires a declared intervention on a build nobody runs.
 """
 
 from kiln.machine._diagram import render_dot, render_mermaid
-from kiln.machine._driver import CLEANUP_GRACE_S, Driver, PersistHook, no_persist
+from kiln.machine._driver import Driver, PersistHook, no_persist
 from kiln.machine._events import (
     BuildLogEvent,
     Event,
@@ -16,7 +17,15 @@ from kiln.machine._events import (
 )
 from kiln.machine._outcome import Outcome, Trigger
 from kiln.machine._services import Clock, Secrets, Services
-from kiln.machine._spec import Backoff, MachineSpec, StateSpec, default_spec_path, load_machine_spec
+from kiln.machine._spec import (
+    BUILD_MACHINE,
+    Backoff,
+    Intervention,
+    MachineSpec,
+    StateSpec,
+    default_spec_path,
+    load_machine_spec,
+)
 from kiln.machine._state import (
     SCHEMA_VERSION,
     BuilderInfo,
@@ -26,11 +35,13 @@ from kiln.machine._state import (
     PreparedInfo,
     SandboxRequest,
 )
-from kiln.machine.handlers import HANDLERS
+from kiln.machine._transitions import event_entry, fire, intervene
+from kiln.machine.handlers import HANDLERS, MACHINES, handlers_for
 
 __all__ = [
-    "CLEANUP_GRACE_S",
+    "BUILD_MACHINE",
     "HANDLERS",
+    "MACHINES",
     "SCHEMA_VERSION",
     "Backoff",
     "BuildLogEvent",
@@ -41,6 +52,7 @@ __all__ = [
     "Driver",
     "ErrorRecord",
     "Event",
+    "Intervention",
     "MachineSpec",
     "Outcome",
     "PersistHook",
@@ -54,6 +66,10 @@ __all__ = [
     "Trigger",
     "WarningEvent",
     "default_spec_path",
+    "event_entry",
+    "fire",
+    "handlers_for",
+    "intervene",
     "load_machine_spec",
     "no_persist",
     "render_dot",

@@ -6,6 +6,10 @@ retry edges after a backoff while the state's attempt budget lasts, failure edge
 spent or the state's deadline passes, cancel edges when ``cancel()`` was called. After every
 transition the state goes to the ``persist`` hook before the next handler runs, so a crash
 leaves a state a later process can resume from: ``Driver.run`` starts wherever the state says.
+
+The driver knows no state by name: what sets a state apart (cleanup's rules: it ignores
+cancel, runs past the build's deadline, leaves as it was entered, ...) is declared in states/
+as the state's properties, and the handlers are those registered for the machine's name.
 """
 
 from __future__ import annotations
@@ -16,36 +20,22 @@ from typing import Any
 
 from transitions.extensions.asyncio import AsyncMachine
 
-from kiln.errors import BuildCancelled, BuildError, BuildFailed, PhaseTimeout, WithDiagnostics
-from kiln.machine._events import TransitionEvent
+from kiln.errors import BuildError, PhaseTimeout, WithDiagnostics
 from kiln.machine._outcome import CANCELLED, SUCCEEDED, Outcome, Trigger, fail, outcome_for
 from kiln.machine._services import CheckpointFailed, Services
-from kiln.machine._spec import MachineSpec
+from kiln.machine._spec import MachineSpec, StateSpec
 from kiln.machine._state import BuildState, ErrorRecord
-from kiln.machine.handlers import HANDLERS, Handler
-from kiln.machine.handlers.cleanup import way_out
-from kiln.machine.handlers.diagnostics import diagnose
+from kiln.machine._transitions import Model, build_machine, enter
+from kiln.machine.handlers import Handler, handlers_for
 
 PersistHook = Callable[[BuildState], Awaitable[None]]
 
-# Where cleanup leads, by the trigger that entered it.
-_OUTCOME_BY_TRIGGER = {Trigger.SUCCEED: "done", Trigger.FAIL: "failed", Trigger.CANCEL: "cancelled"}
 # The whole build's deadline is reported as a phase of its own.
 OVERALL_PHASE = "build"
-# How long cleanup may go on past the build's deadline: deleting the sandbox matters most then,
-# but a hung DELETE must not stretch a 30 s deadline to a minute. A delete answers in about a
-# second; past the grace the sandbox is left to `kiln reap` (and the builder's own timeout).
-CLEANUP_GRACE_S = 10.0
 
 
 async def no_persist(state: BuildState) -> None:
     """The default store hook: keep nothing."""
-
-
-class _Model:
-    """What transitions moves between states; the BuildState mirrors its ``state``."""
-
-    state: str
 
 
 class Driver:
@@ -56,13 +46,15 @@ class Driver:
         services: Services,
         *,
         persist: PersistHook = no_persist,
-        handlers: Mapping[str, Handler] = HANDLERS,
+        handlers: Mapping[str, Handler] | None = None,
     ) -> None:
         self._services = services
         self._spec: MachineSpec = services.spec
         self._persist = persist
         services.checkpoint_hook = persist
-        self._handlers = handlers
+        machine = handlers_for(self._spec)
+        self._handlers = machine.by_state if handlers is None else handlers
+        self._explain = machine.explain
         self._task: asyncio.Task[Any] | None = None
         self._state: BuildState | None = None
         self._cancel = False
@@ -80,16 +72,16 @@ class Driver:
         if state is None:
             return
         state.cancel_requested = True
-        # Cleanup is never interrupted: it is what deletes the sandbox.
-        if self._task is not None and state.state != self._spec.cleanup:
+        phase = self._spec.states.get(state.state)
+        if self._task is not None and not (phase is not None and phase.ignores_cancel):
             self._task.cancel()
 
     async def run(self, state: BuildState) -> BuildState:
         """Drive ``state`` from the state it names to a final state, and return it."""
         self._state = state
         state.cancel_requested = state.cancel_requested or self._cancel
-        model = _Model()
-        machine = self._machine(model, state.state)
+        model = Model()
+        machine = build_machine(self._spec, model, state.state)
         self._begin(state)
         await self._persist(state)
         caller_cancelled = False
@@ -107,25 +99,16 @@ class Driver:
                 caller_cancelled = True
                 _uncancel()
                 state.cancel_requested = True
-                if state.state == self._spec.cleanup:
-                    continue  # run cleanup again: it was interrupted mid-delete
+                if self._phase(state).reruns_when_interrupted:
+                    continue
                 trigger = Trigger.CANCEL
             await self._fire(machine, model, state, trigger)
         if caller_cancelled:
             raise asyncio.CancelledError
         return state
 
-    def _machine(self, model: _Model, initial: str) -> AsyncMachine:
-        return AsyncMachine(
-            model=model,
-            states=[*self._spec.states, *self._spec.finals],
-            transitions=[
-                {"trigger": trigger, "source": source, "dest": dest}
-                for source, trigger, dest in self._spec.edges()
-            ],
-            initial=initial,
-            auto_transitions=False,
-        )
+    def _phase(self, state: BuildState) -> StateSpec:
+        return self._spec.states[state.state]
 
     def _begin(self, state: BuildState) -> None:
         now = self._services.clock.now()
@@ -140,7 +123,7 @@ class Driver:
 
     async def _step(self, state: BuildState) -> Outcome:
         """Run the current state's handler once, bounded by its deadline and by cancel()."""
-        if state.cancel_requested and state.state != self._spec.cleanup:
+        if state.cancel_requested and not self._phase(state).ignores_cancel:
             return CANCELLED
         name = state.state
         state.attempts[name] = state.attempts_in(name) + 1
@@ -163,14 +146,18 @@ class Driver:
         return outcome
 
     def _overran(self, state: BuildState, error: PhaseTimeout) -> Outcome:
-        """A phase past its deadline fails; cleanup instead gives up deleting and leaves as the
-        build went, as when its attempts run out (the outcome was decided before cleanup)."""
-        if state.state != self._spec.cleanup:
+        """A phase past its deadline fails; one declaring `gives_up` warns and leaves as it was
+        entered instead, as when its attempts run out (the outcome was decided before)."""
+        gives_up = self._phase(state).gives_up
+        if gives_up is None:
             return fail(error)
-        self._services.warning(
-            state, f"Gave up deleting rootfs builder sandbox {state.sandbox_id}: {error}"
-        )
-        return way_out(state)
+        self._services.warning(state, f"{gives_up.format(state=state)}: {error}")
+        return self._way_out(state)
+
+    def _way_out(self, state: BuildState) -> Outcome:
+        """The edge out of a `leaves_as_entered` state that matches how it was entered. It adds
+        no error: the one that sent the build there is already in the state."""
+        return Outcome(Trigger(self._spec.way_out(state.state, state.outcome)))
 
     async def _guarded(self, handler: Handler, state: BuildState, limit_s: float) -> Outcome:
         """The handler's outcome; an exception becomes the retry or the fail edge."""
@@ -192,10 +179,10 @@ class Driver:
         overall = state.deadline_at
         if overall is None:
             return left, error
-        if state.state == self._spec.cleanup:
-            # Cleanup may outlast the overall deadline, by a bounded grace.
-            if overall + CLEANUP_GRACE_S - now < left:
-                return overall + CLEANUP_GRACE_S - now, PhaseTimeout(phase.name, CLEANUP_GRACE_S)
+        if phase.grace_s is not None:
+            # The state may outlast the overall deadline, by a bounded grace.
+            if overall + phase.grace_s - now < left:
+                return overall + phase.grace_s - now, PhaseTimeout(phase.name, phase.grace_s)
             return left, error
         if overall - now < left:
             left = overall - now
@@ -206,11 +193,17 @@ class Driver:
         """Turn an outcome into the trigger to fire: wait before retries, record failures."""
         if outcome.error is not None and not isinstance(outcome.error, PhaseTimeout):
             self._last_error = outcome.error
+        leaves_as_entered = self._phase(state).leaves_as_entered
+        if outcome.trigger is Trigger.SUCCEED and leaves_as_entered:
+            outcome = self._way_out(state)
         if outcome.trigger is Trigger.RETRY:
             self._restart_count_after_progress(state, outcome)
             if self._may_retry(state):
                 return await self._backoff(state, outcome)
-            outcome = fail(outcome.error or BuildError(f"{state.state}: retry budget spent"))
+            if leaves_as_entered:
+                outcome = self._way_out(state)
+            else:
+                outcome = fail(outcome.error or BuildError(f"{state.state}: retry budget spent"))
         if outcome.trigger is Trigger.FAIL and outcome.error is not None:
             await self._record_failure(state, outcome.error)
         return outcome.trigger
@@ -223,13 +216,12 @@ class Driver:
 
     def _may_retry(self, state: BuildState) -> bool:
         phase = self._spec.states[state.state]
-        return "retry" in phase.on and state.attempts_in(phase.name) < phase.attempts
+        return Trigger.RETRY in phase.on and state.attempts_in(phase.name) < phase.attempts
 
     async def _backoff(self, state: BuildState, outcome: Outcome) -> Trigger:
-        if state.cancel_requested and state.state != self._spec.cleanup:
+        if state.cancel_requested and not self._phase(state).ignores_cancel:
             # cancel() came after the handler had ended and before this wait began: there was
-            # no task for it to interrupt, so the wait must not start at all. (Cleanup goes on:
-            # it is what deletes the sandbox.)
+            # no task for it to interrupt, so the wait must not start at all.
             return Trigger.CANCEL
         delay = self._spec.backoff_of(state.state).delay(state.attempts_in(state.state))
         left, _ = self._time_left(state)
@@ -248,7 +240,7 @@ class Driver:
         return Trigger.RETRY
 
     async def _record_failure(self, state: BuildState, error: BaseException) -> None:
-        if state.state == self._spec.cleanup and state.error is not None:
+        if self._phase(state).keeps_first_error and state.error is not None:
             return
         decorated = await self._decorate(state, error)
         self.error = decorated
@@ -262,7 +254,7 @@ class Driver:
         self._services.logger(state).warning("build failed", error=str(decorated))
 
     async def _decorate(self, state: BuildState, error: BaseException) -> BaseException:
-        """Add diagnostics once the proxy answered, and the sandbox and build ids once it exists.
+        """The machine's explanation of ``error`` (diagnostics, the sandbox and build ids).
 
         A PhaseTimeout stays one, so callers can catch it by type, and names the ids and the
         last attempt's error itself; its sandbox was still deleted by cleanup.
@@ -274,40 +266,26 @@ class Driver:
                 build_id=state.build_id,
                 last_error=self._last_error,
             )
-        if isinstance(error, BuildCancelled | BuildFailed):
-            return error
-        if state.proxy_ready and state.state != self._spec.cleanup:
-            error = WithDiagnostics(error, await diagnose(state, self._services, error))
-        if state.sandbox_id is not None:
-            error = BuildFailed(
-                error, sandbox_id=state.sandbox_id, build_id=state.build_id, phase=state.state
-            )
-        return error
+        return await self._explain(
+            state, self._services, error, diagnoses=self._phase(state).diagnoses
+        )
 
     async def _fire(
-        self, machine: AsyncMachine, model: _Model, state: BuildState, trigger: Trigger
+        self, machine: AsyncMachine, model: Model, state: BuildState, trigger: Trigger
     ) -> None:
         source = state.state
-        entered = state.state_entered_at
         await machine.events[trigger.value].trigger(model)
-        dest = model.state
-        now = self._services.clock.now()
         reason = None
         if trigger is Trigger.RETRY and self._last_error is not None:
             reason = str(self._last_error)
-        if dest != source:
-            state.state_entered_at = now
+        if model.state != source:
             self._last_error = None
-        if dest == self._spec.cleanup and source != dest:
-            state.outcome = _OUTCOME_BY_TRIGGER[trigger]
-        if dest in self._spec.finals:
-            state.outcome = dest
-        state.state = dest
+        event = enter(
+            self._spec, state, trigger.value, model.state, self._services.clock.now(), reason
+        )
         # Emitted first, so that the store hook writes the transition's event with its state: a
         # process killed right after the write leaves a log that shows the transition too.
-        self._services.emit(
-            state, TransitionEvent(source, dest, trigger.value, now - entered, reason)
-        )
+        self._services.emit(state, event)
         await self._persist(state)
 
 

@@ -10,12 +10,20 @@ from kiln.api import is_transient
 
 
 class Trigger(enum.StrEnum):
-    """The edge names of states/build.toml."""
+    """The triggers the code fires. Their names and meanings are declared under [triggers] in
+    states/ (each value is its member's name in lower case); the loader refuses a declared
+    trigger no code fires, and an edge with an undeclared one."""
 
-    SUCCEED = "succeed"
-    RETRY = "retry"
-    FAIL = "fail"
-    CANCEL = "cancel"
+    # Fired by the driver, from a handler's outcome.
+    SUCCEED = enum.auto()
+    RETRY = enum.auto()
+    FAIL = enum.auto()
+    CANCEL = enum.auto()
+    # Fired on a build nobody runs (see [interventions]).
+    SANDBOX_LOST = enum.auto()
+    START_OVER = enum.auto()
+    REAPED = enum.auto()
+    UNREADABLE = enum.auto()
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ import attrs
 import cattrs
 
 from kiln.errors import BuildError
+from kiln.machine._spec import load_machine_spec
 from kiln.plan import BuildPlan
 
 SCHEMA_VERSION = 1
@@ -100,7 +101,8 @@ class BuildState:
     options: BuildOptions = attrs.field(factory=BuildOptions)
     id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     schema_version: int = SCHEMA_VERSION
-    state: str = "resolve_scope"
+    # A new build starts in the build machine's declared initial state.
+    state: str = attrs.field(factory=lambda: load_machine_spec().initial)
     # Handler runs per state; the retry budget in states/build.toml is checked against it. In a
     # state with `progress_resets_attempts`, only the runs since the last one that progressed.
     attempts: dict[str, int] = attrs.field(factory=dict)
@@ -145,7 +147,8 @@ class BuildState:
     result: dict[str, Any] | None = None
     error: ErrorRecord | None = None
     cancel_requested: bool = False
-    # "done", "failed" or "cancelled": what cleanup is heading for, then where the build ended.
+    # The final state a `leaves_as_entered` state (cleanup) is heading for, then the one the
+    # build ended in.
     outcome: str | None = None
 
     def attempts_in(self, state: str) -> int:

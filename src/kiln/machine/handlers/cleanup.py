@@ -1,14 +1,12 @@
-"""cleanup: delete the builder sandbox, then leave towards the outcome the build reached."""
+"""cleanup: delete the builder sandbox. Where the build goes then is the state's declared rule
+(``leaves_as_entered``): the driver takes the way out that matches how cleanup was entered."""
 
 from __future__ import annotations
 
 from kiln.errors import ApiError
-from kiln.machine._outcome import CANCELLED, SUCCEEDED, Outcome, Trigger, retry
+from kiln.machine._outcome import SUCCEEDED, Outcome, retry
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState
-
-DONE = "done"
-CANCELLED_OUTCOME = "cancelled"
 
 
 async def cleanup(state: BuildState, services: Services) -> Outcome:
@@ -17,23 +15,13 @@ async def cleanup(state: BuildState, services: Services) -> Outcome:
         try:
             await services.lifecycle(state).ensure_deleted(state.sandbox_id)
         except ApiError as error:
+            # A warning each time: once the retry budget is spent the build leaves as it went,
+            # and the sandbox is left to `kiln reap`.
             services.warning(
                 state,
                 f"Failed to terminate rootfs builder sandbox {state.sandbox_id} "
                 f"during cleanup: {error}",
             )
-            if state.attempts_in(state.state) < services.spec.states[state.state].attempts:
-                return retry(error)
-        else:
-            state.sandbox_deleted = True
-    return way_out(state)
-
-
-def way_out(state: BuildState) -> Outcome:
-    """The edge that matches how the build went before cleanup began."""
-    if state.outcome == DONE:
-        return SUCCEEDED
-    if state.outcome == CANCELLED_OUTCOME:
-        return CANCELLED
-    # The error that sent the build here is already in the state; this edge adds none.
-    return Outcome(Trigger.FAIL)
+            return retry(error)
+        state.sandbox_deleted = True
+    return SUCCEEDED

@@ -1,7 +1,8 @@
 """Failure diagnostics (§5.7): dmesg and df in the sandbox, turned into OOM / disk advice.
 
-Not a state: the driver calls it while failing, once the proxy has answered, so that the error
-the caller sees says what to change. Best effort: a diagnostic that fails is skipped.
+Not a state: the driver calls :func:`explain` while failing, so that the error the caller sees
+says what to change (diagnostics once the proxy has answered) and which sandbox and build it
+concerns. Best effort: a diagnostic that fails is skipped.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from kiln.errors import KilnError
+from kiln.errors import BuildCancelled, BuildFailed, KilnError, WithDiagnostics
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState
 from kiln.machine.protocol import (
@@ -25,6 +26,22 @@ from kiln.machine.protocol import (
 ROOT = "root"
 # The two commands run back to back; a stuck proxy must not hold the failure much longer.
 _TOTAL_TIMEOUT_S = 3 * DIAGNOSTIC_TIMEOUT_S
+
+
+async def explain(
+    state: BuildState, services: Services, error: BaseException, *, diagnoses: bool
+) -> BaseException:
+    """``error`` with diagnostics once the proxy answered (unless the state declares
+    ``diagnoses = false``), and the sandbox and build ids once the sandbox exists."""
+    if isinstance(error, BuildCancelled | BuildFailed):
+        return error
+    if state.proxy_ready and diagnoses:
+        error = WithDiagnostics(error, await diagnose(state, services, error))
+    if state.sandbox_id is not None:
+        error = BuildFailed(
+            error, sandbox_id=state.sandbox_id, build_id=state.build_id, phase=state.state
+        )
+    return error
 
 
 async def diagnose(state: BuildState, services: Services, error: BaseException) -> list[str]:

@@ -30,7 +30,6 @@ ROOT = "root"
 # because `mkdir -p -m` leaves the mode of a directory that already exists alone, and a builder
 # image may ship the build directory pre-created.
 OPEN_DIR_MODE = "0777"
-CREATE_SANDBOX = "create_sandbox"
 # Sent as the create body's ``name``: an operator can tell kiln's builder sandboxes, and the
 # build each belongs to, by it.
 SANDBOX_NAME_PREFIX = "kiln-"
@@ -122,7 +121,8 @@ def _request(state: BuildState, services: Services) -> SandboxRequest:
     requests of a build can collide on it), and when a sandbox it made ends at the latest: the
     platform may create it until the request's phase deadline, then it idles out."""
     now = services.clock.now()
-    window_s = services.spec.states[CREATE_SANDBOX].deadline_s + SANDBOX_TIMEOUT_SECS
+    # Made by create_sandbox's handler: the state it runs in is the one sending the request.
+    window_s = services.spec.states[state.state].deadline_s + SANDBOX_TIMEOUT_SECS
     attempt = len(state.unrecorded_sandboxes) + 1
     return SandboxRequest(
         name=f"{SANDBOX_NAME_PREFIX}{state.id}-{attempt}",
