@@ -53,6 +53,12 @@ async def test_reap_deletes_the_orphans_and_nothing_else(
     record = await store.get(abandoned)
     assert record is not None and record.state == "failed"
     assert record.data["error"]["kind"] == "Reaped"
+    reaped = [e.data for e in await store.events(abandoned) if e.kind == "transition"][-1]
+    assert (reaped["source"], reaped["trigger"], reaped["dest"]) == (
+        "run_builder",
+        "reaped",
+        "failed",
+    )
     assert await reap(store, secrets=SECRETS, abandoned_after_s=0) == []
 
     await store.release(alive, live_owner)

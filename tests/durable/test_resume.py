@@ -146,6 +146,7 @@ async def test_a_lost_sandbox_fails_the_build_with_a_clear_message(
     assert record is not None and record.state == "failed"
     assert record.data["error"]["kind"] == SANDBOX_LOST
     assert builder_starts(emulator) == 0
+    assert ("run_builder", "sandbox_lost", "cleanup") in await _transitions(store, build_id)
 
 
 async def test_retry_lost_sandbox_starts_over_from_prepare(
@@ -161,6 +162,16 @@ async def test_retry_lost_sandbox_starts_over_from_prepare(
     assert len(emulator.sandboxes()) == 2, "a second builder sandbox replaced the lost one"
     assert record.sandbox_id != emulator.sandboxes()[0]["sandbox_id"]
     assert emulator.live_sandboxes() == []
+    assert ("read_metadata", "start_over", "prepare") in await _transitions(store, build_id)
+
+
+async def _transitions(store: Store, build_id: str) -> list[tuple[str, str, str]]:
+    """The build's logged transitions, the declared interventions' included."""
+    return [
+        (e.data["source"], e.data["trigger"], e.data["dest"])
+        for e in await store.events(build_id)
+        if e.kind == "transition"
+    ]
 
 
 async def test_resume_refuses_a_build_whose_owner_is_alive(

@@ -21,7 +21,18 @@ from kiln.api import LifecycleClient
 from kiln.durable._resume import load_state
 from kiln.durable._unrecorded import UnrecordedSandbox, holds_sandbox, unrecorded_sandboxes
 from kiln.errors import KilnError, UnreadableBuild
-from kiln.machine import BuildState, ErrorRecord, Secrets, Services, load_machine_spec
+from kiln.machine import (
+    BuildState,
+    ErrorRecord,
+    MachineSpec,
+    Secrets,
+    Services,
+    TransitionEvent,
+    Trigger,
+    event_entry,
+    intervene,
+    load_machine_spec,
+)
 from kiln.store import (
     LEASE_S,
     BuildRecord,
@@ -37,7 +48,6 @@ from kiln.store import (
 ABANDONED_AFTER_S = 600.0
 # The builds marked as maybe holding a sandbox are read (by index), not the whole history.
 SCAN_LIMIT = 10_000
-FAILED = "failed"
 REAPED = "Reaped"
 
 
@@ -160,7 +170,7 @@ class _Reaper:
         False when the build was taken over by someone else in the meantime."""
         if record.final:
             await self._delete_sandbox(load_state(record))
-            await self._store.append_events(record.id, [("reaped", orphan.to_dict())])
+            await self._store.append_events(record.id, [_reaped_entry(orphan)])
             return True
         owner = Owner.current()
         try:
@@ -175,18 +185,20 @@ class _Reaper:
                 return False
             state = load_state(held)
             await self._delete_sandbox(state)
-            _fail_reaped(state, orphan)
+            transition = await _fail_reaped(self._spec, state, orphan)
             await self._store.save(
                 record.id,
                 expected_version=held.version,
                 state=state.state,
                 data=state.to_dict(),
                 sandbox_id=state.sandbox_id,
-                final=True,
+                final=state.state in self._spec.finals,
                 schema_version=state.schema_version,
                 holds_sandbox=holds_sandbox(state.to_dict(), time.time()),
             )
-            await self._store.append_events(record.id, [("reaped", orphan.to_dict())])
+            await self._store.append_events(
+                record.id, [event_entry(transition), _reaped_entry(orphan)]
+            )
         except StaleWriteError:
             return False
         finally:
@@ -220,7 +232,8 @@ class _Reaper:
             await services.aclose()
 
 
-def _fail_reaped(state: BuildState, orphan: Orphan) -> None:
+async def _fail_reaped(spec: MachineSpec, state: BuildState, orphan: Orphan) -> TransitionEvent:
+    """End the abandoned build by the declared reaped edge; the transition's event."""
     state.error = ErrorRecord(
         kind=REAPED,
         message=(
@@ -229,5 +242,9 @@ def _fail_reaped(state: BuildState, orphan: Orphan) -> None:
         ),
         hint="build it again",
     )
-    state.outcome = FAILED
-    state.state = FAILED
+    return await intervene(spec, state, Trigger.REAPED, time.time(), reason=orphan.reason)
+
+
+def _reaped_entry(orphan: Orphan) -> tuple[str, dict[str, str]]:
+    """The log entry naming the sandbox deleted, named after the trigger (as it always was)."""
+    return Trigger.REAPED.value, orphan.to_dict()

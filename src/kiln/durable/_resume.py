@@ -11,21 +11,30 @@ import attrs
 import cattrs
 
 from kiln.errors import ApiError, UnreadableBuild
-from kiln.machine import SCHEMA_VERSION, BuildState, ErrorRecord, MachineSpec, Services
+from kiln.machine import (
+    SCHEMA_VERSION,
+    BuildState,
+    ErrorRecord,
+    MachineSpec,
+    Services,
+    Trigger,
+    event_entry,
+    intervene,
+)
 from kiln.store import BuildRecord, Owner
 
-FAILED = "failed"
 SANDBOX_LOST = "SandboxLost"
-# The state a lost sandbox sends the build back to with --retry-lost-sandbox: everything from
-# prepare on belongs to the lost sandbox (the prepared build, the signed upload, the context).
-RETRY_FROM = "prepare"
-# What a fresh state keeps from the old one when it starts over from prepare: who and what it
-# builds, when it started (the overall deadline stays absolute), what it learned about the
-# server (a refused chunked upload will be refused again), and the sandboxes it may have left.
+# What a fresh state keeps from the old one when a lost sandbox makes it start over (the
+# declared start_over edge leads to the state where everything that belonged to the lost
+# sandbox is made again: the prepared build, the signed upload, the context): who and what it
+# builds, where it goes, when it started (the overall deadline stays absolute), what it learned
+# about the server (a refused chunked upload will be refused again), and the sandboxes it may
+# have left.
 _KEPT_ON_RETRY = (
     "plan",
     "options",
     "id",
+    "state",
     "created_at",
     "deadline_at",
     "cancel_requested",
@@ -67,16 +76,17 @@ async def prepare_resume(
     events: list[Event] = [("resumed", resumed)]
     state.cancel_requested = state.cancel_requested or record.cancel_requested
     if _needs_sandbox_check(state, spec) and await _sandbox_lost(state, services):
-        events.append(_lose_sandbox(state, spec, retry=retry_lost_sandbox))
+        trigger = Trigger.START_OVER if retry_lost_sandbox else Trigger.SANDBOX_LOST
+        events += await _lose_sandbox(state, spec, trigger, services.clock.now())
     return events
 
 
 def _needs_sandbox_check(state: BuildState, spec: MachineSpec) -> bool:
-    phase = spec.states.get(state.state)
+    """Whether the build is in a state a lost sandbox may be declared to leave, with a sandbox."""
+    lost = spec.interventions.get(Trigger.SANDBOX_LOST)
     return (
-        phase is not None
-        and phase.holds_sandbox
-        and state.state != spec.cleanup
+        lost is not None
+        and lost.leaves(state.state)
         and state.sandbox_id is not None
         and not state.sandbox_deleted
         and not state.cancel_requested
@@ -91,31 +101,43 @@ async def _sandbox_lost(state: BuildState, services: Services) -> bool:
         return False
 
 
-def _lose_sandbox(state: BuildState, spec: MachineSpec, *, retry: bool) -> Event:
+async def _lose_sandbox(
+    state: BuildState, spec: MachineSpec, trigger: Trigger, now: float
+) -> list[Event]:
+    """Fire the lost sandbox's declared edge: start over (the state reset), or fail through
+    cleanup, which confirms the sandbox is gone and ends the build as failed."""
     sandbox_id = state.sandbox_id
     where = state.state
-    if retry:
-        _start_over(state)
-        return ("sandbox_lost", {"sandbox_id": sandbox_id, "state": where, "then": RETRY_FROM})
-    state.error = ErrorRecord(
-        kind=SANDBOX_LOST,
-        message=(
-            f"builder sandbox {sandbox_id} is gone (the build was in {where!r} when its process"
-            " stopped); the build cannot continue without it"
-        ),
-        hint="build again, or resume with --retry-lost-sandbox to start over from prepare",
+    message = (
+        f"builder sandbox {sandbox_id} is gone (the build was in {where!r} when its process"
+        " stopped)"
     )
-    # Cleanup still runs: it confirms the sandbox is gone and ends the build as failed.
-    state.outcome = FAILED
-    state.state = spec.cleanup
-    return ("sandbox_lost", {"sandbox_id": sandbox_id, "state": where, "then": FAILED})
+    if trigger is Trigger.SANDBOX_LOST:
+        state.error = ErrorRecord(
+            kind=SANDBOX_LOST,
+            message=f"{message}; the build cannot continue without it",
+            hint=(
+                "build again, or resume with --retry-lost-sandbox to start over from"
+                f" {spec.interventions[Trigger.START_OVER].dest}"
+            ),
+        )
+    transition = await intervene(spec, state, trigger, now, reason=message)
+    if trigger is Trigger.START_OVER:
+        _start_over(state)
+    then = state.state if trigger is Trigger.START_OVER else state.outcome
+    # The log entry that tells what resume found; it is named after the trigger it fired with
+    # either way, as it was before these edges were declared.
+    lost: Event = (
+        Trigger.SANDBOX_LOST.value,
+        {"sandbox_id": sandbox_id, "state": where, "then": then},
+    )
+    return [event_entry(transition), lost]
 
 
 def _start_over(state: BuildState) -> None:
-    """Reset every field of ``state`` except the kept ones, and put it in RETRY_FROM."""
+    """Reset every field of ``state`` except the kept ones."""
     fresh = BuildState(
         **{name: getattr(state, name) for name in _KEPT_ON_RETRY},
     )
     for field in attrs.fields(BuildState):
         setattr(state, field.name, getattr(fresh, field.name))
-    state.state = RETRY_FROM
