@@ -201,6 +201,32 @@ def test_a_seal_with_the_wrong_digest_is_refused_and_the_right_one_accepted(
     assert finished(http, build["build_id"])["status"] == "succeeded"
 
 
+def test_an_upload_still_arriving_at_the_seal_cannot_replace_the_sealed_context(
+    http: httpx.Client,
+) -> None:
+    build = admitted(http, dockerfile_body())
+    sealed = context_tar({"Dockerfile": DOCKERFILE, "which": b"sealed"})
+    late = context_tar({"Dockerfile": DOCKERFILE, "which": b"late"})
+    assert upload(build, sealed).status_code == 200
+
+    def late_body() -> Iterator[bytes]:
+        yield late[:512]
+        # The seal lands while this upload is half sent.
+        assert seal(http, build["build_id"], sealed).status_code == 200
+        yield late[512:]
+
+    refused = httpx.put(build["context_upload"]["url"], content=late_body())
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "context_not_accepted"
+    assert finished(http, build["build_id"])["status"] == "succeeded"
+    template = http.get("/platform/v1/sandbox-templates/by-name/app").json()
+    snapshot = http.get("/_emulator/blobs", params={"uri": template["snapshotUri"]}).content
+    with tarfile.open(fileobj=io.BytesIO(snapshot)) as archive:
+        member = archive.extractfile("context/which")
+        assert member is not None
+        assert member.read() == b"sealed"
+
+
 def test_a_seal_before_any_upload_is_refused(http: httpx.Client) -> None:
     build = admitted(http, dockerfile_body())
     response = seal(http, build["build_id"], b"")
@@ -281,7 +307,10 @@ def test_an_unknown_build_is_not_found(http: httpx.Client) -> None:
 
 def test_a_later_build_of_the_image_retires_the_finished_one(http: httpx.Client) -> None:
     first = built(http, dockerfile_body(), "key-1")
+    old_snapshot = http.get("/platform/v1/sandbox-templates/by-name/app").json()["snapshotUri"]
     second = built(http, dockerfile_body(), "key-2")
+    # The name's previous snapshot is dropped with it.
+    assert http.get("/_emulator/blobs", params={"uri": old_snapshot}).status_code == 404
     retired = http.get(f"{BUILDS}/{first['build_id']}")
     assert retired.status_code == 404
     assert "current build" in retired.json()["message"]

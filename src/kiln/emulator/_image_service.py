@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import structlog
 
-from kiln.emulator._blobs import uri_for
+from kiln.emulator._blobs import key_from_uri, uri_for
 from kiln.emulator._image_builder import (
     BUILDER_COMMAND,
     BUILDER_DIR,
@@ -95,6 +95,9 @@ CONTEXT_DEADLINE_S = 600
 # Reported as `operation_deadline_ms`; the official client waits until then plus an allowance.
 OPERATION_DEADLINE_S = 7200
 _ID_BYTES = 12
+# Upload bytes are written in batches this big: a worker-thread hop per batch costs nothing next
+# to the disk write, and a large context never sits in memory.
+WRITE_BATCH_BYTES = 4 * 1024 * 1024
 _MIB = 1024 * 1024
 _MS = 1000
 
@@ -358,24 +361,26 @@ class ImageService:
     ) -> int:
         """Store an uploaded context (a plain tar), checking ``max_bytes`` as it streams in."""
         if self.upload_target(build, "") is None:
-            raise ImageServiceError(
-                409,
-                "context_not_accepted",
-                f"build {build.id} takes no context now (status {build.status}, phase "
-                f"{build.phase})",
-                build_id=build.id,
-            )
+            raise _not_accepted(build, "context")
         limit = self._state.config.image_context_max_bytes
         if declared is not None and declared > limit:
             raise _too_large(build, declared, limit)
-        digest, size = hashlib.sha256(), 0
+        digest, size, pending = hashlib.sha256(), 0, bytearray()
         with self._state.blobs.writer(build.context_key) as handle:
             async for chunk in body:
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(build, size, limit)
                 digest.update(chunk)
-                await asyncio.to_thread(handle.write, chunk)
+                pending += chunk
+                if len(pending) >= WRITE_BATCH_BYTES:
+                    await asyncio.to_thread(handle.write, pending)
+                    pending = bytearray()
+            await asyncio.to_thread(handle.write, pending)
+            # A seal that came while this body was on its way fixed the context already: this
+            # upload must not replace what the seal's digest vouches for.
+            if self.upload_target(build, "") is None:
+                raise _not_accepted(build, "context")
         build.update(context_size=size, context_digest=digest.hexdigest())
         return size
 
@@ -387,13 +392,7 @@ class ImageService:
         if build.sealed and digest == build.context_digest:
             return
         if build.request.kind == "import" or build.sealed or build.terminal:
-            raise ImageServiceError(
-                409,
-                "context_not_accepted",
-                f"build {build.id} takes no seal now (kind {build.request.kind}, status "
-                f"{build.status}, phase {build.phase})",
-                build_id=build.id,
-            )
+            raise _not_accepted(build, "seal")
         if build.context_digest is None:
             raise ImageServiceError(
                 409,
@@ -582,6 +581,9 @@ class ImageService:
         if build.terminal:
             return
         templates.register(template)
+        if current is not None and current["snapshotUri"] != template["snapshotUri"]:
+            # The name's previous snapshot is nobody's any more.
+            self._state.blobs.path(key_from_uri(current["snapshotUri"])).unlink(missing_ok=True)
         build.update(image=image_of(template))
         build.finish(SUCCEEDED)
 
@@ -591,6 +593,16 @@ async def _until_running(sandbox: Sandbox) -> bool:
     while sandbox.status(time.monotonic()) == SANDBOX_PENDING:
         await asyncio.sleep(max(0.0, sandbox.ready_at - time.monotonic()))
     return sandbox.terminated_reason is None
+
+
+def _not_accepted(build: ImageBuild, what: str) -> ImageServiceError:
+    return ImageServiceError(
+        409,
+        "context_not_accepted",
+        f"build {build.id} takes no {what} now (kind {build.request.kind}, status "
+        f"{build.status}, phase {build.phase})",
+        build_id=build.id,
+    )
 
 
 def _too_large(build: ImageBuild, size: int, limit: int) -> ImageServiceError:
