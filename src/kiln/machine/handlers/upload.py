@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from kiln._progress import FULL_PERCENT, ProgressGate, percent_done
 from kiln.api import ChunkedUploadRefused, ProxyClient
 from kiln.machine._outcome import SUCCEEDED, Outcome
 from kiln.machine._services import Services
@@ -30,7 +31,6 @@ from kiln.plan import BuildPlan
 from kiln.plan.context import ContextArchive
 from kiln.plan.sizing import format_bytes
 
-FULL_PERCENT = 100
 # Upload progress cadence (reference §4): every tenth when the size is known, and every 64 MiB.
 UPLOAD_REPORT_PERCENT_STEP = 10
 UPLOAD_REPORT_BYTES = 64 << 20
@@ -258,17 +258,14 @@ class _ArchiveProgress:
 
     def __init__(self, report: Callable[[str], None]) -> None:
         self._report = report
-        self._last: int | None = None
+        self._gate = ProgressGate()
 
     def __call__(self, done: int, total: int) -> None:
-        percent = FULL_PERCENT if total <= 0 else min(FULL_PERCENT, done * FULL_PERCENT // total)
-        if self._last is not None and percent <= self._last:
-            return
-        self._last = percent
-        self._report(
-            f"Creating build context archive: {percent}% "
-            f"({format_bytes(done)} / {format_bytes(total)})"
-        )
+        if self._gate.due(done, total):
+            self._report(
+                f"Creating build context archive: {_shown_percent(done, total)}% "
+                f"({format_bytes(done)} / {format_bytes(total)})"
+            )
 
 
 async def _stream(
@@ -287,20 +284,16 @@ async def _sent(
     A streamed archive has no known total until it ends, so it reports every
     UPLOAD_REPORT_BYTES and once at the end; a spooled one reports every tenth as well.
     """
+    gate = ProgressGate(percent_step=UPLOAD_REPORT_PERCENT_STEP, every_bytes=UPLOAD_REPORT_BYTES)
     sent = 0
-    reported_percent = 0
-    reported_bytes = 0
-    report(_upload_line(0, total))
+    gate.due(sent, total)
+    report(_upload_line(sent, total))
     async for chunk in chunks:
         yield chunk
         sent += len(chunk)
-        percent = sent * FULL_PERCENT // total if total else 0
-        if percent >= reported_percent + UPLOAD_REPORT_PERCENT_STEP or (
-            sent - reported_bytes >= UPLOAD_REPORT_BYTES
-        ):
-            reported_percent, reported_bytes = percent, sent
+        if gate.due(sent, total):
             report(_upload_line(sent, total))
-    if sent != reported_bytes or not sent:
+    if gate.last_due(sent):
         report(_upload_line(sent, sent))
 
 
@@ -309,8 +302,12 @@ def _upload_line(sent: int, total: int | None) -> str:
     if total is None:
         # Streamed while it is produced: the final size is not known yet.
         return f"{prefix} {format_bytes(sent)} sent, still archiving"
-    percent = FULL_PERCENT if total <= 0 else min(FULL_PERCENT, sent * FULL_PERCENT // total)
-    return f"{prefix} {percent}% ({format_bytes(sent)} / {format_bytes(total)})"
+    return f"{prefix} {_shown_percent(sent, total)}% ({format_bytes(sent)} / {format_bytes(total)})"
+
+
+def _shown_percent(done: int, total: int) -> int:
+    # An empty archive is all there: 100 %, not the 0 % a gate counts for a zero total.
+    return FULL_PERCENT if total <= 0 else min(FULL_PERCENT, percent_done(done, total))
 
 
 async def _put_spooled(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kiln._progress import ProgressGate
+
 _PROGRESS_EVERY = 64 << 20
 
 
@@ -23,25 +25,19 @@ class Progress:
         self._total = total
         self._callback = callback
         self._done = 0
-        self._reported_done = 0
-        self._reported_percent = self._percent()
+        self._gate = ProgressGate(every_bytes=_PROGRESS_EVERY)
+        self._gate.due(0, total)
         self._report()
 
     def advance(self, n: int) -> None:
         self._done += n
-        percent = self._percent()
-        if percent > self._reported_percent or self._done - self._reported_done >= _PROGRESS_EVERY:
-            self._reported_percent = percent
+        if self._gate.due(self._done, self._total):
             self._report()
 
     def finish(self) -> None:
-        if self._reported_done != self._total or self._total == 0:
+        if self._gate.last_due(self._done):
             self._report()
 
-    def _percent(self) -> int:
-        return self._done * 100 // self._total if self._total else 0
-
     def _report(self) -> None:
-        self._reported_done = self._done
         if self._callback is not None:
             self._callback(self._done, self._total)
