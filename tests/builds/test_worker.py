@@ -91,6 +91,8 @@ async def test_two_workers_never_run_the_same_build_at_once(
     assert not any(overlaps), "a build ran in both workers at once"
     record = await store.get(damaged[0])
     assert record is not None and record.state == "failed", "an unloadable build is given up"
+    given_up = [e.data["trigger"] for e in await store.events(damaged[0]) if e.kind == "transition"]
+    assert given_up[-1:] == ["unreadable"], "by the declared edge, logged as every transition"
     events = [e.kind for e in await store.events(orphan)]
     assert "reaped" in events, "the workers reaped the orphaned sandbox"
     for build_id in ids:

@@ -33,7 +33,7 @@ from kiln.durable import (
     unrecorded_sandboxes,
 )
 from kiln.errors import KilnError
-from kiln.machine import Secrets
+from kiln.machine import Secrets, TransitionEvent, Trigger, event_entry, fire, load_machine_spec
 from kiln.store import LEASE_S, RENEW_EVERY_S, BuildRecord, Owner, Store, StoreUnavailable
 
 # How long an idle worker waits before looking for work again: poll_s after a claim or a build's
@@ -50,7 +50,6 @@ REAP_TURN = "reap"
 RETENTION_S = 7 * 24 * 3600.0
 PRUNE_BATCH = 1000
 DRAINING = "the worker is draining (SIGTERM)"
-FAILED = "failed"
 
 LOGGER_NAME = "kiln.worker"
 
@@ -219,19 +218,33 @@ class Worker:
             self._wake.set()
 
     async def _give_up(self, record: BuildRecord, error: UnreadableBuild) -> None:
-        """End a build no worker can load, so that it is not claimed again and again."""
+        """End a build no worker can load, so that it is not claimed again and again: the
+        declared unreadable edge, fired on the record's state name (its data cannot be read)."""
+        spec = load_machine_spec()
         try:
+            dest = await fire(spec, record.state, Trigger.UNREADABLE)
+            # The time spent in the state is unreadable too: the time since the last write
+            # stands for it.
+            transition = TransitionEvent(
+                record.state,
+                dest,
+                Trigger.UNREADABLE.value,
+                time.time() - record.updated_at,
+                str(error),
+            )
             await self._store.save(
                 record.id,
                 expected_version=record.version,
-                state=FAILED,
+                state=dest,
                 data=record.data,
                 sandbox_id=record.sandbox_id,
-                final=True,
+                final=dest in spec.finals,
                 schema_version=record.schema_version,
                 holds_sandbox=record.holds_sandbox,
             )
-            await self._store.append_events(record.id, [("unreadable", {"error": str(error)})])
+            # The log entry saying why is named after the trigger, as it always was.
+            entry = (Trigger.UNREADABLE.value, {"error": str(error)})
+            await self._store.append_events(record.id, [event_entry(transition), entry])
         except KilnError as failure:
             self._log.warning("could not end an unloadable build", id=record.id, error=str(failure))
         finally:
