@@ -165,7 +165,7 @@ async def _upload_in_parts(
             await _put_part(state, services, proxy, part, path, report)
             if index == 0:
                 services.status(state, "Untarring build context archive in builder sandbox...")
-            extractions.append(asyncio.create_task(_untar(state, services, proxy, path)))
+            extractions.append(asyncio.create_task(_untar(state, services, proxy, path, None)))
         _report_sizes(state, services, parts)
         await _all_settled(
             _all_extracted(state, services, extractions, parts), _write_spec(state, services, proxy)
@@ -197,7 +197,14 @@ async def _put_part(
     await _put_spooled(proxy, part, report, path)
 
 
-async def _untar(state: BuildState, services: Services, proxy: ProxyClient, path: str) -> None:
+async def _untar(
+    state: BuildState, services: Services, proxy: ProxyClient, path: str, digest: str | None
+) -> None:
+    """Extract the archive at ``path`` into the remote context directory, then delete it.
+
+    ``digest``, when this archive is the whole context, is recorded as soon as it is extracted:
+    a retry after a failed delete then skips the context.
+    """
     await run_checked(
         proxy,
         "tar",
@@ -205,6 +212,8 @@ async def _untar(state: BuildState, services: Services, proxy: ProxyClient, path
         timeout=EXTRACT_TIMEOUT_S,
         log=functools.partial(services.build_log, state),
     )
+    if digest is not None:
+        state.context_digest = digest
     await proxy.delete_file(path)
 
 
@@ -225,15 +234,7 @@ async def _extract_context(
     state: BuildState, services: Services, proxy: ProxyClient, archive: ContextArchive
 ) -> None:
     services.status(state, "Untarring build context archive in builder sandbox...")
-    await run_checked(
-        proxy,
-        "tar",
-        ["-xzf", REMOTE_ARCHIVE_PATH, "-C", REMOTE_CONTEXT_DIR],
-        timeout=EXTRACT_TIMEOUT_S,
-        log=functools.partial(services.build_log, state),
-    )
-    state.context_digest = archive.digest
-    await proxy.delete_file(REMOTE_ARCHIVE_PATH)
+    await _untar(state, services, proxy, REMOTE_ARCHIVE_PATH, archive.digest)
     services.status(state, "Build context extracted; removed remote archive")
 
 
