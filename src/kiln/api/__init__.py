@@ -2,13 +2,21 @@
 
 One ``httpx.AsyncClient`` (from :func:`create_http_client`) is shared by the three clients of a
 build: :class:`PlatformClient` (templates and template builds), :class:`LifecycleClient` (builder
-sandboxes) and :class:`ProxyClient` (processes, files and signing inside one sandbox). Pass a
+sandboxes) and :class:`ProxyClient` (processes, files and signing inside one sandbox).
+:class:`ImageServiceClient` speaks the Image Service (``/images/v4``, the CAS path). Pass a
 ``transport`` to swap the network for ``httpx.MockTransport`` or an in-process ASGI app.
 
 Failures are ``kiln.errors.ApiError`` subclasses; :func:`is_transient` says whether a retry may help.
 """
 
 from kiln.api._http import create_http_client, is_transient
+from kiln.api._images import (
+    CancelOutcome,
+    CasBuild,
+    CasImage,
+    ContextUpload,
+    ImageServiceClient,
+)
 from kiln.api._lifecycle import LifecycleClient
 from kiln.api._models import (
     BuilderSpec,
@@ -38,9 +46,14 @@ __all__ = [
     "ApiSettings",
     "AuthMode",
     "BuilderSpec",
+    "CancelOutcome",
+    "CasBuild",
+    "CasImage",
     "ChunkedUploadRefused",
+    "ContextUpload",
     "Credentials",
     "ExitStatus",
+    "ImageServiceClient",
     "LifecycleClient",
     "OutputEvent",
     "ParentSpec",
