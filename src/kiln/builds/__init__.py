@@ -11,7 +11,6 @@ from kiln.builds._build import (
     BuildKwargs,
     build_image,
     build_image_sync,
-    build_options,
     import_image,
     import_image_sync,
     start_build,
@@ -19,9 +18,9 @@ from kiln.builds._build import (
     start_plan,
     start_state,
 )
+from kiln.builds._options import SubmitKwargs, build_options, option_keywords
 from kiln.builds._service import (
     ResumeKwargs,
-    SubmitKwargs,
     finished,
     resume,
     resume_owned,
@@ -42,6 +41,7 @@ __all__ = [
     "finished",
     "import_image",
     "import_image_sync",
+    "option_keywords",
     "resume",
     "resume_owned",
     "start_build",

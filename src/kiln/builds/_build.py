@@ -11,15 +11,14 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypedDict, Unpack
+from typing import Any, Unpack
 
 import httpx
 
-from kiln.api import check_api_url
+from kiln.builds._options import SubmitKwargs, build_options
 from kiln.durable import Session
 from kiln.errors import BuildCancelled, BuildError, UsageError
 from kiln.machine import (
-    BuildOptions,
     BuildState,
     Driver,
     Event,
@@ -39,23 +38,12 @@ DONE = "done"
 CANCELLED = "cancelled"
 
 
-class BuildKwargs(TypedDict, total=False):
-    """Options shared by every entry point; named as the CLI's flags."""
+class BuildKwargs(SubmitKwargs, total=False):
+    """Options shared by every entry point; named as the CLI's flags. The persisted ones are
+    :class:`SubmitKwargs`' (declared once, in BuildOptions); these come with the process."""
 
-    public: bool
-    disk_mb: int | None
-    builder_disk_mb: int | None
-    cpus: float | None
-    memory_mb: int | None
-    docker_compat: bool
-    api_url: str | None
     api_key: str | None
     pat: str | None
-    organization_id: str | None
-    project_id: str | None
-    namespace: str | None
-    # Seconds for the whole build; cleanup still runs after it passes.
-    deadline: float | None
     on_event: Callable[[Event], None] | None
     transport: httpx.AsyncBaseTransport | None
     # Called with the state after every transition (kiln.store plugs in here).
@@ -259,26 +247,4 @@ def start_state(state: BuildState, options: BuildKwargs, session: Session | None
         transport=options.get("transport"),
         persist=options.get("persist"),
         session=session,
-    )
-
-
-def build_options(options: BuildKwargs) -> BuildOptions:
-    """The options persisted with a build, taken from the entry points' keyword arguments."""
-    api_url = options.get("api_url")
-    if api_url is not None:
-        # Checked before the options are persisted with the build: a URL with credentials in
-        # it must never reach the store.
-        check_api_url(api_url)
-    return BuildOptions(
-        public=options.get("public", False),
-        disk_mb=options.get("disk_mb"),
-        builder_disk_mb=options.get("builder_disk_mb"),
-        cpus=options.get("cpus"),
-        memory_mb=options.get("memory_mb"),
-        docker_compat=options.get("docker_compat", False),
-        api_url=options.get("api_url"),
-        organization_id=options.get("organization_id"),
-        project_id=options.get("project_id"),
-        namespace=options.get("namespace"),
-        deadline_s=options.get("deadline"),
     )

@@ -17,28 +17,13 @@ from typing import TypedDict, Unpack, cast
 
 import httpx
 
-from kiln.builds._build import Build, BuildKwargs, build_options, start_state
+from kiln.builds._build import Build, BuildKwargs, start_state
+from kiln.builds._options import SubmitKwargs, build_options
 from kiln.durable import Session, load_state, prepare_resume
 from kiln.errors import KilnError
 from kiln.machine import BuildState, Event, Secrets, Services, load_machine_spec
 from kiln.plan import plan_dockerfile
 from kiln.store import LEASE_S, RENEW_EVERY_S, BuildNotFound, BuildRecord, Owner, Store
-
-
-class SubmitKwargs(TypedDict, total=False):
-    """The build options a submitted build carries to its worker (no credentials, no callbacks)."""
-
-    public: bool
-    disk_mb: int | None
-    builder_disk_mb: int | None
-    cpus: float | None
-    memory_mb: int | None
-    docker_compat: bool
-    api_url: str | None
-    organization_id: str | None
-    project_id: str | None
-    namespace: str | None
-    deadline: float | None
 
 
 class ResumeKwargs(TypedDict, total=False):
@@ -66,7 +51,7 @@ async def submit(
     The plan records the build context's path: the worker must be able to read it there.
     """
     plan = plan_dockerfile(dockerfile, context=context, name=name)
-    state = BuildState(plan=plan, options=build_options(cast(BuildKwargs, options)))
+    state = BuildState(plan=plan, options=build_options(options))
     await store.create(
         id=state.id,
         name=plan.name,

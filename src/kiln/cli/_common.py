@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from kiln.builds import option_keywords
 from kiln.cli._view import JsonView, PlainView, RichView, View
 from kiln.errors import ContextError
 from kiln.plan import BuildPlan, ContextArchive
@@ -97,16 +98,9 @@ def positive_float(text: str) -> float:
 
 
 def build_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The build options of ``add_build_options`` (but the name), as the library takes them."""
-    return {
-        "public": args.public,
-        "disk_mb": args.disk_mb,
-        "builder_disk_mb": args.builder_disk_mb,
-        "cpus": args.cpus,
-        "memory_mb": args.memory_mb,
-        "docker_compat": args.docker_compat,
-        "deadline": args.deadline,
-    }
+    """The build options of ``add_build_options`` (but the name and the API URL, which the
+    commands check first), as the library takes them: the flags named as their keywords."""
+    return {keyword: getattr(args, keyword) for keyword in option_keywords(cli=True)}
 
 
 def check_context(plan: BuildPlan) -> None:

@@ -27,6 +27,8 @@ from kiln.machine._spec import (
     load_machine_spec,
 )
 from kiln.machine._state import (
+    OPTION_CLI,
+    OPTION_KEYWORD,
     SCHEMA_VERSION,
     BuilderInfo,
     BuildOptions,
@@ -42,6 +44,8 @@ __all__ = [
     "BUILD_MACHINE",
     "HANDLERS",
     "MACHINES",
+    "OPTION_CLI",
+    "OPTION_KEYWORD",
     "SCHEMA_VERSION",
     "Backoff",
     "BuildLogEvent",

@@ -24,21 +24,33 @@ from kiln.plan import BuildPlan
 SCHEMA_VERSION = 1
 
 
+# BuildOptions is the one list of the build options; kiln.builds and the CLI derive theirs from
+# its fields. A field's metadata: OPTION_KEYWORD, the entry points' keyword for it when that is
+# not the field's name; OPTION_CLI, true when the CLI's build commands take it as the flag of
+# that keyword (``--disk-mb``) and pass it on as is.
+OPTION_KEYWORD = "keyword"
+OPTION_CLI = "cli"
+_CLI = {OPTION_CLI: True}
+
+
 @attrs.frozen
 class BuildOptions:
     """The caller's build options, minus credentials (those come from the environment on resume)."""
 
-    public: bool = False
-    disk_mb: int | None = None
-    builder_disk_mb: int | None = None
-    cpus: float | None = None
-    memory_mb: int | None = None
-    docker_compat: bool = False
+    public: bool = attrs.field(default=False, metadata=_CLI)
+    disk_mb: int | None = attrs.field(default=None, metadata=_CLI)
+    builder_disk_mb: int | None = attrs.field(default=None, metadata=_CLI)
+    cpus: float | None = attrs.field(default=None, metadata=_CLI)
+    memory_mb: int | None = attrs.field(default=None, metadata=_CLI)
+    docker_compat: bool = attrs.field(default=False, metadata=_CLI)
+    # The CLI checks --api-url, or uses the embedded emulator's, before it passes one on.
     api_url: str | None = None
     organization_id: str | None = None
     project_id: str | None = None
     namespace: str | None = None
-    deadline_s: float | None = None
+    deadline_s: float | None = attrs.field(
+        default=None, metadata={OPTION_KEYWORD: "deadline", OPTION_CLI: True}
+    )
 
 
 @attrs.frozen

@@ -1,0 +1,53 @@
+"""The build options as the entry points take them, derived from their one declaration,
+:class:`kiln.machine.BuildOptions` (the persisted options, whose field metadata says each one's
+keyword and whether the CLI passes it on)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+import attrs
+
+from kiln.api import check_api_url
+from kiln.machine import OPTION_CLI, OPTION_KEYWORD, BuildOptions
+
+
+class SubmitKwargs(TypedDict, total=False):
+    """The build options a build persists, so a submitted one carries them to its worker (no
+    credentials, no callbacks): BuildOptions' fields by keyword (a test checks they agree)."""
+
+    public: bool
+    disk_mb: int | None
+    builder_disk_mb: int | None
+    cpus: float | None
+    memory_mb: int | None
+    docker_compat: bool
+    api_url: str | None
+    organization_id: str | None
+    project_id: str | None
+    namespace: str | None
+    # Seconds for the whole build; cleanup still runs after it passes.
+    deadline: float | None
+
+
+def option_keywords(*, cli: bool = False) -> dict[str, str]:
+    """Each build option's keyword, mapped to its BuildOptions field; ``cli``: only those the
+    CLI's build commands take as flags of those names and pass on as they are."""
+    return {
+        field.metadata.get(OPTION_KEYWORD, field.name): field.name
+        for field in attrs.fields(BuildOptions)
+        if field.metadata.get(OPTION_CLI, False) or not cli
+    }
+
+
+def build_options(options: Mapping[str, Any]) -> BuildOptions:
+    """The options persisted with a build, taken from the entry points' keyword arguments
+    (others, such as credentials, are ignored); an option not given keeps its default."""
+    api_url = options.get("api_url")
+    if api_url is not None:
+        # Checked before the options are persisted with the build: a URL with credentials in
+        # it must never reach the store.
+        check_api_url(api_url)
+    given = {field: options[kw] for kw, field in option_keywords().items() if kw in options}
+    return BuildOptions(**given)
