@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from kiln.api import BuilderSpec
 from kiln.errors import BuildError
 from kiln.machine._spec import load_machine_spec
 from kiln.plan import BuildPlan
@@ -65,23 +66,12 @@ class ErrorRecord:
 
 
 @attrs.frozen
-class BuilderInfo:
-    """The rootfs builder the platform asked for (prepare's ``builder`` block)."""
-
-    image: str
-    command: str
-    cpus: float
-    memory_mb: int
-    disk_mb: int
-
-
-@attrs.frozen
 class PreparedInfo:
     """The typed fields of the prepare response that later phases decide on."""
 
     snapshot_id: str
     rootfs_node_kind: str
-    builder: BuilderInfo
+    builder: BuilderSpec
     has_parent: bool
     parent_manifest_uri: str | None
     parent_rootfs_disk_bytes: int | None

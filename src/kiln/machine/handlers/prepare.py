@@ -6,7 +6,7 @@ from typing import Any
 
 from kiln.machine._outcome import SUCCEEDED, Outcome
 from kiln.machine._services import Services
-from kiln.machine._state import BuilderInfo, BuildState, PreparedInfo
+from kiln.machine._state import BuildState, PreparedInfo
 from kiln.machine.protocol import prepare_body, reject_cas_templates, template_payload
 from kiln.plan import BuildPlan
 
@@ -47,13 +47,7 @@ async def prepare(state: BuildState, services: Services) -> Outcome:
     state.prepared_info = PreparedInfo(
         snapshot_id=prepared.snapshot_id,
         rootfs_node_kind=prepared.rootfs_node_kind,
-        builder=BuilderInfo(
-            image=prepared.builder.image,
-            command=prepared.builder.command,
-            cpus=prepared.builder.cpus,
-            memory_mb=prepared.builder.memory_mb,
-            disk_mb=prepared.builder.disk_mb,
-        ),
+        builder=prepared.builder,
         has_parent=prepared.parent is not None,
         parent_manifest_uri=prepared.parent.parent_manifest_uri if prepared.parent else None,
         parent_rootfs_disk_bytes=prepared.parent.rootfs_disk_bytes if prepared.parent else None,
