@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from kiln.errors import UsageError
+from kiln.errors import StaleWriteError, UsageError
 
 Clock = Callable[[], float]
 JsonObject = dict[str, Any]
@@ -355,6 +355,12 @@ def duplicate_build(build_id: str) -> UsageError:
         f"a build with id {build_id!r} already exists",
         hint="build ids are unique; let kiln generate one",
     )
+
+
+def stale_write(id: str, expected_version: int, current: BuildRecord) -> StaleWriteError:
+    """The error for a conditional write that matched no row, given the row as it is now."""
+    reason = "build finished" if current.final else "version moved"
+    return StaleWriteError(id, expected=expected_version, actual=current.version, reason=reason)
 
 
 class Row(Protocol):

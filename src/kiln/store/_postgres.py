@@ -30,7 +30,6 @@ from kiln.errors import (
     BuildNotFound,
     LeaseLost,
     OwnedElsewhere,
-    StaleWriteError,
     StoreUnavailable,
     UsageError,
 )
@@ -54,6 +53,7 @@ from kiln.store._base import (
     owner_holds,
     plan_events,
     record_from_row,
+    stale_write,
 )
 from kiln.store._migrations import POSTGRES_LEDGER, PRUNE, RECORD_COLUMNS, TAKE_TURN, pending
 from kiln.store._urls import redact_url, scrub
@@ -193,7 +193,7 @@ class PostgresStore:
             if row is not None:
                 return int(row["version"])
             current = await _require(conn, id)
-        raise _stale(id, expected_version, current)
+        raise stale_write(id, expected_version, current)
 
     async def commit_transition(
         self,
@@ -235,7 +235,7 @@ class PostgresStore:
                     await self._insert_events(conn, id, events, old_total, now)
                 return Committed(int(row["version"]), bool(row["cancel_requested"]))
             current = await _require(conn, id)
-        raise _stale(id, expected_version, current)
+        raise stale_write(id, expected_version, current)
 
     async def get(self, id: str) -> BuildRecord | None:
         if not id:
@@ -521,11 +521,6 @@ async def _take(
         (owner.host, owner.pid, owner.worker_id, lease_expires_at, version, record.id),
     )
     return _record(await cursor.fetchone())
-
-
-def _stale(id: str, expected_version: int, current: BuildRecord) -> StaleWriteError:
-    reason = "build finished" if current.final else "version moved"
-    return StaleWriteError(id, expected=expected_version, actual=current.version, reason=reason)
 
 
 async def _fetch(conn: Connection, id: str, *, lock: bool = False) -> BuildRecord | None:

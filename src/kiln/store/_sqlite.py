@@ -24,7 +24,6 @@ from kiln.errors import (
     BuildNotFound,
     LeaseLost,
     OwnedElsewhere,
-    StaleWriteError,
     StoreUnavailable,
 )
 from kiln.store._base import (
@@ -47,6 +46,7 @@ from kiln.store._base import (
     owner_holds,
     plan_events,
     record_from_row,
+    stale_write,
 )
 from kiln.store._migrations import PRUNE as _PRUNE
 from kiln.store._migrations import RECORD_COLUMNS, SQLITE_LEDGER, pending
@@ -144,7 +144,7 @@ class SQLiteStore:
                 if conn.execute(_SAVE, (*params, id, expected_version)).rowcount == 1:
                     return expected_version + 1
                 current = _require(conn, id)
-            raise _stale(id, expected_version, current)
+            raise stale_write(id, expected_version, current)
 
         return await self._run(run)
 
@@ -181,7 +181,7 @@ class SQLiteStore:
                         )
                     return Committed(expected_version + 1, bool(rows[0]["cancel_requested"]))
                 current = _require(conn, id)
-            raise _stale(id, expected_version, current)
+            raise stale_write(id, expected_version, current)
 
         return await self._run(run)
 
@@ -480,11 +480,6 @@ def _take(
         (owner.host, owner.pid, owner.worker_id, lease_expires_at, version, record.id),
     )
     return _require(conn, record.id)
-
-
-def _stale(id: str, expected_version: int, current: BuildRecord) -> StaleWriteError:
-    reason = "build finished" if current.final else "version moved"
-    return StaleWriteError(id, expected=expected_version, actual=current.version, reason=reason)
 
 
 def _fetch(conn: sqlite3.Connection, id: str) -> BuildRecord | None:
