@@ -25,19 +25,18 @@ from kiln.machine import (
     Event,
     StatusEvent,
     TransitionEvent,
+    Trigger,
     WarningEvent,
     load_machine_spec,
 )
 
 LOG_TAIL_LINES = 12  # enough to see what the builder is doing without scrolling the phases away
 REFRESH_PER_SECOND = 4
-RETRY = "retry"
 # How a finished phase is marked, by the trigger that left it.
-SUCCEED = "succeed"
 PHASE_MARKS = {
-    SUCCEED: "[green]✓[/]",
-    "fail": "[bold red]✗[/]",
-    "cancel": "[yellow]-[/]",
+    Trigger.SUCCEED.value: "[green]✓[/]",
+    Trigger.FAIL.value: "[bold red]✗[/]",
+    Trigger.CANCEL.value: "[yellow]-[/]",
 }
 RUNNING_MARK = "[bold cyan]›[/]"
 ABORTED = "aborted"
@@ -237,7 +236,10 @@ class RichView:
         spec = load_machine_spec()
         # The states that run a handler; the final ones do not, so they get no row.
         self._phase_names = frozenset(spec.states)
-        self._cleanup = spec.cleanup
+        # States whose way out says how the build went, not how they went (cleanup).
+        self._left_as_entered = frozenset(
+            s.name for s in spec.states.values() if s.leaves_as_entered
+        )
         self._live = Live(
             console=self._console,
             get_renderable=self._render,
@@ -274,13 +276,15 @@ class RichView:
             # The first phase (or a resumed one) was entered before this view saw it.
             self._phases.append(_Phase(event.source, now - event.duration_s))
         current = self._phases[-1]
-        if event.trigger == RETRY:
+        if event.trigger == Trigger.RETRY:
             current.attempts += 1
             return
         current.duration_s = event.duration_s
         # Cleanup's trigger names how the build ended, not how cleanup went (a failed delete
         # shows as a warning): it finished, which is all its row says.
-        current.left_by = SUCCEED if event.source == self._cleanup else event.trigger
+        current.left_by = (
+            Trigger.SUCCEED.value if event.source in self._left_as_entered else event.trigger
+        )
         if event.dest in self._phase_names:
             self._phases.append(_Phase(event.dest, now))
 

@@ -16,7 +16,15 @@ import attrs
 
 from kiln.emulator import SignMode
 from kiln.errors import UsageError
-from kiln.machine import MachineSpec, load_machine_spec
+from kiln.machine import MachineSpec, Trigger, load_machine_spec
+from kiln.machine.handlers import Handler
+from kiln.machine.handlers.builder import run_builder
+from kiln.machine.handlers.cleanup import cleanup
+from kiln.machine.handlers.finish import complete, read_metadata
+from kiln.machine.handlers.prepare import prepare
+from kiln.machine.handlers.sandbox import create_sandbox, proxy_ready
+from kiln.machine.handlers.sign import sign
+from kiln.machine.handlers.upload import upload
 from kiln.testing._client import EmulatorClient
 
 SIGN_MODES: tuple[SignMode, ...] = ("legacy", "new")
@@ -31,8 +39,12 @@ PERMANENT_STATUSES = (400, 401, 403, 409, 500)
 LOST_SANDBOX_STATUS = 400
 LOST_SANDBOX_BODY = '{"code": "NOT_RUNNING", "message": "sandbox is not running (status: lost)"}'
 PROXY_PATHS = r"^/api/v1/"
-DONE = "done"
-FAILED = "failed"
+
+
+def _in(*handlers: Handler) -> tuple[str, ...]:
+    """The states whose handlers make a request, in order. A handler is named after its state
+    (checked against the declaration), so a state renamed in states/ cannot go unnoticed here."""
+    return tuple(handler.__name__ for handler in handlers)
 
 
 @attrs.frozen
@@ -49,29 +61,29 @@ class Target:
 
 # In the order a fault-free Dockerfile build makes them.
 TARGETS: tuple[Target, ...] = (
-    Target("template_lookup", "GET", r"^/platform/v1/sandbox-templates/by-name/", ("prepare",)),
-    Target("prepare", "POST", r"^/platform/v1/sandbox-template-builds$", ("prepare",)),
-    Target("create_sandbox", "POST", r"^/v1/namespaces/[^/]+/sandboxes$", ("create_sandbox",)),
+    Target("template_lookup", "GET", r"^/platform/v1/sandbox-templates/by-name/", _in(prepare)),
+    Target("prepare", "POST", r"^/platform/v1/sandbox-template-builds$", _in(prepare)),
+    Target("create_sandbox", "POST", r"^/v1/namespaces/[^/]+/sandboxes$", _in(create_sandbox)),
     Target(
-        "run_command", "POST", r"^/api/v1/processes/run$", ("proxy_ready", "proxy_ready", "upload")
+        "run_command", "POST", r"^/api/v1/processes/run$", _in(proxy_ready, proxy_ready, upload)
     ),
     # Only the new upload path signs: the legacy one never makes this request.
-    Target("sign", "POST", r"^/api/v1/blob/sign$", ("sign",), sign_modes=("new",)),
-    Target("put_file", "PUT", r"^/api/v1/files$", ("upload", "upload")),
-    Target("start_builder", "POST", r"^/api/v1/processes$", ("run_builder",)),
-    Target("follow", "GET", r"^/api/v1/processes/\d+/output/follow$", ("run_builder",)),
-    Target("process_status", "GET", r"^/api/v1/processes/\d+$", ("run_builder",)),
-    Target("read_file", "GET", r"^/api/v1/files$", ("read_metadata",)),
-    Target("complete", "POST", r"/complete$", ("complete",)),
-    Target("delete_sandbox", "DELETE", r"^/v1/namespaces/[^/]+/sandboxes/[^/]+$", ("cleanup",)),
+    Target("sign", "POST", r"^/api/v1/blob/sign$", _in(sign), sign_modes=("new",)),
+    Target("put_file", "PUT", r"^/api/v1/files$", _in(upload, upload)),
+    Target("start_builder", "POST", r"^/api/v1/processes$", _in(run_builder)),
+    Target("follow", "GET", r"^/api/v1/processes/\d+/output/follow$", _in(run_builder)),
+    Target("process_status", "GET", r"^/api/v1/processes/\d+$", _in(run_builder)),
+    Target("read_file", "GET", r"^/api/v1/files$", _in(read_metadata)),
+    Target("complete", "POST", r"/complete$", _in(complete)),
+    Target("delete_sandbox", "DELETE", r"^/v1/namespaces/[^/]+/sandboxes/[^/]+$", _in(cleanup)),
 )
 TARGETS_BY_NAME: Mapping[str, Target] = {target.name: target for target in TARGETS}
 # The phase of each proxy request of a fault-free build, in order: where a sandbox can be lost.
-_READY_PHASES = ("proxy_ready", "proxy_ready")  # mkdir, then chmod
-_LATER_PHASES = ("upload",) * 4 + ("run_builder",) * 3 + ("read_metadata",)
+_READY_PHASES = _in(proxy_ready, proxy_ready)  # mkdir, then chmod
+_LATER_PHASES = _in(upload) * 4 + _in(run_builder) * 3 + _in(read_metadata)
 PROXY_PHASES: Mapping[SignMode, tuple[str, ...]] = {
     "legacy": _READY_PHASES + _LATER_PHASES,
-    "new": (*_READY_PHASES, "sign", *_LATER_PHASES),
+    "new": (*_READY_PHASES, *_in(sign), *_LATER_PHASES),
 }
 
 
@@ -172,14 +184,16 @@ class FaultSchedule:
             if fault.phase != spec.cleanup and _exceeds(fault, spec)
         ]
         if self.builder_fails:
-            failing.append("run_builder")
+            failing.append(run_builder.__name__)
         if self.sandbox_lost_at is not None:
             failing.append(PROXY_PHASES[self.sign_mode][self.sandbox_lost_at])
         return min(failing, key=order.index, default=None)
 
     def expected_outcome(self, spec: MachineSpec | None = None) -> str:
         """``done`` or ``failed``: how a build under this schedule must end."""
-        return DONE if self.failing_phase(spec) is None else FAILED
+        spec = spec or load_machine_spec()
+        succeeded = self.failing_phase(spec) is None
+        return spec.final_of(Trigger.SUCCEED if succeeded else Trigger.FAIL)
 
     def leaks_sandbox(self, spec: MachineSpec | None = None) -> bool:
         """Whether cleanup's delete keeps failing past its budget (kiln then warns and leaves)."""

@@ -24,7 +24,7 @@ import attrs
 from hypothesis import strategies as st
 
 from kiln.emulator import SignMode
-from kiln.machine import MachineSpec, load_machine_spec
+from kiln.machine import MachineSpec, Trigger, load_machine_spec
 from kiln.testing._dockerfiles import dockerfiles
 from kiln.testing._faults import (
     PERMANENT_STATUSES,
@@ -39,7 +39,12 @@ from kiln.testing._faults import (
 # Retries after progress in one path at most: each restarts a budget, so paths stay finite.
 MAX_PROGRESS_RESETS = 3
 # Weights of each trigger at a state: mostly forward, so that paths reach the later phases.
-_TRIGGER_WEIGHTS = {"succeed": 6, "retry": 3, "fail": 1, "cancel": 1}
+_TRIGGER_WEIGHTS: dict[str, int] = {
+    Trigger.SUCCEED: 6,
+    Trigger.RETRY: 3,
+    Trigger.FAIL: 1,
+    Trigger.CANCEL: 1,
+}
 # Delays short enough to keep a run quick, long enough to reorder concurrent requests.
 MAX_DELAY_MS = 50
 # An SSE cut after this many events at most; the builder stand-in prints about a dozen lines.
@@ -71,18 +76,19 @@ def transition_sequences(draw: st.DrawFn, spec: MachineSpec | None = None) -> tu
     spec = spec or load_machine_spec()
     state = spec.initial
     attempts: dict[str, int] = {}
-    # The trigger that entered cleanup is also the one it leaves by (the driver's rule).
-    heading = "succeed"
+    # The trigger that entered a `leaves_as_entered` state (cleanup) is also the one it leaves
+    # by (the driver's rule).
+    heading: str = Trigger.SUCCEED.value
     resets = 0
     steps: list[Step] = []
     while state not in spec.finals:
         attempts[state] = attempts.get(state, 0) + 1
         trigger = draw(_trigger(spec, state, attempts[state], heading))
         dest = spec.states[state].on[trigger]
-        if dest == spec.cleanup and state != spec.cleanup:
+        if dest != state and dest in spec.states and spec.states[dest].leaves_as_entered:
             heading = trigger
         progressed = (
-            trigger == "retry"
+            trigger == Trigger.RETRY
             and spec.states[state].progress_resets_attempts
             and resets < MAX_PROGRESS_RESETS
             and draw(st.booleans())
@@ -97,11 +103,11 @@ def transition_sequences(draw: st.DrawFn, spec: MachineSpec | None = None) -> tu
 
 def _trigger(spec: MachineSpec, state: str, attempt: int, heading: str) -> st.SearchStrategy[str]:
     phase = spec.states[state]
-    may_retry = "retry" in phase.on and attempt < phase.attempts
-    if state == spec.cleanup:
+    may_retry = Trigger.RETRY in phase.on and attempt < phase.attempts
+    if phase.leaves_as_entered:
         # Cleanup picks its exit from how the build went; only its retries are a choice.
-        return st.sampled_from(["retry", heading] if may_retry else [heading])
-    choices = [t for t in phase.on if t != "retry" or may_retry]
+        return st.sampled_from([Trigger.RETRY.value, heading] if may_retry else [heading])
+    choices = [t for t in phase.on if t != Trigger.RETRY or may_retry]
     weighted = [t for t in choices for _ in range(_TRIGGER_WEIGHTS[t])]
     return st.sampled_from(weighted)
 
