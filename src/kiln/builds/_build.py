@@ -26,6 +26,7 @@ from kiln.machine import (
     Secrets,
     Services,
     StatusEvent,
+    Trigger,
     load_machine_spec,
     no_persist,
 )
@@ -33,9 +34,6 @@ from kiln.plan import BuildPlan, plan_dockerfile, plan_import
 from kiln.store import Store
 
 _log = logging.getLogger("kiln.build")
-
-DONE = "done"
-CANCELLED = "cancelled"
 
 
 class BuildKwargs(SubmitKwargs, total=False):
@@ -113,9 +111,10 @@ class Build:
     async def result(self) -> dict[str, Any]:
         """Wait for the end: the registered template, or the build's error raised."""
         await asyncio.shield(self._task)
-        if self._state.outcome == DONE and self._state.result is not None:
+        spec = self._services.spec
+        if self._state.outcome == spec.final_of(Trigger.SUCCEED) and self._state.result is not None:
             return self._state.result
-        if self._state.outcome == CANCELLED:
+        if self._state.outcome == spec.final_of(Trigger.CANCEL):
             raise BuildCancelled(
                 f"build of {self._state.plan.name!r} was cancelled",
                 hint="its builder sandbox was deleted; run the build again to retry",

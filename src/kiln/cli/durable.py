@@ -32,10 +32,22 @@ from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAV
 from kiln.cli._signals import interrupts
 from kiln.durable import StoreOutage, unrecorded_sandboxes
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
+from kiln.machine import Trigger, load_machine_spec
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store, pid_alive
 
 DAY_S = 86_400.0
-EXIT_BY_OUTCOME = {"done": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+
+
+def _exit_for(final: str) -> int:
+    """The exit status of a build that ended in ``final`` (its names read from states/)."""
+    spec = load_machine_spec()
+    if final == spec.final_of(Trigger.SUCCEED):
+        return EXIT_OK
+    if final == spec.final_of(Trigger.CANCEL):
+        return EXIT_CANCELLED
+    return EXIT_FAILED
+
+
 # How many of the last build log lines `kiln status` shows: the lines just before a failure.
 STATUS_LOG_LINES = 10
 # How often `kiln logs --follow` looks for new lines; the running build writes about as often.
@@ -153,7 +165,7 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
     if record.final:
         print(f"build {record.id} already ended: {record.state} (not run again)")
         _print_status(record, await store.events(record.id))
-        return EXIT_BY_OUTCOME.get(record.state, EXIT_FAILED)
+        return _exit_for(record.state)
     build = await resume(record.id, store=store, retry_lost_sandbox=args.retry_lost_sandbox)
     view = make_view(args)
     view.notice(f"Resuming build {record.id} from {build.state.state!r}")
