@@ -9,7 +9,13 @@ import attrs
 import pytest
 
 from kiln.errors import ConfigError
-from kiln.machine import HANDLERS, handlers_for, load_machine_spec, render_mermaid
+from kiln.machine import (
+    HANDLERS,
+    handlers_for,
+    load_machine_spec,
+    machine_names,
+    render_mermaid,
+)
 from kiln.machine._spec import validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,9 +57,16 @@ def test_every_handler_says_what_it_does_on_re_entry(name: str) -> None:
     assert doc.startswith("Re-entry: "), name
 
 
-def test_committed_diagram_is_fresh() -> None:
-    committed = (REPO / "diagrams" / "build.mmd").read_text(encoding="utf-8")
-    assert committed == render_mermaid(SPEC), "run `kiln diagram` and commit diagrams/build.mmd"
+@pytest.mark.parametrize("name", machine_names())
+def test_committed_diagram_is_fresh(name: str) -> None:
+    committed = (REPO / "diagrams" / f"{name}.mmd").read_text(encoding="utf-8")
+    rendered = render_mermaid(load_machine_spec(name=name))
+    assert committed == rendered, f"run `kiln diagram` and commit diagrams/{name}.mmd"
+
+
+def test_every_declared_machine_is_found() -> None:
+    assert machine_names() == sorted(p.stem for p in (REPO / "states").glob("*.toml"))
+    assert "build" in machine_names()
 
 
 def test_diagram_names_every_state_and_edge() -> None:

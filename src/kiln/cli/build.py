@@ -45,8 +45,9 @@ CREDENTIAL_ENV = ("TENSORLAKE_API_KEY", "TENSORLAKE_PAT")
 # The embedded emulator accepts any bearer token; the client still needs one to send.
 EMBEDDED_TOKEN = "kiln-embedded-emulator"
 EMULATOR_DIR = "emulator"
-DIAGRAM_MMD = "build.mmd"
-DIAGRAM_SVG = "build.svg"
+# Each declared machine (states/<name>.toml) is drawn as <name>.mmd, and <name>.svg with Graphviz.
+MERMAID_SUFFIX = ".mmd"
+SVG_SUFFIX = ".svg"
 GRAPHVIZ = "dot"
 # Rendering a dozen states takes milliseconds; a hung `dot` must not hang `kiln diagram`.
 GRAPHVIZ_TIMEOUT_S = 30.0
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     imp.set_defaults(func=_run_import)
 
     diagram = sub.add_parser(
-        "diagram", help="render diagrams/ from states/ (build.mmd; build.svg with Graphviz)"
+        "diagram", help="render diagrams/ from states/ (<machine>.mmd; <machine>.svg with Graphviz)"
     )
     diagram.add_argument(
         "--out", metavar="DIR", default="diagrams", help="output directory (default: diagrams)"
@@ -130,21 +131,22 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _run_diagram(args: argparse.Namespace) -> int:
-    from kiln.machine import load_machine_spec, render_dot, render_mermaid
+    from kiln.machine import load_machine_spec, machine_names, render_dot, render_mermaid
 
-    spec = load_machine_spec()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    mermaid = out / DIAGRAM_MMD
-    mermaid.write_text(render_mermaid(spec), encoding="utf-8")
-    print(f"wrote {mermaid}")
     dot = shutil.which(GRAPHVIZ)
-    if dot is None:
-        print(f"skipped {out / DIAGRAM_SVG}: Graphviz `{GRAPHVIZ}` is not installed")
-        return EXIT_OK
-    svg = out / DIAGRAM_SVG
-    _render_svg(dot, render_dot(spec), svg)
-    print(f"wrote {svg}")
+    for name in machine_names():
+        spec = load_machine_spec(name=name)
+        mermaid = out / f"{name}{MERMAID_SUFFIX}"
+        mermaid.write_text(render_mermaid(spec), encoding="utf-8")
+        print(f"wrote {mermaid}")
+        svg = out / f"{name}{SVG_SUFFIX}"
+        if dot is None:
+            print(f"skipped {svg}: Graphviz `{GRAPHVIZ}` is not installed")
+            continue
+        _render_svg(dot, render_dot(spec), svg)
+        print(f"wrote {svg}")
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ from kiln.machine._spec import (
     StateSpec,
     default_spec_path,
     load_machine_spec,
+    machine_names,
 )
 from kiln.machine._state import (
     OPTION_CLI,
@@ -73,6 +74,7 @@ __all__ = [
     "handlers_for",
     "intervene",
     "load_machine_spec",
+    "machine_names",
     "no_persist",
     "render_dot",
     "render_mermaid",

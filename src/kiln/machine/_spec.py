@@ -144,6 +144,19 @@ class MachineSpec:
         return next((t for t, dest in exits.items() if dest == outcome), Trigger.FAIL.value)
 
 
+def machine_names() -> list[str]:
+    """The names of the declared machines (each ``states/<name>.toml``), sorted; the installed
+    copy's when there is one, else the checkout's."""
+    installed = importlib.resources.files("kiln") / _INSTALLED_DIR
+    if installed.is_dir():
+        files = [entry.name for entry in installed.iterdir()]
+    else:
+        files = [path.name for path in _CHECKOUT_STATES.iterdir()]
+    return sorted(
+        name.removesuffix(MACHINE_SUFFIX) for name in files if name.endswith(MACHINE_SUFFIX)
+    )
+
+
 def default_spec_path(name: str = BUILD_MACHINE) -> Path:
     """The installed copy of ``states/<name>.toml`` when there is one, else the checkout's."""
     installed = importlib.resources.files("kiln") / _INSTALLED_DIR / f"{name}{MACHINE_SUFFIX}"
