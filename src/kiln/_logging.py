@@ -7,6 +7,13 @@ from typing import Any
 
 import structlog
 
+# The library's loggers all live under this one. A handler on it that drops everything keeps
+# Python's last-resort handler (warnings to stderr, in an application that configured no
+# logging) from printing kiln's warnings; an application's own configuration still sees them,
+# since records propagate past it to the root logger.
+ROOT_LOGGER = "kiln"
+logging.getLogger(ROOT_LOGGER).addHandler(logging.NullHandler())
+
 
 def logger(name: str) -> Any:
     """structlog as the application configured it (``kiln worker`` does: JSON lines); else stdlib

@@ -143,3 +143,38 @@ async def test_a_result_awaited_with_a_timeout_does_not_cancel_the_build(emulato
 def test_a_handle_outside_an_event_loop_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="running event loop"):
         kiln.start_build(HELLO, api_key=TOKEN)
+
+
+SILENT_FAILURE_SCRIPT = """
+import sys
+import kiln
+from kiln.emulator import Emulator, EmulatorConfig
+from kiln.testing import EmulatorClient
+
+with Emulator(EmulatorConfig(data_dir=sys.argv[2])) as emulator:
+    EmulatorClient(emulator.url).set_builder(exit_code=1)
+    try:
+        kiln.build_image_sync(sys.argv[1], api_url=emulator.url, api_key="token")
+    except kiln.BuildFailed:
+        pass
+    else:
+        sys.exit("the build did not fail")
+"""
+
+
+def test_the_library_is_silent_unless_logging_is_configured(tmp_path: Path) -> None:
+    """A failed build says nothing on stderr in an application that configured no logging
+    (Python's last-resort handler printed `event='build failed'` for the library's warning)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", SILENT_FAILURE_SCRIPT, str(HELLO), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == ""
+    assert run.stderr == ""
