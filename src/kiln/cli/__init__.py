@@ -13,9 +13,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from kiln._version import __version__
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_USAGE
+from kiln.cli._help import HelpFormatter
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
@@ -24,7 +26,11 @@ _COMMAND_MODULES = ("plan", "emulator", "build", "durable")
 
 class _CommandParser(argparse.ArgumentParser):
     """A sub-command's parser: an unknown argument is reported with that command's usage
-    (``kiln build -x`` shows ``kiln build``'s), not the top level's."""
+    (``kiln build -x`` shows ``kiln build``'s), not the top level's. Its help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -37,9 +43,14 @@ class _CommandParser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kiln", description="Build Tensorlake sandbox images from Dockerfiles."
+        prog="kiln",
+        description="Build Tensorlake sandbox images from Dockerfiles.",
+        epilog="`kiln COMMAND --help` tells more about each command.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    parser.add_argument(
+        "-V", "--version", action="version", version=f"kiln {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name in _COMMAND_MODULES:
         importlib.import_module(f"kiln.cli.{name}").register(sub)

@@ -80,7 +80,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description="Build and register a sandbox image, as `docker build` would build it. "
         + BUILD_DESCRIPTION,
         epilog=BUILD_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_arguments(build)
     add_build_options(build)
@@ -92,13 +91,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="import a registry image as a sandbox image",
         description="Import a registry image as it is. " + BUILD_DESCRIPTION,
     )
-    imp.add_argument("reference", help="registry image reference, e.g. python:3.12-slim")
+    imp.add_argument(
+        "reference", metavar="REF", help="registry image reference, e.g. python:3.12-slim"
+    )
     add_build_options(imp)
     _add_store(imp)
     imp.set_defaults(func=_run_import)
 
     diagram = sub.add_parser(
-        "diagram", help="render diagrams/ from states/ (<machine>.mmd; <machine>.svg with Graphviz)"
+        "diagram",
+        help="render diagrams/ from states/ (<machine>.mmd; <machine>.svg with Graphviz)",
+        description="Draw every machine declared in states/ as a Mermaid file, and as SVG when "
+        "Graphviz's `dot` is installed. Run it after changing states/: a test checks that "
+        "diagrams/ is fresh.",
     )
     diagram.add_argument(
         "--out", metavar="DIR", default="diagrams", help="output directory (default: diagrams)"

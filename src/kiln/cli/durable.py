@@ -58,53 +58,138 @@ FOLLOW_POLL_S = 0.5
 # worker could claim it.
 FOLLOW_UNOWNED_GRACE_S = 10.0
 LIST_LIMIT = 100
+ID_HELP = "build id (or a unique prefix)"
 STORE_HELP = "build store URL (default: $KILN_STORE, else the SQLite file in the state dir)"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the commands for persisted builds."""
-    resume = _command(sub, "resume", "continue a persisted build from where it stopped", _resume)
-    resume.add_argument("build_id", help="build id (or a unique prefix)")
+    resume = _command(
+        sub,
+        "resume",
+        "continue a persisted build from where it stopped",
+        "Continue a build whose process stopped (a crash, a closed terminal), in the state it was "
+        "in: a builder already running is reattached to, not started again. Credentials come "
+        "from the environment, as for kiln build.",
+        _resume,
+    )
+    resume.add_argument("build_id", metavar="ID", help=ID_HELP)
     resume.add_argument(
         "--retry-lost-sandbox",
         action="store_true",
         help="if the builder sandbox is gone, start over from prepare instead of failing",
     )
-    resume.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    resume.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON event per line on stdout (default: a live view on stderr)",
+    )
 
-    cancel = _command(sub, "cancel", "ask a build to stop (from any process)", _cancel)
-    cancel.add_argument("build_id", help="build id (or a unique prefix)")
+    cancel = _command(
+        sub,
+        "cancel",
+        "ask a build to stop (from any process)",
+        "Record a cancel request in the store. The process running the build sees it, deletes "
+        "the builder sandbox and ends the build as cancelled; a build nobody runs is ended so "
+        "by the next kiln resume or worker.",
+        _cancel,
+    )
+    cancel.add_argument("build_id", metavar="ID", help=ID_HELP)
 
-    status = _command(sub, "status", "show a build: state, phases, sandbox, log, error", _status)
-    status.add_argument("build_id", help="build id (or a unique prefix)")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status = _command(
+        sub,
+        "status",
+        "show a build: state, phases, sandbox, log, error",
+        "Show one build as the store has it: its state and owner, the time spent in each phase, "
+        "its builder sandbox, the last lines of its log, and the error and advice if it failed.",
+        _status,
+    )
+    status.add_argument("build_id", metavar="ID", help=ID_HELP)
+    status.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
-    ls = _command(sub, "ls", "list builds, newest first", _ls)
-    ls.add_argument("--state", help="only builds in this state (e.g. failed, run_builder)")
-    ls.add_argument("--json", action="store_true", help="print a JSON list")
+    ls = _command(
+        sub,
+        "ls",
+        "list builds, newest first",
+        "List the builds in the store, newest first, one line each: id, state, image name, "
+        "builder sandbox and when it last changed.",
+        _ls,
+    )
+    ls.add_argument(
+        "--state", help="only builds in this state (e.g. failed, run_builder) (default: all)"
+    )
+    ls.add_argument("--json", action="store_true", help="print a JSON list (default: a table)")
 
-    logs = _command(sub, "logs", "print a build's persisted log", _logs)
-    logs.add_argument("build_id", help="build id (or a unique prefix)")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    logs = _command(
+        sub,
+        "logs",
+        "print a build's persisted log",
+        "Print a build's persisted log: the builder's output and kiln's notes on each phase. "
+        "The log keeps its head and tail; a mark shows where lines were dropped.",
+        _logs,
+    )
+    logs.add_argument("build_id", metavar="ID", help=ID_HELP)
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing until it ends (default: off)"
+    )
 
-    reap = _command(sub, "reap", "delete builder sandboxes no live build owns", _reap)
+    reap = _command(
+        sub,
+        "reap",
+        "delete builder sandboxes no live build owns",
+        "Delete the builder sandboxes of builds whose process is gone, and list sandboxes that "
+        "may exist but were never recorded (a create whose answer was lost).",
+        _reap,
+    )
     reap.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
 
-    submit = _command(sub, "submit", "queue a Dockerfile build for a worker", _submit)
-    submit.add_argument("dockerfile", nargs="?", default="Dockerfile", help="default: Dockerfile")
-    submit.add_argument("--context", help="build context directory (the worker must read it)")
+    submit = _command(
+        sub,
+        "submit",
+        "queue a Dockerfile build for a worker",
+        "Plan a Dockerfile build here (a bad Dockerfile or context fails now) and queue it in "
+        "the store; a kiln worker on a host that reads the same context runs it. Prints its id.",
+        _submit,
+    )
+    submit.add_argument(
+        "dockerfile", metavar="FILE", nargs="?", default="Dockerfile", help="default: Dockerfile"
+    )
+    submit.add_argument(
+        "--context",
+        metavar="DIR",
+        help="build context directory, which the worker must read (default: the Dockerfile's)",
+    )
     add_build_options(submit)
 
-    worker = _command(sub, "worker", "run queued and stalled builds from a shared store", _worker)
-    worker.add_argument("--concurrency", type=positive_int, default=1, help="builds at once")
-    worker.add_argument("--worker-id", help="name in ownership records (default: per process)")
-    worker.add_argument("--lease-s", type=_seconds, help="lease length (default: 30)")
-    worker.add_argument("--heartbeat-s", type=_seconds, help="lease renewal (default: 10)")
+    worker = _command(
+        sub,
+        "worker",
+        "run queued and stalled builds from a shared store",
+        "Claim queued builds, and builds whose process is gone, from a shared store (PostgreSQL "
+        "for many hosts) and run them, holding a lease on each. SIGTERM or Ctrl-C drains: no new "
+        "claims, running builds stop at a persisted point (another worker continues them). "
+        "Logs JSON lines on stderr.",
+        _worker,
+    )
     worker.add_argument(
-        "--poll-s", type=_seconds, help="first idle wait between claims (default: 1, up to 8)"
+        "--concurrency", metavar="N", type=positive_int, default=1, help="builds at once"
+    )
+    worker.add_argument(
+        "--worker-id", metavar="NAME", help="name in ownership records (default: per process)"
+    )
+    worker.add_argument("--lease-s", metavar="S", type=_seconds, help="lease length (default: 30)")
+    worker.add_argument(
+        "--heartbeat-s", metavar="S", type=_seconds, help="lease renewal (default: 10)"
+    )
+    worker.add_argument(
+        "--poll-s",
+        metavar="S",
+        type=_seconds,
+        help="first idle wait between claims (default: 1, up to 8)",
     )
     worker.add_argument(
         "--retention-days",
+        metavar="DAYS",
         type=_seconds,
         help="delete finished builds and their logs this long after they ended (default: 7)",
     )
@@ -114,10 +199,11 @@ def _command(
     sub: argparse._SubParsersAction[Any],
     name: str,
     help_text: str,
+    description: str,
     run: Callable[[argparse.Namespace, Store], Awaitable[int]],
 ) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-    parser.add_argument("--store", help=STORE_HELP)
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
+    parser.add_argument("--store", metavar="URL", help=STORE_HELP)
     parser.set_defaults(func=lambda args: _with_store(args, run))
     return parser
 

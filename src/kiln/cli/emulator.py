@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # Any token works unless --api-key is given; this one is only printed as an example.
 EXAMPLE_TOKEN = "any-token"
+# What a realism part defaults to: whatever the profile chosen sets it to.
+PER = " (default: as --profile sets it)"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -31,14 +33,22 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "emulator",
         help="run a local Tensorlake-compatible build server",
         description="Serve Tensorlake's platform, sandbox lifecycle and sandbox proxy APIs on one "
-        "loopback port, with virtual sandboxes and a builder stand-in, until Ctrl-C.",
+        "loopback port, with virtual sandboxes and a builder stand-in, until Ctrl-C. Point "
+        "kiln (or the official client) at it with TENSORLAKE_API_URL and any token.",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--host", metavar="HOST", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument(
-        "--data-dir", type=Path, help="keep templates and blobs here (default: a temp dir)"
+        "--port", metavar="PORT", type=int, default=0, help="port (default: a free one)"
     )
-    parser.add_argument("--api-key", help="accept only this bearer token (default: any)")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        help="keep templates and blobs here (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--api-key", metavar="TOKEN", help="accept only this bearer token (default: any)"
+    )
     parser.add_argument(
         "--sign-mode",
         choices=SIGN_MODES,
@@ -46,10 +56,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="prepare answers the legacy upload block, or the new snapshotRelPath",
     )
     _add_profile_arguments(parser)
-    parser.add_argument("--latency-ms", type=int, default=0, help="added to every response")
-    parser.add_argument("--bandwidth-mbps", type=float, help="pace request and response bodies")
     parser.add_argument(
-        "--builder-duration-ms", type=int, default=0, help="how long the builder stand-in works"
+        "--latency-ms", metavar="MS", type=int, default=0, help="added to every response"
+    )
+    parser.add_argument(
+        "--bandwidth-mbps",
+        metavar="MBPS",
+        type=float,
+        help="pace request and response bodies (default: unpaced)",
+    )
+    parser.add_argument(
+        "--builder-duration-ms",
+        metavar="MS",
+        type=int,
+        default=0,
+        help="how long the builder stand-in works",
     )
     parser.add_argument(
         "--allow-remote", action="store_true", help="permit a non-loopback --host (no real auth!)"
@@ -62,24 +83,43 @@ def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "realism", "--profile cloud turns every part on with realistic timings; each flag overrides"
     )
-    group.add_argument("--profile", choices=PROFILES, default="ideal", help="default: ideal")
-    flag = argparse.BooleanOptionalAction
-    group.add_argument("--start-delay-ms", type=int, help="sandboxes stay pending this long")
     group.add_argument(
-        "--pending-errors-ms", type=int, help="GET sandbox answers 502 this long after create"
+        "--profile", choices=PROFILES, default="ideal", help="how the platform behaves"
+    )
+    flag = argparse.BooleanOptionalAction
+    group.add_argument(
+        "--start-delay-ms", metavar="MS", type=int, help="sandboxes stay pending this long" + PER
+    )
+    group.add_argument(
+        "--pending-errors-ms",
+        metavar="MS",
+        type=int,
+        help="GET sandbox answers 502 this long after create" + PER,
     )
     group.add_argument("--separate-proxy", action=flag, help="the proxy on a port of its own")
-    group.add_argument("--stream-idle-ms", type=int, help="close a stream silent this long")
-    group.add_argument("--stream-max-ms", type=int, help="close any stream this old")
-    group.add_argument("--sse-keepalive-ms", type=int, help="': keepalive' comment interval")
-    group.add_argument("--sse-framing", choices=SSE_FRAMINGS, help="cloud: id: lines and CRLF")
+    group.add_argument(
+        "--stream-idle-ms", metavar="MS", type=int, help="close a stream silent this long" + PER
+    )
+    group.add_argument(
+        "--stream-max-ms", metavar="MS", type=int, help="close any stream this old" + PER
+    )
+    group.add_argument(
+        "--sse-keepalive-ms", metavar="MS", type=int, help="': keepalive' comment interval" + PER
+    )
+    group.add_argument(
+        "--sse-framing", choices=SSE_FRAMINGS, help="cloud: id: lines and CRLF" + PER
+    )
     group.add_argument(
         "--require-content-length", action=flag, help="PUT without Content-Length answers 411"
     )
     group.add_argument(
         "--platform-auth", action=flag, help="API keys on token routes, PATs on org routes"
     )
-    group.add_argument("--pat", help="the token that is a personal access token")
+    group.add_argument(
+        "--pat",
+        metavar="TOKEN",
+        help="the token taken as a personal access token (default: none: every token is an API key)",
+    )
     group.add_argument(
         "--private-registry",
         action="append",

@@ -22,8 +22,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "printing the warnings a build would print. Nothing is sent anywhere.",
     )
     add_source_arguments(parser)
-    parser.add_argument("--import", dest="import_ref", metavar="REF", help="plan an image import")
-    parser.add_argument("--name", metavar="NAME", help="the image name to register")
+    parser.add_argument(
+        "--import",
+        dest="import_ref",
+        metavar="REF",
+        help="plan an image import (default: plan the Dockerfile)",
+    )
+    parser.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the image name to register (default: derived from the Dockerfile or reference)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     parser.set_defaults(func=run)
 
