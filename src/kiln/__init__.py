@@ -13,6 +13,7 @@ from kiln._version import __version__
 if TYPE_CHECKING:
     from kiln.builds import (
         Build,
+        Template,
         Worker,
         WorkerConfig,
         build_image,
@@ -93,6 +94,7 @@ _EXPORTS = {
     "StatusEvent": "kiln.machine",
     "StoreOutage": "kiln.errors",
     "StoreUnavailable": "kiln.errors",
+    "Template": "kiln.builds",
     "TransitionEvent": "kiln.machine",
     "TransportError": "kiln.errors",
     "UnreadableBuild": "kiln.errors",
@@ -151,6 +153,7 @@ __all__ = [
     "StatusEvent",
     "StoreOutage",
     "StoreUnavailable",
+    "Template",
     "TransitionEvent",
     "TransportError",
     "UnreadableBuild",

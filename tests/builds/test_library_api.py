@@ -35,7 +35,18 @@ async def test_build_image_returns_the_template_and_reports_events(emulator: Adm
     template = await kiln.build_image(
         HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append
     )
-    assert template["name"] == "hello"
+    assert template.name == "hello"
+    assert isinstance(template, kiln.Template)
+    assert template.public is False
+    assert template.id.startswith("tmpl-") and template.snapshot_id
+    assert template.snapshot_size_bytes is not None and template.snapshot_size_bytes > 0
+    assert template.to_dict() == {
+        "id": template.id,
+        "name": "hello",
+        "snapshot_id": template.snapshot_id,
+        "snapshot_size_bytes": template.snapshot_size_bytes,
+        "public": False,
+    }
     assert {type(e) for e in events} >= {
         kiln.StatusEvent,
         kiln.BuildLogEvent,
@@ -51,7 +62,7 @@ async def test_the_handle_streams_events_and_awaits_the_result(emulator: Admin) 
     build = kiln.start_build(HELLO, name="greeter", api_url=emulator.url, api_key=TOKEN)
     seen = [event async for event in build.events()]
     template = await build.result()
-    assert template["name"] == "greeter"
+    assert template.name == "greeter"
     assert build.state.state == "done"
     transitions = [e for e in seen if isinstance(e, kiln.TransitionEvent)]
     assert transitions[-1].dest == "done"
@@ -63,7 +74,7 @@ async def test_import_image(emulator: Admin) -> None:
     template = await kiln.import_image(
         "python:3.12-slim", api_url=emulator.url, api_key=TOKEN, on_event=events.append
     )
-    assert template["name"] == "python"
+    assert template.name == "python"
     assert events[0] == kiln.StatusEvent("Importing registry image python:3.12-slim...")
 
 
@@ -93,7 +104,7 @@ async def test_a_broken_callback_does_not_break_the_build(emulator: Admin) -> No
         raise RuntimeError("callback bug")
 
     template = await kiln.build_image(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=explode)
-    assert template["name"] == "hello"
+    assert template.name == "hello"
 
 
 async def test_a_missing_dockerfile_is_a_plan_error_at_once(tmp_path: Path) -> None:
@@ -128,8 +139,8 @@ def test_blocking_wrappers_work_without_a_loop(tmp_path: Path) -> None:
         imported = kiln.import_image_sync("busybox:1.36", api_url=emu.url, api_key=TOKEN)
         sandboxes = httpx.get(f"{emu.url}/_emulator/sandboxes").json()["sandboxes"]
     assert [s for s in sandboxes if s["status"] != "terminated"] == []
-    assert template["name"] == "hello"
-    assert imported["name"] == "busybox"
+    assert template.name == "hello"
+    assert imported.name == "busybox"
 
 
 async def test_a_result_awaited_with_a_timeout_does_not_cancel_the_build(emulator: Admin) -> None:
@@ -137,7 +148,7 @@ async def test_a_result_awaited_with_a_timeout_does_not_cancel_the_build(emulato
     build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(build.result(), timeout=0.05)
-    assert (await build.result())["name"] == "hello"
+    assert (await build.result()).name == "hello"
 
 
 def test_a_handle_outside_an_event_loop_is_a_usage_error() -> None:

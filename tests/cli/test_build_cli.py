@@ -117,10 +117,10 @@ def test_build_hello_then_a_child_from_it_as_a_diff_build(tmp_path: Path) -> Non
     assert child.returncode == 0, child.stderr
     result = result_of(child.stdout)
     assert result["state"] == "done"
-    template = result["template"]
+    template = templates_file(tmp_path)["child"]
+    assert template["id"] == result["template"]["id"]
     assert template["rootfsNodeKind"] == "diff"
     assert template["parentManifestUri"] == hello["snapshotUri"]
-    assert templates_file(tmp_path)["child"]["id"] == template["id"]
     statuses = [e["message"] for e in json_lines(child.stdout) if e["event"] == "status"]
     assert "Build mode: RootfsDiff" in statuses
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from kiln.builds import Template
 from kiln.cli._view import LOG_TAIL_LINES, JsonView, PlainView, RichView, View, abort_report
 from kiln.errors import BuildCancelled, BuildError, WithDiagnostics
 from kiln.machine import (
@@ -22,7 +23,7 @@ from kiln.machine import (
 from kiln.plan import plan_import
 
 SANDBOX = "sbx-0123456789abcdef"
-TEMPLATE = {"id": "tmpl-42", "name": "python"}
+TEMPLATE = Template(id="tmpl-42", name="python", snapshot_id="snap-1", snapshot_size_bytes=4096)
 WIDTH = 120
 ANSI_ESCAPE = "\x1b["
 
@@ -98,7 +99,13 @@ def test_json_view_result_of_a_done_build_carries_the_template() -> None:
         "name": "python",
         "build_id": "build-1",
         "sandbox_id": SANDBOX,
-        "template": TEMPLATE,
+        "template": {
+            "id": "tmpl-42",
+            "name": "python",
+            "snapshot_id": "snap-1",
+            "snapshot_size_bytes": 4096,
+            "public": False,
+        },
         "error": None,
         "hint": None,
         "advice": [],

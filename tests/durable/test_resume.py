@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from kiln import resume
+from kiln import Template, resume
 from kiln.durable import SANDBOX_LOST, Session, UnreadableBuild
 from kiln.errors import BuildError, ConfigError, KilnError
 from kiln.machine import load_machine_spec
@@ -28,7 +28,7 @@ SPEC = load_machine_spec()
 ALL_STATES = list(SPEC.states)
 
 
-async def _resume_to_end(store: Store, build_id: str, **options: object) -> dict[str, object]:
+async def _resume_to_end(store: Store, build_id: str, **options: object) -> Template:
     build = await resume(build_id, store=store, api_key=TOKEN, **options)  # type: ignore[arg-type]
     return await build.result()
 
@@ -46,7 +46,7 @@ async def test_a_build_crashed_in_any_state_resumes_to_done(
     record = await store.get(build_id)
     assert record is not None and record.state == "done" and record.final
     assert record.owner is None, "the lease is released at the end"
-    assert template["name"] == "hello"
+    assert template.name == "hello"
     assert builder_starts(emulator) == 1
     assert command_runs(emulator, "tar") == 1, "the context is extracted exactly once"
     assert emulator.live_sandboxes() == []
@@ -81,7 +81,7 @@ async def test_a_build_in_a_final_state_is_reported_not_rerun(
     again = await resume(build.state.id, store=store, api_key=TOKEN)
 
     if outcome == "done":
-        assert await again.result() == record.data["result"]
+        assert (await again.result()).response == record.data["result"]
     else:
         with pytest.raises(KilnError, match=r"exit|cancelled"):
             await again.result()

@@ -26,6 +26,7 @@ from kiln.builds._service import (
     resume_owned,
     submit,
 )
+from kiln.builds._template import Template
 from kiln.builds._worker import Worker, WorkerConfig
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "BuildKwargs",
     "ResumeKwargs",
     "SubmitKwargs",
+    "Template",
     "Worker",
     "WorkerConfig",
     "build_image",

@@ -16,6 +16,7 @@ from typing import Any, Unpack
 import httpx
 
 from kiln.builds._options import SubmitKwargs, build_options
+from kiln.builds._template import Template
 from kiln.durable import Session
 from kiln.errors import BuildCancelled, BuildError, UsageError
 from kiln.machine import (
@@ -108,12 +109,12 @@ class Build:
                 return
             yield event
 
-    async def result(self) -> dict[str, Any]:
+    async def result(self) -> Template:
         """Wait for the end: the registered template, or the build's error raised."""
         await asyncio.shield(self._task)
         spec = self._services.spec
         if self._state.outcome == spec.final_of(Trigger.SUCCEED) and self._state.result is not None:
-            return self._state.result
+            return Template.from_response(self._state.result, name=self._state.plan.name)
         if self._state.outcome == spec.final_of(Trigger.CANCEL):
             raise BuildCancelled(
                 f"build of {self._state.plan.name!r} was cancelled",
@@ -195,14 +196,14 @@ async def build_image(
     context: str | os.PathLike[str] | None = None,
     name: str | None = None,
     **options: Unpack[BuildKwargs],
-) -> dict[str, Any]:
+) -> Template:
     """Build an image from a Dockerfile; returns the registered template."""
     return await start_build(dockerfile, context=context, name=name, **options).result()
 
 
 async def import_image(
     reference: str, *, name: str | None = None, **options: Unpack[BuildKwargs]
-) -> dict[str, Any]:
+) -> Template:
     """Import a registry image; returns the registered template."""
     return await start_import(reference, name=name, **options).result()
 
@@ -213,14 +214,14 @@ def build_image_sync(
     context: str | os.PathLike[str] | None = None,
     name: str | None = None,
     **options: Unpack[BuildKwargs],
-) -> dict[str, Any]:
+) -> Template:
     """``build_image`` for scripts without an event loop."""
     return asyncio.run(build_image(dockerfile, context=context, name=name, **options))
 
 
 def import_image_sync(
     reference: str, *, name: str | None = None, **options: Unpack[BuildKwargs]
-) -> dict[str, Any]:
+) -> Template:
     """``import_image`` for scripts without an event loop."""
     return asyncio.run(import_image(reference, name=name, **options))
 

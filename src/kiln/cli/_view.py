@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from kiln.builds import Template
 from kiln.errors import KilnError
 from kiln.machine import (
     BuildLogEvent,
@@ -85,7 +86,7 @@ class View(Protocol):
     def notice(self, message: str) -> None: ...
     def event(self, event: Event) -> None: ...
     def failed(self, error: KilnError, state: BuildState) -> None: ...
-    def done(self, result: dict[str, Any], state: BuildState) -> None: ...
+    def done(self, result: Template, state: BuildState) -> None: ...
     def aborted(self, state: BuildState, *, embedded: bool) -> None: ...
 
 
@@ -147,8 +148,8 @@ class JsonView:
         hint = failure_hint(error, state)
         self._write({**data, "error": str(error), "hint": hint, "advice": list(advice)})
 
-    def done(self, result: dict[str, Any], state: BuildState) -> None:
-        self._write({**_result(state.outcome or state.state, state), "template": result})
+    def done(self, result: Template, state: BuildState) -> None:
+        self._write({**_result(state.outcome or state.state, state), "template": result.to_dict()})
 
     def aborted(self, state: BuildState, *, embedded: bool) -> None:
         message, hint = abort_report(state, embedded=embedded)
@@ -200,7 +201,7 @@ class PlainView:
     def failed(self, error: KilnError, state: BuildState) -> None:
         self._line(error_text(error, state))
 
-    def done(self, result: dict[str, Any], state: BuildState) -> None:
+    def done(self, result: Template, state: BuildState) -> None:
         self._line(done_text(result, state))
 
     def aborted(self, state: BuildState, *, embedded: bool) -> None:
@@ -208,8 +209,8 @@ class PlainView:
         self._line(f"kiln: {message}\nhint: {hint}")
 
 
-def done_text(result: dict[str, Any], state: BuildState) -> str:
-    return f"done: image {state.plan.name!r} registered as template {result.get('id', '-')}"
+def done_text(result: Template, state: BuildState) -> str:
+    return f"done: image {result.name!r} registered as template {result.id}"
 
 
 @attrs.define
@@ -301,7 +302,7 @@ class RichView:
     def failed(self, error: KilnError, state: BuildState) -> None:
         self._console.print(Text(error_text(error, state), style="bold red"))
 
-    def done(self, result: dict[str, Any], state: BuildState) -> None:
+    def done(self, result: Template, state: BuildState) -> None:
         self._console.print(Text(done_text(result, state), style="bold green"))
 
     def aborted(self, state: BuildState, *, embedded: bool) -> None:
