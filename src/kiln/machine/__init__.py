@@ -1,4 +1,5 @@
-"""kiln.machine: the machines declared in states/ (the build's: states/build.toml), and their driver.
+"""kiln.machine: the machines declared in states/ (the build's: states/build.toml; the Image
+Service's: states/cas.toml), and their driver.
 
 ``load_machine_spec()`` reads the declaration, ``Driver(services, persist=...).run(state)`` drives a
 ``BuildState`` from whatever state it names to a final state (``done``, ``failed`` or
@@ -33,15 +34,17 @@ from kiln.machine._state import (
     SCHEMA_VERSION,
     BuildOptions,
     BuildState,
+    CasProgress,
     ErrorRecord,
     PreparedInfo,
     SandboxRequest,
 )
 from kiln.machine._transitions import event_entry, fire, intervene
-from kiln.machine.handlers import HANDLERS, MACHINES, handlers_for
+from kiln.machine.handlers import CAS_MACHINE, HANDLERS, MACHINES, handlers_for
 
 __all__ = [
     "BUILD_MACHINE",
+    "CAS_MACHINE",
     "HANDLERS",
     "MACHINES",
     "OPTION_CLI",
@@ -51,6 +54,7 @@ __all__ = [
     "BuildLogEvent",
     "BuildOptions",
     "BuildState",
+    "CasProgress",
     "Clock",
     "Driver",
     "ErrorRecord",

@@ -18,6 +18,7 @@ from kiln._logging import logger
 from kiln._tasks import finish_despite_cancel
 from kiln.api import (
     ApiSettings,
+    ImageServiceClient,
     LifecycleClient,
     PlatformClient,
     ProxyClient,
@@ -71,6 +72,7 @@ class _Clients:
     http: httpx.AsyncClient
     platform: PlatformClient
     lifecycle: LifecycleClient
+    images: ImageServiceClient
 
 
 @attrs.define
@@ -133,6 +135,9 @@ class Services:
     def lifecycle(self, state: BuildState) -> LifecycleClient:
         return self._connect(state).lifecycle
 
+    def images(self, state: BuildState) -> ImageServiceClient:
+        return self._connect(state).images
+
     def proxy(self, state: BuildState) -> ProxyClient:
         """The proxy client of the state's sandbox, rebuilt when the sandbox's address changes."""
         if state.sandbox_id is None:
@@ -168,6 +173,7 @@ class Services:
                 http=http,
                 platform=PlatformClient(settings, http),
                 lifecycle=LifecycleClient(settings, http),
+                images=ImageServiceClient(settings, http),
             )
         return self._clients
 

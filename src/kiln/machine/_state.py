@@ -19,7 +19,7 @@ import cattrs
 
 from kiln.api import BuilderSpec
 from kiln.errors import BuildError
-from kiln.machine._spec import load_machine_spec
+from kiln.machine._spec import BUILD_MACHINE, load_machine_spec
 from kiln.plan import BuildPlan
 
 SCHEMA_VERSION = 1
@@ -96,6 +96,30 @@ class SandboxRequest:
 
 
 @attrs.define
+class CasProgress:
+    """A CAS build's own inputs and progress (states/cas.toml; ``BuildState.build_id`` is the
+    Image Service's build id).
+
+    ``request_id`` is the admission's Idempotency-Key, chosen at submission and so persisted
+    before the admission is sent: a resumed build sends it again and gets the same build.
+    """
+
+    request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    build_args: dict[str, str] = attrs.field(factory=dict)
+    # [{"reference", "public_id"}]: the images the Dockerfile takes from the service.
+    parents: list[dict[str, str]] = attrs.field(factory=list)
+    # The pre-signed upload URL and its cap, as the admission answered them.
+    upload_url: str | None = None
+    max_bytes: int | None = None
+    # The uploaded tar's SHA-256 (hex), once uploaded; sealed once the service took it.
+    digest: str | None = None
+    sealed: bool = False
+    # The last status and phase the service reported.
+    status: str | None = None
+    phase: str | None = None
+
+
+@attrs.define
 class BuildState:
     """The mutable record of one build; ``state`` names the machine state it is in."""
 
@@ -152,6 +176,9 @@ class BuildState:
     # The final state a `leaves_as_entered` state (cleanup) is heading for, then the one the
     # build ended in.
     outcome: str | None = None
+    # The declared machine the build runs (states/<machine>.toml), and a CAS build's progress.
+    machine: str = BUILD_MACHINE
+    cas: CasProgress | None = None
 
     def attempts_in(self, state: str) -> int:
         return self.attempts.get(state, 0)

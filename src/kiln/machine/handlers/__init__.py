@@ -18,6 +18,7 @@ from kiln.machine._outcome import Outcome
 from kiln.machine._services import Services
 from kiln.machine._spec import BUILD_MACHINE, MachineSpec
 from kiln.machine._state import BuildState
+from kiln.machine.handlers import cas
 from kiln.machine.handlers.builder import run_builder
 from kiln.machine.handlers.cleanup import cleanup
 from kiln.machine.handlers.diagnostics import explain
@@ -58,9 +59,20 @@ HANDLERS: Mapping[str, Handler] = _by_name(
     complete,
     cleanup,
 )
+CAS_MACHINE = "cas"
+CAS_HANDLERS: Mapping[str, Handler] = _by_name(
+    resolve_scope,
+    cas.resolve_names,
+    cas.create_build,
+    cas.upload_context,
+    cas.seal_context,
+    cas.wait_build,
+    cas.release,
+)
 # Every declared machine's handlers, by the machine's name (its states/<name>.toml).
 MACHINES: Mapping[str, MachineHandlers] = {
     BUILD_MACHINE: MachineHandlers(by_state=HANDLERS, explain=explain),
+    CAS_MACHINE: MachineHandlers(by_state=CAS_HANDLERS, explain=cas.explain),
 }
 
 
@@ -76,4 +88,12 @@ def handlers_for(spec: MachineSpec) -> MachineHandlers:
     return found
 
 
-__all__ = ["HANDLERS", "MACHINES", "Handler", "MachineHandlers", "handlers_for"]
+__all__ = [
+    "CAS_HANDLERS",
+    "CAS_MACHINE",
+    "HANDLERS",
+    "MACHINES",
+    "Handler",
+    "MachineHandlers",
+    "handlers_for",
+]
