@@ -170,4 +170,3 @@ def test_the_cas_machine_is_declared_with_a_handler_per_state() -> None:
     spec = load_machine_spec(name=CAS_MACHINE)
     assert set(MACHINES[CAS_MACHINE].by_state) == set(spec.states)
     assert attrs.has(CasProgress)
-

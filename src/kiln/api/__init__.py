@@ -11,6 +11,10 @@ Failures are ``kiln.errors.ApiError`` subclasses; :func:`is_transient` says whet
 
 from kiln.api._http import create_http_client, is_transient
 from kiln.api._images import (
+    STATUS_CANCELLED,
+    STATUS_FAILED,
+    STATUS_SUCCEEDED,
+    TERMINAL_STATUSES,
     CancelOutcome,
     CasBuild,
     CasImage,
@@ -43,6 +47,10 @@ from kiln.api._settings import ApiSettings, AuthMode, Credentials, check_api_url
 from kiln.errors import ChunkedUploadRefused
 
 __all__ = [
+    "STATUS_CANCELLED",
+    "STATUS_FAILED",
+    "STATUS_SUCCEEDED",
+    "TERMINAL_STATUSES",
     "ApiSettings",
     "AuthMode",
     "BuilderSpec",

@@ -30,6 +30,13 @@ _NAME_SAFE = "/:@-._~"
 _CREDENTIAL_HEADERS = ("authorization", "x-forwarded-organization-id", "x-forwarded-project-id")
 _UPLOAD_CHUNK_BYTES = 1 << 20
 BUILD_NOT_FOUND = 404
+# A build's status values (the wire's words); the last three end it.
+STATUS_PENDING = "pending"
+STATUS_RUNNING = "running"
+STATUS_SUCCEEDED = "succeeded"
+STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"
+TERMINAL_STATUSES = frozenset({STATUS_SUCCEEDED, STATUS_FAILED, STATUS_CANCELLED})
 
 
 @attrs.frozen
@@ -68,6 +75,10 @@ class CasBuild:
     result: CasImage | None = None
     context_upload: ContextUpload | None = None
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_STATUSES
 
 
 @attrs.frozen

@@ -16,7 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kiln.api import CasBuild, CasImage, ContextUpload, ImageServiceClient, is_transient
+from kiln.api import (
+    STATUS_CANCELLED,
+    STATUS_SUCCEEDED,
+    TERMINAL_STATUSES,
+    CasBuild,
+    CasImage,
+    ContextUpload,
+    ImageServiceClient,
+    is_transient,
+)
 from kiln.errors import ApiError, BuildError, UsageError
 from kiln.machine._outcome import CANCELLED, SUCCEEDED, Outcome, fail, outcome_for, retry
 from kiln.machine._services import Services
@@ -35,10 +44,6 @@ IMAGE_ID_PREFIX = "image_"
 POLL_INTERVAL_S = 3.0
 # The Dockerfile of a plan whose Dockerfile is not inside its context goes in as this file.
 EXTRA_DOCKERFILE = ".kiln/Dockerfile"
-SUCCEEDED_STATUS = "succeeded"
-FAILED_STATUS = "failed"
-CANCELLED_STATUS = "cancelled"
-TERMINAL_STATUSES = frozenset({SUCCEEDED_STATUS, FAILED_STATUS, CANCELLED_STATUS})
 CAS_FORMAT = "content_addressed_streaming_v1"
 _SPOOL_CHUNK_BYTES = 1 << 20
 
@@ -268,13 +273,13 @@ def template_of(image: CasImage, public: bool) -> dict[str, Any]:
 
 
 def _ended(state: BuildState, services: Services, build: CasBuild) -> Outcome:
-    if build.status == SUCCEEDED_STATUS:
+    if build.status == STATUS_SUCCEEDED:
         if build.result is None:
             return fail(BuildError(f"build {build.build_id} succeeded but reports no image"))
         state.result = template_of(build.result, state.options.public)
         services.status(state, f"CAS image {state.plan.name!r} registered ({build.result.id})")
         return SUCCEEDED
-    if build.status == CANCELLED_STATUS:
+    if build.status == STATUS_CANCELLED:
         return CANCELLED
     reason = build.error or "no error recorded"
     return fail(BuildError(f"build {build.build_id} failed: {reason}"))
@@ -296,7 +301,7 @@ async def wait_build(state: BuildState, services: Services) -> Outcome:
         if _observe(state, build):
             attempt = f"attempt {build.attempt_no}, phase {build.phase}"
             services.status(state, f"Build {build.build_id}: {build.status} ({attempt})")
-        if build.status in TERMINAL_STATUSES:
+        if build.ended:
             return _ended(state, services, build)
         await asyncio.sleep(POLL_INTERVAL_S)
 
