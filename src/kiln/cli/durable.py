@@ -58,6 +58,10 @@ FOLLOW_POLL_S = 0.5
 # worker could claim it.
 FOLLOW_UNOWNED_GRACE_S = 10.0
 LIST_LIMIT = 100
+# `kiln ls --state running`: not a state of the machine but what a user asks first, builds a live
+# process runs now (in any of the machine's states).
+RUNNING = "running"
+LS_HEADER = ("ID", "STATE", "NAME", "SANDBOX", "UPDATED")
 ID_HELP = "build id (or a unique prefix)"
 STORE_HELP = "build store URL (default: $KILN_STORE, else the SQLite file in the state dir)"
 
@@ -115,8 +119,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "builder sandbox and when it last changed.",
         _ls,
     )
+    choices = state_filters()
     ls.add_argument(
-        "--state", help="only builds in this state (e.g. failed, run_builder) (default: all)"
+        "--state",
+        metavar="STATE",
+        choices=choices,
+        help=f"only builds in STATE, one of {', '.join(choices)} ({RUNNING}: a live process "
+        "runs it now) (default: all)",
+    )
+    ls.add_argument(
+        "--limit", metavar="N", type=positive_int, default=LIST_LIMIT, help="at most N builds"
     )
     ls.add_argument("--json", action="store_true", help="print a JSON list (default: a table)")
 
@@ -423,17 +435,49 @@ def _when(timestamp: float | None) -> str:
 # -- ls -----------------------------------------------------------------------------------------
 
 
+def state_filters() -> list[str]:
+    """What ``kiln ls --state`` takes: running, then the declared states and finals (read from
+    states/build.toml, never spelled here)."""
+    spec = load_machine_spec()
+    return [RUNNING, *spec.states, *spec.finals]
+
+
 async def _ls(args: argparse.Namespace, store: Store) -> int:
-    records = await store.list(state=args.state, limit=LIST_LIMIT)
+    records = await _listed(store, args.state, args.limit)
     if args.json:
         print(json.dumps([record.summary() for record in records], indent=2))
         return EXIT_OK
+    print(_ls_row(*LS_HEADER))
     for record in records:
         print(
-            f"{record.id}  {record.state:<14} {record.name:<24} "
-            f"{record.sandbox_id or '-':<24} {_when(record.updated_at)}"
+            _ls_row(
+                record.id,
+                record.state,
+                record.name,
+                record.sandbox_id or "-",
+                _when(record.updated_at),
+            )
         )
     return EXIT_OK
+
+
+def _ls_row(build_id: str, state: str, name: str, sandbox: str, updated: str) -> str:
+    return f"{build_id:<32}  {state:<14} {name:<24} {sandbox:<24} {updated}"
+
+
+async def _listed(store: Store, state: str | None, limit: int) -> list[BuildRecord]:
+    if state != RUNNING:
+        return await store.list(state=state, limit=limit)
+    # The newest `limit` builds of each unfinished state, then those a live process holds: a
+    # running build is among the newest of its state unless `limit` stalled ones came after it.
+    found = [
+        record
+        for name in load_machine_spec().states
+        for record in await store.list(state=name, limit=limit)
+        if _running(record)
+    ]
+    found.sort(key=lambda record: record.created_at, reverse=True)
+    return found[:limit]
 
 
 # -- logs ---------------------------------------------------------------------------------------
