@@ -66,7 +66,8 @@ class Driver:
         self._last_error: BaseException | None = None
 
     def cancel(self) -> None:
-        """Ask the build to stop: it moves to cleanup (then cancelled) at its next await point."""
+        """Ask the build to stop: it takes its state's cancel edge at the next await point (a
+        state declaring `ignores_cancel` runs on, and leaves as a cancelled build)."""
         self._cancel = True
         state = self._state
         if state is None:
@@ -92,8 +93,9 @@ class Driver:
             except CheckpointFailed as failed:
                 raise failed.original from None
             except asyncio.CancelledError:
-                # The caller's task was cancelled: the sandbox is still deleted (a second
-                # cancellation gives up on that), then the cancellation goes on up.
+                # The caller's task was cancelled: the build still goes through the states that
+                # must run (a state declaring `reruns_when_interrupted` runs again; a second
+                # cancellation gives up on it), then the cancellation goes on up.
                 if caller_cancelled:
                     raise
                 caller_cancelled = True
@@ -136,8 +138,9 @@ class Driver:
         except asyncio.CancelledError:
             if _caller_cancelled():
                 raise
-            # The platform answered complete before the cancel took effect: the image is
-            # registered, so the build is done whatever was asked after that.
+            # The handler recorded the build's result before the cancel took effect (the
+            # platform answered complete: the image is registered), so the build succeeded
+            # whatever was asked after that.
             return SUCCEEDED if state.result is not None else CANCELLED
         finally:
             self._task = None
