@@ -32,7 +32,7 @@ from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAV
 from kiln.cli._signals import interrupts
 from kiln.durable import StoreOutage, unrecorded_sandboxes
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
-from kiln.machine import Trigger, load_machine_spec
+from kiln.machine import Trigger, load_machine_spec, machine_names
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store, pid_alive
 
 DAY_S = 86_400.0
@@ -436,10 +436,17 @@ def _when(timestamp: float | None) -> str:
 
 
 def state_filters() -> list[str]:
-    """What ``kiln ls --state`` takes: running, then the declared states and finals (read from
-    states/build.toml, never spelled here)."""
-    spec = load_machine_spec()
-    return [RUNNING, *spec.states, *spec.finals]
+    """What ``kiln ls --state`` takes: running, then the states and finals of every declared
+    machine (read from states/, never spelled here)."""
+    return [RUNNING, *_names(unfinished=True), *_names(unfinished=False)]
+
+
+def _names(*, unfinished: bool) -> dict[str, None]:
+    """The unfinished states, or the finals, of every declared machine, each once, in order."""
+    specs = [load_machine_spec(name=name) for name in machine_names()]
+    return dict.fromkeys(
+        name for spec in specs for name in (spec.states if unfinished else spec.finals)
+    )
 
 
 async def _ls(args: argparse.Namespace, store: Store) -> int:
@@ -472,7 +479,7 @@ async def _listed(store: Store, state: str | None, limit: int) -> list[BuildReco
     # running build is among the newest of its state unless `limit` stalled ones came after it.
     found = [
         record
-        for name in load_machine_spec().states
+        for name in _names(unfinished=True)
         for record in await store.list(state=name, limit=limit)
         if _running(record)
     ]
