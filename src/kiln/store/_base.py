@@ -237,6 +237,15 @@ class Store(Protocol):
         and hold no sandbox; returns how many."""
         ...
 
+    async def delete(self, id: str, *, expected_version: int) -> bool:
+        """Delete the build with this exact id, with its events, if its version is still
+        ``expected_version``; False when it moved (another process took the build or wrote to it
+        since the caller read it: the caller's reasons to delete it may no longer hold).
+
+        BuildNotFound when no build has this id. Whether a build may go is the caller's decision,
+        made on the record it read at that version (``kiln rm`` never removes a running one)."""
+        ...
+
     async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:
         """True for at most one caller per ``every_s`` seconds across every process sharing the
         store: fleet-wide chores (reaping, pruning) run once per period, not once per worker."""

@@ -254,6 +254,12 @@ class MemoryStore:
             del self._builds[record.id], self._events[record.id], self._event_totals[record.id]
         return len(old)
 
+    async def delete(self, id: str, *, expected_version: int) -> bool:
+        if self._require(id).version != expected_version:
+            return False
+        del self._builds[id], self._events[id], self._event_totals[id]
+        return True
+
     async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:
         now = self._clock()
         last = self._turns.get(name)

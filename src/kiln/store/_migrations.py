@@ -128,6 +128,8 @@ PRUNE = (
     "DELETE FROM builds WHERE id IN (SELECT id FROM builds WHERE final AND NOT holds_sandbox"
     " AND updated_at < %s ORDER BY updated_at LIMIT %s)"
 )
+# One build, if it is still at the version its deleter read (events go with it: ON DELETE CASCADE).
+DELETE = "DELETE FROM builds WHERE id = %s AND version = %s"
 # A fleet-wide turn: the row is written (one row changed) only when the last turn is old enough.
 TAKE_TURN = (
     "INSERT INTO turns (name, taken_at, holder) VALUES (%s, %s, %s) ON CONFLICT (name)"

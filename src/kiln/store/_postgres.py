@@ -55,7 +55,14 @@ from kiln.store._base import (
     record_from_row,
     stale_write,
 )
-from kiln.store._migrations import POSTGRES_LEDGER, PRUNE, RECORD_COLUMNS, TAKE_TURN, pending
+from kiln.store._migrations import (
+    DELETE,
+    POSTGRES_LEDGER,
+    PRUNE,
+    RECORD_COLUMNS,
+    TAKE_TURN,
+    pending,
+)
 from kiln.store._urls import redact_url, scrub
 
 Connection = psycopg.AsyncConnection[DictRow]
@@ -373,6 +380,14 @@ class PostgresStore:
         async with self._transaction(bulk=True, atomic=False) as conn:
             cursor = await conn.execute(PRUNE, (finished_before, limit))
             return cursor.rowcount
+
+    async def delete(self, id: str, *, expected_version: int) -> bool:
+        async with self._transaction() as conn:
+            # The build's events go with it (ON DELETE CASCADE).
+            cursor = await conn.execute(DELETE, (id, expected_version))
+            if not cursor.rowcount:
+                await _require(conn, id, lock=False)
+            return bool(cursor.rowcount)
 
     async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:
         now = self._clock()

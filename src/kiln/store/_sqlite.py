@@ -48,6 +48,7 @@ from kiln.store._base import (
     record_from_row,
     stale_write,
 )
+from kiln.store._migrations import DELETE as _DELETE
 from kiln.store._migrations import PRUNE as _PRUNE
 from kiln.store._migrations import RECORD_COLUMNS, SQLITE_LEDGER, pending
 from kiln.store._migrations import TAKE_TURN as _TAKE_TURN
@@ -339,6 +340,17 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> int:
             with _write(conn):
                 return conn.execute(_PRUNE.replace("%s", "?"), (finished_before, limit)).rowcount
+
+        return await self._run(run)
+
+    async def delete(self, id: str, *, expected_version: int) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            with _write(conn):
+                # The build's events go with it (ON DELETE CASCADE).
+                deleted = conn.execute(_DELETE.replace("%s", "?"), (id, expected_version)).rowcount
+                if not deleted:
+                    _require(conn, id)
+                return bool(deleted)
 
         return await self._run(run)
 
