@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-RUN_ALL = ROOT / "benchmarks" / "run_all.py"
+from support.paths import REPO
+
+RUN_ALL = REPO / "benchmarks" / "run_all.py"
 RESULTS_DIR_ENV = "KILN_BENCH_RESULTS_DIR"
 RUN_LIMIT_S = 900
 RESULTS = ("e2e", "large_context", "many", "persistence", "resume", "fleet")
@@ -29,7 +30,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, RESULTS_DIR_ENV: str(out)}
     done = subprocess.run(
         [sys.executable, str(RUN_ALL), "--tiny", "--output", str(out / "RESULTS.md")],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

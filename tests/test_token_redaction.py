@@ -19,9 +19,8 @@ from kiln.errors import ApiError
 from kiln.machine import BuildOptions
 from kiln.store import SQLiteStore, Store
 from kiln.testing import BuildRun, EmulatorClient, run_build
+from support.paths import HELLO
 
-REPO = Path(__file__).resolve().parents[1]
-HELLO = REPO / "examples" / "hello" / "Dockerfile"
 API_KEY = "tl_apiKey_Q7xV2mKp9RzL4nWc8TbY3hJd6FsG0aEu"
 PAT = "tlpat_Hn5Gd2Kw8PzQ4mRtV7bX1cYj9LsF3eAu6NoW"
 ORGANIZATION = "org_Redaction"

@@ -18,8 +18,8 @@ import pytest
 
 from kiln.errors import ContextError
 from kiln.plan import ContextArchive
-from kiln.testing import EmulatorClient
-from support.processes import TOKEN, kiln_env, run_kiln
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.processes import kiln_env, run_kiln
 
 DEEP = 1_200
 # Deeper than PATH_MAX (4096 bytes) allows a path to be named: such a tree cannot be archived.
@@ -64,7 +64,7 @@ def _refused(
 ) -> subprocess.CompletedProcess[str]:
     """Run `kiln build` or `kiln submit` on a bad context: it must exit 2 with nothing sent and
     nothing queued."""
-    env = kiln_env(tmp_path, TENSORLAKE_API_KEY=TOKEN)
+    env = kiln_env(tmp_path, token=TEST_TOKEN)
     done = run_kiln(_command(kind, context, emulator), env, **_as_user())
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import HELLO, kiln_env, run_into_closed_pipe, run_kiln
+from support.paths import HELLO
+from support.processes import kiln_env, run_into_closed_pipe, run_kiln
 
 EXIT_BROKEN_PIPE = 141
 DEV_FULL = Path("/dev/full")
@@ -21,7 +22,7 @@ DEV_FULL = Path("/dev/full")
 @pytest.fixture(scope="module")
 def queued(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], str]]:
     """An environment whose store holds one submitted build (nothing runs it), and its id."""
-    env = kiln_env(tmp_path_factory.mktemp("pipes"), TENSORLAKE_API_KEY="unused")
+    env = kiln_env(tmp_path_factory.mktemp("pipes"), token="unused")
     submitted = run_kiln(["submit", str(HELLO)], env)
     assert submitted.returncode == 0, submitted.stderr
     yield env, submitted.stdout.strip()

@@ -18,8 +18,9 @@ from kiln.api import ApiSettings, PlatformClient, ProxyClient, create_http_clien
 from kiln.errors import ConfigError, PhaseTimeout, ResponseError
 from kiln.machine import BuildOptions, TransitionEvent, WarningEvent, load_machine_spec
 from kiln.store import MemoryStore
-from kiln.testing import EmulatorClient, run_build
-from support.processes import HELLO, TOKEN, kiln_env, run_kiln
+from kiln.testing import TEST_TOKEN, EmulatorClient, run_build
+from support.paths import HELLO
+from support.processes import kiln_env, run_kiln
 
 SPEC = load_machine_spec()
 # How long cleanup may run past the build's deadline (its declared grace).
@@ -39,7 +40,7 @@ HUNG_MS = 600_000
 
 
 def _settings() -> ApiSettings:
-    return ApiSettings.from_env({}, api_url=API, api_key=TOKEN)
+    return ApiSettings.from_env({}, api_url=API, api_key=TEST_TOKEN)
 
 
 async def _endless(total: int) -> AsyncIterator[bytes]:
@@ -140,7 +141,7 @@ async def test_the_live_error_of_a_deadline_has_the_last_error_as_its_cause(
     kiln_emulator.add_fault(
         {"delay_ms": HUNG_MS}, method="POST", path="/sandbox-template-builds$", times=None
     )
-    build = start_build(HELLO, api_url=kiln_emulator.url, api_key=TOKEN, deadline=DEADLINE_S)
+    build = start_build(HELLO, api_url=kiln_emulator.url, api_key=TEST_TOKEN, deadline=DEADLINE_S)
     with pytest.raises(PhaseTimeout) as raised:
         await build.result()
     assert raised.value.phase == "build" and raised.value.during == "prepare"
@@ -170,7 +171,7 @@ def test_an_api_url_with_credentials_is_refused_before_anything_is_sent(
     tmp_path: Path, kiln_emulator: EmulatorClient
 ) -> None:
     url = kiln_emulator.url.replace("http://", f"http://kiln:{PASSWORD}@")
-    env = kiln_env(tmp_path, TENSORLAKE_API_KEY=TOKEN)
+    env = kiln_env(tmp_path, token=TEST_TOKEN)
     for command in (["build", str(HELLO)], ["submit", str(HELLO)]):
         done = run_kiln([*command, "--api-url", url], env)
         assert done.returncode == 2, done.stderr
@@ -187,7 +188,7 @@ async def test_the_library_refuses_an_api_url_with_credentials_before_storing_it
         start_build(
             HELLO,
             api_url=f"https://kiln:{PASSWORD}@{API.removeprefix('https://')}",
-            api_key=TOKEN,
+            api_key=TEST_TOKEN,
             store=store,
         )
     assert PASSWORD not in str(raised.value)

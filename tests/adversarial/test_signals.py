@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 import kiln.cli
-from kiln.testing import EmulatorClient
-from support.processes import HELLO, TOKEN, Running, entered, kiln_env, wait_for
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.paths import HELLO
+from support.polling import wait_until_blocking
+from support.processes import Running, entered, kiln_env
 
 # Long enough that the builder is still running when the signal arrives, whatever the load.
 SLOW_BUILDER_MS = 60_000
@@ -27,7 +29,7 @@ SLOW_DELETE_MS = 30_000
 def slow_build(tmp_path: Path, kiln_emulator: EmulatorClient) -> Iterator[Running]:
     """A `kiln build --json` against the emulator, its builder slow enough to be interrupted."""
     kiln_emulator.set_builder(duration_ms=SLOW_BUILDER_MS)
-    env = kiln_env(tmp_path, TENSORLAKE_API_KEY=TOKEN)
+    env = kiln_env(tmp_path, token=TEST_TOKEN)
     running = Running(["build", str(HELLO), "--api-url", kiln_emulator.url, "--json"], env)
     yield running
     running.kill()
@@ -84,7 +86,7 @@ def test_ctrl_c_while_kiln_starts_exits_130_without_a_traceback(tmp_path: Path) 
     path = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
     running = Running(["build", str(HELLO)], kiln_env(tmp_path, PYTHONPATH=path))
     try:
-        wait_for(marker.exists)
+        wait_until_blocking(marker.exists)
         running.process.send_signal(signal.SIGINT)
         exit_code, err = running.finish()
     finally:

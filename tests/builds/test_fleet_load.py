@@ -14,8 +14,8 @@ from kiln import Worker, WorkerConfig
 from kiln.durable import Session, reap
 from kiln.machine import Secrets
 from kiln.store import Store
-from kiln.testing import EmulatorClient
-from support.durable import TOKEN, leak_a_sandbox, start
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.durable import leak_a_sandbox, start
 
 BEAT_S = 0.05
 BUILDER_MS = 1500
@@ -66,7 +66,7 @@ async def test_a_running_build_makes_one_store_call_per_beat(
 async def test_an_idle_worker_backs_off_its_claims(store: Store) -> None:
     counting = CountingStore(store)
     config = WorkerConfig(poll_s=0.01, idle_poll_max_s=0.08)
-    worker = Worker(counting, config, api_key=TOKEN)  # type: ignore[arg-type]
+    worker = Worker(counting, config, api_key=TEST_TOKEN)  # type: ignore[arg-type]
     started = time.monotonic()
     running = asyncio.create_task(worker.run())
     await asyncio.sleep(1.0)  # measuring a rate over a second, not waiting for an event
@@ -87,7 +87,7 @@ async def test_the_reaper_reads_sandbox_holders_not_the_history(
         await start(store, emulator.url, Session(store, poll_s=BEAT_S)).result()
     counting = CountingStore(store)
 
-    orphans = await reap(counting, secrets=Secrets(api_key=TOKEN))  # type: ignore[arg-type]
+    orphans = await reap(counting, secrets=Secrets(api_key=TEST_TOKEN))  # type: ignore[arg-type]
 
     assert [o.build_id for o in orphans] == [leaked]
     assert counting.calls["list"] == 0

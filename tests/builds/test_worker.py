@@ -15,17 +15,12 @@ import pytest
 
 from kiln import Worker, WorkerConfig, resume, submit
 from kiln.store import Owner, Store, open_store
-from kiln.testing import EmulatorClient
-from support.durable import (
-    HELLO,
-    TOKEN,
-    builder_starts,
-    crash_in,
-    kiln_env,
-    leak_a_sandbox,
-    spawn_kiln,
-    wait_until,
-)
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.durable import crash_in, leak_a_sandbox
+from support.emulator import builder_starts
+from support.paths import HELLO
+from support.polling import wait_until
+from support.processes import kiln_env, spawn_kiln
 
 SHORT_LEASE_S = 2.0
 # Clocks are read in two places (the store and this test): allow for the difference.
@@ -73,7 +68,7 @@ async def test_two_workers_never_run_the_same_build_at_once(
     await _damage(store, damaged[0])
     ids = await _submit(store, emulator, 5)
     workers = [
-        Worker(store, attrs.evolve(FAST_WORKER, worker_id=f"worker-{n}"), api_key=TOKEN)
+        Worker(store, attrs.evolve(FAST_WORKER, worker_id=f"worker-{n}"), api_key=TEST_TOKEN)
         for n in range(2)
     ]
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
@@ -111,7 +106,7 @@ async def test_a_build_held_from_another_host_is_taken_over_when_its_lease_expir
     elsewhere = Owner(host="another-host.invalid", pid=1, worker_id="far-away")
     await store.acquire(build_id, elsewhere, lease_s=SHORT_LEASE_S)
     held_at = time.monotonic()
-    worker = Worker(store, attrs.evolve(FAST_WORKER, worker_id="here"), api_key=TOKEN)
+    worker = Worker(store, attrs.evolve(FAST_WORKER, worker_id="here"), api_key=TEST_TOKEN)
     task = asyncio.create_task(worker.run())
     try:
         await wait_until(lambda: _all_done(store, [build_id]), timeout_s=30)
@@ -135,7 +130,7 @@ async def test_a_killed_workers_builds_are_taken_over_by_the_other(
     store = open_store(postgres_store_url)
     try:
         ids = await _submit(store, emulator, 3)
-        env = kiln_env(postgres_store_url, tmp_path)
+        env = kiln_env(tmp_path, store_url=postgres_store_url, token=TEST_TOKEN)
         first = await spawn_kiln([*WORKER_ARGS, "--concurrency", "3", "--worker-id", "a"], env)
 
         async def first_runs_every_builder() -> bool:
@@ -174,7 +169,9 @@ async def test_sigterm_drains_releases_and_another_worker_finishes(
 ) -> None:
     emulator.set_builder(log_lines=40, line_pace_ms=100)
     (build_id,) = await _submit(store, emulator, 1)
-    worker = await spawn_kiln(WORKER_ARGS, kiln_env(store_url, tmp_path))
+    worker = await spawn_kiln(
+        WORKER_ARGS, kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
+    )
 
     async def builder_logging() -> bool:
         record = await store.get(build_id)
@@ -192,7 +189,7 @@ async def test_sigterm_drains_releases_and_another_worker_finishes(
     assert "handed_over" in kinds
     _assert_json_logs(err.decode())
 
-    build = await resume(build_id, store=store, api_key=TOKEN)
+    build = await resume(build_id, store=store, api_key=TEST_TOKEN)
     await build.result()
     assert builder_starts(emulator) == 1
     lines = [e.data["message"] for e in await store.events(build_id) if e.kind == "build_log"]

@@ -8,34 +8,23 @@ import json
 import os
 import pty
 import re
-import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
-from kiln.testing import EmulatorClient
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.emulator import snapshot_files
+from support.paths import HELLO, MULTISTAGE, REPO
+from support.processes import PROCESS_TIMEOUT_S, Running, entered, kiln_argv, kiln_env, run_kiln
 
-REPO = Path(__file__).resolve().parents[2]
-HELLO = REPO / "examples" / "hello" / "Dockerfile"
-MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
 COMMITTED_DIAGRAM = REPO / "diagrams" / "build.mmd"
-# Shared by every `kiln` subprocess of every test run on this machine, outside the source tree:
-# compiling kiln again in each subprocess would cost more than the build under test.
-PYCACHE = Path(tempfile.gettempdir()) / "kiln-test-pycache"
-# Distinctive, so finding it anywhere in the output is a leak and nothing else.
-TOKEN = "secret-token-123"
 EMBEDDED_NOTICE = "building against the embedded emulator"
-# Each `kiln` subprocess must finish within this; a hung one fails the test instead of CI.
-PROCESS_TIMEOUT_S = 60.0
-POLL_S = 0.02
 # Long enough that a Ctrl-C always lands while the builder (or the delete) is still going.
 SLOW_BUILDER_MS = 20_000
 SLOW_DELETE_MS = 3_000
@@ -48,30 +37,6 @@ TERMINAL_READ_BYTES = 65536
 RECORDED_EMBEDDED = "Build {id} (kiln status {id} / kiln logs {id} show it later)"
 RECORDED_REMOTE = "Build {id} (continue it after a crash: kiln resume {id})"
 BAD_EXIT_CODE = 3
-
-
-def kiln_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """No TENSORLAKE_* or KILN_* from the caller; state (store, embedded emulator) under tmp."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPYCACHEPREFIX=str(PYCACHE), **extra)
-    return env
-
-
-def kiln_argv(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "kiln", *args]
-
-
-def run_kiln(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        kiln_argv(args),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_S,
-        check=False,
-    )
 
 
 def json_lines(stdout: str) -> list[dict[str, Any]]:
@@ -91,10 +56,6 @@ def templates_file(tmp_path: Path) -> dict[str, Any]:
     """What the embedded emulator persisted: templates by name."""
     path = tmp_path / "state" / "kiln" / "emulator" / "templates.json"
     return json.loads(path.read_text())  # type: ignore[no-any-return]
-
-
-def remote_env(tmp_path: Path) -> dict[str, str]:
-    return kiln_env(tmp_path, TENSORLAKE_API_KEY=TOKEN)
 
 
 # -- the embedded emulator ------------------------------------------------------------------------
@@ -161,7 +122,7 @@ def test_json_stdout_holds_only_json_lines_ending_with_the_result(tmp_path: Path
 def test_a_reader_that_stops_reading_does_not_stop_the_build(tmp_path: Path) -> None:
     """`kiln build --json | head -1`: the build still ends, registered, without a traceback."""
     process = subprocess.Popen(
-        kiln_argv(["build", str(HELLO), "--json"]),
+        kiln_argv(*["build", str(HELLO), "--json"]),
         env=kiln_env(tmp_path),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -180,7 +141,7 @@ def test_a_reader_that_stops_reading_does_not_stop_the_build(tmp_path: Path) -> 
 def test_on_a_terminal_the_live_view_shows_every_phase_with_its_time(tmp_path: Path) -> None:
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
-        kiln_argv(["build", str(HELLO)]),
+        kiln_argv(*["build", str(HELLO)]),
         env=kiln_env(tmp_path, TERM="xterm", COLUMNS=str(TERMINAL_COLUMNS)),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -245,7 +206,9 @@ def test_api_url_without_credentials_exits_2_before_building(
 
 
 def test_malformed_api_url_exits_2(tmp_path: Path) -> None:
-    run = run_kiln(["import", "python:3.12-slim", "--api-url", "ftp://x"], remote_env(tmp_path))
+    run = run_kiln(
+        ["import", "python:3.12-slim", "--api-url", "ftp://x"], kiln_env(tmp_path, token=TEST_TOKEN)
+    )
     assert run.returncode == 2
     assert "API URL 'ftp://x' is not an absolute http(s) URL" in run.stderr
 
@@ -272,7 +235,10 @@ def test_failing_build_exits_1_with_the_error_and_hint(
     tmp_path: Path, emulator: EmulatorClient
 ) -> None:
     emulator.set_builder(exit_code=BAD_EXIT_CODE)
-    run = run_kiln(["build", str(HELLO), "--api-url", emulator.url, "--json"], remote_env(tmp_path))
+    run = run_kiln(
+        ["build", str(HELLO), "--api-url", emulator.url, "--json"],
+        kiln_env(tmp_path, token=TEST_TOKEN),
+    )
     assert run.returncode == 1
     result = result_of(run.stdout)
     assert result["state"] == "failed"
@@ -282,91 +248,35 @@ def test_failing_build_exits_1_with_the_error_and_hint(
     assert result["hint"] == f"the build log shows what failed: kiln logs {result['id']}"
     assert emulator.live_sandboxes() == []
     # The hint's command works: the build log is in the default store.
-    logs = run_kiln(["logs", result["id"]], remote_env(tmp_path))
+    logs = run_kiln(["logs", result["id"]], kiln_env(tmp_path, token=TEST_TOKEN))
     assert logs.returncode == 0, logs.stderr
     assert "Step 1/7 : FROM python:3.12-slim" in logs.stdout
 
 
 def test_credentials_are_never_printed(tmp_path: Path, emulator: EmulatorClient) -> None:
-    env = remote_env(tmp_path)
+    env = kiln_env(tmp_path, token=TEST_TOKEN)
     done = run_kiln(["build", str(HELLO), "--api-url", emulator.url], env)
     assert done.returncode == 0, done.stderr
     emulator.set_builder(exit_code=BAD_EXIT_CODE)
     failed = run_kiln(["build", str(HELLO), "--api-url", emulator.url, "--json"], env)
     assert failed.returncode == 1
     for run in (done, failed):
-        assert TOKEN not in run.stdout
-        assert TOKEN not in run.stderr
+        assert TEST_TOKEN not in run.stdout
+        assert TEST_TOKEN not in run.stderr
 
 
 def test_refused_credentials_are_not_printed_either(tmp_path: Path) -> None:
     config = EmulatorConfig(data_dir=tmp_path / "emulator", api_key="the-only-accepted-key")
     with Emulator(config) as server:
-        run = run_kiln(["build", str(HELLO), "--api-url", server.url], remote_env(tmp_path))
+        run = run_kiln(
+            ["build", str(HELLO), "--api-url", server.url], kiln_env(tmp_path, token=TEST_TOKEN)
+        )
     assert run.returncode == 1
     assert "kiln: error:" in run.stderr
-    assert TOKEN not in run.stdout + run.stderr
+    assert TEST_TOKEN not in run.stdout + run.stderr
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------
-
-
-class Running:
-    """A `kiln` subprocess whose stdout lines are collected as they arrive."""
-
-    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self._stderr: list[str] = []
-        self.process = subprocess.Popen(
-            kiln_argv(args),
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        # One reader per pipe: neither may fill up and stall the process.
-        self._readers = [
-            threading.Thread(target=_collect, args=(stream, sink), daemon=True)
-            for stream, sink in (
-                (self.process.stdout, self.lines),
-                (self.process.stderr, self._stderr),
-            )
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The first JSON line for which ``predicate`` holds, polling until a deadline."""
-        deadline = time.monotonic() + PROCESS_TIMEOUT_S
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                event = json.loads(line)
-                if predicate(event):
-                    return event  # type: ignore[no-any-return]
-            assert self.process.poll() is None, f"kiln ended early: {self.lines} {self._stderr}"
-            time.sleep(POLL_S)
-        raise AssertionError(f"not seen within {PROCESS_TIMEOUT_S}s: {self.lines}")
-
-    def interrupt(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-
-    def finish(self) -> tuple[int, str]:
-        """Exit code and stderr, once the process ended and both pipes are read to their end."""
-        code = self.process.wait(PROCESS_TIMEOUT_S)
-        for reader in self._readers:
-            reader.join(PROCESS_TIMEOUT_S)
-        return code, "".join(self._stderr)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(PROCESS_TIMEOUT_S)
-
-
-def _collect(stream: Any, sink: list[str]) -> None:
-    for line in stream:
-        sink.append(line)
 
 
 @pytest.fixture
@@ -374,25 +284,22 @@ def slow_build(tmp_path: Path, emulator: EmulatorClient) -> Iterator[Running]:
     """A `kiln build --json` whose builder runs long enough to be interrupted."""
     emulator.set_builder(duration_ms=SLOW_BUILDER_MS)
     running = Running(
-        ["build", str(HELLO), "--api-url", emulator.url, "--json"], remote_env(tmp_path)
+        ["build", str(HELLO), "--api-url", emulator.url, "--json"],
+        kiln_env(tmp_path, token=TEST_TOKEN),
     )
     yield running
     running.kill()
 
 
-def entered(state: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda event: event["event"] == "transition" and event["dest"] == state
-
-
 def test_ctrl_c_cancels_the_build_and_deletes_its_sandbox(
     slow_build: Running, emulator: EmulatorClient
 ) -> None:
-    slow_build.wait_for(entered("run_builder"))
+    slow_build.wait_for_event(entered("run_builder"))
     slow_build.interrupt()
     code, err = slow_build.finish()
     assert "Traceback" not in err
     assert code == 130
-    result = json.loads(slow_build.lines[-1])
+    result = json.loads(slow_build.stdout[-1])
     assert result["event"] == "result" and result["state"] == "cancelled"
     sandboxes = emulator.sandboxes()
     assert [s["sandbox_id"] for s in sandboxes] == [result["sandbox_id"]]
@@ -405,16 +312,16 @@ def test_second_ctrl_c_aborts_cleanup_and_names_the_sandbox_left(
     emulator.add_fault(
         {"delay_ms": SLOW_DELETE_MS}, method="DELETE", path="/sandboxes/", times=None
     )
-    slow_build.wait_for(entered("run_builder"))
+    slow_build.wait_for_event(entered("run_builder"))
     slow_build.interrupt()
-    slow_build.wait_for(entered("cleanup"))
+    slow_build.wait_for_event(entered("cleanup"))
     slow_build.interrupt()
     started = time.monotonic()
     code, err = slow_build.finish()
     assert "Traceback" not in err
     assert time.monotonic() - started < ABORT_EXIT_S
     assert code == 130
-    result = json.loads(slow_build.lines[-1])
+    result = json.loads(slow_build.stdout[-1])
     assert result["state"] == "aborted"
     # kiln did not wait for the delete, which the emulator has not even started yet.
     [sandbox] = emulator.live_sandboxes()
@@ -483,39 +390,10 @@ RUN echo never-sent
 """
 
 
-def run_in(
-    cwd: Path, args: Sequence[str], env: dict[str, str], stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        kiln_argv(args),
-        env=env,
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_S,
-        check=False,
-    )
-
-
 def received_dockerfile(emulator: EmulatorClient, name: str) -> str:
     """The Dockerfile the emulator's builder was given, from the spec.json in its snapshot."""
-    import io
-    import tarfile
-
-    import httpx
-
     (template,) = [t for t in emulator.templates() if t["name"] == name]
-    blob = httpx.get(
-        f"{emulator.url}/_emulator/blobs",
-        params={"uri": template["snapshotUri"]},
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
-    assert blob.is_success, blob.text
-    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as archive:
-        spec = archive.extractfile("spec.json")
-        assert spec is not None
-        dockerfile: str = json.loads(spec.read())["dockerfile"]
+    dockerfile: str = json.loads(snapshot_files(emulator, template)["spec.json"])["dockerfile"]
     return dockerfile
 
 
@@ -532,7 +410,7 @@ def test_build_dot_uses_the_directory_as_context_and_tag_as_name(
     tmp_path: Path, app: Path, emulator: EmulatorClient
 ) -> None:
     args = ["build", ".", "-t", "web", "--api-url", emulator.url, "--json"]
-    done = run_in(app, args, remote_env(tmp_path))
+    done = run_kiln(args, kiln_env(tmp_path, token=TEST_TOKEN), cwd=app)
     assert done.returncode == 0, done.stderr
     assert result_of(done.stdout)["name"] == "web"
     assert received_dockerfile(emulator, "web") == APP_DOCKERFILE
@@ -550,7 +428,8 @@ def test_file_build_args_target_and_platform_are_applied_in_the_dockerfile_sent(
         *("--build-arg", "GREETING", "--build-arg", "NOBODY=1", "--target", "app"),
         *("--platform", "linux/amd64", "--api-url", emulator.url, "--json"),
     ]
-    done = run_in(tmp_path, args, {**remote_env(tmp_path), "GREETING": "it's me"})
+    env = kiln_env(tmp_path, token=TEST_TOKEN, GREETING="it's me")
+    done = run_kiln(args, env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert result_of(done.stdout)["name"] == "app"
     warnings = [e["message"] for e in json_lines(done.stdout) if e["event"] == "warning"]
@@ -568,7 +447,7 @@ def test_a_dockerfile_from_stdin_builds_with_no_context(
 ) -> None:
     text = "FROM alpine:3.20\nRUN echo from-stdin\n"
     args = ["build", "-", "-t", "piped", "--api-url", emulator.url, "--json"]
-    done = run_in(tmp_path, args, remote_env(tmp_path), stdin=text)
+    done = run_kiln(args, kiln_env(tmp_path, token=TEST_TOKEN), cwd=tmp_path, input=text)
     assert done.returncode == 0, done.stderr
     assert received_dockerfile(emulator, "piped") == text
 
@@ -577,7 +456,7 @@ def test_a_dockerfile_from_stdin_with_a_context_directory(
     tmp_path: Path, app: Path, emulator: EmulatorClient
 ) -> None:
     args = ["build", "-f", "-", str(app), "--api-url", emulator.url, "--json"]
-    done = run_in(tmp_path, args, remote_env(tmp_path), stdin=APP_DOCKERFILE)
+    done = run_kiln(args, kiln_env(tmp_path, token=TEST_TOKEN), cwd=tmp_path, input=APP_DOCKERFILE)
     assert done.returncode == 0, done.stderr
     assert result_of(done.stdout)["name"] == "shop"
 
@@ -604,7 +483,12 @@ def test_front_door_mistakes_exit_2_before_any_request(
     if stdin == "":
         (app / "app.py").unlink()
         stdin = None
-    run = run_in(tmp_path, ["build", *args, "--api-url", emulator.url], remote_env(tmp_path), stdin)
+    run = run_kiln(
+        ["build", *args, "--api-url", emulator.url],
+        kiln_env(tmp_path, token=TEST_TOKEN),
+        cwd=tmp_path,
+        input=stdin,
+    )
     assert run.returncode == 2, run.stderr
     assert message in run.stderr
     assert "Traceback" not in run.stderr
@@ -622,7 +506,11 @@ def test_what_buildkit_refuses_exits_2_before_any_request(
     tmp_path: Path, emulator: EmulatorClient, dockerfile: str, message: str
 ) -> None:
     (tmp_path / "Dockerfile").write_text(dockerfile)
-    run = run_in(tmp_path, ["build", ".", "--api-url", emulator.url], remote_env(tmp_path))
+    run = run_kiln(
+        ["build", ".", "--api-url", emulator.url],
+        kiln_env(tmp_path, token=TEST_TOKEN),
+        cwd=tmp_path,
+    )
     assert run.returncode == 2
     assert message in run.stderr
     assert emulator.requests() == []
@@ -638,7 +526,9 @@ def test_what_buildkit_refuses_exits_2_before_any_request(
 def test_import_reference_and_name_are_checked_before_any_request(
     tmp_path: Path, emulator: EmulatorClient, args: list[str], message: str
 ) -> None:
-    run = run_in(tmp_path, [*args, "--api-url", emulator.url], remote_env(tmp_path))
+    run = run_kiln(
+        [*args, "--api-url", emulator.url], kiln_env(tmp_path, token=TEST_TOKEN), cwd=tmp_path
+    )
     assert run.returncode == 2
     assert message in run.stderr
     assert emulator.requests() == []

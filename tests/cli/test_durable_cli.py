@@ -6,57 +6,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from kiln.cli import main
 from kiln.cli.durable import _logs
 from kiln.machine import load_machine_spec
 from kiln.store import MemoryStore, Owner, open_store
-from kiln.testing import EmulatorClient
-from support.durable import HELLO, REPO, TOKEN, crash_in, kiln_env
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.durable import crash_in
+from support.paths import HELLO, REPO
+from support.processes import kiln_env
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 BUILD_ID = re.compile(r"Build ([0-9a-f]{32})")
 SUMMARY_KEYS = {"id", "name", "state", "sandbox_id", "created_at", "updated_at"}
 HAPPY_PHASES = list(load_machine_spec().states)
 EXIT_USAGE = 2
-KILN_LOGGERS = ("kiln", "kiln.build", "kiln.durable", "kiln.worker", "kiln.emulator")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """`main()` may configure structlog and stdlib logging for a terminal; later tests in this
-    process must find them as they were."""
-    configured = structlog.is_configured()
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in KILN_LOGGERS}
-    yield
-    structlog.reset_defaults()
-    if configured:
-        structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, saved in levels.items():
-        logging.getLogger(name).setLevel(saved)
-
-
-@pytest.fixture
-def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """$KILN_STORE names a fresh SQLite store; credentials are in the environment."""
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("KILN_STORE", url)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("TENSORLAKE_API_KEY", TOKEN)
-    return url
 
 
 def _build(emulator: EmulatorClient, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
@@ -174,7 +145,7 @@ def test_logs_follow_prints_a_live_build_to_its_end(
     store_env: str, emulator: EmulatorClient, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     emulator.set_builder(log_lines=15, line_pace_ms=60)
-    env = kiln_env(store_env, tmp_path)
+    env = kiln_env(tmp_path, store_url=store_env, token=TEST_TOKEN)
     argv = [sys.executable, "-m", "kiln", "build", str(HELLO), "--api-url", emulator.url]
     with subprocess.Popen(argv, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True) as build:
         assert build.stderr is not None

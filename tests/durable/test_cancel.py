@@ -10,7 +10,8 @@ from kiln.durable import POLL_S, Session
 from kiln.errors import BuildCancelled
 from kiln.store import Store, open_store
 from kiln.testing import EmulatorClient
-from support.durable import start, wait_until
+from support.durable import start
+from support.polling import wait_until
 
 # The running build polls the store every POLL_S; the rest is one store read and the handler's
 # cancellation, with headroom for a loaded CI machine.

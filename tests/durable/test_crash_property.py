@@ -18,16 +18,11 @@ from kiln.durable import KILL_AFTER_TRANSITION_ENV
 from kiln.emulator import Emulator
 from kiln.machine import load_machine_spec
 from kiln.store import open_store
-from kiln.testing import EmulatorClient, emulator_config
-from support.durable import (
-    HELLO,
-    TOKEN,
-    builder_starts,
-    kiln_env,
-    raw_store_text,
-    run_kiln,
-    spawn_kiln,
-)
+from kiln.testing import TEST_TOKEN, EmulatorClient, emulator_config
+from support.durable import raw_store_text
+from support.emulator import builder_starts
+from support.paths import HELLO
+from support.processes import kiln_env, run_kiln_async, spawn_kiln
 
 from .test_processes import _build_id_of
 
@@ -61,7 +56,7 @@ def test_generated_kills_then_resumes_keep_the_invariants(
 async def _kill_resume_check(
     store_url: str, emulator: EmulatorClient, tmp_path: Path, kills: list[int]
 ) -> None:
-    env = kiln_env(store_url, tmp_path)
+    env = kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
     name = f"crash-{uuid.uuid4().hex[:8]}"
     argv = ["build", str(HELLO), "--api-url", emulator.url, "--name", name]
     first = await spawn_kiln(argv, {**env, KILL_AFTER_TRANSITION_ENV: str(kills[0])})
@@ -70,11 +65,11 @@ async def _kill_resume_check(
         await first.communicate()
     assert first.returncode == KILLED, kills
     for kill in kills[1:]:
-        code, _, err = await run_kiln(
+        code, _, err = await run_kiln_async(
             ["resume", build_id], {**env, KILL_AFTER_TRANSITION_ENV: str(kill)}
         )
         assert code in (KILLED, 0), err  # killed at its point, or done before reaching it
-    code, _, err = await run_kiln(["resume", build_id], env)
+    code, _, err = await run_kiln_async(["resume", build_id], env)
     assert code == 0, err
 
     store = open_store(store_url)
@@ -91,7 +86,7 @@ async def _kill_resume_check(
         r for r in emulator.requests() if r["path"].endswith(f"/{platform_build}/complete")
     ]
     assert len([r for r in completes if r["status"] == 200]) == 1, completes
-    assert TOKEN not in await raw_store_text(store_url)
+    assert TEST_TOKEN not in await raw_store_text(store_url)
 
 
 @pytest.fixture

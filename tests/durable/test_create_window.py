@@ -14,8 +14,11 @@ import pytest
 
 from kiln import submit
 from kiln.store import open_store
-from kiln.testing import EmulatorClient
-from support.durable import HELLO, builder_starts, kiln_env, run_kiln, spawn_kiln, wait_until
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.emulator import builder_starts
+from support.paths import HELLO
+from support.polling import wait_until
+from support.processes import kiln_env, run_kiln_async, spawn_kiln
 
 WORKER_ARGS = ["worker", "--lease-s", "2", "--heartbeat-s", "0.5", "--poll-s", "0.2"]
 CREATE_PATH = r"/sandboxes$"
@@ -36,7 +39,7 @@ async def test_a_worker_killed_in_the_create_window_leaves_a_reported_sandbox(
     postgres_store_url: str, emulator: EmulatorClient, tmp_path: Path
 ) -> None:
     store = open_store(postgres_store_url)
-    env = kiln_env(postgres_store_url, tmp_path)
+    env = kiln_env(tmp_path, store_url=postgres_store_url, token=TEST_TOKEN)
     try:
         build_id = await submit(HELLO, store=store, api_url=emulator.url)
         emulator.add_fault({"delay_ms": CREATE_DELAY_MS}, method="POST", path=CREATE_PATH)
@@ -60,10 +63,10 @@ async def test_a_worker_killed_in_the_create_window_leaves_a_reported_sandbox(
         assert len(emulator.live_sandboxes()) == 1
         name = f"kiln-{build_id}-1"
 
-        code, out, err = await run_kiln(["status", build_id], env)
+        code, out, err = await run_kiln_async(["status", build_id], env)
         assert code == 0, err
         assert name in out and "ends on its own by" in out, out
-        code, out, err = await run_kiln(["reap", "--dry-run"], env)
+        code, out, err = await run_kiln_async(["reap", "--dry-run"], env)
         assert code == 0, err
         assert build_id in out and name in out, out
 

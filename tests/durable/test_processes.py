@@ -14,17 +14,12 @@ from kiln import resume
 from kiln.durable import KILL_AFTER_TRANSITION_ENV
 from kiln.machine import load_machine_spec
 from kiln.store import Store
-from kiln.testing import EmulatorClient
-from support.durable import (
-    HELLO,
-    TOKEN,
-    builder_starts,
-    kiln_env,
-    raw_store_text,
-    run_kiln,
-    spawn_kiln,
-    wait_until,
-)
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.durable import raw_store_text
+from support.emulator import builder_starts
+from support.paths import HELLO
+from support.polling import wait_until
+from support.processes import kiln_env, run_kiln_async, spawn_kiln
 
 # resolve_scope -> prepare -> ... -> cleanup -> done: one transition per state on the happy path.
 HAPPY_TRANSITIONS = len(load_machine_spec().states)
@@ -51,7 +46,7 @@ async def _build_id_of(process: asyncio.subprocess.Process) -> str:
 async def test_a_build_killed_after_each_transition_resumes_with_one_builder(
     store_url: str, store: Store, emulator: EmulatorClient, tmp_path: Path
 ) -> None:
-    env = kiln_env(store_url, tmp_path)
+    env = kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
     gate = asyncio.Semaphore(PARALLEL_PROCESSES)
 
     async def kill_then_resume(transition: int) -> str:
@@ -64,7 +59,7 @@ async def test_a_build_killed_after_each_transition_resumes_with_one_builder(
             assert process.returncode == -signal.SIGKILL, transition
         # Resumed here through the library (`kiln resume` runs in the tests below): a second
         # process per kill point would double this test's time for no more coverage.
-        build = await resume(build_id, store=store, api_key=TOKEN)
+        build = await resume(build_id, store=store, api_key=TEST_TOKEN)
         await build.result()
         return build_id
 
@@ -80,7 +75,7 @@ async def test_a_build_killed_after_each_transition_resumes_with_one_builder(
         assert phases == list(load_machine_spec().states), "every transition is in the log once"
     assert len(emulator.sandboxes()) == HAPPY_TRANSITIONS, "one builder sandbox per build"
     assert emulator.live_sandboxes() == []
-    assert TOKEN not in await raw_store_text(store_url)
+    assert TEST_TOKEN not in await raw_store_text(store_url)
 
 
 @pytest.mark.slow
@@ -88,7 +83,7 @@ async def test_a_build_killed_while_its_builder_runs_is_reattached(
     store_url: str, store: Store, emulator: EmulatorClient, tmp_path: Path
 ) -> None:
     emulator.set_builder(log_lines=20, line_pace_ms=50)
-    env = kiln_env(store_url, tmp_path)
+    env = kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
     process = await spawn_kiln(_build_argv(emulator, "hello"), env)
     build_id = await _build_id_of(process)
 
@@ -100,7 +95,7 @@ async def test_a_build_killed_while_its_builder_runs_is_reattached(
     process.kill()
     await process.wait()
 
-    code, out, err = await run_kiln(["resume", build_id], env)
+    code, out, err = await run_kiln_async(["resume", build_id], env)
 
     assert code == 0, (out, err)
     record = await store.get(build_id)
@@ -116,7 +111,7 @@ async def test_kiln_cancel_from_another_process_stops_the_build(
     store_url: str, store: Store, emulator: EmulatorClient, tmp_path: Path
 ) -> None:
     emulator.set_builder(duration_ms=30_000)
-    env = kiln_env(store_url, tmp_path)
+    env = kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
     process = await spawn_kiln(_build_argv(emulator, "hello"), env)
     build_id = await _build_id_of(process)
 
@@ -125,7 +120,7 @@ async def test_kiln_cancel_from_another_process_stops_the_build(
         return record is not None and record.data.get("builder_pid") is not None
 
     await wait_until(builder_started)
-    code, out, _ = await run_kiln(["cancel", build_id], env)
+    code, out, _ = await run_kiln_async(["cancel", build_id], env)
     assert code == 0 and "cancel requested" in out
     async with asyncio.timeout(10):
         assert await process.wait() == 130
@@ -133,5 +128,5 @@ async def test_kiln_cancel_from_another_process_stops_the_build(
     record = await store.get(build_id)
     assert record is not None and record.state == "cancelled"
     assert emulator.live_sandboxes() == []
-    code, out, _ = await run_kiln(["cancel", build_id], env)
+    code, out, _ = await run_kiln_async(["cancel", build_id], env)
     assert code == 0 and "already ended: cancelled" in out, "cancel is idempotent"

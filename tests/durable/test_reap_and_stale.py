@@ -12,20 +12,13 @@ from kiln.durable import Session, reap
 from kiln.errors import KilnError
 from kiln.machine import Secrets
 from kiln.store import Owner, PostgresStore, SQLiteStore, Store
-from kiln.testing import EmulatorClient
-from support.durable import (
-    FAST_POLL_S,
-    TOKEN,
-    builder_starts,
-    crash_in,
-    kiln_env,
-    leak_a_sandbox,
-    run_kiln,
-    start,
-    wait_until,
-)
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.durable import FAST_POLL_S, crash_in, leak_a_sandbox, start
+from support.emulator import builder_starts
+from support.polling import wait_until
+from support.processes import kiln_env, run_kiln_async
 
-SECRETS = Secrets(api_key=TOKEN)
+SECRETS = Secrets(api_key=TEST_TOKEN)
 # Far enough ahead that every lease taken now has expired.
 LATER_S = 3600.0
 
@@ -62,7 +55,7 @@ async def test_reap_deletes_the_orphans_and_nothing_else(
     assert await reap(store, secrets=SECRETS, abandoned_after_s=0) == []
 
     await store.release(alive, live_owner)
-    await (await resume(alive, store=store, api_key=TOKEN)).result()
+    await (await resume(alive, store=store, api_key=TEST_TOKEN)).result()
     assert emulator.live_sandboxes() == []
 
 
@@ -73,7 +66,7 @@ async def test_a_recently_stopped_build_is_left_for_a_resumer(
 
     assert await reap(store, secrets=SECRETS) == []
 
-    await (await resume(build_id, store=store, api_key=TOKEN)).result()
+    await (await resume(build_id, store=store, api_key=TEST_TOKEN)).result()
     assert emulator.live_sandboxes() == []
 
 
@@ -82,14 +75,14 @@ async def test_kiln_reap_lists_then_deletes(
     store_url: str, store: Store, emulator: EmulatorClient, tmp_path: Path
 ) -> None:
     leaked = await leak_a_sandbox(store, emulator)
-    env = kiln_env(store_url, tmp_path)
+    env = kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
 
-    code, out, err = await run_kiln(["reap", "--dry-run"], env)
+    code, out, err = await run_kiln_async(["reap", "--dry-run"], env)
     assert code == 0, err
     assert "would delete sandbox" in out and leaked in out
     assert len(emulator.live_sandboxes()) == 1
 
-    code, out, err = await run_kiln(["reap"], env)
+    code, out, err = await run_kiln_async(["reap"], env)
     assert code == 0, err
     assert "deleted sandbox" in out and leaked in out
     assert emulator.live_sandboxes() == []
@@ -134,7 +127,7 @@ async def test_a_stale_writer_cannot_move_a_build_backwards(
         )
         assert record.owner == second
         await later.release(build.state.id, second)
-        await (await resume(build.state.id, store=store, api_key=TOKEN)).result()
+        await (await resume(build.state.id, store=store, api_key=TEST_TOKEN)).result()
     finally:
         await later.close()
     assert builder_starts(emulator) == 1

@@ -12,24 +12,17 @@ from kiln.durable import SANDBOX_LOST, Session, UnreadableBuild
 from kiln.errors import BuildError, ConfigError, KilnError
 from kiln.machine import load_machine_spec
 from kiln.store import OwnedElsewhere, Owner, Store
-from kiln.testing import EmulatorClient
-from support.durable import (
-    FAST_POLL_S,
-    TOKEN,
-    builder_starts,
-    command_runs,
-    crash_in,
-    raw_store_text,
-    start,
-    wait_until,
-)
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.durable import FAST_POLL_S, crash_in, raw_store_text, start
+from support.emulator import builder_starts, command_runs
+from support.polling import wait_until
 
 SPEC = load_machine_spec()
 ALL_STATES = list(SPEC.states)
 
 
 async def _resume_to_end(store: Store, build_id: str, **options: object) -> Template:
-    build = await resume(build_id, store=store, api_key=TOKEN, **options)  # type: ignore[arg-type]
+    build = await resume(build_id, store=store, api_key=TEST_TOKEN, **options)  # type: ignore[arg-type]
     return await build.result()
 
 
@@ -78,7 +71,7 @@ async def test_a_build_in_a_final_state_is_reported_not_rerun(
     assert record is not None and record.state == outcome and record.final
     sent = len(emulator.requests())
 
-    again = await resume(build.state.id, store=store, api_key=TOKEN)
+    again = await resume(build.state.id, store=store, api_key=TEST_TOKEN)
 
     if outcome == "done":
         assert (await again.result()).response == record.data["result"]
@@ -182,7 +175,7 @@ async def test_resume_refuses_a_build_whose_owner_is_alive(
     await store.acquire(build_id, owner, lease_s=60)
 
     with pytest.raises(OwnedElsewhere, match="the-live-one"):
-        await resume(build_id, store=store, api_key=TOKEN)
+        await resume(build_id, store=store, api_key=TEST_TOKEN)
 
     await store.release(build_id, owner)
     await _resume_to_end(store, build_id)
@@ -194,7 +187,7 @@ async def test_a_cancel_recorded_while_nobody_ran_the_build_ends_it_cancelled(
     build_id = await crash_in(store, emulator.url, lambda s: s.state == "run_builder")
     assert await store.request_cancel(build_id)
 
-    build = await resume(build_id, store=store, api_key=TOKEN)
+    build = await resume(build_id, store=store, api_key=TEST_TOKEN)
     with pytest.raises(KilnError, match="cancelled"):
         await build.result()
 
@@ -210,7 +203,7 @@ async def test_credentials_are_never_persisted(
     build_id = await crash_in(store, emulator.url, lambda s: s.state == "run_builder")
     await _resume_to_end(store, build_id)
 
-    assert TOKEN not in await raw_store_text(store_url)
+    assert TEST_TOKEN not in await raw_store_text(store_url)
     assert build_id in await raw_store_text(store_url), "the dump does see the build"
 
 
@@ -221,7 +214,7 @@ def _delete_all_sandboxes(emulator: EmulatorClient) -> None:
         url = (
             f"{emulator.url}/v1/namespaces/{sandbox['namespace']}/sandboxes/{sandbox['sandbox_id']}"
         )
-        response = httpx.delete(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = httpx.delete(url, headers={"Authorization": f"Bearer {TEST_TOKEN}"})
         assert response.status_code < 300, response.text
 
 
@@ -267,7 +260,7 @@ async def test_a_record_kiln_cannot_load_is_refused_with_a_clear_error(
     )
 
     with pytest.raises(UnreadableBuild, match=message):
-        await resume(build_id, store=store, api_key=TOKEN)
+        await resume(build_id, store=store, api_key=TEST_TOKEN)
 
     after = await store.get(build_id)
     assert after is not None and after.owner is None, "the build is not left held"

@@ -11,7 +11,7 @@ from kiln.durable import Session
 from kiln.machine import BuildState
 from kiln.plan import plan_dockerfile
 from kiln.store import MemoryStore, Owner
-from support.durable import HELLO
+from support.paths import HELLO
 
 
 class LandingSaves(MemoryStore):

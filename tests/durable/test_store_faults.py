@@ -5,17 +5,14 @@ a build it stopped running (SQLite writes failing as on a full disk; PostgreSQL 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from kiln import Worker, WorkerConfig
 from kiln.builds import submit
@@ -23,12 +20,16 @@ from kiln.cli import main
 from kiln.durable import Session
 from kiln.machine import load_machine_spec
 from kiln.store import Store, StoreUnavailable, open_store
-from kiln.testing import EmulatorClient
+from kiln.testing import TEST_TOKEN, EmulatorClient
 from kiln.testing.postgres import PostgresCluster
-from support.durable import FAST_POLL_S, HELLO, TOKEN, builder_starts, start, wait_until
+from support.durable import FAST_POLL_S, start
+from support.emulator import builder_starts
+from support.paths import HELLO
+from support.polling import wait_until
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 EXIT_STORE_UNAVAILABLE = 75
-KILN_LOGGERS = ("kiln", "kiln.build", "kiln.durable", "kiln.worker", "kiln.emulator")
 # Short in tests: the production bound (a minute) is about riding out a database restart.
 TEST_OUTAGE_S = 1.0
 BUILDER_MS = 1500
@@ -71,40 +72,18 @@ def _fill_disk_in_state(db: Path, state: str, done: threading.Event) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """`main()` configures logging for a terminal; later tests must find it as it was."""
-    configured = structlog.is_configured()
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in KILN_LOGGERS}
-    yield
-    structlog.reset_defaults()
-    if configured:
-        structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, saved in levels.items():
-        logging.getLogger(name).setLevel(saved)
-
-
 @pytest.fixture
 def short_outage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Session, "store_outage_s", TEST_OUTAGE_S, raising=False)
 
 
 def test_kiln_build_stops_at_its_last_persisted_point_when_the_disk_stays_full(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    store_env: str,
     emulator: EmulatorClient,
     capsys: pytest.CaptureFixture[str],
     short_outage: None,
 ) -> None:
-    db = tmp_path / "builds.db"
-    monkeypatch.setenv("KILN_STORE", f"sqlite:///{db}")
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("TENSORLAKE_API_KEY", TOKEN)
+    db = Path(store_env.removeprefix("sqlite:///"))
     emulator.set_builder(duration_ms=BUILDER_MS)
     filled = threading.Event()
     filler = threading.Thread(target=_fill_disk_in_state, args=(db, "run_builder", filled))
@@ -173,13 +152,13 @@ async def test_a_short_store_outage_is_ridden_out_and_loses_no_event(
 async def test_a_worker_claims_back_a_build_it_stopped_on_a_postgres_outage(
     emulator: EmulatorClient, short_outage: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TENSORLAKE_API_KEY", TOKEN)
+    monkeypatch.setenv("TENSORLAKE_API_KEY", TEST_TOKEN)
     emulator.set_builder(duration_ms=BUILDER_MS)
     with PostgresCluster() as cluster:
         url = cluster.create_database(f"outage_{uuid.uuid4().hex[:12]}")
         store, view = open_store(url), open_store(url)
         config = WorkerConfig(lease_s=2.0, renew_every_s=0.5, poll_s=0.1)
-        worker = Worker(store, config, api_key=TOKEN)
+        worker = Worker(store, config, api_key=TEST_TOKEN)
         try:
             build_id = await submit(HELLO, store=view, api_url=emulator.url)
             running = asyncio.create_task(worker.run())

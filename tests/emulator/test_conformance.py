@@ -31,9 +31,8 @@ import tensorlake._cloud_sdk as sdk
 
 from kiln.emulator import Emulator
 from kiln.testing import emulator_config
+from support.paths import HELLO, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-HELLO = REPO / "examples" / "hello" / "Dockerfile"
 MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
 # Shaped like a real key so that a leak would be easy to spot; the emulator accepts any token.
 TOKEN = "tl_apikey_conformance_0123456789abcdef"

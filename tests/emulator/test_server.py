@@ -21,6 +21,7 @@ from starlette.routing import Route
 from kiln.cli import main
 from kiln.emulator import Emulator, EmulatorConfig, create_app, start_emulator
 from kiln.emulator._errors import EXCEPTION_HANDLERS
+from support.paths import REPO
 
 from .conftest import (
     AUTH,
@@ -32,7 +33,6 @@ from .conftest import (
     stage_build,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 CLI_DEADLINE_S = 30.0
 # Well under uvicorn's graceful-shutdown backstop: stopping must end streams, not wait them out.
 STOP_DEADLINE_S = 3.0

@@ -18,12 +18,12 @@ from kiln.cli import main
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.errors import ConfigError
 from kiln.testing import EmulatorClient, run_build
+from support.paths import HELLO
 
 from .conftest import CREATE_BODY, SANDBOXES, SandboxDriver
 
 KEY = "the-only-key"
 GUARDED = {"Authorization": f"Bearer {KEY}"}
-HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "Dockerfile"
 # Large enough that holding it whole would dwarf the bound; the bound leaves room for the
 # write batches, the HTTP stack and the test's own bookkeeping.
 LARGE_BYTES = 48 * 1024 * 1024

@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
+from support.paths import REPO
 
 from .conftest import AUTH, CREATE_BODY, SANDBOXES, SandboxDriver
 from .test_platform import BY_NAME, build_template
 
-REPO = Path(__file__).resolve().parents[2]
 BUILDS = 3
 BUILD_TIMEOUT_S = 300
 

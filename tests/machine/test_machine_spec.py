@@ -17,8 +17,8 @@ from kiln.machine import (
     render_mermaid,
 )
 from kiln.machine._spec import validate
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC = load_machine_spec()
 
 

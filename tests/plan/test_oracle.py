@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from kiln.errors import DockerfileError
 from kiln.plan import Instruction, parse_dockerfile
 from kiln.testing.strategies import dockerfiles
+from support.paths import EXAMPLES
 
 CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.Dockerfile"))
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*/Dockerfile"))
+EXAMPLE_DOCKERFILES = sorted(EXAMPLES.glob("*/Dockerfile"))
 MIN_CORPUS_SIZE = 40
 
 
@@ -76,7 +77,9 @@ def test_corpus_file_parses_like_buildkit(path: Path) -> None:
     _assert_agree(_read(path))
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[path.parent.name for path in EXAMPLES])
+@pytest.mark.parametrize(
+    "path", EXAMPLE_DOCKERFILES, ids=[path.parent.name for path in EXAMPLE_DOCKERFILES]
+)
 def test_example_parses_like_buildkit(path: Path) -> None:
     _assert_agree(_read(path))
 

@@ -10,7 +10,6 @@ id, a result) and nothing else.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import attrs
 
@@ -29,8 +28,8 @@ from kiln.machine import (
 )
 from kiln.plan import BuildPlan, plan_dockerfile
 from kiln.testing import without_backoff
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC = without_backoff()
 PLAN: BuildPlan = plan_dockerfile(REPO / "examples" / "hello" / "Dockerfile")
 START_TIME = 1_800_000_000.0

@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from kiln.machine import MachineSpec
 from kiln.store import Store
 from kiln.testing import TEST_TOKEN, BuildRun, EmulatorClient, FaultSchedule
-
-BUILDER_COMMAND = "tl-rootfs-build"
-COMPLETE_PATH_END = "/complete"
-HTTP_OK = 200
-
-
-def builder_starts(emulator: EmulatorClient) -> int:
-    return sum(1 for p in emulator.processes() if p["command"].endswith(BUILDER_COMMAND))
-
-
-def completes_served(requests: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> int:
-    """Complete calls the platform acted on (a fault's answer never reaches it)."""
-    return sum(
-        1
-        for r in requests
-        if r["method"] == "POST"
-        and r["path"].endswith(COMPLETE_PATH_END)
-        and r["status"] == HTTP_OK
-    )
+from support.emulator import builder_starts, completes_served
 
 
 def check_error_names_where(run: BuildRun) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
@@ -19,11 +18,11 @@ import kiln
 from kiln.machine import Event, StatusEvent
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from properties.levels import examples
-from properties.support import builder_starts, completes_served
+from support.emulator import builder_starts, completes_served
+from support.paths import HELLO
 
 pytestmark = pytest.mark.slow
 
-HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "Dockerfile"
 # A fault-free build emits about forty events; cancel points reach a little past the end.
 MAX_CANCEL_POINT = 48
 REGISTERED_PREFIX = "Image '"

@@ -16,7 +16,6 @@ import asyncio
 import socket
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -30,11 +29,11 @@ from kiln.machine import Event, StatusEvent
 from kiln.store import Owner, Store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from properties.levels import examples
-from properties.support import builder_starts, completes_served
+from support.emulator import builder_starts, completes_served
+from support.paths import HELLO
 
 pytestmark = pytest.mark.slow
 
-HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "Dockerfile"
 # A fault-free build emits about forty events; kill points reach a little past the end.
 MAX_KILL_POINT = 48
 MAX_CRASHES = 3

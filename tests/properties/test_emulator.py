@@ -10,7 +10,6 @@ its planned name.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
@@ -30,10 +29,10 @@ from kiln.testing import (
 from kiln.testing.strategies import dockerfiles, fault_schedules
 from properties.levels import examples
 from properties.support import check_no_leftovers, check_no_secret, check_outcome, failed_in
+from support.paths import HELLO
 
 pytestmark = pytest.mark.slow
 
-HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "Dockerfile"
 SPEC = without_backoff()
 BY_NAME = {target.name: target for target in TARGETS}
 

@@ -1,15 +1,12 @@
-"""Helpers for the durable-build tests: crash a build in this process at a chosen point, run
-`kiln` in a subprocess, and read what the emulator saw."""
+"""Durable builds in a test: crash one in this process at a chosen point, plant a leaked sandbox,
+read everything a store holds."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +16,10 @@ from kiln.durable import Session
 from kiln.machine import BuildOptions, BuildState
 from kiln.plan import plan_dockerfile
 from kiln.store import Owner, Store
-from kiln.testing import EmulatorClient
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.paths import HELLO
 
-REPO = Path(__file__).resolve().parents[2]
-# Shared by every `kiln` subprocess of every test run on this machine; Python keeps it consistent.
-PYCACHE = Path(tempfile.gettempdir()) / "kiln-test-pycache"
-HELLO = REPO / "examples" / "hello" / "Dockerfile"
-# Distinctive, so a test can search the store's files and tables for it.
-TOKEN = "kiln-durable-test-token-7f3c2a91"
-BUILDER_NAME = "tl-rootfs-build"
-# Each `kiln` subprocess must finish within this; a hung one fails the test instead of CI.
-PROCESS_TIMEOUT_S = 60.0
-POLL_S = 0.02
-# Tests poll faster than production so that they run in milliseconds, not seconds.
+# Tests poll the store faster than production so that they run in milliseconds, not seconds.
 FAST_POLL_S = 0.05
 
 
@@ -76,7 +64,7 @@ def start(
     """Start a persisted hello build against the emulator at ``api_url``."""
     state = BuildState(plan=plan_dockerfile(dockerfile), options=BuildOptions(api_url=api_url))
     session = session or Session(store, poll_s=FAST_POLL_S)
-    return start_state(state, {"api_key": TOKEN, "on_event": on_event}, session)
+    return start_state(state, {"api_key": TEST_TOKEN, "on_event": on_event}, session)
 
 
 async def crash_in(store: Store, api_url: str, crash_when: Callable[[BuildState], bool]) -> str:
@@ -88,69 +76,6 @@ async def crash_in(store: Store, api_url: str, crash_when: Callable[[BuildState]
     except Crash:
         return build.state.id
     raise AssertionError("the build ended before the crash point")
-
-
-def builder_starts(emulator: EmulatorClient, sandbox_ids: Sequence[str] | None = None) -> int:
-    return sum(
-        1
-        for p in emulator.processes()
-        if p["command"].endswith(BUILDER_NAME)
-        and (sandbox_ids is None or p["sandbox_id"] in sandbox_ids)
-    )
-
-
-def command_runs(emulator: EmulatorClient, command: str) -> int:
-    return sum(1 for p in emulator.processes() if p["command"] == command)
-
-
-async def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 20.0) -> Any:
-    """Poll an async or plain predicate until it returns something truthy."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(POLL_S)
-
-
-def kiln_env(store_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment of a `kiln` subprocess: the test store, a private state dir, a token."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
-    # Compiling kiln again in every subprocess costs more than the build under test: cache the
-    # bytecode, outside the source tree.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(
-        KILN_STORE=store_url,
-        XDG_STATE_HOME=str(tmp_path / "state"),
-        TENSORLAKE_API_KEY=TOKEN,
-        PYTHONPYCACHEPREFIX=str(PYCACHE),
-        **extra,
-    )
-    return env
-
-
-async def spawn_kiln(args: Sequence[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kiln",
-        *args,
-        env=dict(env),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def run_kiln(args: Sequence[str], env: Mapping[str, str]) -> tuple[int, str, str]:
-    """Run `python -m kiln ARGS` to its end: exit code, stdout, stderr."""
-    process = await spawn_kiln(args, env)
-    async with asyncio.timeout(PROCESS_TIMEOUT_S):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def raw_store_text(store_url: str) -> str:

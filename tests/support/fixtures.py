@@ -10,17 +10,22 @@ on a fake clock; tests/emulator: the server object itself) overrides the name in
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.store import Store, open_store
-from kiln.testing import EmulatorClient
+from kiln.testing import TEST_TOKEN, EmulatorClient
 from kiln.testing.postgres import PostgresCluster
 from support.machine import EmulatorPool
+
+# The loggers `kiln` configures for a terminal, whose levels a test that runs main() restores.
+KILN_LOGGERS = ("kiln", "kiln.build", "kiln.durable", "kiln.worker", "kiln.emulator")
 
 
 def fresh_database(cluster: PostgresCluster, prefix: str = "test") -> str:
@@ -76,3 +81,34 @@ def emulator_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that run ``kiln.cli.main()`` in this process: it configures structlog and stdlib
+    logging for a terminal, and later tests must find them as they were."""
+    configured = structlog.is_configured()
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in KILN_LOGGERS}
+    yield
+    structlog.reset_defaults()
+    if configured:
+        structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
+
+
+@pytest.fixture
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """For ``kiln.cli.main()`` in this process: ``$KILN_STORE`` names a fresh SQLite store
+    (``tmp_path / "builds.db"``), the state directory is under ``tmp_path``, and the Tensorlake
+    credentials are ``TEST_TOKEN``. Returns the store's URL."""
+    url = f"sqlite:///{tmp_path / 'builds.db'}"
+    monkeypatch.setenv("KILN_STORE", url)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("TENSORLAKE_API_KEY", TEST_TOKEN)
+    return url

@@ -1,40 +1,45 @@
-"""Running `kiln` as a real process for the adversarial tests: its environment, a closed pipe
-for its stdout, and polling with a deadline (never a sleep standing in for a wait)."""
+"""Running `kiln` as a real process, as the user runs it: its environment, a run to its end
+(blocking or on the loop), a run whose output is read as it arrives, a closed pipe for stdout."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-HELLO = REPO / "examples" / "hello" / "Dockerfile"
-# Shared by every `kiln` subprocess of a test run; Python keeps the bytecode cache consistent.
+from support.paths import REPO
+from support.polling import wait_until_blocking
+
+# Shared by every `kiln` subprocess of every test run on this machine, outside the source tree:
+# compiling kiln again in each subprocess would cost more than the build under test. Python keeps
+# the cache consistent.
 PYCACHE = Path(tempfile.gettempdir()) / "kiln-test-pycache"
-TOKEN = "kiln-adversarial-test-token-3b9d"
 # Each `kiln` process must end within this; a hung one fails the test instead of hanging CI.
 PROCESS_TIMEOUT_S = 90.0
-POLL_S = 0.02
-
-T = TypeVar("T")
 
 
-def kiln_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A private state dir and store, no credentials (unless given), cached bytecode."""
+def kiln_env(
+    tmp_path: Path, *, store_url: str | None = None, token: str | None = None, **extra: str
+) -> dict[str, str]:
+    """The environment of a `kiln` process: nothing ``KILN_*`` or ``TENSORLAKE_*`` from the
+    caller's, a private state directory under ``tmp_path`` (where the default store and the
+    embedded emulator live), ``store_url`` as ``KILN_STORE`` and ``token`` as the Tensorlake
+    credentials if given (none otherwise), and ``extra`` on top."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(
-        XDG_STATE_HOME=str(tmp_path / "state"),
-        KILN_STORE=f"sqlite:///{tmp_path / 'builds.db'}",
-        PYTHONPYCACHEPREFIX=str(PYCACHE),
-    )
+    env.update(XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPYCACHEPREFIX=str(PYCACHE))
+    if store_url is not None:
+        env["KILN_STORE"] = store_url
+    if token is not None:
+        env["TENSORLAKE_API_KEY"] = token
     env.update(extra)
     return env
 
@@ -48,10 +53,10 @@ def run_kiln(
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m kiln ARGS` to its end (stdout and stderr captured unless redirected)."""
     kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("cwd", REPO)
     return subprocess.run(
         kiln_argv(*args),
         env=dict(env),
-        cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
         timeout=PROCESS_TIMEOUT_S,
@@ -73,16 +78,24 @@ def run_into_closed_pipe(
         os.close(write_end)
 
 
-def wait_for(predicate: Callable[[], T | None], *, timeout_s: float = 60.0) -> T:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(POLL_S)
+async def spawn_kiln(args: Sequence[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Start `python -m kiln ARGS` from a test on the loop, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        *kiln_argv(*args),
+        env=dict(env),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def run_kiln_async(args: Sequence[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+    """Run `python -m kiln ARGS` to its end without blocking the loop: exit code, out, err."""
+    process = await spawn_kiln(args, env)
+    async with asyncio.timeout(PROCESS_TIMEOUT_S):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 class Running:
@@ -120,7 +133,11 @@ class Running:
             assert self.process.poll() is None, f"kiln ended early: {self.stdout} {self.stderr}"
             return next((event for event in self.json_events() if predicate(event)), None)
 
-        return wait_for(seen)
+        return wait_until_blocking(seen)
+
+    def interrupt(self) -> None:
+        """Ctrl-C."""
+        self.process.send_signal(signal.SIGINT)
 
     def finish(self) -> tuple[int, str]:
         """Exit code and stderr, once the process ended and both pipes are read to their end."""
@@ -141,4 +158,5 @@ def _collect(stream: Any, sink: list[str]) -> None:
 
 
 def entered(state: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for :meth:`Running.wait_for_event`: the transition into ``state``."""
     return lambda event: event["event"] == "transition" and event["dest"] == state

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "embedding"
+from support.paths import EXAMPLES
+
+EXAMPLE = EXAMPLES / "embedding"
 # The example starts an emulator and runs a few builds; a hung run should fail, not stall CI.
 TIMEOUT_S = 120
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import structlog
@@ -23,8 +22,8 @@ from kiln.testing import (
     without_backoff,
 )
 from kiln.testing.strategies import Step, fault_schedules, transition_sequences
+from support.paths import HELLO
 
-HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "Dockerfile"
 SPEC = load_machine_spec()
 BY_NAME = {target.name: target for target in TARGETS}
 

@@ -99,6 +99,11 @@ class EmulatorClient:
         """The templates registered by completed builds."""
         return self._listing("templates")
 
+    def blob(self, uri: str) -> bytes:
+        """The stored object at ``uri`` (``s3://kiln-emulator/<key>``), e.g. the snapshot a
+        template's ``snapshotUri`` names, to look at what a build registered."""
+        return _checked(self._http.get(f"{ADMIN}/blobs", params={"uri": uri})).content
+
     def reset(self) -> None:
         """Forget sandboxes, builds, templates, faults, the request log and builder behaviour."""
         _json(self._http.post(f"{ADMIN}/reset"))
@@ -124,10 +129,14 @@ class EmulatorClient:
 
 
 def _json(response: httpx.Response, expected: int = HTTP_OK) -> Any:
+    return _checked(response, expected).json()
+
+
+def _checked(response: httpx.Response, expected: int = HTTP_OK) -> httpx.Response:
     if response.status_code != expected:
         raise UsageError(
             f"emulator refused {response.request.method} {response.request.url.path}: "
             f"{response.status_code} {response.text}",
             hint="check the arguments against the emulator's /_emulator/ documentation",
         )
-    return response.json()
+    return response
