@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import structlog
 
@@ -20,20 +19,25 @@ from kiln.errors import (
     UsageError,
     WithDiagnostics,
 )
-from support.machine import HELLO, TOKEN, Admin, EmulatorPool, wait_for
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.machine import EmulatorPool
+from support.paths import HELLO
+from support.polling import wait_until
 
 
 @pytest.fixture
-async def emulator(emulator_pool: EmulatorPool) -> AsyncIterator[Admin]:
+def emulator(emulator_pool: EmulatorPool) -> Iterator[EmulatorClient]:
     """The session's shared emulator, reset; the test fails if a sandbox is left running."""
-    async with emulator_pool.running() as admin:
-        yield admin
+    with emulator_pool.running() as emulator:
+        yield emulator
 
 
-async def test_build_image_returns_the_template_and_reports_events(emulator: Admin) -> None:
+async def test_build_image_returns_the_template_and_reports_events(
+    emulator: EmulatorClient,
+) -> None:
     events: list[kiln.Event] = []
     template = await kiln.build_image(
-        HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append
+        HELLO, api_url=emulator.url, api_key=TEST_TOKEN, on_event=events.append
     )
     assert template.name == "hello"
     assert isinstance(template, kiln.Template)
@@ -58,8 +62,8 @@ async def test_build_image_returns_the_template_and_reports_events(emulator: Adm
     assert all(d["stream"] in ("stdout", "stderr") for d in dicts if d["type"] == "build_log")
 
 
-async def test_the_handle_streams_events_and_awaits_the_result(emulator: Admin) -> None:
-    build = kiln.start_build(HELLO, name="greeter", api_url=emulator.url, api_key=TOKEN)
+async def test_the_handle_streams_events_and_awaits_the_result(emulator: EmulatorClient) -> None:
+    build = kiln.start_build(HELLO, name="greeter", api_url=emulator.url, api_key=TEST_TOKEN)
     seen = [event async for event in build.events()]
     template = await build.result()
     assert template.name == "greeter"
@@ -69,19 +73,19 @@ async def test_the_handle_streams_events_and_awaits_the_result(emulator: Admin) 
     assert all(t.duration_s >= 0 for t in transitions)
 
 
-async def test_import_image(emulator: Admin) -> None:
+async def test_import_image(emulator: EmulatorClient) -> None:
     events: list[kiln.Event] = []
     template = await kiln.import_image(
-        "python:3.12-slim", api_url=emulator.url, api_key=TOKEN, on_event=events.append
+        "python:3.12-slim", api_url=emulator.url, api_key=TEST_TOKEN, on_event=events.append
     )
     assert template.name == "python"
     assert events[0] == kiln.StatusEvent("Importing registry image python:3.12-slim...")
 
 
-async def test_cancel_through_the_handle_raises_build_cancelled(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=10_000, log_lines=1)
-    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN)
-    await wait_for(lambda: build.state.builder_pid is not None)
+async def test_cancel_through_the_handle_raises_build_cancelled(emulator: EmulatorClient) -> None:
+    emulator.set_builder(duration_ms=10_000, log_lines=1)
+    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TEST_TOKEN)
+    await wait_until(lambda: build.state.builder_pid is not None)
     build.cancel()
     with pytest.raises(BuildCancelled):
         await build.result()
@@ -89,9 +93,9 @@ async def test_cancel_through_the_handle_raises_build_cancelled(emulator: Admin)
     assert build.state.sandbox_deleted
 
 
-async def test_a_failed_build_raises_the_decorated_error(emulator: Admin) -> None:
-    await emulator.builder(oom_kill=True)
-    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN)
+async def test_a_failed_build_raises_the_decorated_error(emulator: EmulatorClient) -> None:
+    emulator.set_builder(oom_kill=True)
+    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TEST_TOKEN)
     with pytest.raises(BuildFailed) as caught:
         await build.result()
     assert caught.value.sandbox_id == build.state.sandbox_id
@@ -99,21 +103,23 @@ async def test_a_failed_build_raises_the_decorated_error(emulator: Admin) -> Non
     assert "ran out of memory" in str(caught.value)
 
 
-async def test_a_broken_callback_does_not_break_the_build(emulator: Admin) -> None:
+async def test_a_broken_callback_does_not_break_the_build(emulator: EmulatorClient) -> None:
     def explode(event: kiln.Event) -> None:
         raise RuntimeError("callback bug")
 
-    template = await kiln.build_image(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=explode)
+    template = await kiln.build_image(
+        HELLO, api_url=emulator.url, api_key=TEST_TOKEN, on_event=explode
+    )
     assert template.name == "hello"
 
 
 async def test_a_missing_dockerfile_is_a_plan_error_at_once(tmp_path: Path) -> None:
     with pytest.raises(PlanError):
-        kiln.start_build(tmp_path / "nope" / "Dockerfile", api_key=TOKEN)
+        kiln.start_build(tmp_path / "nope" / "Dockerfile", api_key=TEST_TOKEN)
 
 
 async def test_missing_credentials_fail_before_any_request(
-    emulator: Admin, monkeypatch: pytest.MonkeyPatch
+    emulator: EmulatorClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("TENSORLAKE_API_KEY", "TENSORLAKE_PAT"):
         monkeypatch.delenv(name, raising=False)
@@ -121,31 +127,33 @@ async def test_missing_credentials_fail_before_any_request(
     with pytest.raises(ConfigError):
         await build.result()
     assert build.state.state == "failed"
-    assert await emulator.requests() == []
+    assert emulator.requests() == []
 
 
-async def test_events_are_logged_with_the_build_context(emulator: Admin) -> None:
+async def test_events_are_logged_with_the_build_context(emulator: EmulatorClient) -> None:
     with structlog.testing.capture_logs() as logs:
-        await kiln.build_image(HELLO, api_url=emulator.url, api_key=TOKEN)
+        await kiln.build_image(HELLO, api_url=emulator.url, api_key=TEST_TOKEN)
     running = [entry for entry in logs if entry.get("state") == "run_builder"]
     assert running, "handler events are logged with the state they happened in"
     assert all(entry["build_id"] and entry["sandbox_id"] for entry in running)
-    assert not any(TOKEN in repr(entry) for entry in logs)
+    assert not any(TEST_TOKEN in repr(entry) for entry in logs)
 
 
 def test_blocking_wrappers_work_without_a_loop(tmp_path: Path) -> None:
     with Emulator(EmulatorConfig(data_dir=tmp_path / "emu")) as emu:
-        template = kiln.build_image_sync(HELLO, api_url=emu.url, api_key=TOKEN)
-        imported = kiln.import_image_sync("busybox:1.36", api_url=emu.url, api_key=TOKEN)
-        sandboxes = httpx.get(f"{emu.url}/_emulator/sandboxes").json()["sandboxes"]
-    assert [s for s in sandboxes if s["status"] != "terminated"] == []
+        template = kiln.build_image_sync(HELLO, api_url=emu.url, api_key=TEST_TOKEN)
+        imported = kiln.import_image_sync("busybox:1.36", api_url=emu.url, api_key=TEST_TOKEN)
+        with EmulatorClient(emu.url) as client:
+            assert client.live_sandboxes() == []
     assert template.name == "hello"
     assert imported.name == "busybox"
 
 
-async def test_a_result_awaited_with_a_timeout_does_not_cancel_the_build(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=300, log_lines=1)
-    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN)
+async def test_a_result_awaited_with_a_timeout_does_not_cancel_the_build(
+    emulator: EmulatorClient,
+) -> None:
+    emulator.set_builder(duration_ms=300, log_lines=1)
+    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TEST_TOKEN)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(build.result(), timeout=0.05)
     assert (await build.result()).name == "hello"
@@ -153,7 +161,7 @@ async def test_a_result_awaited_with_a_timeout_does_not_cancel_the_build(emulato
 
 def test_a_handle_outside_an_event_loop_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="running event loop"):
-        kiln.start_build(HELLO, api_key=TOKEN)
+        kiln.start_build(HELLO, api_key=TEST_TOKEN)
 
 
 SILENT_FAILURE_SCRIPT = """

@@ -7,11 +7,13 @@ streams cut by idle and age limits, 411 for unsized uploads).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
-from support.machine import PROFILES, Admin, EmulatorPool, profile_config
+from kiln.emulator import PROFILES
+from kiln.testing import EmulatorClient
+from support.machine import EmulatorPool
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -20,11 +22,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-async def emulator(
+def emulator(
     emulator_pool: EmulatorPool, request: pytest.FixtureRequest
-) -> AsyncIterator[Admin]:
-    """The default emulator (or, for a ``cloud`` test, each profile in turn), reset; the test
-    fails if a sandbox is left running."""
-    profile = getattr(request, "param", "ideal")
-    async with emulator_pool.running(**profile_config(profile)) as admin:
-        yield admin
+) -> Iterator[EmulatorClient]:
+    """The session's emulator for the default profile (or, for a ``cloud`` test, each profile
+    in turn), reset; the test fails if a sandbox is left running."""
+    with emulator_pool.running(getattr(request, "param", "ideal")) as emulator:
+        yield emulator

@@ -8,13 +8,9 @@ import pytest
 
 from kiln.machine import BuildOptions, BuildState
 from kiln.plan import plan_dockerfile
-from support.machine import (
-    MULTISTAGE,
-    Admin,
-    EmulatorPool,
-    import_plan,
-    run_to_end,
-)
+from kiln.testing import EmulatorClient
+from support.machine import EmulatorPool, import_plan, run_to_end
+from support.paths import MULTISTAGE
 
 # The official client makes 33 requests for examples/hello (reference §9); kiln's budget.
 HELLO_REQUEST_BUDGET = 16
@@ -35,26 +31,26 @@ HAPPY_PATH = [
 
 
 @pytest.mark.cloud
-async def test_hello_builds_and_registers_its_template(emulator: Admin) -> None:
+async def test_hello_builds_and_registers_its_template(emulator: EmulatorClient) -> None:
     run = await run_to_end(emulator)
     assert run.state.state == "done"
     # The cloud's pending window costs wait_running retries, and nothing else does.
     assert [d for _, t, d in run.transitions() if t != "retry"] == HAPPY_PATH
     assert {s for s, t, _ in run.transitions() if t == "retry"} <= {"wait_running"}
     assert run.state.result is not None
-    templates = await emulator.templates()
+    templates = emulator.templates()
     assert [t["name"] for t in templates] == ["hello"]
     assert run.state.result["id"] == templates[0]["id"]
 
 
-async def test_hello_costs_at_most_sixteen_requests(emulator: Admin) -> None:
+async def test_hello_costs_at_most_sixteen_requests(emulator: EmulatorClient) -> None:
     await run_to_end(emulator)
-    requests = await emulator.requests()
+    requests = emulator.requests()
     assert len(requests) <= HELLO_REQUEST_BUDGET, [(r["method"], r["path"]) for r in requests]
     assert all(r["status"] < 400 or r["status"] == 404 for r in requests)
 
 
-async def test_hello_status_lines_follow_the_reference_wording(emulator: Admin) -> None:
+async def test_hello_status_lines_follow_the_reference_wording(emulator: EmulatorClient) -> None:
     run = await run_to_end(emulator)
     statuses = run.messages("status")
     expected_prefixes = [
@@ -85,22 +81,24 @@ async def test_hello_status_lines_follow_the_reference_wording(emulator: Admin) 
 
 
 @pytest.mark.cloud
-async def test_multistage_builds(emulator: Admin) -> None:
+async def test_multistage_builds(emulator: EmulatorClient) -> None:
     run = await run_to_end(emulator, plan_dockerfile(MULTISTAGE))
     assert run.state.state == "done"
 
 
 @pytest.mark.cloud
-async def test_import_skips_the_context(emulator: Admin) -> None:
+async def test_import_skips_the_context(emulator: EmulatorClient) -> None:
     run = await run_to_end(emulator, import_plan())
     assert run.state.state == "done"
-    paths = [r["query"].get("path", "") for r in await emulator.requests()]
+    paths = [r["query"].get("path", "") for r in emulator.requests()]
     assert not any(p.endswith("context.tar.gz") for p in paths)
     assert run.state.context_digest is None
 
 
 @pytest.mark.cloud
-async def test_a_build_from_a_registered_name_is_a_diff(emulator: Admin, tmp_path: Path) -> None:
+async def test_a_build_from_a_registered_name_is_a_diff(
+    emulator: EmulatorClient, tmp_path: Path
+) -> None:
     await run_to_end(emulator)
     child = tmp_path / "child" / "Dockerfile"
     child.parent.mkdir()
@@ -113,28 +111,26 @@ async def test_a_build_from_a_registered_name_is_a_diff(emulator: Admin, tmp_pat
 
 
 async def test_the_signed_path_builds(emulator_pool: EmulatorPool) -> None:
-    async with emulator_pool.running(sign_mode="new") as admin:
+    with emulator_pool.running(sign_mode="new") as admin:
         run = await run_to_end(admin)
         assert run.state.state == "done"
         assert run.state.signed_uri is not None
-        signs = [r for r in await admin.requests() if r["path"] == "/api/v1/blob/sign"]
+        signs = [r for r in admin.requests() if r["path"] == "/api/v1/blob/sign"]
         assert signs
 
 
 async def test_a_sandbox_that_starts_slowly_is_polled_until_running(
     emulator_pool: EmulatorPool,
 ) -> None:
-    async with emulator_pool.running(start_delay_ms=150) as admin:
+    with emulator_pool.running(start_delay_ms=150) as admin:
         run = await run_to_end(admin)
         assert run.state.state == "done"
-        polls = [
-            r for r in await admin.requests() if r["method"] == "GET" and "/sandboxes/" in r["path"]
-        ]
+        polls = [r for r in admin.requests() if r["method"] == "GET" and "/sandboxes/" in r["path"]]
         assert 1 <= len(polls) <= 8
 
 
 async def test_the_store_hook_sees_every_transition_before_the_next_handler(
-    emulator: Admin,
+    emulator: EmulatorClient,
 ) -> None:
     seen: list[str] = []
 
@@ -153,7 +149,7 @@ async def test_the_store_hook_sees_every_transition_before_the_next_handler(
     assert run.state.outcome == "done"
 
 
-async def test_plan_and_option_warnings_come_first(emulator: Admin) -> None:
+async def test_plan_and_option_warnings_come_first(emulator: EmulatorClient) -> None:
     options = BuildOptions(api_url=emulator.url, docker_compat=True)
     run = await run_to_end(emulator, plan_dockerfile(MULTISTAGE), options=options)
     assert run.state.state == "done"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kiln.machine import BuildOptions, BuildState, ErrorRecord
-from support.machine import TOKEN, hello_plan, import_plan
+from kiln.testing import TEST_TOKEN
+from support.machine import hello_plan, import_plan
 
 
 def test_a_fresh_state_round_trips_through_json() -> None:
@@ -28,5 +29,5 @@ async def test_a_finished_build_state_holds_no_token(emulator) -> None:  # type:
 
     run = await run_to_end(emulator)
     assert run.state.state == "done"
-    assert TOKEN not in run.state.to_json()
+    assert TEST_TOKEN not in run.state.to_json()
     assert BuildState.from_json(run.state.to_json()) == run.state

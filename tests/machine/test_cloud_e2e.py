@@ -20,13 +20,12 @@ from kiln.emulator import Emulator
 from kiln.plan import plan_dockerfile
 from kiln.testing import TEST_TOKEN, emulator_config
 from support.machine import (
-    HELLO,
     EmulatorPool,
     fake_credential_helper,
     helper_log,
-    profile_config,
     run_to_end,
 )
+from support.paths import HELLO
 
 pytestmark = pytest.mark.e2e
 
@@ -37,12 +36,11 @@ STREAM_IDLE_MS = 500
 async def test_a_silent_builder_behind_a_short_stream_idle_limit(
     emulator_pool: EmulatorPool,
 ) -> None:
-    config = profile_config("cloud", stream_idle_ms=STREAM_IDLE_MS)
-    async with emulator_pool.running(**config) as admin:
-        await admin.builder(duration_ms=SILENT_BUILDER_MS)
+    with emulator_pool.running("cloud", stream_idle_ms=STREAM_IDLE_MS) as admin:
+        admin.set_builder(duration_ms=SILENT_BUILDER_MS)
         run = await run_to_end(admin)
         assert run.state.state == "done", run.state.error
-        follows = [r for r in await admin.requests() if r["path"].endswith("/output/follow")]
+        follows = [r for r in admin.requests() if r["path"].endswith("/output/follow")]
         assert len(follows) >= 2, "the balancer closed silent streams and kiln followed again"
         assert run.state.attempts["run_builder"] == 1
 
@@ -146,7 +144,7 @@ async def test_a_context_with_links_builds(emulator_pool: EmulatorPool, tmp_path
     (context / "current").symlink_to("app")
     (context / "main-link.py").symlink_to("app/main.py")
     (context / "Dockerfile").write_text("FROM python:3.12-slim\nCOPY . /srv\n")
-    async with emulator_pool.running(**profile_config("cloud")) as admin:
+    with emulator_pool.running("cloud") as admin:
         run = await run_to_end(admin, plan_dockerfile(context / "Dockerfile"))
         assert run.state.state == "done", run.state.error
 
@@ -182,12 +180,10 @@ def test_concurrent_builds_on_one_data_dir_keep_every_template(tmp_path: Path) -
 async def test_a_proxy_demanding_a_length_gets_the_context_once_with_one(
     emulator_pool: EmulatorPool,
 ) -> None:
-    async with emulator_pool.running(
-        **profile_config("cloud", require_content_length=True)
-    ) as admin:
+    with emulator_pool.running("cloud", require_content_length=True) as admin:
         run = await run_to_end(admin)
         assert run.state.state == "done", run.state.error
-        puts = [r["status"] for r in await admin.requests() if r["method"] == "PUT"]
+        puts = [r["status"] for r in admin.requests() if r["method"] == "PUT"]
         assert puts == [411, 200, 200], "refused once, then the spooled archive and spec.json"
         assert run.state.attempts["upload"] == 1
         assert run.state.chunked_upload_refused

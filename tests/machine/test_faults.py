@@ -8,7 +8,8 @@ import pytest
 
 from kiln.errors import BuildFailed, PhaseTimeout, WithDiagnostics
 from kiln.machine import BuildOptions
-from support.machine import Admin, EmulatorPool, fast_spec, run_to_end
+from kiln.testing import EmulatorClient
+from support.machine import EmulatorPool, fast_spec, run_to_end
 
 # (state, method, path regex, matching requests to let through first, emulator config)
 FAULT_POINTS: list[tuple[str, str, str, int, dict[str, Any]]] = [
@@ -51,25 +52,29 @@ async def test_a_single_fault_is_survived(
     emulator_pool: EmulatorPool, point: tuple[str, str, str, int, dict[str, Any]], kind: str
 ) -> None:
     state_name, method, path, after, config = point
-    async with emulator_pool.running(**config) as admin:
-        await admin.fault(method, path, FAULT_KINDS[kind], times=1, after=after)
+    with emulator_pool.running(**config) as admin:
+        admin.add_fault(FAULT_KINDS[kind], method=method, path=path, times=1, after=after)
         run = await run_to_end(admin)
         assert run.state.state == "done", run.state.error
         if kind in FAILING_KINDS:
             assert ("retry", state_name) in [(t, d) for _, t, d in run.transitions()]
 
 
-async def test_a_persistent_fault_before_the_sandbox_fails_plainly(emulator: Admin) -> None:
-    await emulator.fault("POST", r"/sandbox-template-builds$", {"status": 503}, times=100)
+async def test_a_persistent_fault_before_the_sandbox_fails_plainly(
+    emulator: EmulatorClient,
+) -> None:
+    emulator.add_fault({"status": 503}, method="POST", path=r"/sandbox-template-builds$", times=100)
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     assert run.state.attempts["prepare"] == fast_spec().states["prepare"].attempts
     assert not isinstance(run.driver.error, BuildFailed)
-    assert await emulator.sandboxes() == []
+    assert emulator.sandboxes() == []
 
 
-async def test_a_persistent_fault_after_the_proxy_is_ready_is_decorated(emulator: Admin) -> None:
-    await emulator.fault("GET", r"/api/v1/files$", {"status": 502}, times=100)
+async def test_a_persistent_fault_after_the_proxy_is_ready_is_decorated(
+    emulator: EmulatorClient,
+) -> None:
+    emulator.add_fault({"status": 502}, method="GET", path=r"/api/v1/files$", times=100)
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     error = run.driver.error
@@ -82,8 +87,10 @@ async def test_a_persistent_fault_after_the_proxy_is_ready_is_decorated(emulator
     assert run.state.error is not None and run.state.error.kind == "BuildFailed"
 
 
-async def test_a_permanent_error_is_not_retried(emulator: Admin) -> None:
-    await emulator.fault("POST", r"/complete$", {"status": 409, "body": "conflict"}, times=100)
+async def test_a_permanent_error_is_not_retried(emulator: EmulatorClient) -> None:
+    emulator.add_fault(
+        {"status": 409, "body": "conflict"}, method="POST", path=r"/complete$", times=100
+    )
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     assert run.state.attempts["complete"] == 1
@@ -98,9 +105,9 @@ async def test_a_permanent_error_is_not_retried(emulator: Admin) -> None:
     ],
 )
 async def test_builder_resource_failures_carry_advice(
-    emulator: Admin, behaviour: dict[str, Any], advice: str
+    emulator: EmulatorClient, behaviour: dict[str, Any], advice: str
 ) -> None:
-    await emulator.builder(**behaviour)
+    emulator.set_builder(**behaviour)
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     error = run.driver.error
@@ -111,16 +118,18 @@ async def test_builder_resource_failures_carry_advice(
     assert any(advice in line for line in run.state.error.advice)
 
 
-async def test_a_builder_exit_code_fails_the_build_naming_the_command(emulator: Admin) -> None:
-    await emulator.builder(exit_code=3)
+async def test_a_builder_exit_code_fails_the_build_naming_the_command(
+    emulator: EmulatorClient,
+) -> None:
+    emulator.set_builder(exit_code=3)
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     assert "failed with exit code 3" in str(run.driver.error)
     assert run.state.attempts["run_builder"] == 1
 
 
-async def test_a_phase_past_its_deadline_fails_with_phase_timeout(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=5000)
+async def test_a_phase_past_its_deadline_fails_with_phase_timeout(emulator: EmulatorClient) -> None:
+    emulator.set_builder(duration_ms=5000)
     spec = fast_spec(run_builder={"deadline_s": 0.3})
     run = await run_to_end(emulator, spec=spec)
     assert run.state.state == "failed"
@@ -130,8 +139,8 @@ async def test_a_phase_past_its_deadline_fails_with_phase_timeout(emulator: Admi
     assert run.state.sandbox_deleted
 
 
-async def test_the_overall_deadline_fails_with_phase_timeout(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=5000)
+async def test_the_overall_deadline_fails_with_phase_timeout(emulator: EmulatorClient) -> None:
+    emulator.set_builder(duration_ms=5000)
     options = BuildOptions(api_url=emulator.url, deadline_s=0.5)
     run = await run_to_end(emulator, options=options)
     assert run.state.state == "failed"
@@ -142,8 +151,8 @@ async def test_the_overall_deadline_fails_with_phase_timeout(emulator: Admin) ->
     assert run.state.sandbox_deleted
 
 
-async def test_a_failed_delete_is_a_warning_and_retried(emulator: Admin) -> None:
-    await emulator.fault("DELETE", r"/sandboxes/", {"status": 500}, times=2)
+async def test_a_failed_delete_is_a_warning_and_retried(emulator: EmulatorClient) -> None:
+    emulator.add_fault({"status": 500}, method="DELETE", path=r"/sandboxes/", times=2)
     run = await run_to_end(emulator)
     assert run.state.state == "done"
     assert run.state.attempts["cleanup"] == 3
@@ -151,15 +160,17 @@ async def test_a_failed_delete_is_a_warning_and_retried(emulator: Admin) -> None
     assert any("Failed to terminate rootfs builder sandbox" in w for w in warnings)
 
 
-async def test_cleanup_past_its_deadline_gives_up_and_keeps_the_outcome(emulator: Admin) -> None:
+async def test_cleanup_past_its_deadline_gives_up_and_keeps_the_outcome(
+    emulator: EmulatorClient,
+) -> None:
     # Every delete hangs past cleanup's deadline: cleanup gives up as when its attempts run out,
     # with a warning, and the registered build still ends done (not failed by a timeout).
-    await emulator.fault("DELETE", r"/sandboxes/", {"delay_ms": 2000}, times=10)
+    emulator.add_fault({"delay_ms": 2000}, method="DELETE", path=r"/sandboxes/", times=10)
     run = await run_to_end(emulator, spec=fast_spec(cleanup={"deadline_s": 0.3}))
     assert run.state.state == "done"
     assert run.state.result is not None
     assert run.state.error is None
     assert any("Gave up deleting rootfs builder sandbox" in w for w in run.messages("warning"))
     # The hung deletes never reached the platform: the sandbox is left, as the warning says.
-    assert [s["sandbox_id"] for s in await emulator.live_sandboxes()] == [run.state.sandbox_id]
-    await emulator.reset()
+    assert [s["sandbox_id"] for s in emulator.live_sandboxes()] == [run.state.sandbox_id]
+    emulator.reset()

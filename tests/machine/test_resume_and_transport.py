@@ -7,9 +7,9 @@ import pytest
 
 from kiln.machine import BuildState
 from kiln.machine.handlers import builder as builder_handler
-from support.machine import Admin, run_to_end, start_run
-
-BUILDER = "/usr/local/bin/tl-rootfs-build"
+from kiln.testing import EmulatorClient
+from support.emulator import builder_starts
+from support.machine import run_to_end, start_run
 
 
 class Crash(BaseException):
@@ -28,7 +28,7 @@ def crash_when(condition):  # type: ignore[no-untyped-def]
     return persist, saved
 
 
-async def _crash_then_resume(emulator: Admin, condition) -> tuple[BuildState, list[str]]:  # type: ignore[no-untyped-def]
+async def _crash_then_resume(emulator: EmulatorClient, condition) -> tuple[BuildState, list[str]]:  # type: ignore[no-untyped-def]
     persist, saved = crash_when(condition)
     first = start_run(emulator, persist=persist)
     with pytest.raises(Crash):
@@ -38,37 +38,38 @@ async def _crash_then_resume(emulator: Admin, condition) -> tuple[BuildState, li
     return second.state, second.states_entered()
 
 
-async def test_resume_after_a_crash_right_after_create_reuses_the_sandbox(emulator: Admin) -> None:
+async def test_resume_after_a_crash_right_after_create_reuses_the_sandbox(
+    emulator: EmulatorClient,
+) -> None:
     state, _ = await _crash_then_resume(emulator, lambda s: s.sandbox_id is not None)
     assert state.state == "done"
-    assert len(await emulator.sandboxes()) == 1
+    assert len(emulator.sandboxes()) == 1
 
 
 @pytest.mark.cloud
-async def test_resume_reattaches_to_the_persisted_builder(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=200, log_lines=4, line_pace_ms=20)
+async def test_resume_reattaches_to_the_persisted_builder(emulator: EmulatorClient) -> None:
+    emulator.set_builder(duration_ms=200, log_lines=4, line_pace_ms=20)
     state, entered = await _crash_then_resume(emulator, lambda s: s.builder_pid is not None)
     assert state.state == "done"
     assert entered[0] == "read_metadata", "resumed inside run_builder, not before it"
-    builders = [p for p in await emulator.processes() if p["command"] == BUILDER]
-    assert len(builders) == 1
+    assert builder_starts(emulator) == 1
 
 
 @pytest.mark.cloud
-async def test_resume_from_a_state_boundary(emulator: Admin) -> None:
+async def test_resume_from_a_state_boundary(emulator: EmulatorClient) -> None:
     state, entered = await _crash_then_resume(emulator, lambda s: s.state == "upload")
     assert state.state == "done"
     assert entered[0] == "run_builder"
 
 
 async def test_keepalive_pings_while_the_builder_runs_and_stops_after(
-    emulator: Admin, monkeypatch: pytest.MonkeyPatch
+    emulator: EmulatorClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(builder_handler, "KEEPALIVE_INTERVAL_S", 0.03)
-    await emulator.builder(duration_ms=250, log_lines=1)
+    emulator.set_builder(duration_ms=250, log_lines=1)
     run = await run_to_end(emulator)
     assert run.state.state == "done"
-    requests = await emulator.requests()
+    requests = emulator.requests()
     pings = [i for i, r in enumerate(requests) if r["path"] == "/api/v1/health"]
     assert pings, "the sandbox was kept alive"
     metadata = next(
@@ -97,7 +98,9 @@ class RefuseChunkedUploads(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-async def test_a_refused_chunked_upload_is_spooled_and_sent_with_a_length(emulator: Admin) -> None:
+async def test_a_refused_chunked_upload_is_spooled_and_sent_with_a_length(
+    emulator: EmulatorClient,
+) -> None:
     transport = RefuseChunkedUploads()
     run = await run_to_end(emulator, transport=transport)
     assert run.state.state == "done"
@@ -130,13 +133,13 @@ class LoseFirstCompleteResponse(httpx.AsyncBaseTransport):
 
 
 @pytest.mark.cloud
-async def test_a_complete_whose_answer_was_lost_is_recognised(emulator: Admin) -> None:
+async def test_a_complete_whose_answer_was_lost_is_recognised(emulator: EmulatorClient) -> None:
     transport = LoseFirstCompleteResponse()
     run = await run_to_end(emulator, transport=transport)
     assert transport.lost == 1
     assert run.state.state == "done", run.state.error
-    templates = await emulator.templates()
+    templates = emulator.templates()
     assert len(templates) == 1
     assert run.state.result is not None and run.state.result["id"] == templates[0]["id"]
-    completes = [r for r in await emulator.requests() if r["path"].endswith("/complete")]
+    completes = [r for r in emulator.requests() if r["path"].endswith("/complete")]
     assert [r["status"] for r in completes] == [200, 409]

@@ -7,7 +7,9 @@ as a success, and a sandbox terminated while pending polled until the phase's de
 from __future__ import annotations
 
 from kiln.errors import BuildFailed, PhaseTimeout, WithDiagnostics
-from support.machine import Admin, EmulatorPool, fast_spec, run_to_end, start_run, wait_for
+from kiln.testing import EmulatorClient
+from support.machine import EmulatorPool, fast_spec, run_to_end, start_run
+from support.polling import wait_until
 
 SIGTERM = 15
 # Far beyond the one poll a terminated sandbox needs, yet short enough that a build that keeps
@@ -19,8 +21,8 @@ REACH_WAIT_RUNNING_S = 60.0
 PENDING_FOR_MS = 120_000
 
 
-async def test_a_builder_killed_by_a_signal_fails_the_build(emulator: Admin) -> None:
-    await emulator.builder(signal=SIGTERM)
+async def test_a_builder_killed_by_a_signal_fails_the_build(emulator: EmulatorClient) -> None:
+    emulator.set_builder(signal=SIGTERM)
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     assert "failed with exit code -15" in str(run.driver.error)
@@ -30,23 +32,23 @@ async def test_a_builder_killed_by_a_signal_fails_the_build(emulator: Admin) -> 
     error = run.driver.error
     assert isinstance(error, BuildFailed) and isinstance(error.source, WithDiagnostics)
     assert not any("memory" in line for line in error.source.advice)
-    assert await emulator.templates() == []
+    assert emulator.templates() == []
 
 
 async def test_a_sandbox_terminated_while_pending_fails_the_build_at_once(
     emulator_pool: EmulatorPool,
 ) -> None:
     spec = fast_spec(wait_running={"deadline_s": WAIT_RUNNING_DEADLINE_S})
-    async with emulator_pool.running(start_delay_ms=PENDING_FOR_MS) as admin:
+    with emulator_pool.running(start_delay_ms=PENDING_FOR_MS) as admin:
         run = start_run(admin, spec=spec)
-        await wait_for(
+        await wait_until(
             lambda: run.state.state == "wait_running" and run.state.sandbox_id is not None,
             timeout_s=REACH_WAIT_RUNNING_S,
         )
         sandbox_id = run.state.sandbox_id
         assert sandbox_id is not None
-        assert [s["status"] for s in await admin.sandboxes()] == ["pending"]
-        await admin.terminate(sandbox_id)
+        assert [s["status"] for s in admin.sandboxes()] == ["pending"]
+        admin.terminate_sandbox(sandbox_id)
         await run.finish()
     assert run.state.state == "failed"
     error = run.driver.error

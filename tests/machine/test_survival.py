@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from kiln.machine import load_machine_spec
-from support.machine import Admin, EmulatorPool, fast_spec, run_to_end
+from kiln.testing import EmulatorClient
+from support.machine import EmulatorPool, fast_spec, run_to_end
 
 FOLLOW = r"/output/follow$"
 PROCESS_STATUS = r"^/api/v1/processes/\d+$"
@@ -27,15 +28,15 @@ HANG_LIMIT_S = 60.0
 
 @pytest.mark.cloud
 async def test_a_silent_builder_whose_streams_keep_ending_is_followed_until_it_exits(
-    emulator: Admin,
+    emulator: EmulatorClient,
 ) -> None:
     # Scaled from a 30-40 s silent builder behind a balancer that closes streams: every follow
     # ends at once with nothing new. The build's budget must not run out while the builder lives.
-    await emulator.builder(duration_ms=2500)
-    await emulator.fault("GET", FOLLOW, {"cut_stream_after": 0}, times=1000)
+    emulator.set_builder(duration_ms=2500)
+    emulator.add_fault({"cut_stream_after": 0}, method="GET", path=FOLLOW, times=1000)
     run = await run_to_end(emulator)
     assert run.state.state == "done", run.state.error
-    follows = [r for r in await emulator.requests() if r["path"].endswith("/output/follow")]
+    follows = [r for r in emulator.requests() if r["path"].endswith("/output/follow")]
     assert len(follows) >= 2
     assert run.state.attempts["run_builder"] == 1, "clean stream ends are no failures"
 
@@ -46,23 +47,25 @@ def _growing_cuts(count: int, step: int) -> list[dict[str, object]]:
 
 
 @pytest.mark.cloud
-async def test_failures_after_progress_do_not_spend_the_builder_budget(emulator: Admin) -> None:
+async def test_failures_after_progress_do_not_spend_the_builder_budget(
+    emulator: EmulatorClient,
+) -> None:
     # Each follow delivers new lines, ends, and then the status read fails: more failures than
     # the budget of 10, but every one of them came after progress.
     failures = load_machine_spec().states["run_builder"].attempts + 3
-    await emulator.builder(duration_ms=3000, log_lines=3 * (failures + 2), line_pace_ms=60)
+    emulator.set_builder(duration_ms=3000, log_lines=3 * (failures + 2), line_pace_ms=60)
     for action in _growing_cuts(failures, 2):
-        await emulator.fault("GET", FOLLOW, action, times=1)
-    await emulator.fault("GET", PROCESS_STATUS, {"status": 502}, times=failures)
+        emulator.add_fault(action, method="GET", path=FOLLOW, times=1)
+    emulator.add_fault({"status": 502}, method="GET", path=PROCESS_STATUS, times=failures)
     run = await run_to_end(emulator)
     assert run.state.state == "done", run.state.error
     retries = [s for s, t, _ in run.transitions() if t == "retry" and s == "run_builder"]
     assert len(retries) == failures
 
 
-async def test_failures_without_progress_still_spend_the_budget(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=5000)
-    await emulator.fault("GET", FOLLOW, {"status": 502}, times=1000)
+async def test_failures_without_progress_still_spend_the_budget(emulator: EmulatorClient) -> None:
+    emulator.set_builder(duration_ms=5000)
+    emulator.add_fault({"status": 502}, method="GET", path=FOLLOW, times=1000)
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     assert run.state.error is not None and run.state.error.phase == "run_builder"
@@ -107,9 +110,9 @@ class _NeverEnding(httpx.AsyncByteStream):
 
 
 async def test_a_follow_stream_open_after_the_builder_exited_does_not_hold_the_build(
-    emulator: Admin,
+    emulator: EmulatorClient,
 ) -> None:
-    await emulator.builder(duration_ms=200, log_lines=2)
+    emulator.set_builder(duration_ms=200, log_lines=2)
     spec = fast_spec(run_builder={"silence_s": 0.3})
     async with asyncio.timeout(HANG_LIMIT_S):
         run = await run_to_end(emulator, spec=spec, transport=StreamsStayOpen())
@@ -122,11 +125,11 @@ async def test_transient_errors_while_pending_are_retried_for_the_reference_wind
 ) -> None:
     # 30 gateway errors in a row while the sandbox starts: the reference polls through 120 s
     # of them (every second); kiln's old budget of 10 attempts gave up after about 25 s.
-    async with emulator_pool.running(start_delay_ms=200) as admin:
-        await admin.fault(
-            "GET",
-            SANDBOX_GET,
+    with emulator_pool.running(start_delay_ms=200) as admin:
+        admin.add_fault(
             {"status": 502, "body": "PROXY_ERROR: Failed to proxy request"},
+            method="GET",
+            path=SANDBOX_GET,
             times=30,
         )
         run = await run_to_end(admin)
@@ -145,16 +148,16 @@ def test_the_declared_pending_window_is_the_reference_one() -> None:
 
 
 async def test_a_run_stream_that_ends_without_an_exit_event_falls_back_to_the_status(
-    emulator: Admin,
+    emulator: EmulatorClient,
 ) -> None:
     # The extraction's run stream ends after its start event (an idle proxy closing it): the
     # exit status comes from the process instead, and the context is not sent again.
-    await emulator.fault("POST", RUN, {"cut_stream_after": 1}, times=3)
+    emulator.add_fault({"cut_stream_after": 1}, method="POST", path=RUN, times=3)
     run = await run_to_end(emulator)
     assert run.state.state == "done", run.state.error
     assert run.state.attempts["proxy_ready"] == 1
     assert run.state.attempts["upload"] == 1
-    puts = [r for r in await emulator.requests() if r["method"] == "PUT"]
+    puts = [r for r in emulator.requests() if r["method"] == "PUT"]
     assert len(puts) == 2, "the context archive and spec.json, each once"
 
 
@@ -180,7 +183,7 @@ class CorruptContext(httpx.AsyncBaseTransport):
 
 
 @pytest.mark.cloud
-async def test_a_failed_remote_command_says_what_it_printed(emulator: Admin) -> None:
+async def test_a_failed_remote_command_says_what_it_printed(emulator: EmulatorClient) -> None:
     run = await run_to_end(emulator, transport=CorruptContext())
     assert run.state.state == "failed"
     assert run.state.error is not None and run.state.error.phase == "upload"
@@ -207,7 +210,7 @@ class RunBodies(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-async def test_short_steps_carry_a_timeout(emulator: Admin) -> None:
+async def test_short_steps_carry_a_timeout(emulator: EmulatorClient) -> None:
     spy = RunBodies()
     run = await run_to_end(emulator, transport=spy)
     assert run.state.state == "done", run.state.error

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import io
 import os
-import tarfile
 from pathlib import Path
 
-import httpx
 import pytest
 
 from kiln.plan import plan_dockerfile
-from support.machine import Admin, run_to_end
+from kiln.testing import EmulatorClient
+from support.emulator import snapshot_files
+from support.machine import run_to_end
 
 # The package re-exports the handler function under the module's name: fetch the module itself.
 upload_module = importlib.import_module("kiln.machine.handlers.upload")
@@ -37,27 +36,17 @@ def make_context(root: Path) -> dict[str, bytes]:
     return files
 
 
-async def snapshot_files(admin: Admin, template: dict[str, object]) -> dict[str, bytes]:
-    async with httpx.AsyncClient(base_url=admin.url) as http:
-        blob = await http.get("/_emulator/blobs", params={"uri": str(template["snapshotUri"])})
-    files = {}
-    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as archive:
-        for member in archive.getmembers():
-            content = archive.extractfile(member) if member.isfile() else None
-            if content is not None:
-                files[member.name] = content.read()
-    return files
-
-
 @pytest.mark.usefixtures("small_parts")
-async def test_every_file_arrives_through_the_parts(emulator: Admin, tmp_path: Path) -> None:
+async def test_every_file_arrives_through_the_parts(
+    emulator: EmulatorClient, tmp_path: Path
+) -> None:
     files = make_context(tmp_path)
 
     run = await run_to_end(emulator, plan_dockerfile(tmp_path / "Dockerfile"))
 
     assert run.state.state == "done"
-    [template] = await emulator.templates()
-    snapshot = await snapshot_files(emulator, template)
+    [template] = emulator.templates()
+    snapshot = snapshot_files(emulator, template)
     assert {f"context/{rel}": content for rel, content in files.items()}.items() <= (
         snapshot.items()
     )
@@ -65,13 +54,13 @@ async def test_every_file_arrives_through_the_parts(emulator: Admin, tmp_path: P
 
 @pytest.mark.usefixtures("small_parts")
 async def test_parts_are_sent_in_turn_then_extracted_and_removed(
-    emulator: Admin, tmp_path: Path
+    emulator: EmulatorClient, tmp_path: Path
 ) -> None:
     make_context(tmp_path)
 
     run = await run_to_end(emulator, plan_dockerfile(tmp_path / "Dockerfile"))
 
-    requests = await emulator.requests()
+    requests = emulator.requests()
     sent = [r["query"]["path"] for r in requests if r["method"] == "PUT"]
     removed = [r["query"]["path"] for r in requests if r["method"] == "DELETE" and r["query"]]
     parts = [path for path in sent if "/context-" in path]
@@ -86,17 +75,17 @@ async def test_parts_are_sent_in_turn_then_extracted_and_removed(
 
 @pytest.mark.usefixtures("small_parts")
 async def test_a_failed_part_fails_the_attempt_and_the_retry_sends_every_part(
-    emulator: Admin, tmp_path: Path
+    emulator: EmulatorClient, tmp_path: Path
 ) -> None:
     files = make_context(tmp_path)
     # The second part's PUT fails once, while the first part is being extracted.
-    await emulator.fault("PUT", "/api/v1/files", {"status": 502}, times=1, after=1)
+    emulator.add_fault({"status": 502}, method="PUT", path="/api/v1/files", times=1, after=1)
 
     run = await run_to_end(emulator, plan_dockerfile(tmp_path / "Dockerfile"))
 
     assert run.state.state == "done"
     assert run.state.attempts_in("upload") == 2
-    [template] = await emulator.templates()
-    snapshot = await snapshot_files(emulator, template)
+    [template] = emulator.templates()
+    snapshot = snapshot_files(emulator, template)
     assert all(snapshot[f"context/{rel}"] == content for rel, content in files.items())
-    assert await emulator.live_sandboxes() == []
+    assert emulator.live_sandboxes() == []

@@ -1,18 +1,19 @@
-"""Helpers for the machine's tests: an in-process emulator, its admin API, a driver runner."""
+"""The machine's driver in a test: a quick machine, runs in the background with their events,
+shared emulators reset per test; fake Docker credential helpers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import shlex
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
 
-from kiln.emulator import Emulator, EmulatorConfig
+from kiln.emulator import Emulator
 from kiln.machine import (
     Backoff,
     BuildOptions,
@@ -25,16 +26,10 @@ from kiln.machine import (
     load_machine_spec,
 )
 from kiln.plan import BuildPlan, plan_dockerfile, plan_import
-from kiln.testing import CLOUD_TEST_TIMINGS
+from kiln.testing import TEST_TOKEN, EmulatorClient, emulator_config
 from support import leak_guard
+from support.paths import HELLO
 
-REPO = Path(__file__).resolve().parents[2]
-HELLO = REPO / "examples" / "hello" / "Dockerfile"
-MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
-# Mixed case, as real API keys and PATs are: a redaction that compares lower-cased text leaks it.
-TOKEN = "Test-Token-Not-A-Secret-4kQz"
-# The emulator profiles a ``cloud``-marked test runs under.
-PROFILES = ("ideal", "cloud")
 # Retries in tests wait milliseconds, not seconds: the budget is what is under test.
 FAST_BACKOFF = Backoff(initial_s=0.01, factor=2.0, max_s=0.05)
 
@@ -48,61 +43,6 @@ def fast_spec(**state_changes: dict[str, Any]) -> MachineSpec:
     return attrs.evolve(spec, states=states)
 
 
-def profile_config(profile: str, **config: Any) -> dict[str, Any]:
-    """EmulatorConfig fields for ``profile``: the cloud one at test speed (kiln.testing's)."""
-    if profile == "cloud":
-        return {"profile": "cloud", **CLOUD_TEST_TIMINGS, **config}
-    return dict(config)
-
-
-class Admin:
-    """The emulator's /_emulator/ API, for setting faults and checking what happened."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._http = httpx.AsyncClient(base_url=url)
-
-    async def requests(self) -> list[dict[str, Any]]:
-        return (await self._http.get("/_emulator/requests")).json()  # type: ignore[no-any-return]
-
-    async def sandboxes(self) -> list[dict[str, Any]]:
-        return (await self._http.get("/_emulator/sandboxes")).json()["sandboxes"]  # type: ignore[no-any-return]
-
-    async def live_sandboxes(self) -> list[dict[str, Any]]:
-        return [s for s in await self.sandboxes() if s["status"] != "terminated"]
-
-    async def processes(self) -> list[dict[str, Any]]:
-        return (await self._http.get("/_emulator/processes")).json()["processes"]  # type: ignore[no-any-return]
-
-    async def templates(self) -> list[dict[str, Any]]:
-        return (await self._http.get("/_emulator/templates")).json()["templates"]  # type: ignore[no-any-return]
-
-    async def fault(
-        self, method: str, path: str, action: dict[str, Any], *, times: int = 1, after: int = 0
-    ) -> None:
-        rule = {"match": {"method": method, "path": path}, "action": action}
-        response = await self._http.post(
-            "/_emulator/faults", json={**rule, "times": times, "after": after}
-        )
-        assert response.status_code == 201, response.text
-
-    async def builder(self, **behaviour: Any) -> None:
-        response = await self._http.post("/_emulator/builder", json=behaviour)
-        assert response.status_code == 200, response.text
-
-    async def terminate(self, sandbox_id: str) -> None:
-        """End the sandbox now, even while it is still pending (a sandbox that dies starting)."""
-        response = await self._http.post(f"/_emulator/sandboxes/{sandbox_id}/terminate")
-        assert response.status_code == 200, response.text
-
-    async def reset(self) -> None:
-        response = await self._http.post("/_emulator/reset")
-        assert response.status_code == 200, response.text
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-
 class EmulatorPool:
     """Emulators shared by the tests of a session, one per configuration, reset between tests.
 
@@ -113,33 +53,31 @@ class EmulatorPool:
     def __init__(self, root: Path) -> None:
         self._root = root
         self._stack = contextlib.ExitStack()
-        self._urls: dict[tuple[tuple[str, Any], ...], str] = {}
+        self._urls: dict[tuple[str, tuple[tuple[str, Any], ...]], str] = {}
 
-    def url(self, **config: Any) -> str:
-        key = tuple(sorted(config.items()))
+    def url(self, profile: str = "ideal", **overrides: Any) -> str:
+        """The URL of the session's emulator for ``kiln.testing.emulator_config(profile,
+        **overrides)``, started on first use."""
+        key = (profile, tuple(sorted(overrides.items())))
         if key not in self._urls:
             data_dir = self._root / f"emulator-{len(self._urls)}"
+            config = emulator_config(profile, data_dir=data_dir, **overrides)
             # Started inside some test, but the session's: the leak guard lets it run on.
             with leak_guard.shared():
-                emulator = self._stack.enter_context(
-                    Emulator(EmulatorConfig(data_dir=data_dir, **config))
-                )
+                emulator = self._stack.enter_context(Emulator(config))
             self._urls[key] = emulator.url
         return self._urls[key]
 
     def close(self) -> None:
         self._stack.close()
 
-    @contextlib.asynccontextmanager
-    async def running(self, **config: Any) -> AsyncIterator[Admin]:
-        """A freshly reset emulator; on exit, checks that no sandbox was left running."""
-        admin = Admin(self.url(**config))
-        try:
-            await admin.reset()
-            yield admin
-            assert await admin.live_sandboxes() == [], "a builder sandbox was left running"
-        finally:
-            await admin.aclose()
+    @contextlib.contextmanager
+    def running(self, profile: str = "ideal", **overrides: Any) -> Iterator[EmulatorClient]:
+        """That emulator, freshly reset; on exit, checks that no sandbox was left running."""
+        with EmulatorClient(self.url(profile, **overrides)) as emulator:
+            emulator.reset()
+            yield emulator
+            assert emulator.live_sandboxes() == [], "a builder sandbox was left running"
 
 
 def hello_plan() -> BuildPlan:
@@ -179,7 +117,7 @@ class Run:
 
 
 def start_run(
-    admin: Admin,
+    emulator: EmulatorClient,
     plan: BuildPlan | None = None,
     *,
     spec: MachineSpec | None = None,
@@ -191,12 +129,12 @@ def start_run(
     """Start the driver on a new (or given) state against the emulator."""
     events: list[Event] = []
     state = state or BuildState(
-        plan=plan or hello_plan(), options=options or BuildOptions(api_url=admin.url)
+        plan=plan or hello_plan(), options=options or BuildOptions(api_url=emulator.url)
     )
     services = Services(
         spec=spec or fast_spec(),
         emit_event=events.append,
-        secrets=Secrets(api_key=TOKEN),
+        secrets=Secrets(api_key=TEST_TOKEN),
         transport=transport,
     )
     kwargs = {"persist": persist} if persist else {}
@@ -206,17 +144,10 @@ def start_run(
     return run
 
 
-async def run_to_end(admin: Admin, plan: BuildPlan | None = None, **kwargs: Any) -> Run:
-    run = start_run(admin, plan, **kwargs)
+async def run_to_end(emulator: EmulatorClient, plan: BuildPlan | None = None, **kwargs: Any) -> Run:
+    run = start_run(emulator, plan, **kwargs)
     await run.finish()
     return run
-
-
-async def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
-    """Poll ``predicate`` on the loop until it holds (no sleeping on a fixed guess)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.002)
 
 
 def fake_credential_helper(
