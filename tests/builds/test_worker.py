@@ -16,7 +16,7 @@ import pytest
 from kiln import Worker, WorkerConfig, resume, submit
 from kiln.store import Owner, Store, open_store
 from kiln.testing import TEST_TOKEN, EmulatorClient
-from support.durable import crash_in, leak_a_sandbox
+from support.durable import crash_in, leak_a_sandbox, rewrite_record
 from support.emulator import builder_starts
 from support.paths import HELLO
 from support.polling import wait_until
@@ -37,19 +37,6 @@ async def _submit(store: Store, emulator: EmulatorClient, count: int) -> list[st
     ]
 
 
-async def _damage(store: Store, build_id: str) -> None:
-    record = await store.get(build_id)
-    assert record is not None
-    await store.save(
-        build_id,
-        expected_version=record.version,
-        state=record.state,
-        data={**record.data, "plan": "not a plan"},
-        sandbox_id=None,
-        final=False,
-    )
-
-
 async def _all_done(store: Store, ids: list[str]) -> bool:
     records = [await store.get(build_id) for build_id in ids]
     return all(r is not None and r.state == "done" for r in records)
@@ -65,7 +52,7 @@ async def test_two_workers_never_run_the_same_build_at_once(
     emulator.set_builder(duration_ms=200)
     orphan = await leak_a_sandbox(store, emulator)
     damaged = await _submit(store, emulator, 1)
-    await _damage(store, damaged[0])
+    await rewrite_record(store, damaged[0], {"plan": "not a plan"})
     ids = await _submit(store, emulator, 5)
     workers = [
         Worker(store, attrs.evolve(FAST_WORKER, worker_id=f"worker-{n}"), api_key=TEST_TOKEN)

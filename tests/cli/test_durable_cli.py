@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +19,10 @@ from kiln.store import MemoryStore, Owner, open_store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.durable import crash_in
 from support.paths import HELLO, REPO
-from support.processes import kiln_env
+from support.processes import BUILD_ID, kiln_env
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
-BUILD_ID = re.compile(r"Build ([0-9a-f]{32})")
 SUMMARY_KEYS = {"id", "name", "state", "sandbox_id", "created_at", "updated_at"}
 HAPPY_PHASES = list(load_machine_spec().states)
 EXIT_USAGE = 2

@@ -22,9 +22,7 @@ from kiln.testing import TEST_TOKEN, EmulatorClient, emulator_config
 from support.durable import raw_store_text
 from support.emulator import builder_starts
 from support.paths import HELLO
-from support.processes import kiln_env, run_kiln_async, spawn_kiln
-
-from .test_processes import _build_id_of
+from support.processes import build_id_of, kiln_env, run_kiln_async, spawn_kiln
 
 # One transition per state on the happy path; a kill point past what is left simply never fires.
 HAPPY_TRANSITIONS = len(load_machine_spec().states)
@@ -60,7 +58,7 @@ async def _kill_resume_check(
     name = f"crash-{uuid.uuid4().hex[:8]}"
     argv = ["build", str(HELLO), "--api-url", emulator.url, "--name", name]
     first = await spawn_kiln(argv, {**env, KILL_AFTER_TRANSITION_ENV: str(kills[0])})
-    build_id = await _build_id_of(first)
+    build_id = await build_id_of(first)
     async with asyncio.timeout(60):
         await first.communicate()
     assert first.returncode == KILLED, kills

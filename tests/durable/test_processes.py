@@ -4,7 +4,6 @@ killed while the builder runs, and cancelled from another process."""
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 from pathlib import Path
 
@@ -19,27 +18,16 @@ from support.durable import raw_store_text
 from support.emulator import builder_starts
 from support.paths import HELLO
 from support.polling import wait_until
-from support.processes import kiln_env, run_kiln_async, spawn_kiln
+from support.processes import build_id_of, kiln_env, run_kiln_async, spawn_kiln
 
 # resolve_scope -> prepare -> ... -> cleanup -> done: one transition per state on the happy path.
 HAPPY_TRANSITIONS = len(load_machine_spec().states)
-BUILD_ID = re.compile(rb"Build ([0-9a-f]{32})")
 # Python processes on a small CI machine: a few at a time keep each one quick.
 PARALLEL_PROCESSES = 3
 
 
 def _build_argv(emulator: EmulatorClient, name: str) -> list[str]:
     return ["build", str(HELLO), "--api-url", emulator.url, "--name", name]
-
-
-async def _build_id_of(process: asyncio.subprocess.Process) -> str:
-    """Read the running `kiln build`'s stderr up to the line naming the build id."""
-    assert process.stderr is not None
-    async with asyncio.timeout(30):
-        while line := await process.stderr.readline():
-            if found := BUILD_ID.search(line):
-                return found.group(1).decode()
-    raise AssertionError("`kiln build` ended without printing its build id")
 
 
 @pytest.mark.slow
@@ -53,7 +41,7 @@ async def test_a_build_killed_after_each_transition_resumes_with_one_builder(
         async with gate:
             killed_env = {**env, KILL_AFTER_TRANSITION_ENV: str(transition)}
             process = await spawn_kiln(_build_argv(emulator, f"hello-{transition}"), killed_env)
-            build_id = await _build_id_of(process)
+            build_id = await build_id_of(process)
             async with asyncio.timeout(30):
                 await process.communicate()
             assert process.returncode == -signal.SIGKILL, transition
@@ -85,7 +73,7 @@ async def test_a_build_killed_while_its_builder_runs_is_reattached(
     emulator.set_builder(log_lines=20, line_pace_ms=50)
     env = kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
     process = await spawn_kiln(_build_argv(emulator, "hello"), env)
-    build_id = await _build_id_of(process)
+    build_id = await build_id_of(process)
 
     async def builder_running() -> bool:
         record = await store.get(build_id)
@@ -113,7 +101,7 @@ async def test_kiln_cancel_from_another_process_stops_the_build(
     emulator.set_builder(duration_ms=30_000)
     env = kiln_env(tmp_path, store_url=store_url, token=TEST_TOKEN)
     process = await spawn_kiln(_build_argv(emulator, "hello"), env)
-    build_id = await _build_id_of(process)
+    build_id = await build_id_of(process)
 
     async def builder_started() -> bool:
         record = await store.get(build_id)

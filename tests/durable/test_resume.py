@@ -13,7 +13,7 @@ from kiln.errors import BuildError, ConfigError, KilnError
 from kiln.machine import load_machine_spec
 from kiln.store import OwnedElsewhere, Owner, Store
 from kiln.testing import TEST_TOKEN, EmulatorClient
-from support.durable import FAST_POLL_S, crash_in, raw_store_text, start
+from support.durable import FAST_POLL_S, crash_in, raw_store_text, rewrite_record, start
 from support.emulator import builder_starts, command_runs
 from support.polling import wait_until
 
@@ -247,17 +247,7 @@ async def test_a_record_kiln_cannot_load_is_refused_with_a_clear_error(
     message: str,
 ) -> None:
     build_id = await crash_in(store, emulator.url, lambda s: s.state == "prepare")
-    record = await store.get(build_id)
-    assert record is not None
-    await store.save(
-        build_id,
-        expected_version=record.version,
-        state=record.state,
-        data={**record.data, **damage},
-        sandbox_id=None,
-        final=False,
-        schema_version=schema_version,
-    )
+    await rewrite_record(store, build_id, damage, schema_version=schema_version)
 
     with pytest.raises(UnreadableBuild, match=message):
         await resume(build_id, store=store, api_key=TEST_TOKEN)

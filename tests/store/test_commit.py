@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from kiln.store import BuildNotFound, Committed, Owner, StaleWriteError, Store
-
-from .conftest import START_TIME, Backend
+from support.stores import START_TIME, Backend
 
 STATE = {"plan": {"name": "hello"}, "attempts": {"prepare": 0}}
 LOG = [("transition", {"to": "prepare"}), ("log", {"line": "a"})]

@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from kiln.errors import KilnError
 from kiln.store import MemoryStore, Owner, PostgresStore, SQLiteStore, Store
-
-from .conftest import FakeClock
+from support.stores import FakeClock
 
 IDS = ("a", "b")
 OWNERS = (

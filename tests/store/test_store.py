@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -23,8 +22,8 @@ from kiln.store import (
     StaleWriteError,
     Store,
 )
-
-from .conftest import START_TIME, Backend
+from support.polling import wait_until
+from support.stores import START_TIME, Backend
 
 LEASE_S = 30.0
 STATE = {"plan": {"name": "hello", "steps": [1, 2, 3]}, "attempts": {"prepare": 0}}
@@ -418,15 +417,6 @@ async def test_concurrent_claimers_never_share_a_build(backend: Backend) -> None
 
 # Fast beats so the test waits milliseconds; the deadline only bounds a broken keeper.
 BEAT_S = 0.01
-WAIT_DEADLINE_S = 5.0
-
-
-async def _until(condition: Callable[[], Awaitable[bool]]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_DEADLINE_S
-    while not await condition():
-        assert loop.time() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(BEAT_S)
 
 
 async def test_the_lease_keeper_renews_the_lease(backend: Backend, store: Store) -> None:
@@ -439,7 +429,7 @@ async def test_the_lease_keeper_renews_the_lease(backend: Backend, store: Store)
 
     async with LeaseKeeper(store, "b-1", FAR_A, lease_s=LEASE_S, every_s=BEAT_S) as keeper:
         backend.clock.advance(25)
-        await _until(renewed)
+        await wait_until(renewed)
         keeper.check()
 
 
@@ -454,7 +444,7 @@ async def test_the_lease_keeper_reports_a_takeover(backend: Backend, store: Stor
         async def lost() -> bool:
             return keeper.lost is not None
 
-        await _until(lost)
+        await wait_until(lost)
         with pytest.raises(LeaseLost, match="worker-b"):
             keeper.check()
     assert (await store.get("b-1")).owner == FAR_B  # type: ignore[union-attr]

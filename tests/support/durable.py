@@ -110,3 +110,22 @@ async def leak_a_sandbox(store: Store, emulator: EmulatorClient) -> str:
         holds_sandbox=True,
     )
     return build_id
+
+
+async def rewrite_record(
+    store: Store, build_id: str, changes: dict[str, object], *, schema_version: int | None = None
+) -> None:
+    """Overwrite a stopped build's persisted data with ``changes`` (and its schema version): a
+    record another kiln wrote, or one damaged on disk."""
+    record = await store.get(build_id)
+    assert record is not None
+    extra = {} if schema_version is None else {"schema_version": schema_version}
+    await store.save(
+        build_id,
+        expected_version=record.version,
+        state=record.state,
+        data={**record.data, **changes},
+        sandbox_id=None,
+        final=False,
+        **extra,
+    )

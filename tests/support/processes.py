@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from support.polling import wait_until_blocking
 PYCACHE = Path(tempfile.gettempdir()) / "kiln-test-pycache"
 # Each `kiln` process must end within this; a hung one fails the test instead of hanging CI.
 PROCESS_TIMEOUT_S = 90.0
+# How `kiln build` names its build on stderr, before anything else.
+BUILD_ID = re.compile(r"Build ([0-9a-f]{32})")
 
 
 def kiln_env(
@@ -96,6 +99,16 @@ async def run_kiln_async(args: Sequence[str], env: Mapping[str, str]) -> tuple[i
         out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def build_id_of(process: asyncio.subprocess.Process) -> str:
+    """Read the running `kiln build`'s stderr up to the line naming the build id."""
+    assert process.stderr is not None
+    async with asyncio.timeout(30):
+        while line := await process.stderr.readline():
+            if found := BUILD_ID.search(line.decode()):
+                return found.group(1)
+    raise AssertionError("`kiln build` ended without printing its build id")
 
 
 class Running:
