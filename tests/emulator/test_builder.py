@@ -12,8 +12,7 @@ import pytest
 
 from kiln.emulator import Emulator
 from kiln.testing import EmulatorClient, run_build
-
-from .conftest import (
+from support.wire import (
     BUILD_DIR,
     SandboxDriver,
     prepare,
@@ -37,14 +36,12 @@ def diagnostic(sandbox: SandboxDriver, args: list[str]) -> list[str]:
     return [e["line"] for e in events if "line" in e and e.get("stream") != "stderr"]
 
 
-def staged(http: httpx.Client, sandbox: SandboxDriver, **behaviour: object) -> None:
-    if behaviour:
-        assert http.post("/_emulator/builder", json=behaviour).status_code == 200
+def staged(http: httpx.Client, sandbox: SandboxDriver) -> None:
     stage_build(sandbox, prepare(http, "img", DOCKERFILE), DOCKERFILE, {"a.txt": b"A"})
 
 
 def test_successful_build_logs_each_instruction_and_writes_metadata(
-    http: httpx.Client, sandbox: SandboxDriver
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
 ) -> None:
     staged(http, sandbox)
     info, lines = run_builder(sandbox)
@@ -57,7 +54,7 @@ def test_successful_build_logs_each_instruction_and_writes_metadata(
     ]
     assert "not executed" in lines[0]["line"]
     metadata = json.loads(sandbox.get(f"{BUILD_DIR}/metadata.json").content)
-    snapshot = http.get("/_emulator/blobs", params={"uri": metadata["snapshot_uri"]}).content
+    snapshot = admin.blob(metadata["snapshot_uri"])
     assert metadata["snapshot_size_bytes"] == len(snapshot)
     assert metadata["rootfs_node_kind"] == "base"
     assert "parent_manifest_uri" not in metadata
@@ -96,25 +93,32 @@ def test_builder_checks_its_spec(
     assert complaint in lines[-1]["line"]
 
 
-def test_injected_exit_code(http: httpx.Client, sandbox: SandboxDriver) -> None:
-    staged(http, sandbox, exit_code=3)
+def test_injected_exit_code(
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
+) -> None:
+    admin.set_builder(exit_code=3)
+    staged(http, sandbox)
     info, lines = run_builder(sandbox)
     assert (info["status"], info["exit_code"]) == ("exited", 3)
     assert lines[-1]["stream"] == "stderr"
 
 
-def test_oom_kill_leaves_evidence_in_dmesg(http: httpx.Client, sandbox: SandboxDriver) -> None:
+def test_oom_kill_leaves_evidence_in_dmesg(
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
+) -> None:
     assert not any("Out of memory" in line for line in diagnostic(sandbox, DMESG))
-    staged(http, sandbox, oom_kill=True)
+    admin.set_builder(oom_kill=True)
+    staged(http, sandbox)
     info, _ = run_builder(sandbox)
     assert (info["status"], info["oom_killed"], info["signal"]) == ("oom_killed", True, 9)
     assert any("Out of memory: Killed process" in line for line in diagnostic(sandbox, DMESG))
 
 
 def test_injected_signal_kills_without_oom_evidence(
-    http: httpx.Client, sandbox: SandboxDriver
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
 ) -> None:
-    staged(http, sandbox, signal=15)
+    admin.set_builder(signal=15)
+    staged(http, sandbox)
     info, _ = run_builder(sandbox)
     assert (info["status"], info["signal"], info["exit_code"]) == ("signaled", 15, None)
     assert info["oom_killed"] is False
@@ -122,8 +126,11 @@ def test_injected_signal_kills_without_oom_evidence(
     assert http.post("/_emulator/builder", json={"signal": 65}).status_code == 400
 
 
-def test_enospc_shows_in_the_log_and_in_df(http: httpx.Client, sandbox: SandboxDriver) -> None:
-    staged(http, sandbox, enospc=True)
+def test_enospc_shows_in_the_log_and_in_df(
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
+) -> None:
+    admin.set_builder(enospc=True)
+    staged(http, sandbox)
     before = [line.split() for line in diagnostic(sandbox, DF) if line.startswith("/dev/")]
     assert before and all(row[4] != "100%" for row in before)
     info, lines = run_builder(sandbox)
@@ -133,8 +140,11 @@ def test_enospc_shows_in_the_log_and_in_df(http: httpx.Client, sandbox: SandboxD
     assert rows and all(row[4] == "100%" for row in rows)
 
 
-def test_log_lines_and_pace_are_configurable(http: httpx.Client, sandbox: SandboxDriver) -> None:
-    staged(http, sandbox, log_lines=5, line_pace_ms=1)
+def test_log_lines_and_pace_are_configurable(
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
+) -> None:
+    admin.set_builder(log_lines=5, line_pace_ms=1)
+    staged(http, sandbox)
     _, lines = run_builder(sandbox)
     assert [e["line"] for e in lines if e["line"].startswith("progress ")] == [
         f"progress {n}/5" for n in range(1, 6)
@@ -150,11 +160,11 @@ def test_builder_behaviour_is_validated(http: httpx.Client) -> None:
 
 
 def test_processes_introspection_shows_argv_and_user(
-    http: httpx.Client, sandbox: SandboxDriver
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
 ) -> None:
     staged(http, sandbox)
     run_builder(sandbox)
-    processes = http.get("/_emulator/processes").json()["processes"]
+    processes = admin.processes()
     builder = processes[-1]
     assert builder["sandbox_id"] == sandbox.id
     assert builder["user"] == "root"
@@ -163,8 +173,11 @@ def test_processes_introspection_shows_argv_and_user(
     assert {p["user"] for p in processes} == {"root", "user"}
 
 
-def test_live_follow_sees_lines_before_exit(http: httpx.Client, sandbox: SandboxDriver) -> None:
-    staged(http, sandbox, line_pace_ms=100)
+def test_live_follow_sees_lines_before_exit(
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
+) -> None:
+    admin.set_builder(line_pace_ms=100)
+    staged(http, sandbox)
     pid = run_builder_start(sandbox)
     with sandbox.http.stream(
         "GET", f"/api/v1/processes/{pid}/output/follow", headers=sandbox.headers
@@ -180,7 +193,9 @@ def run_builder_start(sandbox: SandboxDriver) -> int:
     return pid
 
 
-def test_an_import_needs_no_context(http: httpx.Client, sandbox: SandboxDriver) -> None:
+def test_an_import_needs_no_context(
+    admin: EmulatorClient, http: httpx.Client, sandbox: SandboxDriver
+) -> None:
     prepared = prepare(http, "ubuntu", "FROM ubuntu:24.04\n")
     sandbox.run("mkdir", "-p", BUILD_DIR, root=True)
     sandbox.run("chmod", "0777", BUILD_DIR, root=True)
@@ -195,7 +210,7 @@ def test_an_import_needs_no_context(http: httpx.Client, sandbox: SandboxDriver) 
     sandbox.put(f"{BUILD_DIR}/spec.json", json.dumps(spec).encode())
     info, lines = run_builder(sandbox)
     assert info["exit_code"] == 0, lines
-    snapshot = http.get("/_emulator/blobs", params={"uri": prepared["snapshotUri"]}).content
+    snapshot = admin.blob(prepared["snapshotUri"])
     with tarfile.open(fileobj=io.BytesIO(snapshot)) as archive:
         assert archive.getnames() == ["spec.json"]
 
@@ -211,8 +226,8 @@ async def test_a_context_with_links_builds_and_its_snapshot_keeps_them(
         run = await run_build(client, tmp_path / "Dockerfile")
         assert run.outcome == "done", run.state.error
         [template] = client.templates()
-    blob = httpx.get(emulator.url + "/_emulator/blobs", params={"uri": template["snapshotUri"]})
-    with tarfile.open(fileobj=io.BytesIO(blob.content)) as archive:
+        blob = client.blob(template["snapshotUri"])
+    with tarfile.open(fileobj=io.BytesIO(blob)) as archive:
         alias = archive.getmember("context/alias.txt")
     assert alias.issym()
     assert alias.linkname == "real.txt"

@@ -17,10 +17,9 @@ import pytest
 from kiln.cli.emulator import config_from, register
 from kiln.emulator import CLOUD, Emulator, EmulatorConfig, create_app
 from kiln.errors import ConfigError, UsageError
-from kiln.testing import CLOUD_TEST_TIMINGS, TEST_PAT, emulator_config
+from kiln.testing import CLOUD_TEST_TIMINGS, TEST_PAT, EmulatorClient, emulator_config
 from kiln.testing.plugin import PROFILE_ENV, chosen_profile
-
-from .conftest import (
+from support.wire import (
     AUTH,
     BUILD_DIR,
     BUILDER_ARGS,
@@ -68,7 +67,8 @@ def cloud() -> Iterator[Emulator]:
 
 @pytest.fixture
 def api(cloud: Emulator) -> Iterator[httpx.Client]:
-    assert httpx.post(cloud.url + "/_emulator/reset").status_code == 200
+    with EmulatorClient(cloud.url) as admin:
+        admin.reset()
     with httpx.Client(base_url=cloud.url, headers=AUTH, timeout=30) as client:
         yield client
 
@@ -146,7 +146,8 @@ def test_in_process_app_refuses_a_separate_proxy() -> None:
 
 
 def _staged(api: httpx.Client, proxied: SandboxDriver, **behaviour: int) -> None:
-    assert api.post("/_emulator/builder", json=behaviour).status_code == 200
+    with EmulatorClient(str(api.base_url)) as admin:
+        admin.set_builder(**behaviour)
     stage_build(proxied, prepare(api, "img", DOCKERFILE), DOCKERFILE, {"a.txt": b"A"})
 
 

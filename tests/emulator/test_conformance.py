@@ -14,31 +14,21 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import random
 import re
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-import httpx
 import pytest
-import tensorlake._cloud_sdk as sdk
 
-from kiln.emulator import Emulator
-from kiln.testing import emulator_config
-from support.paths import HELLO, REPO
+from kiln.testing import TEST_PAT, TEST_TOKEN
+from support.emulator import snapshot_files
+from support.official import NAMESPACE, OfficialPeer, start_peer
+from support.paths import HELLO, MULTISTAGE
 
-MULTISTAGE = REPO / "examples" / "multistage" / "Dockerfile"
-# Shaped like a real key so that a leak would be easy to spot; the emulator accepts any token.
-TOKEN = "tl_apikey_conformance_0123456789abcdef"
-# The cloud profile's platform auth knows this one as a personal access token.
-PAT = "tl_pat_conformance_0123456789abcdef"
-NAMESPACE = "default"
 # The builder stand-in stores the extracted context under this prefix in its snapshot archive.
 CONTEXT_PREFIX = "context/"
 ORG, PROJECT = "org-conformance", "proj-conformance"
@@ -69,69 +59,8 @@ SILENT_IDLE_MS = 300
 SILENT_BUILDER_MS = 1200
 
 
-@attrs.frozen
-class Run:
-    """One call of the official client: its result or its error, and every event it emitted."""
-
-    result: dict[str, Any] | None
-    error: Exception | None
-    events: list[dict[str, Any]]
-
-    def text(self) -> str:
-        return "\n".join(e["message"] for e in self.events)
-
-    def ok(self) -> dict[str, Any]:
-        assert self.error is None, f"build failed: {self.error!r}\n{self.text()}"
-        assert self.result is not None
-        return self.result
-
-    def failure(self) -> str:
-        assert self.error is not None, f"expected a failure, got {self.result!r}"
-        return str(self.error)
-
-
-class Peer:
-    """The official client pointed at one emulator, plus that emulator's introspection."""
-
-    def __init__(self, url: str, profile: str) -> None:
-        self.url = url
-        self.profile = profile
-        self.http = httpx.Client(base_url=url)
-
-    def _call(
-        self, function: Callable[..., Any], *args: Any, token: str = TOKEN, **options: Any
-    ) -> Run:
-        events: list[dict[str, Any]] = []
-        options = {"cas": False, "namespace": NAMESPACE, "emit": events.append, **options}
-        try:
-            result = function(self.url, token, *args, **options)
-        except sdk.CloudSandboxClientError as error:
-            return Run(None, error, events)
-        # The binding hands the registered template back as JSON text.
-        return Run(json.loads(result), None, events)
-
-    def build(self, dockerfile: Path, **options: Any) -> Run:
-        return self._call(sdk.build_sandbox_image, str(dockerfile), **options)
-
-    def import_image(self, reference: str, **options: Any) -> Run:
-        return self._call(sdk.import_sandbox_image, reference, **options)
-
-    def get(self, path: str, **params: str) -> Any:
-        response = self.http.get(path, params=params)
-        assert response.is_success, response.text
-        return response.json()
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = self.http.post(path, json=body)
-        assert response.is_success, response.text
-        return response.json()
-
-    def requests(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = self.get("/_emulator/requests")
-        return entries
-
-    def calls(self) -> list[str]:
-        return [f"{e['method']} {e['path']}" for e in self.requests()]
+class Peer(OfficialPeer):
+    """The official client on the legacy path, plus the emulator's admin API."""
 
     def calls_but_status_polls(self) -> list[str]:
         """The calls, with the sandbox status polls after the first one left out: how many polls
@@ -139,24 +68,6 @@ class Peer:
         calls = self.calls()
         polls = [i for i, call in enumerate(calls) if re.match(f"GET {SANDBOX[1:]}", call)]
         return [call for i, call in enumerate(calls) if i not in polls[1:]]
-
-    def template(self, name: str) -> dict[str, Any]:
-        templates = self.get("/_emulator/templates")["templates"]
-        found = [t for t in templates if t["name"] == name]
-        assert len(found) == 1, f"template {name!r} not in {templates!r}"
-        template: dict[str, Any] = found[0]
-        return template
-
-    def live_sandboxes(self) -> list[dict[str, Any]]:
-        sandboxes: list[dict[str, Any]] = self.get("/_emulator/sandboxes")["sandboxes"]
-        return [s for s in sandboxes if s["status"] != "terminated"]
-
-    def assert_clean(self) -> None:
-        """What must hold after every run: nothing left running, no token in the log."""
-        assert self.live_sandboxes() == []
-        log = self.http.get("/_emulator/requests").text
-        assert TOKEN not in log
-        assert PAT not in log
 
 
 @pytest.fixture(params=["ideal", pytest.param("cloud", marks=pytest.mark.slow)])
@@ -171,14 +82,7 @@ def conformance_emulator(request: pytest.FixtureRequest) -> Iterator[Callable[..
     with contextlib.ExitStack() as stack:
 
         def start(**config: Any) -> Peer:
-            if profile == "cloud":
-                config = {"pat": PAT, **config}
-            emulator = stack.enter_context(Emulator(emulator_config(profile, **config)))
-            peer = Peer(emulator.url, profile)
-            # Unwound last-in first-out: the check runs while client and emulator are still up.
-            stack.callback(peer.http.close)
-            stack.callback(peer.assert_clean)
-            return peer
+            return start_peer(stack, Peer, profile, **config)
 
         yield start
 
@@ -188,23 +92,11 @@ def conformance_peer(conformance_emulator: Callable[..., Peer]) -> Peer:
     return conformance_emulator()
 
 
-def snapshot_files(peer: Peer, template: dict[str, Any]) -> dict[str, bytes]:
-    blob = peer.http.get("/_emulator/blobs", params={"uri": template["snapshotUri"]})
-    assert blob.is_success, blob.text
-    files = {}
-    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as archive:
-        for member in archive.getmembers():
-            content = archive.extractfile(member) if member.isfile() else None
-            if content is not None:
-                files[member.name] = content.read()
-    return files
-
-
-def add_reset(peer: Peer, method: str, path: str, **limits: int) -> None:
-    peer.post(
-        "/_emulator/faults",
-        {"match": {"method": method, "path": path}, "action": {"reset": True}, **limits},
-    )
+def add_reset(
+    peer: Peer, method: str, path: str, *, times: int | None = None, after: int = 0
+) -> None:
+    """Reset the connection of matching requests (``times`` None: every one of them)."""
+    peer.add_fault({"reset": True}, method=method, path=path, times=times, after=after)
 
 
 # -- builds that must complete -----------------------------------------------------------------
@@ -308,7 +200,7 @@ def test_signed_path(conformance_emulator: Callable[..., Peer]) -> None:
 def test_pat_mode_uses_scoped_routes(conformance_peer: Peer) -> None:
     peer = conformance_peer
     peer.build(
-        HELLO, token=PAT, use_scope_headers=True, organization_id=ORG, project_id=PROJECT
+        HELLO, token=TEST_PAT, use_scope_headers=True, organization_id=ORG, project_id=PROJECT
     ).ok()
     platform = [c for c in peer.calls() if " /platform/" in c]
     prefix = f"/platform/v1/organizations/{ORG}/projects/{PROJECT}/"
@@ -322,14 +214,7 @@ def test_pat_mode_uses_scoped_routes(conformance_peer: Peer) -> None:
 @pytest.mark.slow
 def test_502_on_proxy_startup_is_retried(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    peer.post(
-        "/_emulator/faults",
-        {
-            "match": {"method": "POST", "path": f"^{PROCESSES}$"},
-            "action": {"status": 502},
-            "times": 1,
-        },
-    )
+    peer.add_fault({"status": 502}, method="POST", path=f"^{PROCESSES}$", times=1)
     peer.build(HELLO).ok()
     # §3.5: a failed start looks for an already started /bin/true (there is none: the request never
     # reached the sandbox), gives up after ten listings a second apart, then starts it again. The
@@ -342,15 +227,9 @@ def test_502_on_proxy_startup_is_retried(conformance_peer: Peer) -> None:
 
 def test_cut_builder_stream_reattaches(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    peer.post("/_emulator/builder", SLOW_BUILDER)
-    peer.post(
-        "/_emulator/faults",
-        {
-            "match": {"method": "GET", "path": FOLLOW},
-            "action": {"cut_stream_after": 2},
-            "after": FOLLOWS_BEFORE_BUILDER,
-            "times": 1,
-        },
+    peer.set_builder(**SLOW_BUILDER)
+    peer.add_fault(
+        {"cut_stream_after": 2}, method="GET", path=FOLLOW, after=FOLLOWS_BEFORE_BUILDER, times=1
     )
     run = peer.build(HELLO)
     run.ok()
@@ -367,7 +246,7 @@ def test_a_silent_builder_outlives_streams_closed_for_idleness(
     conformance_emulator: Callable[..., Peer],
 ) -> None:
     peer = conformance_emulator(stream_idle_ms=SILENT_IDLE_MS)
-    peer.post("/_emulator/builder", {"duration_ms": SILENT_BUILDER_MS})
+    peer.set_builder(duration_ms=SILENT_BUILDER_MS)
     run = peer.build(HELLO)
     run.ok()
     follows = [e for e in peer.requests() if re.match(FOLLOW, e["path"])]
@@ -396,12 +275,12 @@ def test_a_private_base_image_needs_credentials_from_the_docker_config(
         json.dumps({"auths": {registry: {"auth": auth}}})
     )
     peer.build(dockerfile).ok()
-    assert auth not in peer.http.get("/_emulator/requests").text
+    assert auth not in peer.request_log()
 
 
 def test_builder_oom_kill_fails_with_memory_advice(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    peer.post("/_emulator/builder", {"oom_kill": True})
+    peer.set_builder(oom_kill=True)
     message = peer.build(HELLO).failure()
     assert "OOM killer" in message
     assert "ran out of memory" in message
@@ -410,7 +289,7 @@ def test_builder_oom_kill_fails_with_memory_advice(conformance_peer: Peer) -> No
 
 def test_builder_enospc_fails_with_disk_advice(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    peer.post("/_emulator/builder", {"enospc": True})
+    peer.set_builder(enospc=True)
     message = peer.build(HELLO).failure()
     assert "ran out of disk space" in message
     assert "builder_disk_mb" in message
@@ -419,7 +298,7 @@ def test_builder_enospc_fails_with_disk_advice(conformance_peer: Peer) -> None:
 
 def test_reset_on_builder_stream_reattaches(conformance_peer: Peer) -> None:
     peer = conformance_peer
-    peer.post("/_emulator/builder", SLOW_BUILDER)
+    peer.set_builder(**SLOW_BUILDER)
     add_reset(peer, "GET", FOLLOW, after=FOLLOWS_BEFORE_BUILDER, times=1)
     run = peer.build(HELLO)
     run.ok()
@@ -461,7 +340,7 @@ def test_a_dropped_create_fails_before_any_sandbox_exists(conformance_peer: Peer
     # §0 step 5: errors before the sandbox exists are raised unwrapped, and there is nothing to delete.
     assert "error sending request" in message
     assert "builder sandbox:" not in message
-    assert peer.get("/_emulator/sandboxes")["sandboxes"] == []
+    assert peer.sandboxes() == []
     assert not [c for c in peer.calls() if c.startswith("DELETE ")]
 
 
@@ -505,6 +384,6 @@ def test_bandwidth_paces_the_context_upload(
 def test_token_never_reaches_the_request_log(conformance_peer: Peer) -> None:
     conformance_peer.build(HELLO).ok()
     conformance_peer.import_image("python:3.12-slim").ok()
-    log = conformance_peer.http.get("/_emulator/requests").text
+    log = conformance_peer.request_log()
     assert len(conformance_peer.requests()) > HELLO_REQUESTS
-    assert TOKEN not in log
+    assert TEST_TOKEN not in log

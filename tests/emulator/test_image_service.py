@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
-
-from .conftest import AUTH, TOKEN
+from kiln.testing import TEST_TOKEN
+from support.wire import AUTH
 
 BUILDS = "/images/v4/builds"
 DOCKERFILE = b"FROM python:3.12-slim\nARG GREETING\nRUN echo $GREETING\n"
@@ -364,7 +364,7 @@ def test_cancel_needs_exactly_one_selector(http: httpx.Client) -> None:
 
 @pytest.fixture
 def keyed_emulator() -> Iterator[Emulator]:
-    with Emulator(EmulatorConfig(api_key=TOKEN)) as emulator:
+    with Emulator(EmulatorConfig(api_key=TEST_TOKEN)) as emulator:
         yield emulator
 
 
@@ -399,7 +399,7 @@ def test_credentials_and_tokens_never_reach_the_log_or_introspection(
     for surface in ("/_emulator/requests", "/_emulator/image-builds", "/_emulator/templates"):
         text = http.get(surface).text
         assert "YWxpY2U6czNjcjN0LXB3" not in text, surface
-        assert TOKEN not in text, surface
+        assert TEST_TOKEN not in text, surface
 
 
 def test_image_service_requests_are_logged_and_faulted_like_the_others(

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
-
-from .conftest import AUTH, CREATE_BODY, SANDBOXES, SandboxDriver
+from kiln.testing import EmulatorClient
+from support.wire import AUTH, CREATE_BODY, SANDBOXES, SandboxDriver
 
 DEADLINE_S = 10.0
 # Long enough that a sandbox kept alive by pings would have expired twice without them.
@@ -107,13 +107,15 @@ def test_a_pending_sandbox_terminated_by_a_fault_never_runs(tmp_path: Path) -> N
         assert http.post("/_emulator/sandboxes/sbx-nope/terminate").status_code == 404
 
 
-def test_idle_sandbox_expires_and_refuses_proxy_calls(http: httpx.Client) -> None:
+def test_idle_sandbox_expires_and_refuses_proxy_calls(
+    admin: EmulatorClient, http: httpx.Client
+) -> None:
     created = http.post(SANDBOXES, json={**CREATE_BODY, "timeout_secs": 1}).json()
     waited = wait_for_status(http, created["sandbox_id"], "terminated")
     assert waited >= 0.5
     response = SandboxDriver(http, created["sandbox_id"]).request("GET", "/api/v1/health")
     assert response.status_code == 400
-    listed = http.get("/_emulator/sandboxes").json()["sandboxes"]
+    listed = admin.sandboxes()
     assert [(s["status"], s["termination_reason"]) for s in listed] == [("terminated", "timeout")]
 
 

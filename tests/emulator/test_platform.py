@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,45 +10,19 @@ import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.errors import ConfigError
+from kiln.testing import EmulatorClient
+from support.wire import (
+    AUTH,
+    BY_NAME,
+    SANDBOXES,
+    TEMPLATE_BUILDS,
+    SandboxDriver,
+    build_template,
+    prepare,
+)
 
-from .conftest import AUTH, SANDBOXES, SandboxDriver, prepare, run_builder, stage_build
-
-BUILDS = "/platform/v1/sandbox-template-builds"
-BY_NAME = "/platform/v1/sandbox-templates/by-name/"
 PAT = "/platform/v1/organizations/org-1/projects/proj-1"
 SCOPE = {"X-Forwarded-Organization-Id": "org-1", "X-Forwarded-Project-Id": "proj-1"}
-
-
-def complete_body(metadata: dict[str, Any]) -> dict[str, Any]:
-    body = {
-        "snapshotId": metadata["snapshot_id"],
-        "snapshotUri": metadata["snapshot_uri"],
-        "snapshotFormatVersion": metadata["snapshot_format_version"],
-        "snapshotSizeBytes": metadata["snapshot_size_bytes"],
-        "rootfsDiskBytes": metadata["rootfs_disk_bytes"],
-        "rootfsNodeKind": metadata["rootfs_node_kind"],
-    }
-    if "parent_manifest_uri" in metadata:
-        body["parentManifestUri"] = metadata["parent_manifest_uri"]
-    return body
-
-
-def build_template(http: httpx.Client, name: str, dockerfile: str, **extra: Any) -> dict[str, Any]:
-    """A whole build through the emulator: prepare, stage, build, complete, delete."""
-    prepared = prepare(http, name, dockerfile, **extra)
-    created = http.post(SANDBOXES, json={"image": "i", "resources": {"disk_mb": 1024}})
-    sandbox = SandboxDriver(http, created.json()["sandbox_id"])
-    stage_build(sandbox, prepared, dockerfile, {"app.py": b"x"})
-    info, lines = run_builder(sandbox)
-    assert info["exit_code"] == 0, lines
-    metadata = json.loads(
-        sandbox.get("/var/lib/tensorlake/rootfs-builder/build/metadata.json").content
-    )
-    response = http.post(f"{BUILDS}/{prepared['buildId']}/complete", json=complete_body(metadata))
-    assert response.status_code == 200, response.text
-    http.delete(f"{SANDBOXES}/{sandbox.id}")
-    template: dict[str, Any] = response.json()
-    return template
 
 
 def test_missing_token_is_401(emulator: Emulator) -> None:
@@ -112,13 +85,13 @@ def test_introspect_answers_camel_case_scope(http: httpx.Client) -> None:
     ],
 )
 def test_prepare_names_the_bad_field(http: httpx.Client, body: dict[str, Any], named: str) -> None:
-    response = http.post(BUILDS, json=body)
+    response = http.post(TEMPLATE_BUILDS, json=body)
     assert response.status_code == 400
     assert named in response.json()["error"]
 
 
 def test_prepare_rejects_non_json(http: httpx.Client) -> None:
-    response = http.post(BUILDS, content=b"{not json")
+    response = http.post(TEMPLATE_BUILDS, content=b"{not json")
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["error"]
 
@@ -159,10 +132,10 @@ def test_new_sign_mode_prepare_and_sign(tmp_path: Path) -> None:
 
 
 def test_complete_unknown_and_twice(http: httpx.Client) -> None:
-    unknown = http.post(f"{BUILDS}/build-nope/complete", json={})
+    unknown = http.post(f"{TEMPLATE_BUILDS}/build-nope/complete", json={})
     assert unknown.status_code == 404
     template = build_template(http, "once", "FROM a\n")
-    again = http.post(f"{BUILDS}/{template['buildId']}/complete", json={})
+    again = http.post(f"{TEMPLATE_BUILDS}/{template['buildId']}/complete", json={})
     assert again.status_code == 409
 
 
@@ -176,16 +149,16 @@ def test_complete_refuses_a_snapshot_never_uploaded(http: httpx.Client) -> None:
         "rootfsDiskBytes": 1,
         "rootfsNodeKind": "base",
     }
-    response = http.post(f"{BUILDS}/{prepared['buildId']}/complete", json=body)
+    response = http.post(f"{TEMPLATE_BUILDS}/{prepared['buildId']}/complete", json=body)
     assert response.status_code == 400
     assert "never uploaded" in response.json()["error"]
 
 
-def test_lookup_accepts_encoded_and_plain_names(http: httpx.Client) -> None:
+def test_lookup_accepts_encoded_and_plain_names(admin: EmulatorClient, http: httpx.Client) -> None:
     template = build_template(http, "tensorlake/python:3.12-slim", "FROM a\n")
     assert http.get(BY_NAME + "tensorlake%2Fpython%3A3.12-slim").json() == template
     assert http.get(BY_NAME + "tensorlake/python:3.12-slim").json() == template
-    assert http.get("/_emulator/templates").json()["templates"] == [template]
+    assert admin.templates() == [template]
 
 
 def test_child_of_a_registered_template_prepares_a_diff(http: httpx.Client) -> None:
@@ -220,7 +193,7 @@ def test_diff_build_records_its_parent(http: httpx.Client) -> None:
 def test_unknown_parent_template_is_refused(http: httpx.Client) -> None:
     payload = {"templateId": "tmpl-nope", "name": "x", "snapshotId": "s"}
     response = http.post(
-        BUILDS,
+        TEMPLATE_BUILDS,
         json={"name": "c", "dockerfile": "FROM x\n", "baseImage": "x", "parentTemplate": payload},
     )
     assert response.status_code == 400
@@ -233,20 +206,19 @@ def test_templates_and_blobs_survive_a_restart(tmp_path: Path) -> None:
         template = build_template(
             httpx.Client(base_url=first.url, headers=AUTH), "kept", "FROM a\n"
         )
-    with Emulator(config) as second:
+    with Emulator(config) as second, EmulatorClient(second.url) as admin:
         http = httpx.Client(base_url=second.url, headers=AUTH)
         assert http.get(BY_NAME + "kept").json() == template
-        blob = http.get("/_emulator/blobs", params={"uri": template["snapshotUri"]})
-        assert len(blob.content) == template["snapshotSizeBytes"]
-        assert http.get("/_emulator/sandboxes").json() == {"sandboxes": []}
+        assert len(admin.blob(template["snapshotUri"])) == template["snapshotSizeBytes"]
+        assert admin.sandboxes() == []
 
 
-def test_reset_forgets_templates(http: httpx.Client) -> None:
+def test_reset_forgets_templates(admin: EmulatorClient, http: httpx.Client) -> None:
     build_template(http, "gone", "FROM a\n")
-    assert http.post("/_emulator/reset").status_code == 200
-    assert http.get("/_emulator/requests").json() == []
+    admin.reset()
+    assert admin.requests() == []
     assert http.get(BY_NAME + "gone").status_code == 404
-    assert http.get("/_emulator/sandboxes").json() == {"sandboxes": []}
+    assert admin.sandboxes() == []
 
 
 @pytest.mark.parametrize(
@@ -272,7 +244,7 @@ def test_complete_checks_the_body_against_the_build(
         "rootfsNodeKind": "base",
         **change,
     }
-    response = http.post(f"{BUILDS}/{prepared['buildId']}/complete", json=body)
+    response = http.post(f"{TEMPLATE_BUILDS}/{prepared['buildId']}/complete", json=body)
     assert response.status_code == 400
     assert complaint in response.json()["error"]
 
@@ -308,6 +280,6 @@ def test_diff_complete_must_name_the_prepared_parent(http: httpx.Client) -> None
         "rootfsNodeKind": "diff",
         "parentManifestUri": "s3://kiln-emulator/other.tlsnap",
     }
-    response = http.post(f"{BUILDS}/{child['buildId']}/complete", json=body)
+    response = http.post(f"{TEMPLATE_BUILDS}/{child['buildId']}/complete", json=body)
     assert response.status_code == 400
     assert "not the prepared parent" in response.json()["error"]

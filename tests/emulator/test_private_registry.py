@@ -17,8 +17,8 @@ import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.emulator._registry import needed_images, pull_refusal, registry_of
-
-from .conftest import (
+from kiln.testing import EmulatorClient
+from support.wire import (
     AUTH,
     BUILD_DIR,
     CREATE_BODY,
@@ -106,8 +106,9 @@ def test_matching_credentials_pull_and_never_reach_the_snapshot(
     assert info["exit_code"] == 0, lines
     assert f"pulling {HOST}/team/base:1.0" in lines
     metadata = json.loads(sandbox.get(f"{BUILD_DIR}/metadata.json").content)
-    blob = sandbox.http.get("/_emulator/blobs", params={"uri": metadata["snapshot_uri"]})
-    with tarfile.open(fileobj=io.BytesIO(blob.content)) as archive:
+    with EmulatorClient(private.url) as admin:
+        snapshot = admin.blob(metadata["snapshot_uri"])
+    with tarfile.open(fileobj=io.BytesIO(snapshot)) as archive:
         member = archive.extractfile("spec.json")
         assert member is not None
         stored = json.loads(member.read())

@@ -9,8 +9,16 @@ import tarfile
 import httpx
 
 from kiln.emulator import Emulator
-
-from .conftest import AUTH, BUILD_DIR, ROOTFS_BYTES, SandboxDriver, sse_events, tar_gz
+from kiln.testing import EmulatorClient
+from support.wire import (
+    AUTH,
+    BUILD_DIR,
+    ROOTFS_BYTES,
+    SandboxDriver,
+    complete_body,
+    sse_events,
+    tar_gz,
+)
 
 DOCKERFILE = "FROM python:3.12-slim\nWORKDIR /app\nCOPY hello.py .\nRUN pip install nothing\n"
 CONTEXT = {"hello.py": b"print('hi')\n", "Dockerfile": DOCKERFILE.encode()}
@@ -34,7 +42,9 @@ def _step(
     return final, sse_events(follow.text)
 
 
-def test_the_official_request_sequence_completes_a_build(emulator: Emulator) -> None:
+def test_the_official_request_sequence_completes_a_build(
+    admin: EmulatorClient, emulator: Emulator
+) -> None:
     api = httpx.Client(base_url=emulator.url, headers={**AUTH, "Accept": "application/json"})
     lookup = api.get("/platform/v1/sandbox-templates/by-name/python:3.12-slim")
     assert lookup.status_code == 404
@@ -119,14 +129,7 @@ def test_the_official_request_sequence_completes_a_build(emulator: Emulator) -> 
 
     complete = api.post(
         f"/platform/v1/sandbox-template-builds/{prepared['buildId']}/complete",
-        json={
-            "snapshotId": metadata["snapshot_id"],
-            "snapshotUri": metadata["snapshot_uri"],
-            "snapshotFormatVersion": metadata["snapshot_format_version"],
-            "snapshotSizeBytes": metadata["snapshot_size_bytes"],
-            "rootfsDiskBytes": metadata["rootfs_disk_bytes"],
-            "rootfsNodeKind": metadata["rootfs_node_kind"],
-        },
+        json=complete_body(metadata),
     )
     assert complete.status_code == 200, complete.text
     template = complete.json()
@@ -134,15 +137,15 @@ def test_the_official_request_sequence_completes_a_build(emulator: Emulator) -> 
 
     assert template["name"] == "hello"
     assert template["id"].startswith("tmpl-")
-    blob = api.get("/_emulator/blobs", params={"uri": template["snapshotUri"]})
-    assert len(blob.content) == template["snapshotSizeBytes"]
-    with tarfile.open(fileobj=io.BytesIO(blob.content)) as snapshot:
+    blob = admin.blob(template["snapshotUri"])
+    assert len(blob) == template["snapshotSizeBytes"]
+    with tarfile.open(fileobj=io.BytesIO(blob)) as snapshot:
         assert sorted(snapshot.getnames()) == [
             "context/Dockerfile",
             "context/hello.py",
             "spec.json",
         ]
-    assert len(api.get("/_emulator/requests").json()) == OFFICIAL_REQUEST_COUNT
+    assert len(admin.requests()) == OFFICIAL_REQUEST_COUNT
     assert api.get("/platform/v1/sandbox-templates/by-name/hello").json() == template
-    statuses = [s["status"] for s in api.get("/_emulator/sandboxes").json()["sandboxes"]]
+    statuses = [s["status"] for s in admin.sandboxes()]
     assert statuses == ["terminated"]

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from kiln.emulator import Emulator
-
-from .conftest import (
+from kiln.testing import EmulatorClient
+from support.wire import (
     BUILD_DIR,
     SANDBOXES,
     SandboxDriver,
@@ -182,8 +182,10 @@ def test_tar_link_errors_are_gnu_tars(sandbox: SandboxDriver) -> None:
     assert all(line["stream"] == "stderr" for line in lines)
 
 
-def test_process_timeout_kills(sandbox: SandboxDriver, http: httpx.Client) -> None:
-    assert http.post("/_emulator/builder", json={"duration_ms": 30_000}).status_code == 200
+def test_process_timeout_kills(
+    admin: EmulatorClient, sandbox: SandboxDriver, http: httpx.Client
+) -> None:
+    admin.set_builder(duration_ms=30_000)
     dockerfile = "FROM scratch\n"
     stage_build(sandbox, prepare(http, "slow", dockerfile), dockerfile, {"f": b"1"})
     info, lines = run_builder(sandbox, timeout=0.2)

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kiln.emulator import Emulator, EmulatorConfig
-
-from .conftest import AUTH, CREATE_BODY, SANDBOXES
+from support.wire import AUTH, CREATE_BODY, SANDBOXES
 
 KEYS = [
     "name", "dockerfile", "baseImage", "public", "rootfsNodeKind", "parentTemplate",

@@ -21,9 +21,9 @@ from starlette.routing import Route
 from kiln.cli import main
 from kiln.emulator import Emulator, EmulatorConfig, create_app, start_emulator
 from kiln.emulator._errors import EXCEPTION_HANDLERS
+from kiln.testing import EmulatorClient
 from support.paths import REPO
-
-from .conftest import (
+from support.wire import (
     AUTH,
     BUILDER_ARGS,
     CREATE_BODY,
@@ -81,7 +81,8 @@ def test_stop_ends_open_follow_streams(tmp_path: Path) -> None:
     with Emulator(EmulatorConfig(data_dir=tmp_path)) as emu:
         http = httpx.Client(base_url=emu.url, headers=AUTH)
         sandbox = SandboxDriver(http, http.post(SANDBOXES, json=CREATE_BODY).json()["sandbox_id"])
-        assert http.post("/_emulator/builder", json={"duration_ms": 60_000}).status_code == 200
+        with EmulatorClient(emu.url) as admin:
+            admin.set_builder(duration_ms=60_000)
         stage_build(sandbox, prepare(http, "slow", "FROM a\n"), "FROM a\n", {"f": b"1"})
         pid = sandbox.start("tl-rootfs-build", *BUILDER_ARGS, root=True)["pid"]
 

@@ -19,8 +19,7 @@ from kiln.emulator import Emulator, EmulatorConfig
 from kiln.errors import ConfigError
 from kiln.testing import EmulatorClient, run_build
 from support.paths import HELLO
-
-from .conftest import CREATE_BODY, SANDBOXES, SandboxDriver
+from support.wire import CREATE_BODY, SANDBOXES, SandboxDriver
 
 KEY = "the-only-key"
 GUARDED = {"Authorization": f"Bearer {KEY}"}

@@ -17,9 +17,7 @@ import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
 from support.paths import REPO
-
-from .conftest import AUTH, CREATE_BODY, SANDBOXES, SandboxDriver
-from .test_platform import BY_NAME, build_template
+from support.wire import AUTH, BY_NAME, CREATE_BODY, SANDBOXES, SandboxDriver, build_template
 
 BUILDS = 3
 BUILD_TIMEOUT_S = 300

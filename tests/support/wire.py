@@ -1,21 +1,21 @@
-"""Shared fixtures for the emulator's own tests: a running emulator and a sandbox driver."""
+"""The emulator's wire protocol spoken raw, as the official client speaks it: the emulator's own
+tests use this rather than kiln's clients, so that a bug cannot hide by being on both sides."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from kiln.emulator import Emulator, EmulatorConfig
+from kiln.testing import TEST_TOKEN
 
-TOKEN = "emulator-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 SANDBOXES = "/v1/namespaces/default/sandboxes"
+TEMPLATE_BUILDS = "/platform/v1/sandbox-template-builds"
+BY_NAME = "/platform/v1/sandbox-templates/by-name/"
 BUILD_DIR = "/var/lib/tensorlake/rootfs-builder/build"
 CREATE_BODY = {
     "image": "tensorlake/rootfs-builder:emulated",
@@ -89,34 +89,6 @@ class SandboxDriver:
         return self.request("GET", "/api/v1/files", params={"path": path})
 
 
-@pytest.fixture(scope="module")
-def shared_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    # One server per module keeps the suite fast (stopping uvicorn costs a few hundred ms);
-    # `emulator` resets it before every test, so tests still start from nothing.
-    with Emulator(EmulatorConfig(data_dir=tmp_path_factory.mktemp("data"))) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emulator(shared_emulator: Emulator) -> Emulator:
-    response = httpx.post(shared_emulator.url + "/_emulator/reset")
-    assert response.status_code == 200
-    return shared_emulator
-
-
-@pytest.fixture
-def http(emulator: Emulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=emulator.url, headers=AUTH, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def sandbox(http: httpx.Client) -> SandboxDriver:
-    response = http.post(SANDBOXES, json=CREATE_BODY)
-    assert response.status_code == 200, response.text
-    return SandboxDriver(http, response.json()["sandbox_id"])
-
-
 ROOTFS_BYTES = 10 * 1024**3
 BUILDER_ARGS = ("--spec", f"{BUILD_DIR}/spec.json", "--metadata-out", f"{BUILD_DIR}/metadata.json")
 
@@ -132,7 +104,7 @@ def prepare(http: httpx.Client, name: str, dockerfile: str, **extra: Any) -> dic
         "additionalLocalImages": [],
         **extra,
     }
-    response = http.post("/platform/v1/sandbox-template-builds", json=body)
+    response = http.post(TEMPLATE_BUILDS, json=body)
     assert response.status_code == 200, response.text
     prepared: dict[str, Any] = response.json()
     return prepared
@@ -171,3 +143,36 @@ def run_builder(
     return sandbox.run(
         "/usr/local/bin/tl-rootfs-build", *BUILDER_ARGS, root=True, working_dir=BUILD_DIR, **extra
     )
+
+
+def complete_body(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The complete call's body for the builder's metadata.json."""
+    body = {
+        "snapshotId": metadata["snapshot_id"],
+        "snapshotUri": metadata["snapshot_uri"],
+        "snapshotFormatVersion": metadata["snapshot_format_version"],
+        "snapshotSizeBytes": metadata["snapshot_size_bytes"],
+        "rootfsDiskBytes": metadata["rootfs_disk_bytes"],
+        "rootfsNodeKind": metadata["rootfs_node_kind"],
+    }
+    if "parent_manifest_uri" in metadata:
+        body["parentManifestUri"] = metadata["parent_manifest_uri"]
+    return body
+
+
+def build_template(http: httpx.Client, name: str, dockerfile: str, **extra: Any) -> dict[str, Any]:
+    """A whole build through the emulator: prepare, stage, build, complete, delete."""
+    prepared = prepare(http, name, dockerfile, **extra)
+    created = http.post(SANDBOXES, json={"image": "i", "resources": {"disk_mb": 1024}})
+    sandbox = SandboxDriver(http, created.json()["sandbox_id"])
+    stage_build(sandbox, prepared, dockerfile, {"app.py": b"x"})
+    info, lines = run_builder(sandbox)
+    assert info["exit_code"] == 0, lines
+    metadata = json.loads(sandbox.get(f"{BUILD_DIR}/metadata.json").content)
+    response = http.post(
+        f"{TEMPLATE_BUILDS}/{prepared['buildId']}/complete", json=complete_body(metadata)
+    )
+    assert response.status_code == 200, response.text
+    http.delete(f"{SANDBOXES}/{sandbox.id}")
+    template: dict[str, Any] = response.json()
+    return template
