@@ -14,29 +14,23 @@ builder outlast the first poll that can find it running.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import tarfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
 import pytest
 import tensorlake._cloud_sdk as sdk
 
-from kiln.emulator import Emulator
-from kiln.testing import emulator_config
+from kiln.testing import TEST_PAT, TEST_TOKEN
+from support.emulator import snapshot_files
+from support.official import NAMESPACE, OfficialPeer, Run, start_peer
+from support.paths import HELLO
+from support.polling import wait_until_blocking
 
-REPO = Path(__file__).resolve().parents[2]
-HELLO = REPO / "examples" / "hello" / "Dockerfile"
-TOKEN = "tl_apikey_cas_conformance_0123456789abcdef"
-PAT = "tl_pat_cas_conformance_0123456789abcdef"
 ORG, PROJECT = "org-cas", "proj-cas"
-NAMESPACE = "default"
 CAS_FORMAT = "content_addressed_streaming_v1"
 BUILDS = "/images/v4/builds"
 CONTEXT_PREFIX = "context/"
@@ -48,7 +42,6 @@ FOLLOWABLE_BUILDER_MS = {"ideal": 1500, "cloud": 5000}
 # A builder that runs until it is cancelled, saying something every so often.
 ENDLESS_BUILDER = {"line_pace_ms": 100, "log_lines": 10_000}
 DEADLINE_S = 30.0
-POLL_S = 0.02
 ARGS_DOCKERFILE = (
     "ARG BASE=python:3.12-slim\n"
     "FROM ${BASE}\n"
@@ -58,116 +51,31 @@ ARGS_DOCKERFILE = (
 )
 
 
-@attrs.frozen
-class Run:
-    """One call of the official client: its result or its error, and every event it emitted."""
+class Peer(OfficialPeer):
+    """The official client on the CAS path, plus the emulator's admin API."""
 
-    result: dict[str, Any] | None
-    error: Exception | None
-    events: list[dict[str, Any]]
-
-    def text(self) -> str:
-        return "\n".join(e["message"] for e in self.events)
-
-    def logs(self) -> list[str]:
-        return [e["message"] for e in self.events if e["type"] == "build_log"]
-
-    def ok(self) -> dict[str, Any]:
-        assert self.error is None, f"build failed: {self.error!r}\n{self.text()}"
-        assert self.result is not None
-        return self.result
-
-    def failure(self) -> str:
-        assert self.error is not None, f"expected a failure, got {self.result!r}"
-        return str(self.error)
-
-
-class Peer:
-    """The official client on the CAS path, pointed at one emulator, plus its introspection."""
-
-    def __init__(self, url: str, profile: str) -> None:
-        self.url = url
-        self.profile = profile
-        self.http = httpx.Client(base_url=url)
-
-    def _call(
-        self, function: Callable[..., Any], *args: Any, token: str = TOKEN, **options: Any
-    ) -> Run:
-        events: list[dict[str, Any]] = []
-        options = {"namespace": NAMESPACE, "emit": events.append, **options}
-        try:
-            result = function(self.url, token, *args, **options)
-        except sdk.CloudSandboxClientError as error:
-            return Run(None, error, events)
-        return Run(json.loads(result), None, events)
-
-    def build(self, dockerfile: Path, **options: Any) -> Run:
-        return self._call(sdk.build_sandbox_image, str(dockerfile), cas=True, **options)
-
-    def import_image(self, reference: str, **options: Any) -> Run:
-        return self._call(sdk.import_sandbox_image, reference, cas=True, **options)
+    cas = True
 
     def start(self, dockerfile: Path) -> dict[str, Any]:
         started: dict[str, Any] = json.loads(
-            sdk.start_image_build(self.url, TOKEN, str(dockerfile), namespace=NAMESPACE)
+            sdk.start_image_build(self.url, TEST_TOKEN, str(dockerfile), namespace=NAMESPACE)
         )
         return started
 
     def wait(self, build_id: str, events: list[dict[str, Any]]) -> Run:
-        return self._call(sdk.wait_image_build, build_id, DEADLINE_S, True, emit=events.append)
+        return self.call(sdk.wait_image_build, build_id, DEADLINE_S, True, emit=events.append)
 
     def cancel(self, build_id: str) -> dict[str, Any]:
         outcome: dict[str, Any] = json.loads(
-            sdk.cancel_image_build(self.url, TOKEN, build_id, namespace=NAMESPACE)
+            sdk.cancel_image_build(self.url, TEST_TOKEN, build_id, namespace=NAMESPACE)
         )
         return outcome
 
-    def get(self, path: str, **params: str) -> Any:
-        response = self.http.get(path, params=params)
-        assert response.is_success, response.text
-        return response.json()
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = self.http.post(path, json=body)
-        assert response.is_success, response.text
-        return response.json()
-
     def slow_builder(self) -> None:
-        self.post("/_emulator/builder", {"duration_ms": FOLLOWABLE_BUILDER_MS[self.profile]})
-
-    def requests(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = self.get("/_emulator/requests")
-        return entries
-
-    def calls(self) -> list[str]:
-        return [f"{e['method']} {e['path']}" for e in self.requests()]
-
-    def builds(self) -> list[dict[str, Any]]:
-        builds: list[dict[str, Any]] = self.get("/_emulator/image-builds")["builds"]
-        return builds
-
-    def template(self, name: str) -> dict[str, Any]:
-        [template] = [t for t in self.get("/_emulator/templates")["templates"] if t["name"] == name]
-        assert isinstance(template, dict)
-        return template
+        self.set_builder(duration_ms=FOLLOWABLE_BUILDER_MS[self.profile])
 
     def snapshot_files(self, name: str) -> dict[str, bytes]:
-        blob = self.http.get("/_emulator/blobs", params={"uri": self.template(name)["snapshotUri"]})
-        assert blob.is_success, blob.text
-        with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:") as archive:
-            return {
-                member.name: handle.read()
-                for member in archive.getmembers()
-                if (handle := archive.extractfile(member)) is not None
-            }
-
-    def assert_clean(self) -> None:
-        """After every run: no builder sandbox left, no token in the request log."""
-        sandboxes = self.get("/_emulator/sandboxes")["sandboxes"]
-        assert [s for s in sandboxes if s["status"] != "terminated"] == []
-        log = self.http.get("/_emulator/requests").text
-        assert TOKEN not in log
-        assert PAT not in log
+        return snapshot_files(self, self.template(name))
 
 
 @pytest.fixture(params=["ideal", pytest.param("cloud", marks=pytest.mark.slow)])
@@ -176,11 +84,7 @@ def cas_emulator(request: pytest.FixtureRequest) -> Iterator[Callable[..., Peer]
     with contextlib.ExitStack() as stack:
 
         def start(**config: Any) -> Peer:
-            emulator = stack.enter_context(Emulator(emulator_config(profile, pat=PAT, **config)))
-            peer = Peer(emulator.url, profile)
-            stack.callback(peer.http.close)
-            stack.callback(peer.assert_clean)
-            return peer
+            return start_peer(stack, Peer, profile, pat=TEST_PAT, **config)
 
         yield start
 
@@ -188,13 +92,6 @@ def cas_emulator(request: pytest.FixtureRequest) -> Iterator[Callable[..., Peer]
 @pytest.fixture
 def peer(cas_emulator: Callable[..., Peer]) -> Peer:
     return cas_emulator()
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(POLL_S)
 
 
 def dockerfile_in(tmp_path: Path, name: str, text: str) -> Path:
@@ -212,7 +109,7 @@ def test_a_dockerfile_build_registers_a_cas_image(peer: Peer) -> None:
     result = run.ok()
     assert (result["name"], result["snapshotFormatVersion"]) == ("hello", CAS_FORMAT)
     assert f"CAS image 'hello' registered ({result['id']})" in run.text()
-    [build] = peer.builds()
+    [build] = peer.image_builds()
     assert (build["status"], build["kind"], build["sealed"]) == ("succeeded", "dockerfile", True)
     calls = peer.calls()
     assert calls[:6] == [
@@ -229,8 +126,8 @@ def test_a_dockerfile_build_registers_a_cas_image(peer: Peer) -> None:
         "GET /api/v1/",
     )
     assert all(c == calls[5] or c.startswith(follow) for c in calls[6:]), calls
-    looked_up = peer.http.get(
-        "/images/v4/images/name/hello", headers={"Authorization": f"Bearer {TOKEN}"}
+    looked_up = httpx.get(
+        f"{peer.url}/images/v4/images/name/hello", headers={"Authorization": f"Bearer {TEST_TOKEN}"}
     )
     assert looked_up.json()["id"] == result["id"]
     # The snapshot holds exactly what .dockerignore let the client send.
@@ -263,7 +160,7 @@ def test_an_import_registers_a_cas_image_without_a_context(peer: Peer) -> None:
     calls = peer.calls()
     assert calls[0] == f"POST {BUILDS}"
     assert not [c for c in calls if "by-name" in c or "context" in c], calls
-    [build] = peer.builds()
+    [build] = peer.image_builds()
     assert (build["kind"], build["image_ref"]) == ("import", "python:3.12-slim")
     assert set(peer.snapshot_files("python")) == {"spec.json"}
 
@@ -279,22 +176,22 @@ def test_a_build_on_a_pinned_parent_is_a_diff(peer: Peer, tmp_path: Path) -> Non
     assert not [c for c in peer.calls()[before:] if "by-name" in c or "/images/name/" in c]
     peer.build(dockerfile_in(tmp_path, "named", "FROM hello\nRUN echo child\n")).ok()
     assert peer.template("named")["rootfsNodeKind"] == "diff"
-    parents = {b["name"]: b["parents"] for b in peer.builds()}
+    parents = {b["name"]: b["parents"] for b in peer.image_builds()}
     assert parents["pinned"] == [{"reference": parent["id"], "public_id": parent["id"]}]
     assert parents["named"] == [{"reference": "hello", "public_id": parent["id"]}]
 
 
 def test_a_background_build_is_started_followed_and_cancelled(peer: Peer) -> None:
-    peer.post("/_emulator/builder", ENDLESS_BUILDER)
+    peer.set_builder(**ENDLESS_BUILDER)
     started = peer.start(HELLO)
     build_id = started["build"]["build_id"]
-    assert started["client_request_id"] == peer.builds()[0]["client_request_id"]
+    assert started["client_request_id"] == peer.image_builds()[0]["client_request_id"]
     events: list[dict[str, Any]] = []
     waited: list[Run] = []
     waiter = threading.Thread(target=lambda: waited.append(peer.wait(build_id, events)))
     waiter.start()
     try:
-        until(lambda: any(e["type"] == "build_log" for e in events), "the builder's log")
+        wait_until_blocking(lambda: any(e["type"] == "build_log" for e in events))
         outcome = peer.cancel(build_id)
     finally:
         waiter.join(DEADLINE_S)
@@ -304,19 +201,19 @@ def test_a_background_build_is_started_followed_and_cancelled(peer: Peer) -> Non
     assert '"code":"cancelled"' in run.failure()
     logs = [e["message"] for e in events if e["type"] == "build_log"]
     assert any("tl-image-builder (kiln emulator stand-in)" in line for line in logs)
-    [sandbox] = peer.get("/_emulator/sandboxes")["sandboxes"]
+    [sandbox] = peer.sandboxes()
     assert sandbox["termination_reason"] == "image build cancelled"
-    assert json.loads(sdk.get_image_build(peer.url, TOKEN, build_id))["status"] == "cancelled"
+    assert json.loads(sdk.get_image_build(peer.url, TEST_TOKEN, build_id))["status"] == "cancelled"
 
 
 # -- around them -------------------------------------------------------------------------------
 
 
 def test_a_pat_uses_the_same_routes_with_scope_headers(peer: Peer) -> None:
-    run = peer._call(
+    run = peer.call(
         sdk.build_sandbox_image,
         str(HELLO),
-        token=PAT,
+        token=TEST_PAT,
         cas=True,
         use_scope_headers=True,
         organization_id=ORG,
@@ -332,18 +229,15 @@ def test_a_pat_uses_the_same_routes_with_scope_headers(peer: Peer) -> None:
 
 
 def test_a_lost_admission_answer_is_retried_onto_the_same_build(peer: Peer) -> None:
-    peer.post(
-        "/_emulator/faults",
-        {"match": {"method": "POST", "path": f"^{BUILDS}$"}, "action": {"status": 503}, "times": 1},
-    )
+    peer.add_fault({"status": 503}, method="POST", path=f"^{BUILDS}$", times=1)
     peer.build(HELLO).ok()
     admissions = [e["status"] for e in peer.requests() if e["path"] == BUILDS]
     assert admissions == [503, 200]
-    assert len(peer.builds()) == 1
+    assert len(peer.image_builds()) == 1
 
 
 def test_a_failing_builder_fails_the_build_with_its_reason(peer: Peer) -> None:
-    peer.post("/_emulator/builder", {"exit_code": 3})
+    peer.set_builder(exit_code=3)
     message = peer.build(HELLO).failure()
     assert '"code":"failed"' in message
     assert "tl-image-builder exited with status 3" in message
@@ -351,7 +245,7 @@ def test_a_failing_builder_fails_the_build_with_its_reason(peer: Peer) -> None:
 
 def test_a_retired_build_is_not_found(peer: Peer) -> None:
     peer.build(HELLO).ok()
-    [first] = peer.builds()
+    [first] = peer.image_builds()
     peer.build(HELLO).ok()
     run = peer.wait(first["build_id"], [])
     assert '"code":"not_found"' in run.failure()
@@ -363,9 +257,9 @@ def test_the_legacy_path_refuses_a_cas_parent_and_the_cas_path_a_legacy_one(
 ) -> None:
     peer.build(HELLO).ok()
     child = dockerfile_in(tmp_path, "child", "FROM hello\nRUN echo child\n")
-    legacy = peer._call(sdk.build_sandbox_image, str(child), cas=False)
+    legacy = peer.call(sdk.build_sandbox_image, str(child), cas=False)
     assert "hello" in legacy.failure()
     assert not [c for c in peer.calls() if "sandbox-template-builds" in c]
-    peer._call(sdk.import_sandbox_image, "ubuntu:24.04", registered_name="base", cas=False).ok()
+    peer.call(sdk.import_sandbox_image, "ubuntu:24.04", registered_name="base", cas=False).ok()
     on_legacy = dockerfile_in(tmp_path, "onlegacy", "FROM base\nRUN echo child\n")
     assert "is a legacy image" in peer.build(on_legacy).failure()

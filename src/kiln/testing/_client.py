@@ -99,6 +99,12 @@ class EmulatorClient:
         """The templates registered by completed builds."""
         return self._listing("templates")
 
+    def image_builds(self) -> list[dict[str, Any]]:
+        """The Image Service's builds (the CAS path) since the last reset: status, kind, parents,
+        builder sandbox."""
+        builds: list[dict[str, Any]] = _json(self._http.get(f"{ADMIN}/image-builds"))["builds"]
+        return builds
+
     def blob(self, uri: str) -> bytes:
         """The stored object at ``uri`` (``s3://kiln-emulator/<key>``), e.g. the snapshot a
         template's ``snapshotUri`` names, to look at what a build registered."""
