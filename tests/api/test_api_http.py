@@ -17,14 +17,14 @@ from kiln.errors import (
     ServerError,
     TransportError,
 )
+from kiln.testing import TEST_TOKEN
 
-TOKEN = "tl-secret-token-77c0"
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
 SANDBOX_CALL = "GET /v1/namespaces/default/sandboxes/sbx1"
 
 
 def local_settings() -> ApiSettings:
-    return ApiSettings.from_env({}, api_url="http://127.0.0.1:8900", api_key=TOKEN)
+    return ApiSettings.from_env({}, api_url="http://127.0.0.1:8900", api_key=TEST_TOKEN)
 
 
 def lifecycle(handler: httpx.MockTransport) -> LifecycleClient:
@@ -129,21 +129,21 @@ async def test_every_request_carries_auth_agent_and_fresh_traceparent() -> None:
     await client.delete_sandbox("a")
     await client.delete_sandbox("b")
     for request in seen:
-        assert request.headers["authorization"] == f"Bearer {TOKEN}"
+        assert request.headers["authorization"] == f"Bearer {TEST_TOKEN}"
         assert request.headers["user-agent"].startswith("kiln/")
         assert TRACEPARENT.match(request.headers["traceparent"])
     assert seen[0].headers["traceparent"] != seen[1].headers["traceparent"]
 
 
 async def test_token_never_appears_in_errors_even_when_echoed() -> None:
-    echo = f"your header was Authorization: Bearer {TOKEN}"
+    echo = f"your header was Authorization: Bearer {TEST_TOKEN}"
     for status in (401, 403, 500, 400):
         error = await get_error(status, echo)
-        assert TOKEN not in str(error)
-        assert TOKEN not in error.body
-        assert TOKEN not in error.display()
+        assert TEST_TOKEN not in str(error)
+        assert TEST_TOKEN not in error.body
+        assert TEST_TOKEN not in error.display()
     client = create_http_client(local_settings())
-    assert TOKEN not in repr(client.headers)
+    assert TEST_TOKEN not in repr(client.headers)
 
 
 def test_client_timeouts_bound_connect_and_reads() -> None:

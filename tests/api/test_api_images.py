@@ -23,8 +23,8 @@ from kiln.api import (
 )
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.errors import ServerError
+from kiln.testing import TEST_TOKEN
 
-TOKEN = "tl-secret-token-cas-5d1e"
 DOCKERFILE = b"FROM python:3.12-slim\nRUN echo hi\n"
 BODY = {
     "kind": "dockerfile",
@@ -47,7 +47,7 @@ def emulator() -> Iterator[Emulator]:
 @pytest.fixture
 async def client(emulator: Emulator) -> AsyncIterator[ImageServiceClient]:
     httpx.post(emulator.url + "/_emulator/reset")
-    settings = ApiSettings.from_env({}, api_url=emulator.url, api_key=TOKEN)
+    settings = ApiSettings.from_env({}, api_url=emulator.url, api_key=TEST_TOKEN)
     async with create_http_client(settings) as http:
         yield ImageServiceClient(settings, http)
 
@@ -117,7 +117,7 @@ async def test_the_upload_carries_no_credentials(tmp_path: Path) -> None:
         return httpx.Response(200, json={"build_id": "build_1", "status": "pending"})
 
     settings = ApiSettings.from_env(
-        {}, api_url="https://api.tensorlake.ai", pat=TOKEN, organization_id="o", project_id="p"
+        {}, api_url="https://api.tensorlake.ai", pat=TEST_TOKEN, organization_id="o", project_id="p"
     )
     archive = context_archive(tmp_path)
     async with create_http_client(settings, transport=httpx.MockTransport(handler)) as http:
@@ -133,4 +133,4 @@ async def test_the_upload_carries_no_credentials(tmp_path: Path) -> None:
         assert header not in put.headers
         assert header in get.headers
     assert put.content == archive.read_bytes()
-    assert TOKEN not in str(put.headers)
+    assert TEST_TOKEN not in str(put.headers)

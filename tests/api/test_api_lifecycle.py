@@ -3,32 +3,21 @@
 import json
 from typing import Any
 
-import httpx
 import pytest
 
-from kiln.api import ApiSettings, LifecycleClient, create_http_client
+from kiln.api import ApiSettings, LifecycleClient
 from kiln.errors import ResponseError, ServerError
+from kiln.testing import TEST_TOKEN
+from support.mock import Recorder, answer
 
-TOKEN = "tl-secret-token-3b2a"
 
-
-class Server:
+class Server(Recorder):
     def __init__(self, status: int, body: Any) -> None:
-        self.status = status
-        self.body = body
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if isinstance(self.body, str):
-            return httpx.Response(self.status, text=self.body)
-        return httpx.Response(self.status, json=self.body)
+        super().__init__(answer(status, body))
 
     def client(self, api_url: str = "http://127.0.0.1:8900") -> LifecycleClient:
-        settings = ApiSettings.from_env({}, api_url=api_url, api_key=TOKEN, namespace="ns")
-        return LifecycleClient(
-            settings, create_http_client(settings, transport=httpx.MockTransport(self))
-        )
+        settings = ApiSettings.from_env({}, api_url=api_url, api_key=TEST_TOKEN, namespace="ns")
+        return LifecycleClient(settings, self.http(settings))
 
 
 async def test_create_sends_snake_case_body_to_namespaced_route() -> None:

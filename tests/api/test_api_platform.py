@@ -1,16 +1,17 @@
 """The platform client against a mock transport (§3.1, §2)."""
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from kiln.api import ApiSettings, PlatformClient, create_http_client
+from kiln.api import ApiSettings, PlatformClient
 from kiln.errors import AuthenticationError, AuthorizationError, ResponseError, ServerError
+from kiln.testing import TEST_TOKEN
+from support import mock
+from support.mock import answer
 
-TOKEN = "tl-secret-token-9e4d"
 API = "https://api.tensorlake.ai"
 PREPARED: dict[str, Any] = {
     "buildId": "build-1",
@@ -28,41 +29,24 @@ PREPARED: dict[str, Any] = {
     "upload": {"kind": "single_put", "url": "https://s3/put"},
 }
 
-Handler = Callable[[httpx.Request], httpx.Response]
-
 
 def api_key_settings() -> ApiSettings:
-    return ApiSettings.from_env({}, api_url=API, api_key=TOKEN)
+    return ApiSettings.from_env({}, api_url=API, api_key=TEST_TOKEN)
 
 
 def pat_settings() -> ApiSettings:
     return ApiSettings.from_env(
-        {}, api_url=API, pat=TOKEN, organization_id="org-1", project_id="p-1"
+        {}, api_url=API, pat=TEST_TOKEN, organization_id="org-1", project_id="p-1"
     )
 
 
-class Recorder:
-    """A mock server answering from a handler and keeping every request it saw."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.handler(request)
-
+class Recorder(mock.Recorder):
     def client(self, settings: ApiSettings) -> PlatformClient:
-        http = create_http_client(settings, transport=httpx.MockTransport(self))
-        return PlatformClient(settings, http)
-
-
-def json_answer(status: int, body: Any) -> Handler:
-    return lambda request: httpx.Response(status, json=body)
+        return PlatformClient(settings, self.http(settings))
 
 
 async def test_template_name_is_percent_encoded_on_token_route() -> None:  # §7 S5
-    server = Recorder(json_answer(404, {}))
+    server = Recorder(answer(404, {}))
     assert (
         await server.client(api_key_settings()).get_template("tensorlake/python:3.12-slim") is None
     )
@@ -74,15 +58,15 @@ async def test_template_name_is_percent_encoded_on_token_route() -> None:  # §7
 
 
 async def test_api_key_client_sends_bearer_and_no_scope_headers() -> None:  # §7 S6
-    server = Recorder(json_answer(404, {}))
+    server = Recorder(answer(404, {}))
     await server.client(api_key_settings()).get_template("ubuntu")
     headers = server.requests[0].headers
-    assert headers["authorization"] == f"Bearer {TOKEN}"
+    assert headers["authorization"] == f"Bearer {TEST_TOKEN}"
     assert not [name for name in headers if name.lower().startswith("x-forwarded-")]
 
 
 async def test_pat_client_uses_scoped_route_and_headers() -> None:
-    server = Recorder(json_answer(200, PREPARED))
+    server = Recorder(answer(200, PREPARED))
     await server.client(pat_settings()).prepare({"name": "x"})
     request = server.requests[0]
     assert (
@@ -103,7 +87,7 @@ async def test_template_hit_is_typed() -> None:
         "public": True,
         "futureField": [1, 2],
     }
-    server = Recorder(json_answer(200, body))
+    server = Recorder(answer(200, body))
     template = await server.client(api_key_settings()).get_template("ubuntu-minimal")
     assert template is not None
     assert (template.id, template.snapshot_id, template.public) == ("tmpl-1", "snap-1", True)
@@ -117,19 +101,19 @@ async def test_template_hit_is_typed() -> None:
 async def test_template_without_required_field(missing: str, noun: str) -> None:  # §7 item 46
     body = {"id": "tmpl-1", "name": "n", "snapshotId": "snap-1"}
     del body[missing]
-    server = Recorder(json_answer(200, body))
+    server = Recorder(answer(200, body))
     with pytest.raises(ResponseError, match=f"lookup for 'ubuntu' without {noun}$"):
         await server.client(api_key_settings()).get_template("ubuntu")
 
 
 async def test_template_lookup_other_status_is_fatal() -> None:
-    server = Recorder(json_answer(403, {}))
+    server = Recorder(answer(403, {}))
     with pytest.raises(AuthorizationError):
         await server.client(api_key_settings()).get_template("ubuntu")
 
 
 async def test_prepare_sends_body_and_keeps_raw() -> None:
-    server = Recorder(json_answer(201, PREPARED))
+    server = Recorder(answer(201, PREPARED))
     body: dict[str, Any] = {"name": "hello", "parentTemplate": None, "additionalLocalImages": []}
     prepared = await server.client(api_key_settings()).prepare(body)
     request = server.requests[0]
@@ -162,13 +146,13 @@ async def test_prepare_401_is_an_authentication_error() -> None:
 async def test_prepare_missing_field_names_it() -> None:
     body = {**PREPARED, "builder": {**PREPARED["builder"]}}
     del body["builder"]["cpus"]
-    server = Recorder(json_answer(200, body))
+    server = Recorder(answer(200, body))
     with pytest.raises(ResponseError, match=r"^prepare response: missing field builder\.cpus$"):
         await server.client(api_key_settings()).prepare({})
 
 
 async def test_complete_posts_to_build_and_returns_template() -> None:
-    server = Recorder(json_answer(200, {"id": "tmpl-9", "name": "hello"}))
+    server = Recorder(answer(200, {"id": "tmpl-9", "name": "hello"}))
     result = await server.client(pat_settings()).complete("b1", {"snapshotId": "s"})
     request = server.requests[0]
     assert request.url.path == (
@@ -185,7 +169,7 @@ async def test_complete_failure_wording() -> None:
 
 
 async def test_introspect_sends_empty_body_and_reads_scope() -> None:
-    server = Recorder(json_answer(200, {"organizationId": "org-7", "projectId": "proj-7"}))
+    server = Recorder(answer(200, {"organizationId": "org-7", "projectId": "proj-7"}))
     assert await server.client(api_key_settings()).introspect() == ("org-7", "proj-7")
     request = server.requests[0]
     assert request.url.path == "/platform/v1/keys/introspect"

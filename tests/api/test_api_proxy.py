@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,10 +17,11 @@ from kiln.api import (
 )
 from kiln.api import _proxy as proxy_module
 from kiln.errors import ResponseError, ServerError, TransportError
+from kiln.testing import TEST_TOKEN
+from support import mock
+from support.mock import Recorder
 
-TOKEN = "tl-secret-token-c0de"
 SSE = {"content-type": "text/event-stream"}
-Handler = Callable[[httpx.Request], httpx.Response]
 # Far more than socket buffers hold, so the server hangs up mid-body.
 EARLY_REFUSAL_CHUNKS = 512
 EARLY_REFUSAL_CHUNK_BYTES = 64 * 1024
@@ -28,18 +29,10 @@ EARLY_REFUSAL_CHUNK_BYTES = 64 * 1024
 
 def settings(proxy_override: str | None = None) -> ApiSettings:
     env = {"TENSORLAKE_SANDBOX_PROXY_URL": proxy_override} if proxy_override else {}
-    return ApiSettings.from_env(env, api_url="https://api.tensorlake.ai", api_key=TOKEN)
+    return ApiSettings.from_env(env, api_url="https://api.tensorlake.ai", api_key=TEST_TOKEN)
 
 
-class Server:
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.handler(request)
-
+class Server(Recorder):
     def proxy(
         self,
         sandbox_url: str | None = "https://sbx-1.sandbox.example",
@@ -50,7 +43,7 @@ class Server:
         config = settings(override)
         return ProxyClient.for_sandbox(
             config,
-            create_http_client(config, transport=httpx.MockTransport(self)),
+            self.http(config),
             sandbox_id=sandbox_id,
             sandbox_url=sandbox_url,
             routing_hint=routing_hint,
@@ -61,7 +54,7 @@ def sse(*events: Any) -> bytes:
     return b"".join(f"data: {json.dumps(event)}\n\n".encode() for event in events)
 
 
-def answer(status: int = 200, **kwargs: Any) -> Handler:
+def answer(status: int = 200, **kwargs: Any) -> mock.Handler:
     return lambda request: httpx.Response(status, **kwargs)
 
 

@@ -4,21 +4,21 @@ import pytest
 
 from kiln.api import ApiSettings, Credentials
 from kiln.errors import ConfigError
+from kiln.testing import TEST_TOKEN
 
-TOKEN = "tl-secret-token-5a1f"
 PAT_ENV = {
-    "TENSORLAKE_PAT": TOKEN,
+    "TENSORLAKE_PAT": TEST_TOKEN,
     "TENSORLAKE_ORGANIZATION_ID": "org-1",
     "TENSORLAKE_PROJECT_ID": "proj-1",
 }
 
 
 def settings_for(api_url: str, namespace: str = "default") -> ApiSettings:
-    return ApiSettings.from_env({}, api_url=api_url, api_key=TOKEN, namespace=namespace)
+    return ApiSettings.from_env({}, api_url=api_url, api_key=TEST_TOKEN, namespace=namespace)
 
 
 def test_api_key_context_drops_org_and_project() -> None:  # §7 item 2
-    env = {"TENSORLAKE_API_KEY": TOKEN, **PAT_ENV}
+    env = {"TENSORLAKE_API_KEY": TEST_TOKEN, **PAT_ENV}
     settings = ApiSettings.from_env(env)
     assert settings.credentials.mode == "api_key"
     assert settings.credentials.organization_id is None
@@ -55,7 +55,7 @@ def test_no_token_is_a_config_error_with_a_hint() -> None:
 
 
 def test_api_key_has_no_scope_headers() -> None:
-    assert Credentials(token=TOKEN, mode="api_key").scope_headers == {}
+    assert Credentials(token=TEST_TOKEN, mode="api_key").scope_headers == {}
 
 
 def test_arguments_win_over_environment() -> None:
@@ -74,9 +74,9 @@ def test_arguments_win_over_environment() -> None:
 
 def test_pat_argument_beats_api_key_from_environment() -> None:
     env = {"TENSORLAKE_API_KEY": "env-key"}
-    settings = ApiSettings.from_env(env, pat=TOKEN, organization_id="o", project_id="p")
+    settings = ApiSettings.from_env(env, pat=TEST_TOKEN, organization_id="o", project_id="p")
     assert settings.credentials.mode == "pat"
-    assert settings.credentials.token == TOKEN
+    assert settings.credentials.token == TEST_TOKEN
 
 
 def test_api_key_beats_pat_when_both_come_from_the_environment() -> None:
@@ -86,7 +86,7 @@ def test_api_key_beats_pat_when_both_come_from_the_environment() -> None:
 
 
 def test_environment_defaults() -> None:
-    settings = ApiSettings.from_env({"TENSORLAKE_API_KEY": TOKEN})
+    settings = ApiSettings.from_env({"TENSORLAKE_API_KEY": TEST_TOKEN})
     assert settings.api_url == "https://api.tensorlake.ai"
     assert settings.namespace == "default"
     assert settings.proxy_url_override is None
@@ -94,7 +94,7 @@ def test_environment_defaults() -> None:
 
 
 def test_proxy_override_is_trimmed_and_blank_means_unset() -> None:
-    env = {"TENSORLAKE_API_KEY": TOKEN, "TENSORLAKE_SANDBOX_PROXY_URL": "  http://p:1  "}
+    env = {"TENSORLAKE_API_KEY": TEST_TOKEN, "TENSORLAKE_SANDBOX_PROXY_URL": "  http://p:1  "}
     assert ApiSettings.from_env(env).proxy_url_override == "http://p:1"
     env["TENSORLAKE_SANDBOX_PROXY_URL"] = "   "
     assert ApiSettings.from_env(env).proxy_url_override is None
@@ -129,6 +129,6 @@ def test_unusable_api_url_is_a_config_error(bad: str) -> None:
 
 def test_token_never_in_repr() -> None:
     settings = ApiSettings.from_env(PAT_ENV)
-    assert TOKEN not in repr(settings)
-    assert TOKEN not in repr(settings.credentials)
-    assert TOKEN not in str(settings.credentials)
+    assert TEST_TOKEN not in repr(settings)
+    assert TEST_TOKEN not in repr(settings.credentials)
+    assert TEST_TOKEN not in str(settings.credentials)

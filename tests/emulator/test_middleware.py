@@ -22,8 +22,8 @@ from starlette.routing import Route
 
 from kiln.emulator.middleware import FaultRules, RequestLog, SseCutter, wrap_app
 from kiln.errors import UsageError
+from kiln.testing import TEST_TOKEN
 
-TOKEN = "tl_secret_token_value"
 STREAM_EVENTS = 5
 LONG_STREAM_EVENTS = 10_000
 READY_DEADLINE_S = 10.0
@@ -149,12 +149,12 @@ async def test_log_names_the_sandbox_a_request_is_routed_to(
 async def test_log_never_holds_credentials(client: httpx.AsyncClient) -> None:
     await client.post(
         "/hello",
-        params={"path": "/b/spec.json", "X-Amz-Signature": TOKEN, "token": TOKEN},
-        headers={"authorization": f"Bearer {TOKEN}"},
-        content=TOKEN.encode(),
+        params={"path": "/b/spec.json", "X-Amz-Signature": TEST_TOKEN, "token": TEST_TOKEN},
+        headers={"authorization": f"Bearer {TEST_TOKEN}"},
+        content=TEST_TOKEN.encode(),
     )
     text = (await client.get("/_emulator/requests")).text
-    assert TOKEN not in text
+    assert TEST_TOKEN not in text
     assert json.loads(text)[0]["query"]["path"] == "/b/spec.json"
 
 
