@@ -6,13 +6,12 @@ import asyncio
 from typing import Any
 
 import attrs
-import httpx
 import pytest
 
 from kiln.machine import Backoff, BuildState, load_machine_spec
 from kiln.testing import EmulatorClient
 from support.emulator import builder_processes, builder_starts
-from support.machine import EmulatorPool, fast_spec, run_to_end, start_run
+from support.machine import EmulatorPool, LoseFirstAnswer, fast_spec, run_to_end, start_run
 from support.polling import wait_until
 
 SPEC = load_machine_spec()
@@ -110,28 +109,8 @@ async def test_cancelling_the_caller_task_still_deletes_the_sandbox(
     assert run.state.sandbox_deleted
 
 
-class LoseFirstStartResponse(httpx.AsyncBaseTransport):
-    """Forwards every request; the first builder start really happens but answers 502."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-        self.lost = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        if request.method == "POST" and request.url.path == "/api/v1/processes" and not self.lost:
-            self.lost += 1
-            await response.aread()
-            await response.aclose()
-            return httpx.Response(502, text="Failed to proxy request", request=request)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 async def test_a_started_builder_whose_answer_was_lost_is_adopted(emulator: EmulatorClient) -> None:
-    transport = LoseFirstStartResponse()
+    transport = LoseFirstAnswer(lambda r: r.method == "POST" and r.url.path == "/api/v1/processes")
     run = await run_to_end(emulator, transport=transport)
     assert transport.lost == 1
     assert run.state.state == "done"

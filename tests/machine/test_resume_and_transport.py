@@ -9,7 +9,7 @@ from kiln.machine import BuildState
 from kiln.machine.handlers import builder as builder_handler
 from kiln.testing import EmulatorClient
 from support.emulator import builder_starts
-from support.machine import run_to_end, start_run
+from support.machine import LoseFirstAnswer, run_to_end, start_run
 
 
 class Crash(BaseException):
@@ -112,29 +112,9 @@ async def test_a_refused_chunked_upload_is_spooled_and_sent_with_a_length(
     assert uploads[-1].startswith("Uploading build context archive: 100%")
 
 
-class LoseFirstCompleteResponse(httpx.AsyncBaseTransport):
-    """Forwards every request; the first complete is registered but its answer is lost."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-        self.lost = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        if request.url.path.endswith("/complete") and not self.lost:
-            self.lost += 1
-            await response.aread()
-            await response.aclose()
-            return httpx.Response(502, text="Failed to proxy request", request=request)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 @pytest.mark.cloud
 async def test_a_complete_whose_answer_was_lost_is_recognised(emulator: EmulatorClient) -> None:
-    transport = LoseFirstCompleteResponse()
+    transport = LoseFirstAnswer(lambda r: r.url.path.endswith("/complete"))
     run = await run_to_end(emulator, transport=transport)
     assert transport.lost == 1
     assert run.state.state == "done", run.state.error

@@ -181,3 +181,25 @@ def fake_credential_helper(
 def helper_log(directory: Path, name: str) -> list[str]:
     log = directory / f"{name}.log"
     return log.read_text().splitlines() if log.exists() else []
+
+
+class LoseFirstAnswer(httpx.AsyncBaseTransport):
+    """Forwards every request; the first one ``lost_if`` picks really happens, but its answer is
+    lost on the way back (a 502 from the proxy instead)."""
+
+    def __init__(self, lost_if: Callable[[httpx.Request], bool]) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._lost_if = lost_if
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if self._lost_if(request) and not self.lost:
+            self.lost += 1
+            await response.aread()
+            await response.aclose()
+            return httpx.Response(502, text="Failed to proxy request", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
