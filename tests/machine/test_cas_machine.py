@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import pytest
 
 from kiln.machine import CAS_MACHINE, BuildOptions, BuildState, CasProgress, load_machine_spec
 from kiln.plan import BuildPlan, plan_dockerfile, plan_import
-from support.machine import FAST_BACKOFF, HELLO, Admin, Run, run_to_end, start_run, wait_for
+from kiln.testing import EmulatorClient
+from support.machine import FAST_BACKOFF, Run, run_to_end, start_run
+from support.paths import HELLO
+from support.polling import wait_until
 
 CAS_FORMAT = "content_addressed_streaming_v1"
 BUILDS = "/images/v4/builds"
@@ -27,7 +29,7 @@ HAPPY_PATH = [
 ]
 
 
-def cas_state(admin: Admin, plan: BuildPlan, **progress: Any) -> BuildState:
+def cas_state(admin: EmulatorClient, plan: BuildPlan, **progress: Any) -> BuildState:
     return BuildState(
         plan=plan,
         options=BuildOptions(api_url=admin.url),
@@ -40,14 +42,8 @@ def cas_spec() -> Any:
     return load_machine_spec(name=CAS_MACHINE).with_backoff(FAST_BACKOFF)
 
 
-async def run_cas(admin: Admin, plan: BuildPlan, **progress: Any) -> Run:
+async def run_cas(admin: EmulatorClient, plan: BuildPlan, **progress: Any) -> Run:
     return await run_to_end(admin, state=cas_state(admin, plan, **progress), spec=cas_spec())
-
-
-async def image_builds(admin: Admin) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=admin.url) as http:
-        builds: list[dict[str, Any]] = (await http.get("/_emulator/image-builds")).json()["builds"]
-    return builds
 
 
 def dockerfile_in(tmp_path: Path, name: str, text: str) -> Path:
@@ -59,20 +55,20 @@ def dockerfile_in(tmp_path: Path, name: str, text: str) -> Path:
 
 @pytest.mark.cloud
 async def test_a_dockerfile_build_makes_one_cas_image_with_its_build_args(
-    emulator: Admin,
+    emulator: EmulatorClient,
 ) -> None:
     run = await run_cas(emulator, plan_dockerfile(HELLO), build_args={"A": "1"})
     assert run.state.outcome == "done", run.state.error
     assert run.states_entered() == HAPPY_PATH
     assert run.state.result is not None
     assert run.state.result["snapshotFormatVersion"] == CAS_FORMAT
-    [build] = await image_builds(emulator)
+    [build] = emulator.image_builds()
     assert build["client_request_id"] == run.state.cas.request_id  # type: ignore[union-attr]
     assert build["build_id"] == run.state.build_id
     assert build["build_args"] == {"A": "1"}
     assert run.state.result["id"] == build["result"]["id"]
     # The official client's requests, no more: lookups, admission, upload, seal, polls.
-    calls = [f"{e['method']} {e['path']}" for e in await emulator.requests()]
+    calls = [f"{e['method']} {e['path']}" for e in emulator.requests()]
     assert calls[:5] == [
         "GET /images/v4/images/name/python:3.12-slim",
         "GET /platform/v1/sandbox-templates/by-name/python:3.12-slim",
@@ -84,15 +80,15 @@ async def test_a_dockerfile_build_makes_one_cas_image_with_its_build_args(
 
 
 @pytest.mark.cloud
-async def test_an_import_sends_no_context(emulator: Admin) -> None:
+async def test_an_import_sends_no_context(emulator: EmulatorClient) -> None:
     run = await run_cas(emulator, plan_import("python:3.12-slim"))
     assert run.state.outcome == "done", run.state.error
-    calls = [f"{e['method']} {e['path']}" for e in await emulator.requests()]
+    calls = [f"{e['method']} {e['path']}" for e in emulator.requests()]
     assert calls[0] == f"POST {BUILDS}"
     assert not [c for c in calls if "context" in c or "by-name" in c or "/name/" in c]
 
 
-async def test_parents_by_name_and_by_image_id(emulator: Admin, tmp_path: Path) -> None:
+async def test_parents_by_name_and_by_image_id(emulator: EmulatorClient, tmp_path: Path) -> None:
     parent = await run_cas(emulator, plan_dockerfile(HELLO))
     image_id = parent.state.result["id"]  # type: ignore[index]
     named = await run_cas(emulator, plan_dockerfile(dockerfile_in(tmp_path, "a", "FROM hello\n")))
@@ -102,12 +98,12 @@ async def test_parents_by_name_and_by_image_id(emulator: Admin, tmp_path: Path) 
     assert named.state.cas.parents == [{"reference": "hello", "public_id": image_id}]  # type: ignore[union-attr]
     assert pinned.state.cas.parents == [{"reference": image_id, "public_id": image_id}]  # type: ignore[union-attr]
     assert pinned.state.outcome == "done"
-    kinds = {t["name"]: t["rootfsNodeKind"] for t in await emulator.templates()}
+    kinds = {t["name"]: t["rootfsNodeKind"] for t in emulator.templates()}
     assert (kinds["a"], kinds["b"]) == ("diff", "diff")
 
 
 async def test_a_legacy_parent_is_refused_before_any_admission(
-    emulator: Admin, tmp_path: Path
+    emulator: EmulatorClient, tmp_path: Path
 ) -> None:
     legacy = await run_to_end(emulator, plan_import("ubuntu:24.04", name="base"))
     assert legacy.state.outcome == "done"
@@ -116,30 +112,32 @@ async def test_a_legacy_parent_is_refused_before_any_admission(
     assert run.state.error is not None
     assert "legacy image" in run.state.error.message
     assert "--cas" in (run.state.error.hint or "")
-    assert await image_builds(emulator) == []
+    assert emulator.image_builds() == []
 
 
-async def test_a_failed_build_fails_without_a_cancel(emulator: Admin) -> None:
-    await emulator.builder(exit_code=3)
+async def test_a_failed_build_fails_without_a_cancel(emulator: EmulatorClient) -> None:
+    emulator.set_builder(exit_code=3)
     run = await run_cas(emulator, plan_dockerfile(HELLO))
     assert run.state.outcome == "failed"
     assert "tl-image-builder exited with status 3" in run.state.error.message  # type: ignore[union-attr]
     assert run.states_entered()[-2:] == ["release", "failed"]
-    assert not [e for e in await emulator.requests() if e["path"] == f"{BUILDS}/cancel"]
+    assert not [e for e in emulator.requests() if e["path"] == f"{BUILDS}/cancel"]
 
 
-async def test_cancel_while_waiting_cancels_the_remote_build(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=60_000)
+async def test_cancel_while_waiting_cancels_the_remote_build(emulator: EmulatorClient) -> None:
+    emulator.set_builder(duration_ms=60_000)
     run = start_run(emulator, state=cas_state(emulator, plan_dockerfile(HELLO)), spec=cas_spec())
-    await wait_for(lambda: run.state.state == "wait_build" and run.state.cas.status == "running")  # type: ignore[union-attr]
+    await wait_until(lambda: run.state.state == "wait_build" and run.state.cas.status == "running")  # type: ignore[union-attr]
     run.driver.cancel()
     await run.finish()
     assert run.state.outcome == "cancelled"
-    [build] = await image_builds(emulator)
+    [build] = emulator.image_builds()
     assert build["status"] == "cancelled"
 
 
-async def test_a_resume_at_the_admission_lands_on_the_admitted_build(emulator: Admin) -> None:
+async def test_a_resume_at_the_admission_lands_on_the_admitted_build(
+    emulator: EmulatorClient,
+) -> None:
     snapshots: list[str] = []
 
     async def persist(state: BuildState) -> None:
@@ -158,9 +156,9 @@ async def test_a_resume_at_the_admission_lands_on_the_admitted_build(emulator: A
     resumed = await run_to_end(emulator, state=entering, spec=cas_spec())
     assert resumed.state.outcome == "done", resumed.state.error
     assert resumed.state.build_id == first.state.build_id
-    assert len(await image_builds(emulator)) == 1
+    assert len(emulator.image_builds()) == 1
     assert resumed.state.result == first.state.result
-    admissions = [e for e in await emulator.requests() if e["path"] == BUILDS]
+    admissions = [e for e in emulator.requests() if e["path"] == BUILDS]
     assert len(admissions) == 2
 
 
