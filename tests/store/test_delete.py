@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.store import BuildNotFound, Owner, Store
-
-from .conftest import Backend
+from support.stores import Backend
 
 LEASE_S = 30.0
 FAR = Owner(host="far.example", pid=4242, worker_id="worker-far")
