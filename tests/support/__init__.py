@@ -14,5 +14,7 @@ what kiln's own tests need beyond it.
 - ``durable``: crash a persisted build, plant a leaked sandbox, rewrite or read a store's rows.
 - ``wire``: the emulator's wire protocol spoken raw, for the emulator's own tests.
 - ``official``: the official Tensorlake client pointed at an emulator, for conformance.
+- ``mock``: a mock server for kiln's API clients, keeping the requests it saw.
+- ``stores``: the store tests' fake clock and backend under test.
 - ``leak_guard``: the threads a fixture wider than one test may leave running.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import tarfile
 from collections import Counter
 
 import pytest
@@ -50,6 +51,23 @@ def test_the_fixture_hands_out_a_reset_emulator(kiln_emulator: EmulatorClient) -
     assert kiln_emulator.requests() == []
     assert kiln_emulator.sandboxes() == []
     assert kiln_emulator.templates() == []
+    assert kiln_emulator.image_builds() == []
+
+
+async def test_a_registered_snapshot_is_read_back_whole(kiln_emulator: EmulatorClient) -> None:
+    run = await run_build(kiln_emulator, HELLO)
+    assert run.outcome == "done", run.error
+    [template] = kiln_emulator.templates()
+    snapshot = kiln_emulator.blob(template["snapshotUri"])
+    assert len(snapshot) == template["snapshotSizeBytes"]
+    with tarfile.open(fileobj=io.BytesIO(snapshot)) as archive:
+        assert "spec.json" in archive.getnames()
+
+
+def test_a_missing_blob_is_a_usage_error_naming_it(kiln_emulator: EmulatorClient) -> None:
+    missing = "s3://kiln-emulator/snapshots/nothing-here.tlsnap"
+    with pytest.raises(UsageError, match="nothing-here"):
+        kiln_emulator.blob(missing)
 
 
 async def test_run_build_reports_state_events_logs_and_requests(
