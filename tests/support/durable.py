@@ -15,7 +15,7 @@ from kiln.builds import start_state
 from kiln.durable import Session
 from kiln.machine import BuildOptions, BuildState
 from kiln.plan import plan_dockerfile
-from kiln.store import Owner, Store
+from kiln.store import DEFAULT_SCHEMA_VERSION, Owner, Store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.paths import HELLO
 
@@ -88,7 +88,7 @@ async def raw_store_text(store_url: str) -> str:
 
     async with await psycopg.AsyncConnection.connect(store_url) as conn:
         tables = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        dump = []
+        dump: list[str] = []
         for (table,) in await tables.fetchall():
             rows = await conn.execute(f'SELECT t::text FROM "{table}" t')
             dump.extend(row[0] for row in await rows.fetchall())
@@ -113,13 +113,16 @@ async def leak_a_sandbox(store: Store, emulator: EmulatorClient) -> str:
 
 
 async def rewrite_record(
-    store: Store, build_id: str, changes: dict[str, object], *, schema_version: int | None = None
+    store: Store,
+    build_id: str,
+    changes: dict[str, object],
+    *,
+    schema_version: int = DEFAULT_SCHEMA_VERSION,
 ) -> None:
     """Overwrite a stopped build's persisted data with ``changes`` (and its schema version): a
     record another kiln wrote, or one damaged on disk."""
     record = await store.get(build_id)
     assert record is not None
-    extra = {} if schema_version is None else {"schema_version": schema_version}
     await store.save(
         build_id,
         expected_version=record.version,
@@ -127,5 +130,5 @@ async def rewrite_record(
         data={**record.data, **changes},
         sandbox_id=None,
         final=False,
-        **extra,
+        schema_version=schema_version,
     )

@@ -137,8 +137,7 @@ def start_run(
         secrets=Secrets(api_key=TEST_TOKEN),
         transport=transport,
     )
-    kwargs = {"persist": persist} if persist else {}
-    driver = Driver(services, **kwargs)
+    driver = Driver(services, persist=persist) if persist else Driver(services)
     run = Run(state=state, driver=driver, services=services, events=events)
     run.task = asyncio.create_task(driver.run(state))
     return run
