@@ -15,7 +15,7 @@ from typing import Any, Unpack
 
 import httpx
 
-from kiln.builds._options import SubmitKwargs, build_options
+from kiln.builds._options import SubmitKwargs, build_options, new_state
 from kiln.builds._template import Template
 from kiln.durable import Session
 from kiln.errors import BuildCancelled, BuildError, UsageError
@@ -70,7 +70,7 @@ class Build:
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._finished = False
         self._services = Services(
-            spec=load_machine_spec(),
+            spec=load_machine_spec(name=state.machine),
             emit_event=self._deliver,
             secrets=secrets,
             transport=transport,
@@ -227,7 +227,7 @@ def import_image_sync(
 
 
 def _start(plan: BuildPlan, loading: str, options: BuildKwargs) -> Build:
-    state = BuildState(plan=plan, options=build_options(options))
+    state = new_state(plan, build_options(options))
     build = start_state(state, options)
     # Planning happened before the machine started; tell the caller it did, first.
     build._deliver(StatusEvent(loading))

@@ -10,7 +10,17 @@ from typing import Any, TypedDict
 import attrs
 
 from kiln.api import check_api_url
-from kiln.machine import OPTION_CLI, OPTION_KEYWORD, BuildOptions
+from kiln.errors import UsageError
+from kiln.machine import (
+    BUILD_MACHINE,
+    CAS_MACHINE,
+    OPTION_CLI,
+    OPTION_KEYWORD,
+    BuildOptions,
+    BuildState,
+    CasProgress,
+)
+from kiln.plan import BuildPlan
 
 
 class SubmitKwargs(TypedDict, total=False):
@@ -29,6 +39,9 @@ class SubmitKwargs(TypedDict, total=False):
     namespace: str | None
     # Seconds for the whole build; cleanup still runs after it passes.
     deadline: float | None
+    # The Image Service path (states/cas.toml), and its Docker build args.
+    cas: bool
+    build_args: dict[str, str]
 
 
 def option_keywords(*, cli: bool = False) -> dict[str, str]:
@@ -50,4 +63,20 @@ def build_options(options: Mapping[str, Any]) -> BuildOptions:
         # it must never reach the store.
         check_api_url(api_url)
     given = {field: options[kw] for kw, field in option_keywords().items() if kw in options}
-    return BuildOptions(**given)
+    built = BuildOptions(**given)
+    if built.build_args and not built.cas:
+        # As the official client: the builder sandbox path has no way to apply them.
+        raise UsageError(
+            "build args are applied by the Image Service only",
+            hint="add cas=True, or apply them locally when planning: "
+            "kiln.plan.plan_dockerfile(..., build_args=...)",
+        )
+    return built
+
+
+def new_state(plan: BuildPlan, options: BuildOptions) -> BuildState:
+    """A new build of ``plan``: on the Image Service's machine when ``options.cas`` says so,
+    with the admission's Idempotency-Key chosen now, so that it is persisted before it is sent."""
+    if options.cas:
+        return BuildState(plan=plan, options=options, machine=CAS_MACHINE, cas=CasProgress())
+    return BuildState(plan=plan, options=options, machine=BUILD_MACHINE)

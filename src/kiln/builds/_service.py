@@ -18,10 +18,10 @@ from typing import TypedDict, Unpack, cast
 import httpx
 
 from kiln.builds._build import Build, BuildKwargs, start_state
-from kiln.builds._options import SubmitKwargs, build_options
+from kiln.builds._options import SubmitKwargs, build_options, new_state
 from kiln.durable import Session, load_state, prepare_resume
 from kiln.errors import KilnError
-from kiln.machine import BuildState, Event, Secrets, Services, load_machine_spec
+from kiln.machine import Event, Secrets, Services, load_machine_spec
 from kiln.plan import plan_dockerfile
 from kiln.store import LEASE_S, RENEW_EVERY_S, BuildNotFound, BuildRecord, Owner, Store
 
@@ -51,7 +51,7 @@ async def submit(
     The plan records the build context's path: the worker must be able to read it there.
     """
     plan = plan_dockerfile(dockerfile, context=context, name=name)
-    state = BuildState(plan=plan, options=build_options(options))
+    state = new_state(plan, build_options(options))
     await store.create(
         id=state.id,
         name=plan.name,
@@ -114,6 +114,7 @@ async def resume_owned(
     )
     try:
         state = load_state(record)
+        services.spec = load_machine_spec(name=state.machine)
         # Without credentials every handler would fail, and the build with them: refuse instead,
         # leaving the build as it was for a process that has them.
         services.settings(state)

@@ -16,6 +16,7 @@ from kiln.builds import option_keywords
 from kiln.cli._view import JsonView, PlainView, RichView, View
 from kiln.errors import ContextError
 from kiln.plan import BuildPlan, ContextArchive
+from kiln.plan.buildargs import parse_build_arg
 
 # The machine's logger repeats every build event, which the view already shows; it speaks up
 # only for errors. Everything else (store outages, skipped context files) stays at warnings.
@@ -59,6 +60,12 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
         "--docker-compat", action="store_true", help="ask for Docker compat (default: off)"
     )
     parser.add_argument(
+        "--cas",
+        action="store_true",
+        help="build on Tensorlake's Image Service, as the official client does by default "
+        "(default: off, the builder sandbox path)",
+    )
+    parser.add_argument(
         "--api-url",
         metavar="URL",
         help="Tensorlake API URL (default: $TENSORLAKE_API_URL, else the embedded emulator when "
@@ -100,7 +107,23 @@ def positive_float(text: str) -> float:
 def build_options(args: argparse.Namespace) -> dict[str, Any]:
     """The build options of ``add_build_options`` (but the name and the API URL, which the
     commands check first), as the library takes them: the flags named as their keywords."""
-    return {keyword: getattr(args, keyword) for keyword in option_keywords(cli=True)}
+    options = {keyword: getattr(args, keyword) for keyword in option_keywords(cli=True)}
+    if args.cas:
+        # The plan applies --build-arg as docker build does (FROM lines included); the Image
+        # Service applies them too, natively, so on --cas they are sent with the build.
+        options["build_args"] = cas_build_args(getattr(args, "build_args", None) or [])
+    return options
+
+
+def cas_build_args(given: list[str]) -> dict[str, str]:
+    """``--build-arg`` values as the Image Service takes them (a later one wins, as in Docker;
+    ``KEY`` alone takes its value from the environment, and is dropped when that has none)."""
+    values: dict[str, str] = {}
+    for text in given:
+        pair = parse_build_arg(text, os.environ)
+        if pair is not None:
+            values[pair[0]] = pair[1]
+    return values
 
 
 def check_context(plan: BuildPlan) -> None:

@@ -52,6 +52,11 @@ class BuildOptions:
     deadline_s: float | None = attrs.field(
         default=None, metadata={OPTION_KEYWORD: "deadline", OPTION_CLI: True}
     )
+    # Build on Tensorlake's Image Service (states/cas.toml) instead of in a builder sandbox.
+    cas: bool = attrs.field(default=False, metadata=_CLI)
+    # Docker build args; the Image Service applies them (the CAS path only, as in the official
+    # client). The CLI takes them as repeated --build-arg NAME=VALUE.
+    build_args: dict[str, str] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -105,7 +110,6 @@ class CasProgress:
     """
 
     request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
-    build_args: dict[str, str] = attrs.field(factory=dict)
     # [{"reference", "public_id"}]: the images the Dockerfile takes from the service.
     parents: list[dict[str, str]] = attrs.field(factory=list)
     # The pre-signed upload URL and its cap, as the admission answered them.

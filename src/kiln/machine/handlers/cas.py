@@ -40,7 +40,9 @@ DEFAULT_BUILDER_CPUS = 2.0
 DEFAULT_BUILDER_MEMORY_MB = 4096
 # An image id pins a parent as it is, with no lookup.
 IMAGE_ID_PREFIX = "image_"
-# The official client polls at once, then every 3 s; kiln makes no more requests than it does.
+# The official client polls some 45 ms after the seal, then every 3 s; kiln makes no more
+# requests than it does (a build that ends within the first wait takes one poll).
+FIRST_POLL_DELAY_S = 0.05
 POLL_INTERVAL_S = 3.0
 # The Dockerfile of a plan whose Dockerfile is not inside its context goes in as this file.
 EXTRA_DOCKERFILE = ".kiln/Dockerfile"
@@ -130,7 +132,7 @@ async def _admission(state: BuildState, services: Services) -> dict[str, Any]:
         body |= {
             "kind": "dockerfile",
             "dockerfile_path": _dockerfile_in_context(state) or EXTRA_DOCKERFILE,
-            "build_args": dict(cas.build_args),
+            "build_args": dict(options.build_args),
             "parents": list(cas.parents),
         }
     if options.public:
@@ -291,6 +293,7 @@ async def wait_build(state: BuildState, services: Services) -> Outcome:
         return fail(BuildError("internal: waiting for a build that was not admitted"))
     images: ImageServiceClient = services.images(state)
     polled = False
+    await asyncio.sleep(FIRST_POLL_DELAY_S)
     while True:
         try:
             build = await images.get_build(state.build_id)

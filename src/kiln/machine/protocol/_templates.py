@@ -8,8 +8,8 @@ from typing import Any
 from kiln.errors import ResponseError, UsageError
 
 # Snapshot formats a template can carry. The durable archive is what the rootfs builder
-# materialises; CAS (content-addressed streaming) templates belong to the Image Service path,
-# which kiln does not implement, so a CAS hit must stop the build before anything is created.
+# materialises; CAS (content-addressed streaming) templates belong to the Image Service path
+# (states/cas.toml), so a CAS hit must stop a builder-sandbox build before anything is created.
 CAS_FORMAT = "content_addressed_streaming_v1"
 DURABLE_FORMAT = "durable_archive_v1"
 
@@ -60,10 +60,10 @@ def reject_cas_templates(
         if is_cas_template(template_raw):
             raise UsageError(
                 f"image '{reference}' resolves to a content-addressed (CAS) template, "
-                "which kiln cannot build on",
+                "which a builder-sandbox build cannot build on",
                 hint=(
-                    "CAS templates are not supported by kiln; build this image with the official "
-                    "Tensorlake client and cas=True, or refer to a non-CAS image"
+                    "build this image on the Image Service: add --cas (cas=True in the library), "
+                    "or refer to a non-CAS image"
                 ),
             )
 

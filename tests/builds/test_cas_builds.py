@@ -1,0 +1,97 @@
+"""The CAS path from the library and the CLI: ``cas=True`` / ``--cas`` build on the Image Service
+(states/cas.toml), build args are sent natively, and without ``cas`` they are refused as the
+official client refuses them (docs/image-service.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import kiln
+from kiln.errors import UsageError
+from support.machine import HELLO, TOKEN, Admin, EmulatorPool
+
+REPO = Path(__file__).resolve().parents[2]
+PROCESS_TIMEOUT_S = 120
+
+
+@pytest.fixture
+async def emulator(emulator_pool: EmulatorPool) -> AsyncIterator[Admin]:
+    async with emulator_pool.running() as admin:
+        yield admin
+
+
+async def image_builds(admin: Admin) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=admin.url) as http:
+        builds: list[dict[str, Any]] = (await http.get("/_emulator/image-builds")).json()["builds"]
+    return builds
+
+
+async def test_cas_true_builds_on_the_image_service_with_native_build_args(
+    emulator: Admin,
+) -> None:
+    events: list[kiln.Event] = []
+    template = await kiln.build_image(
+        HELLO,
+        cas=True,
+        build_args={"GREETING": "hi"},
+        api_url=emulator.url,
+        api_key=TOKEN,
+        on_event=events.append,
+    )
+    assert template.id.startswith("image_")
+    assert template.name == "hello"
+    [build] = await image_builds(emulator)
+    assert build["build_args"] == {"GREETING": "hi"}
+    assert build["status"] == "succeeded"
+    assert await emulator.sandboxes() != []  # the service's builder sandbox, ended
+    assert await emulator.live_sandboxes() == []
+    assert kiln.StatusEvent("Loading Dockerfile...") == events[0]
+
+
+async def test_cas_true_imports(emulator: Admin) -> None:
+    template = await kiln.import_image(
+        "python:3.12-slim", cas=True, api_url=emulator.url, api_key=TOKEN
+    )
+    assert template.id.startswith("image_")
+    [build] = await image_builds(emulator)
+    assert (build["kind"], build["image_ref"]) == ("import", "python:3.12-slim")
+
+
+async def test_build_args_without_cas_are_refused_before_anything_is_sent(
+    emulator: Admin,
+) -> None:
+    with pytest.raises(UsageError) as refused:
+        await kiln.build_image(HELLO, build_args={"A": "1"}, api_url=emulator.url, api_key=TOKEN)
+    assert "cas=True" in (refused.value.hint or "")
+    assert await emulator.requests() == []
+
+
+def test_kiln_build_cas_sends_build_args_natively(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
+    env.update(XDG_STATE_HOME=str(tmp_path / "state"), GREETING="from-env")
+    args = ["build", "--cas", "--build-arg", "A=1", "--build-arg", "GREETING", "--json"]
+    run = subprocess.run(
+        [sys.executable, "-m", "kiln", *args, str(HELLO.parent)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    [result] = [line for line in lines if line["event"] == "result"]
+    assert result["state"] == "done"
+    assert result["template"]["id"].startswith("image_")
+    transitions = [line["dest"] for line in lines if line["event"] == "transition"]
+    assert "create_build" in transitions and "prepare" not in transitions
