@@ -29,12 +29,12 @@ HAPPY_PATH = [
 ]
 
 
-def cas_state(admin: EmulatorClient, plan: BuildPlan, **progress: Any) -> BuildState:
+def cas_state(admin: EmulatorClient, plan: BuildPlan, **options: Any) -> BuildState:
     return BuildState(
         plan=plan,
-        options=BuildOptions(api_url=admin.url),
+        options=BuildOptions(api_url=admin.url, cas=True, **options),
         machine=CAS_MACHINE,
-        cas=CasProgress(**progress),
+        cas=CasProgress(),
     )
 
 
@@ -42,8 +42,8 @@ def cas_spec() -> Any:
     return load_machine_spec(name=CAS_MACHINE).with_backoff(FAST_BACKOFF)
 
 
-async def run_cas(admin: EmulatorClient, plan: BuildPlan, **progress: Any) -> Run:
-    return await run_to_end(admin, state=cas_state(admin, plan, **progress), spec=cas_spec())
+async def run_cas(admin: EmulatorClient, plan: BuildPlan, **options: Any) -> Run:
+    return await run_to_end(admin, state=cas_state(admin, plan, **options), spec=cas_spec())
 
 
 def dockerfile_in(tmp_path: Path, name: str, text: str) -> Path:

@@ -83,7 +83,7 @@ def test_cas_parent_is_rejected_naming_the_reference() -> None:
         reject_cas_templates(("python:3.12-slim", cas), [])
     assert "python:3.12-slim" in str(caught.value)
     assert caught.value.hint is not None
-    assert "not supported by kiln" in caught.value.hint
+    assert "--cas" in caught.value.hint
     assert "cas=True" in caught.value.hint
 
 
