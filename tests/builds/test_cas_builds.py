@@ -8,35 +8,30 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 import kiln
 from kiln.errors import UsageError
-from support.machine import HELLO, TOKEN, Admin, EmulatorPool
+from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.machine import EmulatorPool
+from support.paths import HELLO
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESS_TIMEOUT_S = 120
 
 
 @pytest.fixture
-async def emulator(emulator_pool: EmulatorPool) -> AsyncIterator[Admin]:
-    async with emulator_pool.running() as admin:
-        yield admin
-
-
-async def image_builds(admin: Admin) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=admin.url) as http:
-        builds: list[dict[str, Any]] = (await http.get("/_emulator/image-builds")).json()["builds"]
-    return builds
+def emulator(emulator_pool: EmulatorPool) -> Iterator[EmulatorClient]:
+    """The session's shared emulator, reset; the test fails if a sandbox is left running."""
+    with emulator_pool.running() as emulator:
+        yield emulator
 
 
 async def test_cas_true_builds_on_the_image_service_with_native_build_args(
-    emulator: Admin,
+    emulator: EmulatorClient,
 ) -> None:
     events: list[kiln.Event] = []
     template = await kiln.build_image(
@@ -44,35 +39,37 @@ async def test_cas_true_builds_on_the_image_service_with_native_build_args(
         cas=True,
         build_args={"GREETING": "hi"},
         api_url=emulator.url,
-        api_key=TOKEN,
+        api_key=TEST_TOKEN,
         on_event=events.append,
     )
     assert template.id.startswith("image_")
     assert template.name == "hello"
-    [build] = await image_builds(emulator)
+    [build] = emulator.image_builds()
     assert build["build_args"] == {"GREETING": "hi"}
     assert build["status"] == "succeeded"
-    assert await emulator.sandboxes() != []  # the service's builder sandbox, ended
-    assert await emulator.live_sandboxes() == []
+    assert emulator.sandboxes() != []  # the service's builder sandbox, ended
+    assert emulator.live_sandboxes() == []
     assert kiln.StatusEvent("Loading Dockerfile...") == events[0]
 
 
-async def test_cas_true_imports(emulator: Admin) -> None:
+async def test_cas_true_imports(emulator: EmulatorClient) -> None:
     template = await kiln.import_image(
-        "python:3.12-slim", cas=True, api_url=emulator.url, api_key=TOKEN
+        "python:3.12-slim", cas=True, api_url=emulator.url, api_key=TEST_TOKEN
     )
     assert template.id.startswith("image_")
-    [build] = await image_builds(emulator)
+    [build] = emulator.image_builds()
     assert (build["kind"], build["image_ref"]) == ("import", "python:3.12-slim")
 
 
 async def test_build_args_without_cas_are_refused_before_anything_is_sent(
-    emulator: Admin,
+    emulator: EmulatorClient,
 ) -> None:
     with pytest.raises(UsageError) as refused:
-        await kiln.build_image(HELLO, build_args={"A": "1"}, api_url=emulator.url, api_key=TOKEN)
+        await kiln.build_image(
+            HELLO, build_args={"A": "1"}, api_url=emulator.url, api_key=TEST_TOKEN
+        )
     assert "cas=True" in (refused.value.hint or "")
-    assert await emulator.requests() == []
+    assert emulator.requests() == []
 
 
 def test_kiln_build_cas_sends_build_args_natively(tmp_path: Path) -> None:
