@@ -21,7 +21,7 @@ from kiln.cli._help import HelpFormatter
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
-_COMMAND_MODULES = ("plan", "emulator", "build", "durable", "completion")
+_COMMAND_MODULES = ("plan", "emulator", "build", "durable", "housekeeping", "completion")
 
 
 class _CommandParser(argparse.ArgumentParser):

@@ -33,6 +33,7 @@ from kiln.cli._common import (
 )
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
 from kiln.cli._paths import user_state_dir
+from kiln.cli._records import mark_embedded
 from kiln.cli._signals import interrupts
 from kiln.cli._source import add_source_arguments, plan_from_arguments
 from kiln.cli._view import View
@@ -265,6 +266,10 @@ async def _follow(
     with interrupts(build, view, embedded=target.embedded) as signals:
         with view:
             await build.recorded()
+            if target.embedded:
+                # Said in the record's log, so that kiln resume, cancel and rm know, later,
+                # that nothing can continue this build once this process has ended.
+                await mark_embedded(store, build.state.id, target.api_url)
             view.notice(_recorded_notice(build.state.id, embedded=target.embedded))
             async for event in build.events():
                 view.event(event)

@@ -13,7 +13,6 @@ import datetime
 import json
 import logging
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,11 +28,12 @@ from kiln.cli._common import (
     positive_int,
 )
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
+from kiln.cli._records import dead_embedded, owner_gone, ran_embedded, removal_hint, running
 from kiln.cli._signals import interrupts
 from kiln.durable import StoreOutage, unrecorded_sandboxes
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
 from kiln.machine import Trigger, load_machine_spec, machine_names
-from kiln.store import BuildNotFound, BuildRecord, EventRow, Owner, Store, open_store, pid_alive
+from kiln.store import BuildNotFound, BuildRecord, EventRow, Store, open_store
 
 DAY_S = 86_400.0
 
@@ -216,7 +216,7 @@ def _command(
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
     parser.add_argument("--store", metavar="URL", help=STORE_HELP)
-    parser.set_defaults(func=lambda args: _with_store(args, run))
+    parser.set_defaults(func=lambda args: with_store(args, run))
     return parser
 
 
@@ -230,7 +230,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _with_store(
+def with_store(
     args: argparse.Namespace, run: Callable[[argparse.Namespace, Store], Awaitable[int]]
 ) -> int:
     async def main() -> int:
@@ -264,6 +264,8 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
         print(f"build {record.id} already ended: {record.state} (not run again)")
         _print_status(record, await store.events(record.id))
         return _exit_for(record.state)
+    if await _dead_embedded(store, record):
+        raise KilnError(dead_embedded(record), hint=removal_hint(record))
     build = await resume(record.id, store=store, retry_lost_sandbox=args.retry_lost_sandbox)
     view = make_view(args)
     view.notice(f"Resuming build {record.id} from {build.state.state!r}")
@@ -290,10 +292,13 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
 
 async def _cancel(args: argparse.Namespace, store: Store) -> int:
     record = await _find(store, args.build_id)
+    if await _dead_embedded(store, record):
+        print(f"{dead_embedded(record)}: {removal_hint(record)}")
+        return EXIT_OK
     if not await store.request_cancel(record.id):
         print(f"build {record.id} already ended: {record.state}")
         return EXIT_OK
-    if record.owner is not None and _running(record):
+    if record.owner is not None and running(record):
         print(
             f"cancel requested for build {record.id} ({record.state}); "
             f"{record.owner.describe()} stops it and deletes its sandbox"
@@ -316,7 +321,15 @@ async def _status(args: argparse.Namespace, store: Store) -> int:
         print(json.dumps(status_dict(record, events), indent=2, default=str))
     else:
         _print_status(record, events)
+        if await _dead_embedded(store, record):
+            print(f"note      {dead_embedded(record)}: {removal_hint(record)}")
     return EXIT_OK
+
+
+async def _dead_embedded(store: Store, record: BuildRecord) -> bool:
+    """Whether nothing can continue the build: it ran on the embedded emulator of a kiln
+    process that has ended (a live one still runs it, and answers cancel)."""
+    return not record.final and not running(record) and await ran_embedded(store, record)
 
 
 def status_dict(record: BuildRecord, events: Sequence[EventRow]) -> dict[str, Any]:
@@ -386,7 +399,7 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
     for sandbox in unrecorded_sandboxes(record, time.time()):
         print(f"unrecorded {sandbox.describe()}")
     if record.owner is not None:
-        gone = "  (its process is gone)" if _owner_gone(record.owner) else ""
+        gone = "  (its process is gone)" if owner_gone(record.owner) else ""
         print(f"owner     {info['owner']}, lease until {_when(record.lease_expires_at)}{gone}")
     if info["result"]:
         print(f"template  {info['result'].get('id', '-')}")
@@ -407,22 +420,6 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
             print(f"hint      {error['hint']}")
         for advice in error.get("advice") or ():
             print(f"advice    {advice}")
-
-
-def _running(record: BuildRecord) -> bool:
-    """Whether a live process holds the build now (as far as this host can tell)."""
-    lease = record.lease_expires_at
-    return (
-        record.owner is not None
-        and lease is not None
-        and lease > time.time()
-        and not _owner_gone(record.owner)
-    )
-
-
-def _owner_gone(owner: Owner) -> bool:
-    """Whether the owner was a process on this host that no longer exists."""
-    return owner.host == socket.gethostname() and not pid_alive(owner.pid)
 
 
 def _when(timestamp: float | None) -> str:
@@ -481,7 +478,7 @@ async def _listed(store: Store, state: str | None, limit: int) -> list[BuildReco
         record
         for name in _names(unfinished=True)
         for record in await store.list(state=name, limit=limit)
-        if _running(record)
+        if running(record)
     ]
     found.sort(key=lambda record: record.created_at, reverse=True)
     return found[:limit]
@@ -506,12 +503,17 @@ async def _logs(args: argparse.Namespace, store: Store) -> int:
                 print(line, flush=True)
         if not args.follow or record.final:
             return EXIT_OK
-        if _running(record):
+        if running(record):
             unowned_since = None
         else:
             unowned_since = unowned_since or time.monotonic()
             if time.monotonic() - unowned_since >= FOLLOW_UNOWNED_GRACE_S:
-                print(_unowned_notice(record), file=sys.stderr)
+                notice = (
+                    f"kiln: {dead_embedded(record)}: stopped following"
+                    if await ran_embedded(store, record)
+                    else _unowned_notice(record)
+                )
+                print(notice, file=sys.stderr)
                 return EXIT_OK
         await asyncio.sleep(FOLLOW_POLL_S)
         # Read the record after the events: a final record means every event is written.
