@@ -168,3 +168,17 @@ def test_the_cas_machine_is_declared_with_a_handler_per_state() -> None:
     spec = load_machine_spec(name=CAS_MACHINE)
     assert set(MACHINES[CAS_MACHINE].by_state) == set(spec.states)
     assert attrs.has(CasProgress)
+
+
+@pytest.mark.cloud
+async def test_the_builders_log_is_followed_each_line_once(emulator: EmulatorClient) -> None:
+    # Slow enough that a poll finds the builder running (the cloud profile's first poll finds
+    # its sandbox booting, the next comes 3 s later).
+    emulator.set_builder(line_pace_ms=100, log_lines=40)
+    run = await run_cas(emulator, plan_dockerfile(HELLO), build_args={"A": "1"})
+    assert run.state.outcome == "done", run.state.error
+    logs = run.messages("build_log")
+    assert any(line.startswith("tl-image-builder (kiln emulator stand-in)") for line in logs)
+    assert "progress 40/40" in logs
+    assert len(logs) == len(set(logs)), "a replayed line was delivered twice"
+    assert run.messages("warning") == []

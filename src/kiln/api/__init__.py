@@ -13,6 +13,7 @@ from kiln.api._http import create_http_client, is_transient
 from kiln.api._images import (
     STATUS_CANCELLED,
     STATUS_FAILED,
+    STATUS_RUNNING,
     STATUS_SUCCEEDED,
     TERMINAL_STATUSES,
     CancelOutcome,
@@ -49,6 +50,7 @@ from kiln.errors import ChunkedUploadRefused
 __all__ = [
     "STATUS_CANCELLED",
     "STATUS_FAILED",
+    "STATUS_RUNNING",
     "STATUS_SUCCEEDED",
     "TERMINAL_STATUSES",
     "ApiSettings",

@@ -138,6 +138,19 @@ class Services:
     def images(self, state: BuildState) -> ImageServiceClient:
         return self._connect(state).images
 
+    def proxy_of(
+        self, state: BuildState, sandbox_id: str, sandbox_url: str | None, routing_hint: str | None
+    ) -> ProxyClient:
+        """A proxy client for a sandbox the build does not hold (the Image Service's builder)."""
+        clients = self._connect(state)
+        return ProxyClient.for_sandbox(
+            clients.settings,
+            clients.http,
+            sandbox_id=sandbox_id,
+            sandbox_url=sandbox_url,
+            routing_hint=routing_hint,
+        )
+
     def proxy(self, state: BuildState) -> ProxyClient:
         """The proxy client of the state's sandbox, rebuilt when the sandbox's address changes."""
         if state.sandbox_id is None:

@@ -9,6 +9,7 @@ seal, and a seal repeated with the same digest is the same seal; a poll has no s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
@@ -18,12 +19,14 @@ from typing import Any
 
 from kiln.api import (
     STATUS_CANCELLED,
+    STATUS_RUNNING,
     STATUS_SUCCEEDED,
     TERMINAL_STATUSES,
     CasBuild,
     CasImage,
     ContextUpload,
     ImageServiceClient,
+    ProxyClient,
     is_transient,
 )
 from kiln.errors import ApiError, BuildError, UsageError
@@ -44,6 +47,10 @@ IMAGE_ID_PREFIX = "image_"
 # requests than it does (a build that ends within the first wait takes one poll).
 FIRST_POLL_DELAY_S = 0.05
 POLL_INTERVAL_S = 3.0
+# The service's builder process, and how soon its log is looked at again after a follow ends
+# while the build runs (the official client looks every second).
+BUILDER_PROGRAM = "tl-image-builder"
+FOLLOW_AGAIN_S = 1.0
 # The Dockerfile of a plan whose Dockerfile is not inside its context goes in as this file.
 EXTRA_DOCKERFILE = ".kiln/Dockerfile"
 CAS_FORMAT = "content_addressed_streaming_v1"
@@ -288,25 +295,81 @@ def _ended(state: BuildState, services: Services, build: CasBuild) -> Outcome:
 
 
 async def wait_build(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: polls again (a poll changes nothing)."""
+    """Re-entry: polls again (a poll changes nothing); the builder's log is followed again from
+    its start, and lines already delivered are not delivered twice."""
     if state.build_id is None:
         return fail(BuildError("internal: waiting for a build that was not admitted"))
+    return await _poll(state, services, state.build_id)
+
+
+async def _poll(state: BuildState, services: Services, build_id: str) -> Outcome:
     images: ImageServiceClient = services.images(state)
     polled = False
+    following: asyncio.Task[None] | None = None
     await asyncio.sleep(FIRST_POLL_DELAY_S)
+    try:
+        while True:
+            try:
+                build = await images.get_build(build_id)
+            except ApiError as error:
+                # A poll that answered is progress: the budget bounds consecutive failed polls.
+                return retry(error, progressed=polled) if is_transient(error) else fail(error)
+            polled = True
+            if _observe(state, build):
+                attempt = f"attempt {build.attempt_no}, phase {build.phase}"
+                services.status(state, f"Build {build.build_id}: {build.status} ({attempt})")
+            if build.ended:
+                return _ended(state, services, build)
+            if following is None and build.status == STATUS_RUNNING and build.builder_sandbox_id:
+                following = asyncio.create_task(
+                    _follow_builder(state, services, build.builder_sandbox_id)
+                )
+            await asyncio.sleep(POLL_INTERVAL_S)
+    finally:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+
+
+async def _follow_builder(state: BuildState, services: Services, sandbox_id: str) -> None:
+    """Deliver the service's builder log as build_log events, as the official client follows
+    it: the builder sandbox's address from the lifecycle API, the ``tl-image-builder`` process
+    through its proxy, each follow replaying from the first line. Runs until the poll that
+    sees the build end cancels it; a failure to follow is a warning, never the build's."""
+    proxy: ProxyClient | None = None
     while True:
         try:
-            build = await images.get_build(state.build_id)
+            if proxy is None:
+                info = await services.lifecycle(state).get_sandbox(sandbox_id)
+                proxy = services.proxy_of(state, sandbox_id, info.sandbox_url, info.routing_hint)
+            processes = await proxy.list_processes()
+            builder = next((p for p in processes if _is_builder(p.command)), None)
+            if builder is not None:
+                await _deliver(state, services, proxy, builder.pid)
         except ApiError as error:
-            # A poll that answered is progress: the budget bounds consecutive failed polls.
-            return retry(error, progressed=polled) if is_transient(error) else fail(error)
-        polled = True
-        if _observe(state, build):
-            attempt = f"attempt {build.attempt_no}, phase {build.phase}"
-            services.status(state, f"Build {build.build_id}: {build.status} ({attempt})")
-        if build.ended:
-            return _ended(state, services, build)
-        await asyncio.sleep(POLL_INTERVAL_S)
+            # A sandbox still starting, or already ended with its build: look again until
+            # the poll says how the build went. Anything else will not get better.
+            if not is_transient(error):
+                services.warning(
+                    state, f"Could not follow the builder's log ({sandbox_id}): {error}"
+                )
+                return
+        await asyncio.sleep(FOLLOW_AGAIN_S)
+
+
+async def _deliver(state: BuildState, services: Services, proxy: ProxyClient, pid: int) -> None:
+    seen = 0
+    async with contextlib.aclosing(proxy.follow(pid)) as lines:
+        async for event in lines:
+            seen += 1
+            if seen > state.output_events_delivered:
+                services.build_log(state, event.line, event.stream)
+                state.output_events_delivered = seen
+
+
+def _is_builder(command: str) -> bool:
+    return command.rsplit("/", 1)[-1] == BUILDER_PROGRAM
 
 
 async def release(state: BuildState, services: Services) -> Outcome:
