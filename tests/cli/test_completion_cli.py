@@ -124,3 +124,36 @@ def test_bash_completes_commands_options_and_choices(
     assert _bash_complete(path, ["kiln", "completion", "z"]) == ["zsh"]
     # A value with no words of kiln's (a URL, a path): nothing offered, bash completes files.
     assert _bash_complete(path, ["kiln", "build", "--store", ""]) == []
+
+
+def _fish_complete(script_path: Path, line: str) -> list[str]:
+    """What fish offers for the command line ``line``: each candidate without its description."""
+    done = subprocess.run(
+        ["fish", "--no-config", "-c", f"source {script_path}; complete -C {shlex.quote(line)}"],
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    return [candidate.split("\t")[0] for candidate in done.stdout.splitlines()]
+
+
+def test_fish_completes_commands_options_and_choices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _printed("fish", capsys)
+    spec = load_machine_spec()
+    if shutil.which("fish") is None:
+        # Not installed here: the values of --state are offered on a line of their own, before
+        # the line with the option's help (fish shows the last description given).
+        values = text.index("__fish_seen_subcommand_from ls' -l state -x -a '")
+        described = text.index("__fish_seen_subcommand_from ls' -l state -x -d '")
+        assert values < described
+        return
+    path = tmp_path / "kiln.fish"
+    path.write_text(text, encoding="utf-8")
+    assert _fish_complete(path, "kiln l") == ["logs", "ls"]
+    assert "--follow" in _fish_complete(path, "kiln logs --f")
+    states = _fish_complete(path, "kiln ls --state ")
+    assert set(spec.finals) <= set(states) and set(spec.states) <= set(states)
+    assert _fish_complete(path, "kiln completion z") == ["zsh"]

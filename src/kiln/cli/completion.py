@@ -301,20 +301,27 @@ def _fish_flags(flags: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def _fish_line(condition: str, argument: Argument) -> str:
-    parts = [f"complete -c {PROG} -n {_fish_quote(condition)}"]
+def _fish_lines(condition: str, argument: Argument) -> list[str]:
+    """One ``complete`` line; two for an option with choices: its values on a line of their own
+    (else fish shows the option's whole help beside each value), then the option and its help
+    (fish shows the last description given for an option)."""
+    head = [f"complete -c {PROG} -n {_fish_quote(condition)}"]
     if argument.flags:
-        parts.append(_fish_flags(argument.flags))
+        head.append(_fish_flags(argument.flags))
+    lines = []
+    if argument.takes_value and argument.choices:
+        lines.append(" ".join([*head, f"-x -a {_fish_quote(' '.join(argument.choices))}"]))
+        if not argument.flags:
+            return lines
+    parts = list(head)
     if argument.takes_value:
-        if argument.choices:
-            parts.append(f"-x -a {_fish_quote(' '.join(argument.choices))}")
+        if argument.choices or (argument.flags and not argument.paths):
+            parts.append("-x")
         elif argument.paths:
             parts.append("-r -F")
-        elif argument.flags:
-            parts.append("-x")
     if argument.help:
         parts.append(f"-d {_fish_quote(argument.help)}")
-    return " ".join(parts)
+    return [*lines, " ".join(parts)]
 
 
 def _fish(top: Sequence[Argument], commands: Sequence[Command]) -> str:
@@ -323,7 +330,8 @@ def _fish(top: Sequence[Argument], commands: Sequence[Command]) -> str:
         "# Install it with: kiln completion fish > ~/.config/fish/completions/kiln.fish",
         f"complete -c {PROG} -f",
     ]
-    lines += [_fish_line("__fish_use_subcommand", option) for option in top]
+    for option in top:
+        lines += _fish_lines("__fish_use_subcommand", option)
     for command in commands:
         lines.append(
             f"complete -c {PROG} -n __fish_use_subcommand -a {command.name}"
@@ -331,12 +339,10 @@ def _fish(top: Sequence[Argument], commands: Sequence[Command]) -> str:
         )
     for command in commands:
         condition = f"__fish_seen_subcommand_from {command.name}"
-        lines += [
-            _fish_line(condition, argument)
-            for argument in command.arguments
+        for argument in command.arguments:
             # A positional argument that is neither a choice nor a path has nothing to offer.
-            if argument.flags or argument.choices or argument.paths
-        ]
+            if argument.flags or argument.choices or argument.paths:
+                lines += _fish_lines(condition, argument)
     return "\n".join(lines) + "\n"
 
 
