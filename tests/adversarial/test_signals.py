@@ -45,7 +45,7 @@ def test_sigterm_and_sighup_cancel_the_build_and_delete_its_sandbox(
     assert "Traceback" not in err
     assert exit_code == code
     result = json.loads(slow_build.stdout[-1])
-    assert result["event"] == "result" and result["state"] == "cancelled"
+    assert result["type"] == "result" and result["state"] == "cancelled"
     assert [s["sandbox_id"] for s in kiln_emulator.sandboxes()] == [result["sandbox_id"]]
     assert kiln_emulator.live_sandboxes() == []
 

@@ -20,6 +20,7 @@ import pytest
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.emulator import snapshot_files
+from support.events import check_event
 from support.paths import HELLO, MULTISTAGE, REPO
 from support.processes import PROCESS_TIMEOUT_S, Running, entered, kiln_argv, kiln_env, run_kiln
 
@@ -40,15 +41,13 @@ BAD_EXIT_CODE = 3
 
 
 def json_lines(stdout: str) -> list[dict[str, Any]]:
-    """Every stdout line parsed; fails on any line that is not a JSON object."""
-    lines = [json.loads(line) for line in stdout.splitlines()]
-    assert all(isinstance(line, dict) and "event" in line for line in lines)
-    return lines
+    """Every stdout line parsed and checked against the published event schema."""
+    return [check_event(json.loads(line)) for line in stdout.splitlines()]
 
 
 def result_of(stdout: str) -> dict[str, Any]:
     last = json_lines(stdout)[-1]
-    assert last["event"] == "result"
+    assert last["type"] == "result"
     return last
 
 
@@ -82,7 +81,7 @@ def test_build_hello_then_a_child_from_it_as_a_diff_build(tmp_path: Path) -> Non
     assert template["id"] == result["template"]["id"]
     assert template["rootfsNodeKind"] == "diff"
     assert template["parentManifestUri"] == hello["snapshotUri"]
-    statuses = [e["message"] for e in json_lines(child.stdout) if e["event"] == "status"]
+    statuses = [e["message"] for e in json_lines(child.stdout) if e["type"] == "status"]
     assert "Build mode: RootfsDiff" in statuses
 
 
@@ -107,13 +106,19 @@ def test_json_stdout_holds_only_json_lines_ending_with_the_result(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert ANSI_ESCAPE not in done.stdout
     lines = json_lines(done.stdout)
-    assert lines[0]["event"] == "notice" and EMBEDDED_NOTICE in lines[0]["message"]
+    assert lines[0]["type"] == "notice" and EMBEDDED_NOTICE in lines[0]["message"]
     # Its sandboxes end with kiln: the build can be looked at later, not resumed.
     build_id = lines[-1]["id"]
-    assert lines[1] == {"event": "notice", "message": RECORDED_EMBEDDED.format(id=build_id)}
-    kinds = {line["event"] for line in lines}
+    assert lines[1]["type"] == "notice" and lines[1]["id"] == build_id
+    assert lines[1]["message"] == RECORDED_EMBEDDED.format(id=build_id)
+    # Every line names the build once it has started, and the platform's build once known.
+    assert all(line["id"] == build_id for line in lines[1:])
+    assert lines[-1]["build_id"] is not None
+    known = next(i for i, line in enumerate(lines) if line["build_id"] is not None)
+    assert all(line["build_id"] == lines[-1]["build_id"] for line in lines[known:])
+    kinds = {line["type"] for line in lines}
     assert {"status", "transition", "build_log", "result"} <= kinds
-    assert [line["event"] for line in lines].count("result") == 1
+    assert [line["type"] for line in lines].count("result") == 1
     result = lines[-1]
     assert result["state"] == "done" and result["error"] is None
     assert result["template"]["name"] == "hello"
@@ -299,8 +304,9 @@ def test_ctrl_c_cancels_the_build_and_deletes_its_sandbox(
     code, err = slow_build.finish()
     assert "Traceback" not in err
     assert code == 130
-    result = json.loads(slow_build.stdout[-1])
-    assert result["event"] == "result" and result["state"] == "cancelled"
+    # Every line of a cancelled build matches the published schema too.
+    result = result_of("".join(slow_build.stdout))
+    assert result["state"] == "cancelled"
     sandboxes = emulator.sandboxes()
     assert [s["sandbox_id"] for s in sandboxes] == [result["sandbox_id"]]
     assert emulator.live_sandboxes() == []
@@ -432,7 +438,7 @@ def test_file_build_args_target_and_platform_are_applied_in_the_dockerfile_sent(
     done = run_kiln(args, env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert result_of(done.stdout)["name"] == "app"
-    warnings = [e["message"] for e in json_lines(done.stdout) if e["event"] == "warning"]
+    warnings = [e["message"] for e in json_lines(done.stdout) if e["type"] == "warning"]
     assert any("build-args [NOBODY] were not consumed" in w for w in warnings)
     sent = received_dockerfile(emulator, "app").split("\n")
     assert sent[0] == "ARG PY='3.12'"

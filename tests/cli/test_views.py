@@ -21,6 +21,7 @@ from kiln.machine import (
     WarningEvent,
 )
 from kiln.plan import plan_import
+from support.events import check_event
 
 SANDBOX = "sbx-0123456789abcdef"
 TEMPLATE = Template(id="tmpl-42", name="python", snapshot_id="snap-1", snapshot_size_bytes=4096)
@@ -73,27 +74,42 @@ def test_json_view_writes_one_object_per_line_with_the_kind_first() -> None:
     view = JsonView(out)
     view.notice("hello")
     _feed(view, _events())
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    lines = [check_event(json.loads(line)) for line in out.getvalue().splitlines()]
     assert len(lines) == 1 + len(_events())
-    assert all(next(iter(line)) == "event" for line in lines)
-    assert lines[0] == {"event": "notice", "message": "hello"}
-    assert lines[2] == {
-        "event": "transition",
+    assert all(list(line)[:4] == ["type", "time", "id", "build_id"] for line in lines)
+    bodies = [{k: v for k, v in line.items() if k != "time"} for line in lines]
+    assert bodies[0] == {"type": "notice", "id": None, "build_id": None, "message": "hello"}
+    assert bodies[2] == {
+        "type": "transition",
+        "id": None,
+        "build_id": None,
         "source": "resolve_scope",
         "dest": "prepare",
         "trigger": "succeed",
         "duration_s": 0.25,
     }
-    assert {"event": "build_log", "message": "log line 0", "stream": "stdout"} in lines
+    log_line = {"message": "log line 0", "stream": "stdout"}
+    assert {"type": "build_log", "id": None, "build_id": None, **log_line} in bodies
+
+
+def test_json_view_notices_name_the_build_it_follows() -> None:
+    out = io.StringIO()
+    view = JsonView(out)
+    state = _state(build_id="build-1")
+    view.follow(state)
+    view.notice("hello")
+    line = check_event(json.loads(out.getvalue()))
+    assert (line["id"], line["build_id"]) == (state.id, "build-1")
 
 
 def test_json_view_result_of_a_done_build_carries_the_template() -> None:
     out = io.StringIO()
     state = _state(outcome="done", state="done", build_id="build-1", sandbox_id=SANDBOX)
     JsonView(out).done(TEMPLATE, state)
-    result = json.loads(out.getvalue())
+    result = check_event(json.loads(out.getvalue()))
+    assert result.pop("time")
     assert result == {
-        "event": "result",
+        "type": "result",
         "state": "done",
         "id": state.id,
         "name": "python",
@@ -117,7 +133,7 @@ def test_json_view_result_of_a_failed_build_has_error_hint_and_advice() -> None:
     source = BuildError("the builder exited with status 3", hint="read the build log")
     error = WithDiagnostics(source, ["the builder was killed for lack of memory"])
     JsonView(out).failed(error, _state(outcome="failed", state="failed"))
-    result = json.loads(out.getvalue())
+    result = check_event(json.loads(out.getvalue()))
     assert result["state"] == "failed"
     assert result["error"].startswith("the builder exited with status 3")
     assert result["hint"] == "read the build log"
@@ -129,7 +145,7 @@ def test_json_view_result_of_an_aborted_cleanup_names_the_sandbox() -> None:
     out = io.StringIO()
     state = _state(state="cleanup", sandbox_id=SANDBOX)
     JsonView(out).aborted(state, embedded=False)
-    result = json.loads(out.getvalue())
+    result = check_event(json.loads(out.getvalue()))
     assert result["state"] == "aborted"
     assert SANDBOX in result["error"]
     assert f"kiln resume {state.id}" in result["hint"]

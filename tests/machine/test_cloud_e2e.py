@@ -97,7 +97,7 @@ def _kiln_build(tmp_path: Path, url: str, **env: str) -> subprocess.CompletedPro
 
 def _result(stdout: str) -> dict[str, Any]:
     last = json.loads(stdout.splitlines()[-1])
-    assert last["event"] == "result", last
+    assert last["type"] == "result", last
     return last  # type: ignore[no-any-return]
 
 

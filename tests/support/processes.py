@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from support.events import check_event
 from support.paths import REPO
 from support.polling import wait_until_blocking
 
@@ -137,7 +138,7 @@ class Running:
             reader.start()
 
     def json_events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in list(self.stdout)]
+        return [check_event(json.loads(line)) for line in list(self.stdout)]
 
     def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The first JSON line on stdout for which ``predicate`` holds."""
@@ -172,4 +173,4 @@ def _collect(stream: Any, sink: list[str]) -> None:
 
 def entered(state: str) -> Callable[[dict[str, Any]], bool]:
     """A predicate for :meth:`Running.wait_for_event`: the transition into ``state``."""
-    return lambda event: event["event"] == "transition" and event["dest"] == state
+    return lambda event: event["type"] == "transition" and event["dest"] == state

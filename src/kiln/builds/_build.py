@@ -230,7 +230,7 @@ def _start(plan: BuildPlan, loading: str, options: BuildKwargs) -> Build:
     state = new_state(plan, build_options(options))
     build = start_state(state, options)
     # Planning happened before the machine started; tell the caller it did, first.
-    build._deliver(StatusEvent(loading))
+    build._deliver(StatusEvent(loading, id=state.id))
     return build
 
 

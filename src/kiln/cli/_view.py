@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from kiln._time import iso8601
 from kiln.builds import Template
 from kiln.errors import KilnError
 from kiln.machine import (
@@ -41,12 +42,20 @@ PHASE_MARKS = {
 }
 RUNNING_MARK = "[bold cyan]›[/]"
 ABORTED = "aborted"
+# The kinds of JSON line only the CLI writes, besides the library's events.
+NOTICE = "notice"
+RESULT = "result"
 
 
-def event_dict(event: Event) -> dict[str, Any]:
-    """An event as a flat JSON object whose kind comes first, under ``event``."""
-    data = event.to_dict()
-    return {"event": data.pop("type"), **data}
+def envelope(kind: str, state: BuildState | None) -> dict[str, Any]:
+    """The keys every JSON line begins with, as the library's ``event.to_dict()`` has them
+    (docs/events.schema.json): the kind, the time, kiln's and the platform's build ids."""
+    return {
+        "type": kind,
+        "time": iso8601(time.time()),
+        "id": None if state is None else state.id,
+        "build_id": None if state is None else state.build_id,
+    }
 
 
 def failure_hint(error: KilnError, state: BuildState) -> str:
@@ -83,6 +92,7 @@ class View(Protocol):
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+    def follow(self, state: BuildState) -> None: ...
     def notice(self, message: str) -> None: ...
     def event(self, event: Event) -> None: ...
     def failed(self, error: KilnError, state: BuildState) -> None: ...
@@ -122,10 +132,11 @@ def _point_at_devnull(out: TextIO) -> None:
 
 
 class JsonView:
-    """One JSON object per line on stdout; the last one is ``{"event": "result", ...}``."""
+    """One JSON object per line on stdout; the last one is ``{"type": "result", ...}``."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = _Lines(out)
+        self._state: BuildState | None = None
 
     def __enter__(self) -> JsonView:
         return self
@@ -136,11 +147,15 @@ class JsonView:
     def _write(self, data: dict[str, Any]) -> None:
         self._out.write(json.dumps(data, default=str))
 
+    def follow(self, state: BuildState) -> None:
+        """Notices from now on name this build."""
+        self._state = state
+
     def notice(self, message: str) -> None:
-        self._write({"event": "notice", "message": message})
+        self._write({**envelope(NOTICE, self._state), "message": message})
 
     def event(self, event: Event) -> None:
-        self._write(event_dict(event))
+        self._write(event.to_dict())
 
     def failed(self, error: KilnError, state: BuildState) -> None:
         data = _result(state.outcome or state.state, state)
@@ -159,11 +174,9 @@ class JsonView:
 def _result(outcome: str, state: BuildState) -> dict[str, Any]:
     """The result line's keys, all present whatever the outcome."""
     return {
-        "event": "result",
+        **envelope(RESULT, state),
         "state": outcome,
-        "id": state.id,
         "name": state.plan.name,
-        "build_id": state.build_id,
         "sandbox_id": state.sandbox_id,
         "template": None,
         "error": None,
@@ -186,6 +199,9 @@ class PlainView:
 
     def _line(self, text: str) -> None:
         self._out.write(text)
+
+    def follow(self, state: BuildState) -> None:
+        """Plain lines name no build."""
 
     def notice(self, message: str) -> None:
         self._line(message)
@@ -255,6 +271,9 @@ class RichView:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._live.stop()
+
+    def follow(self, state: BuildState) -> None:
+        """The live view names no build."""
 
     def notice(self, message: str) -> None:
         self._console.print(Text(message, style="yellow"))

@@ -263,6 +263,7 @@ async def _follow(
     store: Store,
 ) -> int:
     build = start_plan(plan, store=store, **build_options(args), **target.options())
+    view.follow(build.state)
     with interrupts(build, view, embedded=target.embedded) as signals:
         with view:
             await build.recorded()

@@ -268,6 +268,7 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
         raise KilnError(dead_embedded(record), hint=removal_hint(record))
     build = await resume(record.id, store=store, retry_lost_sandbox=args.retry_lost_sandbox)
     view = make_view(args)
+    view.follow(build.state)
     view.notice(f"Resuming build {record.id} from {build.state.state!r}")
     with interrupts(build, view) as signals, view:
         async for event in build.events():

@@ -118,8 +118,8 @@ class Session:
         if isinstance(event, tuple):
             self._pending.append(event)
             return
-        data = event.to_dict()
-        self._pending.append((str(data.pop("type")), data))
+        # The log's rows have their own time and belong to this build: the kind's fields suffice.
+        self._pending.append((event.type, event.payload()))
 
     async def persist(self, state: BuildState) -> None:
         """The driver's hook: write the state and the queued events, and take up a cancel request

@@ -101,9 +101,10 @@ class Services:
         )
 
     def emit(self, state: BuildState, event: Event) -> None:
-        """Deliver an event to the caller and log it with the build's bound context."""
-        self.logger(state).info(event.type, **_log_fields(event))
-        self.emit_event(event)
+        """Deliver an event, stamped with the build's ids, to the caller; log it with the build's
+        bound context."""
+        self.logger(state).info(event.type, **event.payload())
+        self.emit_event(event.in_build(state.id, state.build_id))
 
     def status(self, state: BuildState, message: str) -> None:
         self.emit(state, StatusEvent(message))
@@ -195,9 +196,3 @@ class Services:
             await self._clients.http.aclose()
             self._clients = None
             self._proxy = None
-
-
-def _log_fields(event: Event) -> dict[str, object]:
-    fields = event.to_dict()
-    fields.pop("type")
-    return fields

@@ -97,5 +97,4 @@ async def intervene(
 
 def event_entry(event: TransitionEvent) -> tuple[str, dict[str, object]]:
     """The event as a store log entry: its kind and its data."""
-    data = event.to_dict()
-    return str(data.pop("type")), data
+    return event.type, event.payload()

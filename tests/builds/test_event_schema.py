@@ -1,0 +1,63 @@
+"""Every event the library emits, whatever the outcome, matches docs/events.schema.json: the
+same schema as the CLI's --json lines (tests/cli checks those), with kiln's build id on every
+event and the platform's on every event once it is known."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+import kiln
+from kiln.errors import BuildCancelled, BuildFailed
+from support.events import check_event
+from support.machine import HELLO, TOKEN, Admin, EmulatorPool, wait_for
+
+
+@pytest.fixture
+async def emulator(emulator_pool: EmulatorPool) -> AsyncIterator[Admin]:
+    async with emulator_pool.running() as admin:
+        yield admin
+
+
+def _checked(build: kiln.Build, events: list[kiln.Event]) -> list[dict[str, object]]:
+    dicts = [check_event(event.to_dict()) for event in events]
+    assert dicts, "the build emitted no event"
+    assert all(d["id"] == build.state.id for d in dicts)
+    assert build.state.build_id is not None
+    known = next(i for i, d in enumerate(dicts) if d["build_id"] is not None)
+    assert all(d["build_id"] == build.state.build_id for d in dicts[known:])
+    return dicts
+
+
+async def test_a_done_build_emits_only_events_of_the_schema(emulator: Admin) -> None:
+    events: list[kiln.Event] = []
+    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append)
+    await build.result()
+    kinds = {d["type"] for d in _checked(build, events)}
+    assert {"status", "build_log", "transition"} <= kinds
+
+
+async def test_a_failed_build_emits_only_events_of_the_schema(emulator: Admin) -> None:
+    await emulator.builder(exit_code=3)
+    events: list[kiln.Event] = []
+    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append)
+    with pytest.raises(BuildFailed):
+        await build.result()
+    _checked(build, events)
+
+
+async def test_a_cancelled_build_emits_only_events_of_the_schema(emulator: Admin) -> None:
+    await emulator.builder(duration_ms=10_000, log_lines=1)
+    events: list[kiln.Event] = []
+    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append)
+    await wait_for(lambda: build.state.builder_pid is not None)
+    build.cancel()
+    with pytest.raises(BuildCancelled):
+        await build.result()
+    _checked(build, events)
+
+
+def test_an_event_made_by_hand_matches_the_schema_too() -> None:
+    event = check_event(kiln.WarningEvent("careful").to_dict())
+    assert (event["id"], event["build_id"]) == (None, None)
