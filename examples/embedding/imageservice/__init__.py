@@ -36,4 +36,4 @@ class ImageService:
             )
         except kiln.KilnError as error:
             return Publication(str(dockerfile), error=str(error))
-        return Publication(str(dockerfile), template_id=template["id"])
+        return Publication(str(dockerfile), template_id=template.id)
