@@ -4,20 +4,23 @@ event and the platform's on every event once it is known."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
 import kiln
 from kiln.errors import BuildCancelled, BuildFailed
+from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.events import check_event
-from support.machine import HELLO, TOKEN, Admin, EmulatorPool, wait_for
+from support.machine import EmulatorPool
+from support.paths import HELLO
+from support.polling import wait_until
 
 
 @pytest.fixture
-async def emulator(emulator_pool: EmulatorPool) -> AsyncIterator[Admin]:
-    async with emulator_pool.running() as admin:
-        yield admin
+def emulator(emulator_pool: EmulatorPool) -> Iterator[EmulatorClient]:
+    with emulator_pool.running() as emulator:
+        yield emulator
 
 
 def _checked(build: kiln.Build, events: list[kiln.Event]) -> list[dict[str, object]]:
@@ -30,28 +33,34 @@ def _checked(build: kiln.Build, events: list[kiln.Event]) -> list[dict[str, obje
     return dicts
 
 
-async def test_a_done_build_emits_only_events_of_the_schema(emulator: Admin) -> None:
+async def test_a_done_build_emits_only_events_of_the_schema(emulator: EmulatorClient) -> None:
     events: list[kiln.Event] = []
-    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append)
+    build = kiln.start_build(
+        HELLO, api_url=emulator.url, api_key=TEST_TOKEN, on_event=events.append
+    )
     await build.result()
     kinds = {d["type"] for d in _checked(build, events)}
     assert {"status", "build_log", "transition"} <= kinds
 
 
-async def test_a_failed_build_emits_only_events_of_the_schema(emulator: Admin) -> None:
-    await emulator.builder(exit_code=3)
+async def test_a_failed_build_emits_only_events_of_the_schema(emulator: EmulatorClient) -> None:
+    emulator.set_builder(exit_code=3)
     events: list[kiln.Event] = []
-    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append)
+    build = kiln.start_build(
+        HELLO, api_url=emulator.url, api_key=TEST_TOKEN, on_event=events.append
+    )
     with pytest.raises(BuildFailed):
         await build.result()
     _checked(build, events)
 
 
-async def test_a_cancelled_build_emits_only_events_of_the_schema(emulator: Admin) -> None:
-    await emulator.builder(duration_ms=10_000, log_lines=1)
+async def test_a_cancelled_build_emits_only_events_of_the_schema(emulator: EmulatorClient) -> None:
+    emulator.set_builder(duration_ms=10_000, log_lines=1)
     events: list[kiln.Event] = []
-    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TOKEN, on_event=events.append)
-    await wait_for(lambda: build.state.builder_pid is not None)
+    build = kiln.start_build(
+        HELLO, api_url=emulator.url, api_key=TEST_TOKEN, on_event=events.append
+    )
+    await wait_until(lambda: build.state.builder_pid is not None)
     build.cancel()
     with pytest.raises(BuildCancelled):
         await build.result()
