@@ -16,6 +16,7 @@ import pytest
 import kiln
 from kiln.errors import UsageError
 from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.events import check_event
 from support.machine import EmulatorPool
 from support.paths import HELLO
 
@@ -86,9 +87,9 @@ def test_kiln_build_cas_sends_build_args_natively(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    lines = [json.loads(line) for line in run.stdout.splitlines()]
-    [result] = [line for line in lines if line["event"] == "result"]
+    lines = [check_event(json.loads(line)) for line in run.stdout.splitlines()]
+    [result] = [line for line in lines if line["type"] == "result"]
     assert result["state"] == "done"
     assert result["template"]["id"].startswith("image_")
-    transitions = [line["dest"] for line in lines if line["event"] == "transition"]
+    transitions = [line["dest"] for line in lines if line["type"] == "transition"]
     assert "create_build" in transitions and "prepare" not in transitions
