@@ -324,6 +324,9 @@ def test_kiln_build_on_the_embedded_emulator_marks_its_record(
     assert len(marks) == 1
     assert marks[0].data["api_url"].startswith("http://127.0.0.1:")
     assert TOKEN_WORD not in json.dumps(marks[0].data)
+    assert main(["logs", build_id]) == 0
+    url = marks[0].data["api_url"]
+    assert f"-- runs on the embedded emulator at {url}" in capsys.readouterr().out
 
 
 def test_kiln_build_against_an_api_url_leaves_no_mark(
@@ -395,3 +398,21 @@ def test_rm_removes_a_dead_embedded_build(
     assert main(["rm", dead_embedded_build]) == 0
     assert capsys.readouterr().out.split() == [dead_embedded_build]
     assert asyncio.run(_ids(store_url)) == []
+
+
+def test_prune_removes_dead_embedded_builds_but_not_other_unfinished_ones(
+    dead_embedded_build: str, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = list(SPEC.states)[1]
+    asyncio.run(
+        _seed(store_url, [("stalled", state, dead_owner()), ("live", state, Owner.current())])
+    )
+    asyncio.run(_append(store_url, "live", [(EMBEDDED_EVENT, {"api_url": "http://127.0.0.1:1"})]))
+    for build_id in (dead_embedded_build, "stalled", "live"):
+        asyncio.run(_age(store_url, build_id, 2 * 86_400))
+
+    assert main(["prune", "--older-than", "3d"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 0 builds that ended more than 3d ago"
+    assert main(["prune", "--older-than", "1d"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 1 build that ended more than 1d ago"
+    assert sorted(asyncio.run(_ids(store_url))) == ["live", "stalled"]

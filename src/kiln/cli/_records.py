@@ -15,12 +15,22 @@ import socket
 import time
 
 from kiln.errors import BuildNotFound, StoreUnavailable, UsageError
+from kiln.machine import load_machine_spec, machine_names
 from kiln.store import BuildRecord, Owner, Store, pid_alive
 
 # The event kind of the mark; `kiln logs` prints it as any other event.
 EMBEDDED_EVENT = "embedded_emulator"
 # The mark is appended right after the record is created, so it is among the first events; the
 # log keeps its head (HEAD_EVENTS), so it is never dropped.
+
+
+def declared_states(*, unfinished: bool) -> dict[str, None]:
+    """The unfinished states, or the finals, of every declared machine (states/), each once, in
+    the order declared."""
+    specs = [load_machine_spec(name=name) for name in machine_names()]
+    return dict.fromkeys(
+        name for spec in specs for name in (spec.states if unfinished else spec.finals)
+    )
 
 
 def running(record: BuildRecord) -> bool:

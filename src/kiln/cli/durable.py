@@ -28,11 +28,19 @@ from kiln.cli._common import (
     positive_int,
 )
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
-from kiln.cli._records import dead_embedded, owner_gone, ran_embedded, removal_hint, running
+from kiln.cli._records import (
+    EMBEDDED_EVENT,
+    dead_embedded,
+    declared_states,
+    owner_gone,
+    ran_embedded,
+    removal_hint,
+    running,
+)
 from kiln.cli._signals import interrupts
 from kiln.durable import StoreOutage, unrecorded_sandboxes
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
-from kiln.machine import Trigger, load_machine_spec, machine_names
+from kiln.machine import Trigger, load_machine_spec
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Store, open_store
 
 DAY_S = 86_400.0
@@ -436,15 +444,7 @@ def _when(timestamp: float | None) -> str:
 def state_filters() -> list[str]:
     """What ``kiln ls --state`` takes: running, then the states and finals of every declared
     machine (read from states/, never spelled here)."""
-    return [RUNNING, *_names(unfinished=True), *_names(unfinished=False)]
-
-
-def _names(*, unfinished: bool) -> dict[str, None]:
-    """The unfinished states, or the finals, of every declared machine, each once, in order."""
-    specs = [load_machine_spec(name=name) for name in machine_names()]
-    return dict.fromkeys(
-        name for spec in specs for name in (spec.states if unfinished else spec.finals)
-    )
+    return [RUNNING, *declared_states(unfinished=True), *declared_states(unfinished=False)]
 
 
 async def _ls(args: argparse.Namespace, store: Store) -> int:
@@ -477,7 +477,7 @@ async def _listed(store: Store, state: str | None, limit: int) -> list[BuildReco
     # running build is among the newest of its state unless `limit` stalled ones came after it.
     found = [
         record
-        for name in _names(unfinished=True)
+        for name in declared_states(unfinished=True)
         for record in await store.list(state=name, limit=limit)
         if running(record)
     ]
@@ -537,6 +537,8 @@ def log_line(event: EventRow) -> str | None:
         return f"-- {data.get('message', '')}"
     if event.kind == "warning":
         return f"-- warning: {data.get('message', '')}"
+    if event.kind == EMBEDDED_EVENT:
+        return f"-- runs on the embedded emulator at {data.get('api_url')} (it ends with its kiln)"
     if event.kind == "transition":
         why = f": {data['reason']}" if data.get("reason") else ""
         return f"-- {data.get('source')} -> {data.get('dest')} ({data.get('trigger')}{why})"

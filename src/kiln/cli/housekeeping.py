@@ -15,13 +15,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kiln.cli._exit import EXIT_FAILED, EXIT_OK
-from kiln.cli._records import ran_embedded, removal_refused
+from kiln.cli._records import declared_states, ran_embedded, removal_refused, running
 from kiln.cli.durable import ID_HELP, STORE_HELP, with_store
 from kiln.errors import BuildNotFound, KilnError, UsageError
 from kiln.store import Store
 
 # How many builds one prune statement deletes: a short transaction however long the history.
 PRUNE_BATCH = 1000
+# How many unfinished builds of each state prune looks through for dead embedded-emulator ones
+# (the newest first: the store lists no other way); far more than a user leaves behind.
+PRUNE_SCAN = 10_000
 # `--older-than 7d`: a number and a unit, or several (`1d12h`).
 DURATION_UNITS_S = {"w": 7 * 86_400.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
@@ -46,9 +49,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         sub,
         "prune",
         "remove every build that ended (long enough ago) from the store",
-        "Remove the builds that ended from the store, with their event logs, or only those that "
-        "ended more than a duration ago. A build whose builder sandbox may still exist is kept "
-        "for kiln reap.",
+        "Remove the builds that ended from the store, with their event logs, and the builds that "
+        "ran on the embedded emulator of a kiln process that has ended; with --older-than, only "
+        "those last written more than a duration ago. A running build is never removed; a build "
+        "whose builder sandbox may still exist is kept for kiln reap.",
         _prune,
     )
     prune.add_argument(
@@ -122,9 +126,25 @@ async def _prune(args: argparse.Namespace, store: Store) -> int:
         removed += batch
         if batch < PRUNE_BATCH:
             break
+    removed += await _prune_dead_embedded(store, finished_before)
     ago = f" more than {_spelled(older_than)} ago" if older_than else ""
     print(f"removed {removed} build{'' if removed == 1 else 's'} that ended{ago}")
     return EXIT_OK
+
+
+async def _prune_dead_embedded(store: Store, before: float) -> int:
+    """Remove the unfinished builds that ran on the embedded emulator of a process that has
+    ended, last written before ``before``: nothing will ever finish them."""
+    removed = 0
+    for state in declared_states(unfinished=True):
+        for record in await store.list(state=state, limit=PRUNE_SCAN):
+            if record.updated_at >= before or running(record):
+                continue
+            if not await ran_embedded(store, record):
+                continue
+            if await store.delete(record.id, expected_version=record.version):
+                removed += 1
+    return removed
 
 
 def _spelled(seconds: float) -> str:
