@@ -16,6 +16,7 @@ import pytest
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.machine import CAS_MACHINE, load_machine_spec
 from kiln.testing import TEST_TOKEN, EmulatorClient
+from support.events import check_event
 from support.paths import HELLO, REPO
 from support.processes import PROCESS_TIMEOUT_S, kiln_argv, kiln_env, run_kiln
 
@@ -41,8 +42,8 @@ def killed_on_entering(state: str, emulator: EmulatorClient, env: dict[str, str]
     with subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True) as build:
         assert build.stdout is not None
         for line in build.stdout:
-            event = json.loads(line)
-            if event.get("event") == "transition" and event.get("dest") == state:
+            event = check_event(json.loads(line))
+            if event["type"] == "transition" and event["dest"] == state:
                 os.kill(build.pid, signal.SIGKILL)
                 break
         build.wait(timeout=PROCESS_TIMEOUT_S)
@@ -51,6 +52,7 @@ def killed_on_entering(state: str, emulator: EmulatorClient, env: dict[str, str]
     assert listing.returncode == 0, listing.stderr
     listed = json.loads(listing.stdout)
     [record] = listed
+    assert record["state"] not in SPEC.finals, record
     build_id: str = record["id"]
     return build_id
 
@@ -65,8 +67,8 @@ def test_killed_entering_each_state_resumes_onto_one_remote_build(
     build_id = killed_on_entering(state, emulator, env)
     resumed = run_kiln(["resume", build_id, "--json"], env)
     assert resumed.returncode == 0, resumed.stderr
-    result = json.loads(resumed.stdout.splitlines()[-1])
-    assert (result["event"], result["state"]) == ("result", "done")
+    result = check_event(json.loads(resumed.stdout.splitlines()[-1]))
+    assert (result["type"], result["state"]) == ("result", "done")
     assert result["template"]["id"].startswith("image_")
     [remote] = emulator.image_builds()
     assert remote["status"] == "succeeded"
