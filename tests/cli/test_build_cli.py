@@ -181,7 +181,10 @@ def test_missing_dockerfile_exits_2_before_starting_anything(tmp_path: Path) -> 
     assert run.returncode == 2
     assert f"Dockerfile not found: {missing}" in run.stderr
     assert "hint:" in run.stderr
-    assert run.stdout == ""
+    # With --json, the outcome is one result object on stdout: no build was started.
+    [result] = json_lines(run.stdout)
+    assert result["type"] == "result" and result["state"] is None and result["id"] is None
+    assert f"Dockerfile not found: {missing}" in result["error"] and result["hint"]
     assert not (tmp_path / "state" / "kiln" / "emulator").exists()
 
 

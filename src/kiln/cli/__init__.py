@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
+import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from kiln._version import __version__
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_USAGE
 from kiln.cli._help import HelpFormatter
+from kiln.cli._modes import JSON_OPTION, PROGRESS_JSON, PROGRESS_OPTION
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
@@ -40,9 +43,44 @@ class _CommandParser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
 
+    def error(self, message: str) -> NoReturn:
+        _refuse(self, message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top level's parser: its errors end as a sub-command's do."""
+
+    def error(self, message: str) -> NoReturn:
+        _refuse(self, message)
+
+
+class _ArgumentsRefused(Exception):
+    """The command line does not parse; argparse's message, its usage already printed."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+
+def _refuse(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.print_usage(sys.stderr)
+    raise _ArgumentsRefused(parser.prog, message)
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON output, read before it is parsed (it may not
+    parse): ``--json``, ``--progress json`` or ``--progress=json``."""
+    after_progress = [b for a, b in itertools.pairwise(argv) if a == PROGRESS_OPTION]
+    return (
+        JSON_OPTION in argv
+        or f"{PROGRESS_OPTION}={PROGRESS_JSON}" in argv
+        or PROGRESS_JSON in after_progress
+    )
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kiln",
         description="Build Tensorlake sandbox images from Dockerfiles.",
         epilog="`kiln COMMAND --help` tells more about each command.",
@@ -79,12 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parse_and_dispatch(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(words)
+    except _ArgumentsRefused as refused:
+        print(f"{refused.prog}: error: {refused.message}", file=sys.stderr)
+        if _json_requested(words):
+            _json_result(refused.message, f"{refused.prog} --help shows the usage")
+        return EXIT_USAGE
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if getattr(args, "json", False):
+    if json_output(args):
         # With --json, stdout carries JSON only: a library warning logged through an
         # unconfigured structlog would otherwise be printed there.
         from kiln.cli._common import route_logs_to_stderr
@@ -98,10 +143,25 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
         return func(args)
     except KilnError as error:
         print(f"kiln: error: {error.display()}", file=sys.stderr)
+        if json_output(args):
+            _json_result(str(error), error.hint)
         return exit_code_for(error)
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return EXIT_CANCELLED
+
+
+def json_output(args: argparse.Namespace) -> bool:
+    """Whether the parsed command line asks for JSON output."""
+    return bool(getattr(args, "json", False)) or getattr(args, "progress", None) == PROGRESS_JSON
+
+
+def _json_result(error: str, hint: str | None) -> None:
+    """With JSON output, every outcome ends with one result object on stdout: this one says
+    that no build was started, and why."""
+    from kiln.cli._view import refused_result
+
+    print(json.dumps(refused_result(error, hint)))
 
 
 if __name__ == "__main__":  # pragma: no cover

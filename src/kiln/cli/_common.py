@@ -8,13 +8,15 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from kiln.builds import option_keywords
-from kiln.cli._view import JsonView, PlainView, RichView, View
-from kiln.errors import ContextError
+from kiln.builds import Template, option_keywords
+from kiln.cli._modes import PROGRESS_OPTION, Progress
+from kiln.cli._view import JsonView, PlainView, QuietView, RichView, View
+from kiln.errors import ContextError, KilnError, UsageError
 from kiln.plan import BuildPlan, ContextArchive
 from kiln.plan.buildargs import parse_build_arg
 
@@ -145,12 +147,89 @@ def check_context(plan: BuildPlan) -> None:
     archive.entries()
 
 
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """How ``kiln build``/``import`` show their progress and report the image, as docker
+    build's flags of the same names do."""
+    parser.add_argument(
+        PROGRESS_OPTION,
+        choices=[mode.value for mode in Progress],
+        default=Progress.AUTO.value,
+        help="how progress is shown: auto (a live view when stderr is a terminal, else plain),"
+        " plain (every line on stderr, uncut), tty (the live view; stderr must be a terminal),"
+        " json (the same as --json)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the template id on stdout, on success; the error on stderr otherwise",
+    )
+    parser.add_argument(
+        "--iidfile",
+        metavar="FILE",
+        type=Path,
+        help="write the template id to FILE on success (removed first, as docker build does)",
+    )
+
+
+def output_mode(args: argparse.Namespace) -> Progress:
+    """The progress mode asked for; ``--json`` is ``--progress json``. Checked before anything
+    starts: docker build refuses ``--quiet`` with another mode than auto, and a tty mode
+    without a terminal."""
+    mode = Progress.JSON if args.json else Progress(getattr(args, "progress", Progress.AUTO))
+    if getattr(args, "quiet", False) and mode != Progress.AUTO:
+        raise UsageError(
+            f"--quiet and --progress {mode.value} cannot be used together",
+            hint="--quiet prints only the template id; drop one of them",
+        )
+    if mode == Progress.TTY and not sys.stderr.isatty():
+        raise UsageError(
+            "--progress tty: standard error is not a terminal",
+            hint="use --progress plain (or auto) where stderr is a file or a pipe",
+        )
+    return mode
+
+
 def make_view(args: argparse.Namespace) -> View:
-    if args.json:
+    mode = output_mode(args)
+    if getattr(args, "quiet", False):
+        return QuietView(sys.stdout, sys.stderr)
+    if mode == Progress.JSON:
         return JsonView(sys.stdout)
-    if sys.stderr.isatty():
+    if mode == Progress.TTY or (mode == Progress.AUTO and sys.stderr.isatty()):
         return RichView()
     return PlainView(sys.stderr)
+
+
+def forget_iidfile(args: argparse.Namespace) -> None:
+    """Remove ``--iidfile``'s file before the build starts, as docker build does: a file left
+    by an earlier build must not pass for this one's result when this one fails."""
+    path: Path | None = getattr(args, "iidfile", None)
+    if path is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"cannot remove the --iidfile {path}: {error.strerror}",
+            hint="pass a path kiln may write",
+        ) from None
+
+
+def write_iidfile(args: argparse.Namespace, template: Template) -> None:
+    """Write the template id to ``--iidfile``, without a newline (as docker build writes the
+    image id)."""
+    path: Path | None = getattr(args, "iidfile", None)
+    if path is None:
+        return
+    try:
+        path.write_text(template.id, encoding="utf-8")
+    except OSError as error:
+        raise KilnError(
+            f"the image is registered as template {template.id}, but the --iidfile {path}"
+            f" cannot be written: {error.strerror}",
+            hint="pass a path kiln may write",
+        ) from None
 
 
 def route_logs_to_stderr() -> None:

@@ -34,6 +34,9 @@ from kiln.machine import (
 
 LOG_TAIL_LINES = 12  # enough to see what the builder is doing without scrolling the phases away
 REFRESH_PER_SECOND = 4
+# What --quiet holds back, to print when the build fails: the builder's last lines (the whole
+# log stays in the store: `kiln logs ID`).
+QUIET_LOG_LINES = 1000
 # How a finished phase is marked, by the trigger that left it.
 PHASE_MARKS = {
     Trigger.SUCCEED.value: "[green]✓[/]",
@@ -185,6 +188,21 @@ def _result(outcome: str, state: BuildState) -> dict[str, Any]:
     }
 
 
+def refused_result(error: str, hint: str | None) -> dict[str, Any]:
+    """The result line of a command that started no build: its command line, its Dockerfile
+    or its context was refused (``state`` is null)."""
+    return {
+        **envelope(RESULT, None),
+        "state": None,
+        "name": None,
+        "sandbox_id": None,
+        "template": None,
+        "error": error,
+        "hint": hint,
+        "advice": [],
+    }
+
+
 class PlainView:
     """Plain lines for logs and pipes: statuses, build log lines, warnings and the outcome."""
 
@@ -223,6 +241,45 @@ class PlainView:
     def aborted(self, state: BuildState, *, embedded: bool) -> None:
         message, hint = abort_report(state, embedded=embedded)
         self._line(f"kiln: {message}\nhint: {hint}")
+
+
+class QuietView:
+    """``--quiet``: only the template id, on stdout, on success (``TID=$(kiln build -q .)``).
+    On failure the build log and the error go to stderr, as ``docker build -q`` prints the
+    output it held back."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self._out = _Lines(out)
+        self._err = _Lines(err)
+        self._log: deque[str] = deque(maxlen=QUIET_LOG_LINES)
+
+    def __enter__(self) -> QuietView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Every line is flushed as it is written."""
+
+    def follow(self, state: BuildState) -> None:
+        """The id is all this view prints."""
+
+    def notice(self, message: str) -> None:
+        """Notices are progress: held back."""
+
+    def event(self, event: Event) -> None:
+        if isinstance(event, BuildLogEvent):
+            self._log.append(event.message)
+
+    def failed(self, error: KilnError, state: BuildState) -> None:
+        for line in self._log:
+            self._err.write(f"  | {line}")
+        self._err.write(error_text(error, state))
+
+    def done(self, result: Template, state: BuildState) -> None:
+        self._out.write(result.id)
+
+    def aborted(self, state: BuildState, *, embedded: bool) -> None:
+        message, hint = abort_report(state, embedded=embedded)
+        self._err.write(f"kiln: {message}\nhint: {hint}")
 
 
 def done_text(result: Template, state: BuildState) -> str:

@@ -26,10 +26,14 @@ import attrs
 from kiln.builds import Build, start_plan
 from kiln.cli._common import (
     add_build_options,
+    add_output_options,
     build_options,
     check_context,
+    forget_iidfile,
     make_view,
+    output_mode,
     route_logs_to_stderr,
+    write_iidfile,
 )
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
 from kiln.cli._paths import user_state_dir
@@ -84,6 +88,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_source_arguments(build)
     add_build_options(build)
+    add_output_options(build)
     _add_store(build)
     build.set_defaults(func=_run_build)
 
@@ -96,6 +101,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "reference", metavar="REF", help="registry image reference, e.g. python:3.12-slim"
     )
     add_build_options(imp)
+    add_output_options(imp)
     _add_store(imp)
     imp.set_defaults(func=_run_import)
 
@@ -125,6 +131,7 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
+    output_mode(args)
     plan = plan_from_arguments(args)
     check_context(plan)
     return _drive(args, plan)
@@ -133,6 +140,7 @@ def _run_build(args: argparse.Namespace) -> int:
 def _run_import(args: argparse.Namespace) -> int:
     from kiln.plan import plan_import
 
+    output_mode(args)
     return _drive(args, plan_import(args.reference, name=args.name))
 
 
@@ -181,6 +189,7 @@ def _drive(args: argparse.Namespace, plan: BuildPlan) -> int:
     remote = _remote_target(args)
     route_logs_to_stderr()
     view = make_view(args)
+    forget_iidfile(args)
     return asyncio.run(_drive_async(args, plan, remote, view))
 
 
@@ -274,7 +283,7 @@ async def _follow(
             view.notice(_recorded_notice(build.state.id, embedded=target.embedded))
             async for event in build.events():
                 view.event(event)
-        return signals.exit_code(await _report(build, view))
+        return signals.exit_code(await _report(args, build, view))
 
 
 def _recorded_notice(build_id: str, *, embedded: bool) -> str:
@@ -285,7 +294,7 @@ def _recorded_notice(build_id: str, *, embedded: bool) -> str:
     return f"Build {build_id} (continue it after a crash: kiln resume {build_id})"
 
 
-async def _report(build: Build, view: View) -> int:
+async def _report(args: argparse.Namespace, build: Build, view: View) -> int:
     """Show how the build ended; the exit code says the same."""
     try:
         result = await build.result()
@@ -298,5 +307,6 @@ async def _report(build: Build, view: View) -> int:
     except KilnError as error:
         view.failed(error, build.state)
         return EXIT_FAILED
+    write_iidfile(args, result)
     view.done(result, build.state)
     return EXIT_OK

@@ -1,0 +1,24 @@
+"""How a build command shows its progress: ``--progress auto|plain|tty|json``, as docker build's
+flag (``--json`` is ``--progress json``). A light module: the dispatcher reads these names from
+a command line that may not even parse."""
+
+from __future__ import annotations
+
+import enum
+
+JSON_OPTION = "--json"
+PROGRESS_OPTION = "--progress"
+
+
+class Progress(enum.StrEnum):
+    # A live view on a terminal (stderr is one), plain lines otherwise: docker build's default.
+    AUTO = "auto"
+    # Every line as it comes, never redrawn, never cut: for logs, CI and scrollback.
+    PLAIN = "plain"
+    # The live view, even where stderr is not a terminal.
+    TTY = "tty"
+    # One JSON event per line on stdout, ending with the result (docs/events.schema.json).
+    JSON = "json"
+
+
+PROGRESS_JSON = Progress.JSON.value
