@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from kiln._version import __version__
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_USAGE
 from kiln.cli._help import HelpFormatter
-from kiln.cli._modes import JSON_OPTION, PROGRESS_JSON, PROGRESS_OPTION
+from kiln.cli._modes import JSON_OPTION, PROGRESS_DEST, PROGRESS_JSON, PROGRESS_OPTION
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
@@ -54,18 +54,22 @@ class _Parser(argparse.ArgumentParser):
         _refuse(self, message)
 
 
-class _ArgumentsRefused(Exception):
-    """The command line does not parse; argparse's message, its usage already printed."""
+class _ArgumentsRefused(SystemExit):
+    """The command line does not parse: argparse's exit (status 2, usage and message already
+    on stderr), carrying the message for the JSON result a build command owes its reader."""
 
-    def __init__(self, prog: str, message: str) -> None:
-        super().__init__(message)
-        self.prog = prog
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.prog = parser.prog
         self.message = message
+        # Only the build commands, whose --progress json promises a result line, have one.
+        self.owes_result = parser.get_default(PROGRESS_DEST) is not None
 
 
 def _refuse(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     parser.print_usage(sys.stderr)
-    raise _ArgumentsRefused(parser.prog, message)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    raise _ArgumentsRefused(parser, message)
 
 
 def _json_requested(argv: Sequence[str]) -> bool:
@@ -121,15 +125,14 @@ def _parse_and_dispatch(argv: Sequence[str] | None) -> int:
     try:
         args = parser.parse_args(words)
     except _ArgumentsRefused as refused:
-        print(f"{refused.prog}: error: {refused.message}", file=sys.stderr)
-        if _json_requested(words):
+        if refused.owes_result and _json_requested(words):
             _json_result(refused.message, f"{refused.prog} --help shows the usage")
-        return EXIT_USAGE
+        raise
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if json_output(args):
+    if getattr(args, "json", False) or json_output(args):
         # With --json, stdout carries JSON only: a library warning logged through an
         # unconfigured structlog would otherwise be printed there.
         from kiln.cli._common import route_logs_to_stderr
@@ -152,8 +155,10 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
 
 
 def json_output(args: argparse.Namespace) -> bool:
-    """Whether the parsed command line asks for JSON output."""
-    return bool(getattr(args, "json", False)) or getattr(args, "progress", None) == PROGRESS_JSON
+    """Whether the parsed command line is a build command's asking for JSON progress, which
+    ends with a result line whatever happens."""
+    progress = getattr(args, PROGRESS_DEST, None)
+    return progress is not None and (bool(args.json) or progress == PROGRESS_JSON)
 
 
 def _json_result(error: str, hint: str | None) -> None:

@@ -162,13 +162,15 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         "-q",
         "--quiet",
         action="store_true",
-        help="print only the template id on stdout, on success; the error on stderr otherwise",
+        help="print only the template id on stdout, on success; the error on stderr otherwise"
+        " (default: off)",
     )
     parser.add_argument(
         "--iidfile",
         metavar="FILE",
         type=Path,
-        help="write the template id to FILE on success (removed first, as docker build does)",
+        help="write the template id to FILE on success, removed first as docker build does"
+        " (default: none)",
     )
 
 

@@ -8,6 +8,8 @@ import enum
 
 JSON_OPTION = "--json"
 PROGRESS_OPTION = "--progress"
+# Where argparse keeps it: only the commands that have the option have the attribute.
+PROGRESS_DEST = "progress"
 
 
 class Progress(enum.StrEnum):
