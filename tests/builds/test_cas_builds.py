@@ -4,6 +4,7 @@ official client refuses them (docs/image-service.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,14 +15,21 @@ from pathlib import Path
 import pytest
 
 import kiln
+from kiln import Worker, WorkerConfig
 from kiln.errors import UsageError
+from kiln.machine import CAS_MACHINE, load_machine_spec
+from kiln.store import Store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.events import check_event
 from support.machine import EmulatorPool
-from support.paths import HELLO
+from support.paths import HELLO, REPO
+from support.polling import wait_until
+from support.processes import PROCESS_TIMEOUT_S, kiln_argv, kiln_env, run_kiln
 
-REPO = Path(__file__).resolve().parents[2]
-PROCESS_TIMEOUT_S = 120
+FINALS = load_machine_spec(name=CAS_MACHINE).finals
+WORKER = WorkerConfig(concurrency=1, lease_s=5.0, renew_every_s=1.0, poll_s=0.05)
+# kiln's exit status for a cancelled build (Ctrl-C's).
+EXIT_CANCELLED = 130
 
 
 @pytest.fixture
@@ -93,3 +101,47 @@ def test_kiln_build_cas_sends_build_args_natively(tmp_path: Path) -> None:
     assert result["template"]["id"].startswith("image_")
     transitions = [line["dest"] for line in lines if line["type"] == "transition"]
     assert "create_build" in transitions and "prepare" not in transitions
+
+
+async def test_a_worker_runs_a_submitted_cas_build(store: Store, emulator: EmulatorClient) -> None:
+    build_id = await kiln.submit(
+        HELLO, store=store, api_url=emulator.url, cas=True, build_args={"A": "1"}
+    )
+    worker = Worker(store, WORKER, api_key=TEST_TOKEN)
+    running = asyncio.create_task(worker.run())
+
+    async def ended() -> bool:
+        record = await store.get(build_id)
+        return record is not None and record.state in FINALS
+
+    try:
+        await wait_until(ended, timeout_s=60)
+    finally:
+        worker.drain()
+        await running
+    record = await store.get(build_id)
+    assert record is not None and record.state == "done"
+    [remote] = emulator.image_builds()
+    assert (remote["status"], remote["build_args"]) == ("succeeded", {"A": "1"})
+
+
+def test_kiln_cancel_reaches_the_image_service(emulator: EmulatorClient, tmp_path: Path) -> None:
+    emulator.set_builder(duration_ms=60_000)
+    env = kiln_env(tmp_path, token=TEST_TOKEN)
+    argv = kiln_argv("build", "--cas", "--json", "--api-url", emulator.url, str(HELLO.parent))
+    with subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True) as build:
+        assert build.stdout is not None
+        for line in build.stdout:
+            event = check_event(json.loads(line))
+            if event["type"] == "transition" and event["dest"] == "wait_build":
+                break
+        cancel = run_kiln(["cancel", event["id"]], env)
+        assert cancel.returncode == 0, cancel.stderr
+        rest = [check_event(json.loads(line)) for line in build.stdout]
+        build.wait(timeout=PROCESS_TIMEOUT_S)
+    assert build.returncode == EXIT_CANCELLED
+    assert rest[-1]["type"] == "result"
+    assert rest[-1]["state"] == "cancelled"
+    [remote] = emulator.image_builds()
+    assert remote["status"] == "cancelled"
+    assert emulator.live_sandboxes() == []
