@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import subprocess
 import sys
@@ -51,12 +52,17 @@ def test_a_build_is_persisted_and_shown_by_status_ls_and_logs(
     listed = _json(capsys, ["ls", "--json"])
     assert isinstance(listed, list) and len(listed) == 1
     assert set(listed[0]) == SUMMARY_KEYS and listed[0]["state"] == "done"
+    # Times as ISO 8601, as the text output shows them (not seconds since the epoch).
+    for key in ("created_at", "updated_at"):
+        assert datetime.datetime.fromisoformat(listed[0][key]).tzinfo is not None
 
     status = _json(capsys, ["status", build_id[:8], "--json"])
     assert isinstance(status, dict) and status["id"] == build_id and status["state"] == "done"
     assert [row["phase"] for row in status["timeline"]] == HAPPY_PHASES
     assert status["log_tail"][-1].startswith("metadata written")
     assert status["result"]["name"] == "hello"
+    assert status["created_at"] == listed[0]["created_at"]
+    assert datetime.datetime.fromisoformat(status["updated_at"]).tzinfo is not None
 
     assert main(["status", build_id]) == 0
     text = capsys.readouterr().out
@@ -123,6 +129,7 @@ def test_resume_refuses_a_build_whose_owner_is_alive_and_names_it(
     status = _json(capsys, ["status", build_id, "--json"])
     assert isinstance(status, dict) and status["state"] == "done"
     assert [r["state"] for r in status["resumes"]] == ["upload"]
+    assert all(datetime.datetime.fromisoformat(r["at"]) for r in status["resumes"])
     assert "resumed   in upload by worker kiln-" in _text(capsys, ["status", build_id])
 
 

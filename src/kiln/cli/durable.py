@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from kiln._time import iso8601
 from kiln.cli._common import (
     add_build_options,
     build_options,
@@ -346,18 +347,18 @@ def status_dict(record: BuildRecord, events: Sequence[EventRow]) -> dict[str, An
     data = record.data
     error = data.get("error")
     return {
-        **record.summary(),
+        **json_summary(record),
         "version": record.version,
         "final": record.final,
         "owner": None if record.owner is None else record.owner.describe(),
-        "lease_expires_at": record.lease_expires_at,
+        "lease_expires_at": _iso(record.lease_expires_at),
         "cancel_requested": record.cancel_requested,
         "remote_build_id": data.get("build_id"),
         "result": data.get("result"),
         "error": error,
         "timeline": timeline(events, record),
         "resumes": [
-            {"at": e.time, "state": e.data.get("state"), "owner": e.data.get("owner")}
+            {"at": iso8601(e.time), "state": e.data.get("state"), "owner": e.data.get("owner")}
             for e in events
             if e.kind == "resumed"
         ],
@@ -413,7 +414,8 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
     if info["result"]:
         print(f"template  {info['result'].get('id', '-')}")
     for resumed in info["resumes"]:
-        print(f"resumed   in {resumed['state']} by {resumed['owner']} at {_when(resumed['at'])}")
+        at = datetime.datetime.fromisoformat(resumed["at"]).timestamp()
+        print(f"resumed   in {resumed['state']} by {resumed['owner']} at {_when(at)}")
     print("phases")
     for row in info["timeline"]:
         ongoing = "  (in progress)" if row["then"] is None else ""
@@ -429,6 +431,18 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
             print(f"hint      {error['hint']}")
         for advice in error.get("advice") or ():
             print(f"advice    {advice}")
+
+
+def json_summary(record: BuildRecord) -> dict[str, Any]:
+    """A build's summary as ``kiln ls --json`` prints it: times as ISO 8601, as the text shows
+    them (to the millisecond, in UTC)."""
+    summary = dict(record.summary())
+    summary.update(created_at=iso8601(record.created_at), updated_at=iso8601(record.updated_at))
+    return summary
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else iso8601(timestamp)
 
 
 def _when(timestamp: float | None) -> str:
@@ -450,7 +464,7 @@ def state_filters() -> list[str]:
 async def _ls(args: argparse.Namespace, store: Store) -> int:
     records = await _listed(store, args.state, args.limit)
     if args.json:
-        print(json.dumps([record.summary() for record in records], indent=2))
+        print(json.dumps([json_summary(record) for record in records], indent=2))
         return EXIT_OK
     print(_ls_row(*LS_HEADER))
     for record in records:
