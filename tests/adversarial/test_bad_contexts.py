@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -69,8 +70,8 @@ def _refused(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert emulator.requests() == []
-    listed = run_kiln(["ls"], env)
-    assert listed.returncode == 0 and listed.stdout == "", listed.stdout
+    listed = run_kiln(["ls", "--json"], env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
     return done
 
 

@@ -6,6 +6,7 @@ credentials in it is refused before anything is sent or stored."""
 from __future__ import annotations
 
 import gzip
+import json
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -178,8 +179,8 @@ def test_an_api_url_with_credentials_is_refused_before_anything_is_sent(
         assert "must not carry a user name or password" in done.stderr
         assert PASSWORD not in done.stdout + done.stderr
     assert kiln_emulator.requests() == []
-    listed = run_kiln(["ls"], env)
-    assert listed.stdout == ""
+    listed = run_kiln(["ls", "--json"], env)
+    assert json.loads(listed.stdout) == [], listed.stdout
 
 
 async def test_the_library_refuses_an_api_url_with_credentials_before_storing_it() -> None:
