@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,6 @@ from kiln.machine import CAS_MACHINE, load_machine_spec
 from kiln.store import Store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.events import check_event
-from support.machine import EmulatorPool
 from support.paths import HELLO, REPO
 from support.polling import wait_until
 from support.processes import PROCESS_TIMEOUT_S, kiln_argv, kiln_env, run_kiln
@@ -33,10 +29,8 @@ EXIT_CANCELLED = 130
 
 
 @pytest.fixture
-def emulator(emulator_pool: EmulatorPool) -> Iterator[EmulatorClient]:
-    """The session's shared emulator, reset; the test fails if a sandbox is left running."""
-    with emulator_pool.running() as emulator:
-        yield emulator
+def emulator(pooled_emulator: EmulatorClient) -> EmulatorClient:
+    return pooled_emulator
 
 
 async def test_cas_true_builds_on_the_image_service_with_native_build_args(
@@ -82,18 +76,8 @@ async def test_build_args_without_cas_are_refused_before_anything_is_sent(
 
 
 def test_kiln_build_cas_sends_build_args_natively(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
-    env.update(XDG_STATE_HOME=str(tmp_path / "state"), GREETING="from-env")
     args = ["build", "--cas", "--build-arg", "A=1", "--build-arg", "GREETING", "--json"]
-    run = subprocess.run(
-        [sys.executable, "-m", "kiln", *args, str(HELLO.parent)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_S,
-        check=False,
-    )
+    run = run_kiln([*args, str(HELLO.parent)], kiln_env(tmp_path, GREETING="from-env"))
     assert run.returncode == 0, run.stderr
     lines = [check_event(json.loads(line)) for line in run.stdout.splitlines()]
     [result] = [line for line in lines if line["type"] == "result"]

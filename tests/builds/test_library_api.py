@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,13 @@ from kiln.errors import (
     WithDiagnostics,
 )
 from kiln.testing import TEST_TOKEN, EmulatorClient
-from support.machine import EmulatorPool
 from support.paths import HELLO
 from support.polling import wait_until
 
 
 @pytest.fixture
-def emulator(emulator_pool: EmulatorPool) -> Iterator[EmulatorClient]:
-    """The session's shared emulator, reset; the test fails if a sandbox is left running."""
-    with emulator_pool.running() as emulator:
-        yield emulator
+def emulator(pooled_emulator: EmulatorClient) -> EmulatorClient:
+    return pooled_emulator
 
 
 async def test_build_image_returns_the_template_and_reports_events(

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kiln.machine import load_machine_spec
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "kiln"
 STATES = REPO / "states"
 # The modules that drive, persist, show and test the machine. api/ and emulator/ speak the wire,

@@ -16,5 +16,6 @@ what kiln's own tests need beyond it.
 - ``official``: the official Tensorlake client pointed at an emulator, for conformance.
 - ``mock``: a mock server for kiln's API clients, keeping the requests it saw.
 - ``stores``: the store tests' fake clock and backend under test.
+- ``events``: the published event schema, to check what kiln emits against it.
 - ``leak_guard``: the threads a fixture wider than one test may leave running.
 """

@@ -1,7 +1,8 @@
 """Fixtures shared by the whole suite (loaded by ``tests/conftest.py``).
 
 One PostgreSQL cluster per session (``postgres_cluster``; each test takes a fresh database of
-its own); the emulators shared by a session (``emulator_pool``); and the defaults for builds
+its own); the emulators shared by a session (``emulator_pool``; ``pooled_emulator``, its ideal
+one reset for a test); and the defaults for builds
 run against an emulator and a store: ``emulator``, an emulator of the test's own, and
 ``store``, an empty store on SQLite and then on PostgreSQL. A directory whose tests need
 another flavour (tests/machine: a shared emulator reset per test; tests/store: every backend
@@ -81,6 +82,14 @@ def emulator_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def pooled_emulator(emulator_pool: EmulatorPool) -> Iterator[EmulatorClient]:
+    """The session's ideal emulator, reset; the test fails if it leaves a sandbox running. For
+    in-process builds (a `kiln` subprocess killed mid-build wants an ``emulator`` of its own)."""
+    with emulator_pool.running() as emulator:
+        yield emulator
 
 
 @pytest.fixture
