@@ -160,9 +160,14 @@ def test_on_a_terminal_the_live_view_shows_every_phase_with_its_time(tmp_path: P
     reader.join(PROCESS_TIMEOUT_S)
     os.close(controller)
     screen = ANSI_SEQUENCE.sub("", b"".join(chunks).decode(errors="replace"))
-    for phase in ("resolve_scope", "upload", "run_builder", "cleanup"):
+    # Phases named for people, from their declared labels.
+    for phase in ("checking credentials", "uploading context", "building the image"):
         assert re.search(rf"✓\s+{phase}\s+\d+\.\ds", screen), phase
-    assert "done: image 'hello' registered as template tmpl-" in screen
+    assert "proxy_ready" not in screen and "run_builder" not in screen
+    # The build log scrolls by, every line of it.
+    assert "| Step 1/7 : FROM python:3.12-slim" in screen
+    assert re.search(r"done: image 'hello' registered as template tmpl-\S+ \(\d+\.\ds, ", screen)
+    assert 'sandbox = Sandbox.create(image="hello")' in screen
 
 
 def _drain_terminal(controller: int, chunks: list[bytes]) -> None:

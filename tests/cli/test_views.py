@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 from typing import Any
 
 import pytest
 from rich.console import Console
 
 from kiln.builds import Template
-from kiln.cli._view import LOG_TAIL_LINES, JsonView, PlainView, RichView, View, abort_report
+from kiln.cli._view import JsonView, PlainView, RichView, View, abort_report
 from kiln.errors import BuildCancelled, BuildError, WithDiagnostics
 from kiln.machine import (
     BuildLogEvent,
@@ -27,6 +29,19 @@ SANDBOX = "sbx-0123456789abcdef"
 TEMPLATE = Template(id="tmpl-42", name="python", snapshot_id="snap-1", snapshot_size_bytes=4096)
 WIDTH = 120
 ANSI_ESCAPE = "\x1b["
+
+
+# More lines than any terminal's live panel would keep: every one must stay readable.
+LOG_LINES = 40
+LONG_LINE = "x" * 300
+# The phases of _events(), as the view names them for people (their declared labels).
+LABELS = {
+    "resolve_scope": "checking credentials",
+    "prepare": "preparing the build",
+    "create_sandbox": "creating the builder",
+    "run_builder": "building the image",
+    "cleanup": "removing the builder",
+}
 
 
 def _state(**fields: Any) -> BuildState:
@@ -46,7 +61,7 @@ def _events() -> list[Event]:
         WarningEvent("something to know"),
         TransitionEvent("create_sandbox", "run_builder", "succeed", 2.0),
         StatusEvent("Running offline rootfs builder..."),
-        *[BuildLogEvent(f"log line {n}") for n in range(LOG_TAIL_LINES + 3)],
+        *[BuildLogEvent(f"log line {n}") for n in range(LOG_LINES)],
         TransitionEvent("run_builder", "cleanup", "fail", 7.25),
     ]
 
@@ -222,7 +237,7 @@ def test_plain_view_shows_statuses_log_lines_and_warnings_but_not_transitions() 
     assert "warning: something to know" in lines
     assert "  | log line 0" in lines
     assert not any("resolve_scope" in line for line in lines)
-    assert len(lines) == 3 + LOG_TAIL_LINES + 3
+    assert len(lines) == 3 + LOG_LINES
 
 
 def test_plain_view_outcomes() -> None:
@@ -233,19 +248,37 @@ def test_plain_view_outcomes() -> None:
     view.aborted(_state(sandbox_id=SANDBOX), embedded=False)
     text = out.getvalue()
     assert "kiln: error: build was cancelled\nhint: run it again\n" in text
-    assert "done: image 'python' registered as template tmpl-42\n" in text
+    assert "done: image 'python' registered as template tmpl-42 (4.0 KiB)\n" in text
+    assert "  from tensorlake.sandbox import Sandbox\n" in text
+    assert '  sandbox = Sandbox.create(image="python")\n' in text
     assert f"builder sandbox {SANDBOX} may be left running" in text
+
+
+def test_the_summary_says_how_long_the_build_took() -> None:
+    out = io.StringIO()
+    PlainView(out).done(TEMPLATE, _state(created_at=time.time() - 75))
+    first = out.getvalue().splitlines()[0]
+    assert re.fullmatch(
+        r"done: image 'python' registered as template tmpl-42 \(7\d\.\ds, 4\.0 KiB\)", first
+    )
+
+
+def test_plain_view_prints_a_long_log_line_whole() -> None:
+    out = io.StringIO()
+    _feed(PlainView(out), [BuildLogEvent(LONG_LINE)])
+    assert out.getvalue() == f"  | {LONG_LINE}\n"
 
 
 # -- rich -----------------------------------------------------------------------------------------
 
 
 def _phase_lines(text: str) -> dict[str, str]:
-    phases = ("resolve_scope", "prepare", "create_sandbox", "run_builder", "cleanup")
+    """The panel's rows by the state they show, found by its label."""
     return {
-        line.split()[1]: line
+        name: line
         for line in text.splitlines()
-        if len(line.split()) > 1 and line.split()[1] in phases
+        for name, label in LABELS.items()
+        if line.split()[1:2] and line.split(maxsplit=1)[1].startswith(label + " ")
     }
 
 
@@ -270,14 +303,24 @@ def test_rich_view_marks_a_finished_cleanup_done_whatever_the_build_outcome() ->
     assert not any(line.split()[1:2] == ["failed"] for line in out.getvalue().splitlines())
 
 
-def test_rich_view_keeps_only_the_tail_of_the_log_and_the_latest_status() -> None:
+def test_rich_view_scrolls_every_log_line_whole_and_keeps_the_latest_status() -> None:
     view, out = _rich()
-    _feed(view, _events())
+    _feed(view, [*_events(), BuildLogEvent(LONG_LINE)])
     text = out.getvalue()
     assert "Running offline rootfs builder..." in text
     assert "Importing registry image" not in text  # replaced by the later status
-    shown = [n for n in range(LOG_TAIL_LINES + 3) if f"log line {n}\n" in text + "\n"]
-    assert shown == list(range(3, LOG_TAIL_LINES + 3))
+    shown = [n for n in range(LOG_LINES) if f"  | log line {n}\n" in text]
+    assert shown == list(range(LOG_LINES))
+    # Wrapped on the narrow console, but whole: nothing cut, no ellipsis.
+    assert "".join(text.split()).count(LONG_LINE) == 1 and "…" not in text
+
+
+def test_rich_view_names_phases_for_people() -> None:
+    view, out = _rich()
+    _feed(view, _events())
+    text = out.getvalue()
+    assert all(label in text for label in LABELS.values())
+    assert "create_sandbox" not in text and "proxy_ready" not in text
 
 
 def test_rich_view_prints_notices_warnings_and_outcomes_without_ansi_on_a_plain_console() -> None:

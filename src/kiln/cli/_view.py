@@ -32,7 +32,6 @@ from kiln.machine import (
     load_machine_spec,
 )
 
-LOG_TAIL_LINES = 12  # enough to see what the builder is doing without scrolling the phases away
 REFRESH_PER_SECOND = 4
 # What --quiet holds back, to print when the build fails: the builder's last lines (the whole
 # log stays in the store: `kiln logs ID`).
@@ -45,6 +44,14 @@ PHASE_MARKS = {
 }
 RUNNING_MARK = "[bold cyan]›[/]"
 ABORTED = "aborted"
+# The next step a done build suggests: a sandbox from the new image with Tensorlake's Python SDK
+# (tensorlake.sandbox.Sandbox.create takes a registered image's name), as E2B prints one.
+NEXT_STEP = """\
+start a sandbox from it with the Tensorlake SDK:
+  from tensorlake.sandbox import Sandbox
+  sandbox = Sandbox.create(image={name})"""
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+KIB = 1024
 # The kinds of JSON line only the CLI writes, besides the library's events.
 NOTICE = "notice"
 RESULT = "result"
@@ -283,12 +290,35 @@ class QuietView:
 
 
 def done_text(result: Template, state: BuildState) -> str:
-    return f"done: image {result.name!r} registered as template {result.id}"
+    """The summary of a done build: its template, how long it took, how big the image is, and
+    the next step."""
+    facts = []
+    if state.created_at:
+        facts.append(f"{time.time() - state.created_at:.1f}s")
+    if result.snapshot_size_bytes is not None:
+        facts.append(human_size(result.snapshot_size_bytes))
+    took = f" ({', '.join(facts)})" if facts else ""
+    line = f"done: image {result.name!r} registered as template {result.id}{took}"
+    return f"{line}\n{NEXT_STEP.format(name=json.dumps(result.name))}"
+
+
+def human_size(size: int) -> str:
+    """``size`` bytes in binary units, one decimal (``45.2 MiB``)."""
+    if size < KIB:
+        return f"{size} B"
+    value = size / KIB
+    for unit in BYTE_UNITS[1:-1]:
+        if value < KIB:
+            return f"{value:.1f} {unit}"
+        value /= KIB
+    return f"{value:.1f} {BYTE_UNITS[-1]}"
 
 
 @attrs.define
 class _Phase:
     name: str
+    # How people read it (the state's declared label).
+    label: str
     # When it began, on this process's monotonic clock; back-dated by the event's duration for
     # a phase entered before the view saw it (the first one, or the one a resumed build is in).
     started: float
@@ -298,16 +328,17 @@ class _Phase:
 
 
 class RichView:
-    """A live panel on stderr: each phase with its elapsed time, the current status and the tail
-    of the build log. Rich redraws it from its own thread, hence the lock."""
+    """A live panel on stderr: each phase, named for people, with its elapsed time, and the
+    current status. The build log scrolls above it, every line whole, so the terminal's
+    scrollback keeps it. Rich redraws the panel from its own thread, hence the lock."""
 
     def __init__(self, console: Console | None = None) -> None:
         self._console = console or Console(stderr=True)
         self._lock = threading.Lock()
         self._phases: list[_Phase] = []
         self._status = "Starting..."
-        self._log: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         spec = load_machine_spec()
+        self._labels = {name: state.label for name, state in spec.states.items()}
         # The states that run a handler; the final ones do not, so they get no row.
         self._phase_names = frozenset(spec.states)
         # States whose way out says how the build went, not how they went (cleanup).
@@ -339,11 +370,11 @@ class RichView:
         with self._lock:
             if isinstance(event, TransitionEvent):
                 self._transition(event)
-            elif isinstance(event, BuildLogEvent):
-                self._log.append(event.message)
             elif isinstance(event, StatusEvent):
                 self._status = event.message
-        if isinstance(event, WarningEvent):
+        if isinstance(event, BuildLogEvent):
+            self._console.print(Text(f"  | {event.message}", style="dim"))
+        elif isinstance(event, WarningEvent):
             self._console.print(Text(f"warning: {event.message}", style="yellow"))
         self._live.refresh()
 
@@ -351,7 +382,7 @@ class RichView:
         now = time.monotonic()
         if not self._phases or self._phases[-1].name != event.source:
             # The first phase (or a resumed one) was entered before this view saw it.
-            self._phases.append(_Phase(event.source, now - event.duration_s))
+            self._phases.append(self._phase(event.source, now - event.duration_s))
         current = self._phases[-1]
         if event.trigger == Trigger.RETRY:
             current.attempts += 1
@@ -363,7 +394,10 @@ class RichView:
             Trigger.SUCCEED.value if event.source in self._left_as_entered else event.trigger
         )
         if event.dest in self._phase_names:
-            self._phases.append(_Phase(event.dest, now))
+            self._phases.append(self._phase(event.dest, now))
+
+    def _phase(self, name: str, started: float) -> _Phase:
+        return _Phase(name, self._labels.get(name, name), started)
 
     def _render(self) -> Group:
         with self._lock:
@@ -371,9 +405,7 @@ class RichView:
             now = time.monotonic()
             for phase in self._phases:
                 table.add_row(*_phase_row(phase, now))
-            # Unwrapped, so a long line cannot push the phases off a small terminal.
-            log = Text("\n".join(self._log), style="dim", no_wrap=True, overflow="ellipsis")
-            return Group(table, Text(self._status, style="bold"), log)
+            return Group(table, Text(self._status, style="bold"))
 
     def failed(self, error: KilnError, state: BuildState) -> None:
         self._console.print(Text(error_text(error, state), style="bold red"))
@@ -392,4 +424,4 @@ def _phase_row(phase: _Phase, now: float) -> tuple[str, str, str, str]:
     seconds = now - phase.started if phase.duration_s is None else phase.duration_s
     mark = RUNNING_MARK if running else PHASE_MARKS.get(phase.left_by or "", "?")
     attempts = f"attempt {phase.attempts}" if phase.attempts > 1 else ""
-    return mark, phase.name, f"{seconds:6.1f}s", attempts
+    return mark, phase.label, f"{seconds:6.1f}s", attempts

@@ -72,6 +72,8 @@ class StateSpec:
     gives_up: str | None = None
     keeps_first_error: bool = False
     diagnoses: bool = True
+    # The phase as people read it ("creating the builder"); the live view shows it.
+    label: str = ""
 
 
 @attrs.frozen
@@ -215,6 +217,7 @@ def _parse(data: Mapping[str, Any], source: Path) -> MachineSpec:
                 gives_up=str(body["gives_up"]) if "gives_up" in body else None,
                 keeps_first_error=bool(body.get("keeps_first_error", False)),
                 diagnoses=bool(body.get("diagnoses", True)),
+                label=str(body.get("label") or name.replace("_", " ")),
             )
             for name, body in data["states"].items()
         }
