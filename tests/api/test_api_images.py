@@ -3,11 +3,9 @@ a whole build (docs/image-service.md)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import tarfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from kiln.api import (
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.errors import ServerError
 from kiln.testing import TEST_TOKEN
+from support.polling import wait_until
 
 DOCKERFILE = b"FROM python:3.12-slim\nRUN echo hi\n"
 BODY = {
@@ -35,7 +34,6 @@ BODY = {
     "parents": [],
 }
 DEADLINE_S = 20.0
-POLL_S = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +62,12 @@ def context_archive(tmp_path: Path) -> Path:
 
 
 async def finished(client: ImageServiceClient, build_id: str) -> CasBuild:
-    deadline = time.monotonic() + DEADLINE_S
-    while (build := await client.get_build(build_id)).status not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, build
-        await asyncio.sleep(POLL_S)
-    return build
+    async def ended() -> CasBuild | None:
+        build = await client.get_build(build_id)
+        return build if build.status in ("succeeded", "failed") else None
+
+    found: CasBuild = await wait_until(ended, timeout_s=DEADLINE_S)
+    return found
 
 
 async def test_a_build_runs_to_an_image(client: ImageServiceClient, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import datetime
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from kiln.store import MemoryStore, Owner, open_store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.durable import crash_in
 from support.paths import HELLO, REPO
-from support.processes import BUILD_ID, kiln_env
+from support.processes import BUILD_ID, kiln_argv, kiln_env
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -151,7 +150,7 @@ def test_logs_follow_prints_a_live_build_to_its_end(
 ) -> None:
     emulator.set_builder(log_lines=15, line_pace_ms=60)
     env = kiln_env(tmp_path, store_url=store_env, token=TEST_TOKEN)
-    argv = [sys.executable, "-m", "kiln", "build", str(HELLO), "--api-url", emulator.url]
+    argv = kiln_argv("build", str(HELLO), "--api-url", emulator.url)
     with subprocess.Popen(argv, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True) as build:
         assert build.stderr is not None
         found = None

@@ -19,6 +19,7 @@ from kiln.emulator import CLOUD, Emulator, EmulatorConfig, create_app
 from kiln.errors import ConfigError, UsageError
 from kiln.testing import CLOUD_TEST_TIMINGS, TEST_PAT, EmulatorClient, emulator_config
 from kiln.testing.plugin import PROFILE_ENV, chosen_profile
+from support.polling import wait_until_blocking
 from support.wire import (
     AUTH,
     BUILD_DIR,
@@ -76,13 +77,13 @@ def api(cloud: Emulator) -> Iterator[httpx.Client]:
 def running(api: httpx.Client) -> dict[str, Any]:
     """Create a sandbox and poll it (through its 502 window) until it runs."""
     created = api.post(SANDBOXES, json=CREATE_BODY).json()
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
+
+    def ran() -> dict[str, Any] | None:
         got = api.get(f"{SANDBOXES}/{created['sandbox_id']}")
-        if got.status_code == 200 and got.json()["status"] == "running":
-            body: dict[str, Any] = got.json()
-            return body
-    raise AssertionError("the sandbox never ran")
+        body: dict[str, Any] = got.json()
+        return body if got.status_code == 200 and body["status"] == "running" else None
+
+    return wait_until_blocking(ran, timeout_s=DEADLINE_S)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,13 +19,13 @@ import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.testing import TEST_TOKEN
+from support.polling import wait_until_blocking
 from support.wire import AUTH
 
 BUILDS = "/images/v4/builds"
 DOCKERFILE = b"FROM python:3.12-slim\nARG GREETING\nRUN echo $GREETING\n"
 # How long a build of the ideal profile may take to end; polled, never slept.
 DEADLINE_S = 20.0
-POLL_S = 0.02
 SECRET_CONFIG = '{"auths": {"registry.example.com": {"auth": "YWxpY2U6czNjcjN0LXB3"}}}'
 
 
@@ -74,15 +73,13 @@ def seal(http: httpx.Client, build_id: str, data: bytes) -> httpx.Response:
 
 
 def finished(http: httpx.Client, build_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    def ended() -> dict[str, Any] | None:
         response = http.get(f"{BUILDS}/{build_id}")
         assert response.status_code == 200, response.text
         build: dict[str, Any] = response.json()
-        if build["status"] in ("succeeded", "failed", "cancelled"):
-            return build
-        assert time.monotonic() < deadline, f"build still {build['status']}: {build}"
-        time.sleep(POLL_S)
+        return build if build["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_until_blocking(ended, timeout_s=DEADLINE_S)
 
 
 def built(http: httpx.Client, body: dict[str, Any], key: str) -> dict[str, Any]:

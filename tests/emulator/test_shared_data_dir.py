@@ -7,16 +7,15 @@ same directory: three builds printed "registered" and ``templates.json`` kept tw
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
-from support.paths import REPO
+from support.paths import HELLO
+from support.processes import kiln_argv, kiln_env
 from support.wire import AUTH, BY_NAME, CREATE_BODY, SANDBOXES, SandboxDriver, build_template
 
 BUILDS = 3
@@ -52,16 +51,11 @@ def test_a_second_emulator_leaves_the_first_ones_sandboxes_alone(tmp_path: Path)
 def test_concurrent_kiln_builds_on_the_embedded_default_register_every_image(
     tmp_path: Path,
 ) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("TENSORLAKE_") and key != "KILN_STORE"
-    }
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    dockerfile = REPO / "examples" / "hello" / "Dockerfile"
+    # Several `kiln build --name rN &` on the embedded emulator's default data dir.
+    env = kiln_env(tmp_path)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "kiln", "build", str(dockerfile), "--name", f"r{n}", "--json"],
+            kiln_argv("build", str(HELLO), "--name", f"r{n}", "--json"),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

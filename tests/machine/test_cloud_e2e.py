@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from support.machine import (
     helper_log,
     run_to_end,
 )
-from support.paths import HELLO
+from support.processes import kiln_env, run_kiln
 
 pytestmark = pytest.mark.e2e
 
@@ -69,30 +68,9 @@ def _kiln_build(tmp_path: Path, url: str, **env: str) -> subprocess.CompletedPro
     context = tmp_path / "context"
     context.mkdir(exist_ok=True)
     (context / "Dockerfile").write_text(PRIVATE_DOCKERFILE)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
-    clean.update(
-        XDG_STATE_HOME=str(tmp_path / "state"),
-        DOCKER_CONFIG=str(tmp_path / "docker"),
-        TENSORLAKE_API_KEY=TEST_TOKEN,
-        **env,
-    )
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kiln",
-            "build",
-            str(context / "Dockerfile"),
-            "--api-url",
-            url,
-            "--json",
-        ],
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_S,
-        check=False,
-    )
+    clean = kiln_env(tmp_path, token=TEST_TOKEN, DOCKER_CONFIG=str(tmp_path / "docker"), **env)
+    args = ["build", str(context / "Dockerfile"), "--api-url", url, "--json"]
+    return run_kiln(args, clean, timeout_s=PROCESS_TIMEOUT_S)
 
 
 def _result(stdout: str) -> dict[str, Any]:
@@ -147,34 +125,6 @@ async def test_a_context_with_links_builds(emulator_pool: EmulatorPool, tmp_path
     with emulator_pool.running("cloud") as admin:
         run = await run_to_end(admin, plan_dockerfile(context / "Dockerfile"))
         assert run.state.state == "done", run.state.error
-
-
-CONCURRENT_BUILDS = 3
-
-
-@pytest.mark.slow
-def test_concurrent_builds_on_one_data_dir_keep_every_template(tmp_path: Path) -> None:
-    # Three `kiln build --name rN &` on the embedded emulator's default data dir.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "TENSORLAKE_"))}
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    names = [f"r{n}" for n in range(1, CONCURRENT_BUILDS + 1)]
-    builds = [
-        subprocess.Popen(
-            [sys.executable, "-m", "kiln", "build", str(HELLO), "--name", name, "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in names
-    ]
-    for build in builds:
-        stdout, stderr = build.communicate(timeout=PROCESS_TIMEOUT_S)
-        assert build.returncode == 0, stdout + stderr
-    templates = json.loads(
-        (tmp_path / "state" / "kiln" / "emulator" / "templates.json").read_text()
-    )
-    assert sorted(templates) == names
 
 
 async def test_a_proxy_demanding_a_length_gets_the_context_once_with_one(

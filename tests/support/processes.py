@@ -53,7 +53,11 @@ def kiln_argv(*args: str) -> list[str]:
 
 
 def run_kiln(
-    args: Sequence[str], env: Mapping[str, str], **kwargs: Any
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    timeout_s: float = PROCESS_TIMEOUT_S,
+    **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m kiln ARGS` to its end (stdout and stderr captured unless redirected)."""
     kwargs.setdefault("stdout", subprocess.PIPE)
@@ -63,7 +67,7 @@ def run_kiln(
         env=dict(env),
         stderr=subprocess.PIPE,
         text=True,
-        timeout=PROCESS_TIMEOUT_S,
+        timeout=timeout_s,
         check=False,
         **kwargs,
     )
