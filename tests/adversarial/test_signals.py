@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import kiln.cli
-from kiln.testing import TEST_TOKEN, EmulatorClient
+from kiln.testing import EmulatorClient
+from support import processes
 from support.paths import HELLO
 from support.polling import wait_until_blocking
 from support.processes import Running, entered, kiln_env
@@ -28,11 +29,8 @@ SLOW_DELETE_MS = 30_000
 @pytest.fixture
 def slow_build(tmp_path: Path, kiln_emulator: EmulatorClient) -> Iterator[Running]:
     """A `kiln build --json` against the emulator, its builder slow enough to be interrupted."""
-    kiln_emulator.set_builder(duration_ms=SLOW_BUILDER_MS)
-    env = kiln_env(tmp_path, token=TEST_TOKEN)
-    running = Running(["build", str(HELLO), "--api-url", kiln_emulator.url, "--json"], env)
-    yield running
-    running.kill()
+    with processes.slow_build(kiln_emulator, tmp_path, SLOW_BUILDER_MS) as running:
+        yield running
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])

@@ -19,6 +19,7 @@ import pytest
 
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.testing import TEST_TOKEN, EmulatorClient
+from support import processes
 from support.emulator import snapshot_files
 from support.events import check_event
 from support.paths import HELLO, MULTISTAGE, REPO
@@ -295,13 +296,8 @@ def test_refused_credentials_are_not_printed_either(tmp_path: Path) -> None:
 @pytest.fixture
 def slow_build(tmp_path: Path, emulator: EmulatorClient) -> Iterator[Running]:
     """A `kiln build --json` whose builder runs long enough to be interrupted."""
-    emulator.set_builder(duration_ms=SLOW_BUILDER_MS)
-    running = Running(
-        ["build", str(HELLO), "--api-url", emulator.url, "--json"],
-        kiln_env(tmp_path, token=TEST_TOKEN),
-    )
-    yield running
-    running.kill()
+    with processes.slow_build(emulator, tmp_path, SLOW_BUILDER_MS) as running:
+        yield running
 
 
 def test_ctrl_c_cancels_the_build_and_deletes_its_sandbox(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -12,12 +13,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.events import check_event
-from support.paths import REPO
+from support.paths import HELLO, REPO
 from support.polling import wait_until_blocking
 
 # Shared by every `kiln` subprocess of every test run on this machine, outside the source tree:
@@ -168,6 +170,19 @@ class Running:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(PROCESS_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def slow_build(emulator: EmulatorClient, tmp_path: Path, builder_ms: int) -> Iterator[Running]:
+    """A `kiln build --json` of the hello example against ``emulator``, whose builder runs
+    ``builder_ms`` so that a signal lands while it does; killed on exit if still running."""
+    emulator.set_builder(duration_ms=builder_ms)
+    args = ["build", str(HELLO), "--api-url", emulator.url, "--json"]
+    running = Running(args, kiln_env(tmp_path, token=TEST_TOKEN))
+    try:
+        yield running
+    finally:
+        running.kill()
 
 
 def _collect(stream: Any, sink: list[str]) -> None:
