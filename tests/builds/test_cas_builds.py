@@ -129,3 +129,35 @@ def test_kiln_cancel_reaches_the_image_service(emulator: EmulatorClient, tmp_pat
     [remote] = emulator.image_builds()
     assert remote["status"] == "cancelled"
     assert emulator.live_sandboxes() == []
+
+
+def test_kiln_build_cas_detach_returns_once_the_service_has_it(
+    emulator: EmulatorClient, tmp_path: Path
+) -> None:
+    emulator.set_builder(duration_ms=3000)
+    env = kiln_env(tmp_path, token=TEST_TOKEN)
+    detached = run_kiln(
+        ["build", "--cas", "--detach", "--api-url", emulator.url, str(HELLO.parent)], env
+    )
+    assert detached.returncode == 0, detached.stderr
+    build_id = detached.stdout.strip()
+    assert "Detached" in detached.stderr
+    [remote] = emulator.image_builds()
+    assert remote["sealed"] and remote["status"] not in ("succeeded", "failed", "cancelled")
+    listing = json.loads(run_kiln(["ls", "--json"], env).stdout)
+    assert [(r["id"], r["state"] in FINALS) for r in listing] == [(build_id, False)]
+    resumed = run_kiln(["resume", build_id, "--json"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    result = check_event(json.loads(resumed.stdout.splitlines()[-1]))
+    assert (result["type"], result["state"]) == ("result", "done")
+    assert [b["build_id"] for b in emulator.image_builds()] == [remote["build_id"]]
+
+
+def test_detach_needs_cas_and_a_service_that_stays(tmp_path: Path) -> None:
+    env = kiln_env(tmp_path)
+    without_cas = run_kiln(["build", "--detach", str(HELLO.parent)], env)
+    assert without_cas.returncode == 2
+    assert "--detach needs --cas" in without_cas.stderr
+    embedded = run_kiln(["build", "--cas", "--detach", str(HELLO.parent)], env)
+    assert embedded.returncode == 2
+    assert "embedded emulator" in embedded.stderr

@@ -51,6 +51,10 @@ class BuildKwargs(SubmitKwargs, total=False):
     store: Store | None
 
 
+# Why a detached build stopped running here, in its log.
+DETACHED = "detached: it continues on kiln resume or in a worker"
+
+
 class Build:
     """A running build: watch it (``events()``, ``state``), stop it (``cancel()``), await it."""
 
@@ -96,6 +100,28 @@ class Build:
             await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ready.cancel()
+
+    async def detach(self) -> None:
+        """Stop running the build in this process and leave it persisted where it is, its
+        remote work going on: ``kiln resume ID``, ``kiln logs --follow ID`` or a worker take it
+        from there. Only a build with a store can be left; a detached build's ``result()``
+        raises BuildHandedOver."""
+        if self._session is None:
+            raise UsageError(
+                "only a build persisted in a store can be detached",
+                hint="start it with store=... (the CLI always has one)",
+            )
+        await self._session.stop(self._state, DETACHED)
+        await asyncio.wait({self._task})
+
+    @property
+    def admitted(self) -> bool:
+        """Whether a CAS build's work is with the Image Service: admitted and, for a Dockerfile
+        build, its context sealed (what the official client's start_image_build waits for)."""
+        progress = self._state.cas
+        if progress is None or self._state.build_id is None:
+            return False
+        return self._state.plan.is_import or progress.sealed
 
     def cancel(self) -> None:
         """Stop the build at its next await point; its sandbox is deleted before it ends."""

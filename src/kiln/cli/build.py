@@ -76,6 +76,16 @@ BUILD_DESCRIPTION = (
 )
 
 
+def _add_detach(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="with --cas: return once the Image Service has the build (admitted, context sealed), "
+        "printing its id; kiln logs --follow, kiln resume or a worker take it from there "
+        "(default: wait for the end)",
+    )
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``build``, ``import`` and ``diagram``."""
     build = sub.add_parser(
@@ -88,6 +98,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_source_arguments(build)
     add_build_options(build)
+    _add_detach(build)
     add_output_options(build)
     _add_store(build)
     build.set_defaults(func=_run_build)
@@ -101,6 +112,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "reference", metavar="REF", help="registry image reference, e.g. python:3.12-slim"
     )
     add_build_options(imp)
+    _add_detach(imp)
     add_output_options(imp)
     _add_store(imp)
     imp.set_defaults(func=_run_import)
@@ -187,10 +199,26 @@ def _render_svg(dot: str, source: str, target: Path) -> None:
 
 def _drive(args: argparse.Namespace, plan: BuildPlan) -> int:
     remote = _remote_target(args)
+    _check_detach(args, remote)
     route_logs_to_stderr()
     view = make_view(args)
     forget_iidfile(args)
     return asyncio.run(_drive_async(args, plan, remote, view))
+
+
+def _check_detach(args: argparse.Namespace, remote: _Target | None) -> None:
+    if not args.detach:
+        return
+    if not args.cas:
+        raise UsageError(
+            "--detach needs --cas: a builder-sandbox build runs in this process",
+            hint="add --cas, or queue the build for a worker with kiln submit",
+        )
+    if remote is None:
+        raise UsageError(
+            "--detach needs a Tensorlake API: the embedded emulator ends with this process",
+            hint="set TENSORLAKE_API_KEY (or pass --api-url) to build on a service that stays",
+        )
 
 
 @attrs.frozen
@@ -283,7 +311,24 @@ async def _follow(
             view.notice(_recorded_notice(build.state.id, embedded=target.embedded))
             async for event in build.events():
                 view.event(event)
+                if args.detach and build.admitted:
+                    await build.detach()
+            detached = args.detach and build.admitted
+            if detached:
+                view.notice(_detached_notice(build.state.id))
+        if detached:
+            if not args.json:
+                # As `docker run -d` and the official client's start_image_build: the id.
+                print(build.state.id)
+            return EXIT_OK
         return signals.exit_code(await _report(args, build, view))
+
+
+def _detached_notice(build_id: str) -> str:
+    return (
+        f"Detached: build {build_id} goes on on the Image Service (kiln logs --follow "
+        f"{build_id} shows it; kiln resume {build_id} or a worker waits for its end)"
+    )
 
 
 def _recorded_notice(build_id: str, *, embedded: bool) -> str:
