@@ -126,6 +126,7 @@ def test_kiln_cancel_reaches_the_image_service(emulator: EmulatorClient, tmp_pat
     assert build.returncode == EXIT_CANCELLED
     assert rest[-1]["type"] == "result"
     assert rest[-1]["state"] == "cancelled"
+    assert "its build on the Image Service was cancelled" in rest[-1]["hint"]
     [remote] = emulator.image_builds()
     assert remote["status"] == "cancelled"
     assert emulator.live_sandboxes() == []

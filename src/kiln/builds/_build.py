@@ -142,9 +142,14 @@ class Build:
         if self._state.outcome == spec.final_of(Trigger.SUCCEED) and self._state.result is not None:
             return Template.from_response(self._state.result, name=self._state.plan.name)
         if self._state.outcome == spec.final_of(Trigger.CANCEL):
+            left = (
+                "its build on the Image Service was cancelled"
+                if self._state.cas is not None
+                else "its builder sandbox was deleted"
+            )
             raise BuildCancelled(
                 f"build of {self._state.plan.name!r} was cancelled",
-                hint="its builder sandbox was deleted; run the build again to retry",
+                hint=f"{left}; run the build again to retry",
             )
         if self._driver.error is not None:
             raise self._driver.error
