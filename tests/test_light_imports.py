@@ -80,5 +80,5 @@ def test_the_plugin_module_loads_neither_server_nor_stores() -> None:
 def test_the_cli_s_commands_load_no_database_driver_and_no_server_until_they_run() -> None:
     """Every `kiln` run builds the parser of every command first (`kiln --help`, `kiln plan`):
     that costs neither psycopg nor the emulator's server."""
-    statement = "import kiln.cli; kiln.cli._parser()"
+    statement = "import kiln.cli; kiln.cli.build_parser()"
     assert loaded_after(statement, ("psycopg", "starlette", "uvicorn")) == []

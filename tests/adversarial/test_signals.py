@@ -102,7 +102,7 @@ def test_ctrl_c_while_kiln_loads_its_modules_exits_130(
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kiln.cli, "_parser", interrupted)
+    monkeypatch.setattr(kiln.cli, "build_parser", interrupted)
     assert kiln.cli.main(["build"]) == 130
     assert capsys.readouterr().err == "kiln: interrupted\n"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.cli import _parser, main
+from kiln.cli import build_parser, main
 from kiln.cli.completion import SCRIPTS, script
 from kiln.machine import load_machine_spec
 
@@ -25,7 +25,7 @@ FISH_LINE = re.compile(r"complete -c kiln( (-[A-Za-z]|[\w-]+|'(?:[^'\\]|\\.)*'))
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = _parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)
 
@@ -40,7 +40,7 @@ def test_the_script_names_every_command_and_option(
     shell: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text = _printed(shell, capsys)
-    assert text == script(shell, _parser())
+    assert text == script(shell, build_parser())
     for name, command in _commands().items():
         assert f" {name}" in text, name
         for action in command._actions:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from kiln import __version__
-from kiln.cli import _parser, main
+from kiln.cli import build_parser, main
 from kiln.cli._help import DEFAULT_WORD, HelpFormatter
 
 # The word a help text may use instead of a value: "repeatable" options collect, and have none.
@@ -17,13 +17,13 @@ REPEATABLE = "repeatable"
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = _parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)
 
 
 def _one_liners() -> dict[str, str | None]:
-    parser = _parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {action.dest: action.help for action in sub._choices_actions}
 

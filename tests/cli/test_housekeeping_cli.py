@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kiln.cli import _parser, housekeeping, main
+from kiln.cli import build_parser, housekeeping, main
 from kiln.cli._records import EMBEDDED_EVENT, mark_embedded
 from kiln.cli.housekeeping import duration
 from kiln.machine import load_machine_spec, machine_names
@@ -118,7 +118,7 @@ def test_ls_state_choices_are_the_declared_states_and_finals() -> None:
     unspelled): a CAS build's states are listed as a Dockerfile build's are."""
     specs = [load_machine_spec(name=name) for name in machine_names()]
     declared = {name for spec in specs for name in (*spec.states, *spec.finals)}
-    parser = _parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     state = next(a for a in sub.choices["ls"]._actions if a.dest == "state")
     choices = list(state.choices or ())

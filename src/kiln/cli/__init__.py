@@ -83,7 +83,7 @@ def _json_requested(argv: Sequence[str]) -> bool:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kiln",
         description="Build Tensorlake sandbox images from Dockerfiles.",
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse_and_dispatch(argv: Sequence[str] | None) -> int:
-    parser = _parser()
+    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(words)

@@ -77,9 +77,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kiln.cli import _parser
+    from kiln.cli import build_parser
 
-    sys.stdout.write(script(args.shell, _parser()))
+    sys.stdout.write(script(args.shell, build_parser()))
     return EXIT_OK
 
 
