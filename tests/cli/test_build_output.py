@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kiln.machine import load_machine_spec
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.events import check_event
 from support.paths import HELLO
@@ -16,6 +17,7 @@ from support.processes import kiln_env, run_kiln
 
 # A builder exit status the emulator's builder stand-in fails with.
 BAD_EXIT_CODE = 3
+FINALS = load_machine_spec().finals
 
 
 def _only_result(stdout: str) -> dict[str, Any]:
@@ -109,3 +111,19 @@ def test_progress_json_is_json(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     lines = [check_event(json.loads(line)) for line in run.stdout.splitlines()]
     assert lines[-1]["type"] == "result" and lines[-1]["state"] == "done"
+
+
+@pytest.mark.parametrize("json_flag", [["--json"], ["--progress", "json"]])
+def test_a_detached_build_with_json_output_ends_with_a_result_object(
+    tmp_path: Path, emulator: EmulatorClient, json_flag: list[str]
+) -> None:
+    emulator.set_builder(duration_ms=3000)
+    env = kiln_env(tmp_path, token=TEST_TOKEN)
+    args = ["build", "--cas", "--detach", *json_flag, "--api-url", emulator.url, str(HELLO)]
+    run = run_kiln(args, env)
+    assert run.returncode == 0, run.stderr
+    lines = [check_event(json.loads(line)) for line in run.stdout.splitlines()]
+    result = lines[-1]
+    assert result["type"] == "result" and result["detached"] is True
+    assert result["state"] not in FINALS and result["template"] is None
+    assert [line["type"] for line in lines].count("result") == 1

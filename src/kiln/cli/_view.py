@@ -108,6 +108,7 @@ class View(Protocol):
     def failed(self, error: KilnError, state: BuildState) -> None: ...
     def done(self, result: Template, state: BuildState) -> None: ...
     def aborted(self, state: BuildState, *, embedded: bool) -> None: ...
+    def detached(self, state: BuildState) -> None: ...
 
 
 class _Lines:
@@ -180,6 +181,10 @@ class JsonView:
         message, hint = abort_report(state, embedded=embedded)
         self._write({**_result(ABORTED, state), "error": message, "hint": hint})
 
+    def detached(self, state: BuildState) -> None:
+        """The build goes on elsewhere: its result line has the state it is in."""
+        self._write({**_result(state.state, state), "detached": True})
+
 
 def _result(outcome: str, state: BuildState) -> dict[str, Any]:
     """The result line's keys, all present whatever the outcome."""
@@ -193,6 +198,12 @@ def _result(outcome: str, state: BuildState) -> dict[str, Any]:
         "hint": None,
         "advice": [],
     }
+
+
+def print_detached(state: BuildState) -> None:
+    """A detached build's id on stdout, as ``docker run -d`` and the official client's
+    start_image_build give it."""
+    print(state.id)
 
 
 def refused_result(error: str, hint: str | None) -> dict[str, Any]:
@@ -249,6 +260,9 @@ class PlainView:
         message, hint = abort_report(state, embedded=embedded)
         self._line(f"kiln: {message}\nhint: {hint}")
 
+    def detached(self, state: BuildState) -> None:
+        print_detached(state)
+
 
 class QuietView:
     """``--quiet``: only the template id, on stdout, on success (``TID=$(kiln build -q .)``).
@@ -287,6 +301,9 @@ class QuietView:
     def aborted(self, state: BuildState, *, embedded: bool) -> None:
         message, hint = abort_report(state, embedded=embedded)
         self._err.write(f"kiln: {message}\nhint: {hint}")
+
+    def detached(self, state: BuildState) -> None:
+        print_detached(state)
 
 
 def done_text(result: Template, state: BuildState) -> str:
@@ -417,6 +434,9 @@ class RichView:
         self._live.stop()
         message, hint = abort_report(state, embedded=embedded)
         self._console.print(Text(f"kiln: {message}\nhint: {hint}", style="bold red"))
+
+    def detached(self, state: BuildState) -> None:
+        print_detached(state)
 
 
 def _phase_row(phase: _Phase, now: float) -> tuple[str, str, str, str]:

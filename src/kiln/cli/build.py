@@ -317,9 +317,7 @@ async def _follow(
             if detached:
                 view.notice(_detached_notice(build.state.id))
         if detached:
-            if not args.json:
-                # As `docker run -d` and the official client's start_image_build: the id.
-                print(build.state.id)
+            view.detached(build.state)
             return EXIT_OK
         return signals.exit_code(await _report(args, build, view))
 
