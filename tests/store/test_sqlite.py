@@ -12,7 +12,7 @@ import pytest
 
 from kiln.errors import ConfigError
 from kiln.store import OwnedElsewhere, Owner, SQLiteStore, StoreUnavailable
-from kiln.store._migrations import LATEST_VERSION, MIGRATIONS
+from kiln.store._migrations import LATEST_VERSION, MIGRATIONS, SQLITE_LEDGER
 
 # Another kiln process writing to the same file.
 _OTHER_PROCESS = """
@@ -180,3 +180,26 @@ async def test_a_commit_survives_the_process_being_killed(tmp_path: Path) -> Non
     assert record is not None and (record.state, record.version) == ("upload", 2)
     assert [e.data for e in await store.events("b-1")] == [{"n": 1}]
     await store.close()
+
+
+async def test_a_store_of_the_previous_schema_gains_the_cache_key(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(SQLITE_LEDGER)
+        for migration in MIGRATIONS[:-1]:
+            for statement in migration.sqlite:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                (migration.version, migration.name),
+            )
+        conn.execute(
+            "INSERT INTO builds (id, ordinal, name, state, version, schema_version, data,"
+            " created_at, updated_at, final) VALUES ('b-1', 1, 'n', 'done', 3, 1, '{}', 0, 0, 1)"
+        )
+    store = SQLiteStore(path)
+    assert (await store.get("b-1")).state == "done"  # type: ignore[union-attr]
+    assert await store.find_cached("k", state="done") is None
+    await store.close()
+    applied = _tables(path, "SELECT version FROM schema_migrations ORDER BY version")
+    assert applied == [(m.version,) for m in MIGRATIONS]

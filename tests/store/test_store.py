@@ -536,3 +536,39 @@ async def test_a_commit_extends_the_lease_and_renew_reports_a_cancel(
     assert await store.renew("b-1", FAR_A, lease_s=LEASE_S) is False
     await store.request_cancel("b-1")
     assert await store.renew("b-1", FAR_A, lease_s=LEASE_S) is True
+
+
+async def test_find_cached_returns_the_newest_build_with_the_key_in_the_state(
+    store: Store, backend: Backend
+) -> None:
+    async def finish(build_id: str, state: str, key: str | None, *, at_create: bool) -> None:
+        await store.create(
+            id=build_id, name="n", state="s", data={}, cache_key=key if at_create else None
+        )
+        backend.clock.advance(1.0)
+        await store.commit_transition(
+            build_id,
+            expected_version=1,
+            state=state,
+            data={"n": build_id},
+            sandbox_id=None,
+            final=state != "s",
+            events=[],
+            cache_key=None if at_create else key,
+        )
+
+    assert await store.find_cached("k-1", state="done") is None
+    await finish("old", "done", "k-1", at_create=True)
+    await finish("new", "done", "k-1", at_create=False)
+    await finish("failed", "failed", "k-1", at_create=True)
+    await finish("running", "s", "k-1", at_create=True)
+    await finish("other", "done", "k-2", at_create=True)
+
+    found = await store.find_cached("k-1", state="done")
+    assert found is not None and (found.id, found.data) == ("new", {"n": "new"})
+    assert (await store.find_cached("k-1", state="failed")).id == "failed"  # type: ignore[union-attr]
+    # A write without a key keeps the one the build has.
+    await store.commit_transition(
+        "running", expected_version=2, state="done", data={}, sandbox_id=None, final=True, events=[]
+    )
+    assert (await store.find_cached("k-1", state="done")).id == "running"  # type: ignore[union-attr]

@@ -137,8 +137,10 @@ class Store(Protocol):
         data: JsonObject,
         sandbox_id: str | None = None,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        cache_key: str | None = None,
     ) -> BuildRecord:
-        """Insert a new build at version 1; a duplicate id is a UsageError."""
+        """Insert a new build at version 1; a duplicate id is a UsageError. ``cache_key`` is
+        what :meth:`find_cached` finds it by (None: it is no cache candidate)."""
         ...
 
     async def save(
@@ -171,10 +173,11 @@ class Store(Protocol):
         schema_version: int = DEFAULT_SCHEMA_VERSION,
         holds_sandbox: bool = False,
         lease_s: float | None = None,
+        cache_key: str | None = None,
     ) -> Committed:
         """``save`` and ``append_events`` as one atomic write, also reading the cancel flag,
         and extending the lease to now + ``lease_s`` when given (the writer owns the build: the
-        version it wrote at says so).
+        version it wrote at says so), and setting the cache key when one is given.
 
         A transition's whole persist in one round trip and one commit: either the state and its
         events are both written or, on StaleWriteError, neither is."""
@@ -190,6 +193,10 @@ class Store(Protocol):
         self, *, state: str | None = None, limit: int = 100
     ) -> builtins.list[BuildRecord]:
         """Builds, newest first, optionally only those in ``state``."""
+        ...
+
+    async def find_cached(self, cache_key: str, *, state: str) -> BuildRecord | None:
+        """The most recently finished build with this cache key that ended in ``state``."""
         ...
 
     async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:

@@ -53,6 +53,8 @@ class MemoryStore:
         self._events: dict[str, builtins.list[EventRow]] = {}
         self._event_totals: dict[str, int] = {}
         self._turns: dict[str, float] = {}
+        # Each build's cache key, the column the databases keep beside the record.
+        self._cache_keys: dict[str, str] = {}
 
     async def create(
         self,
@@ -63,9 +65,12 @@ class MemoryStore:
         data: JsonObject,
         sandbox_id: str | None = None,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        cache_key: str | None = None,
     ) -> BuildRecord:
         if id in self._builds:
             raise duplicate_build(id)
+        if cache_key is not None:
+            self._cache_keys[id] = cache_key
         now = self._clock()
         record = BuildRecord(
             id=id,
@@ -134,6 +139,7 @@ class MemoryStore:
         schema_version: int = DEFAULT_SCHEMA_VERSION,
         holds_sandbox: bool = False,
         lease_s: float | None = None,
+        cache_key: str | None = None,
     ) -> Committed:
         # The two writes never suspend, so nothing runs between them: together they are atomic,
         # and a refused save leaves the log untouched. Reusing them keeps one copy of each rule.
@@ -149,6 +155,8 @@ class MemoryStore:
         )
         if events:
             await self.append_events(id, events)
+        if cache_key is not None:
+            self._cache_keys[id] = cache_key
         if lease_s is not None:
             self._builds[id] = attrs.evolve(
                 self._builds[id], lease_expires_at=self._clock() + lease_s
@@ -174,6 +182,18 @@ class MemoryStore:
         chosen = [r for r in newest_first if state is None or r.state == state]
         chosen.sort(key=lambda r: r.created_at, reverse=True)
         return [_copy(r) for r in chosen[:limit]]
+
+    async def find_cached(self, cache_key: str, *, state: str) -> BuildRecord | None:
+        found = [
+            record
+            for id, key in self._cache_keys.items()
+            if key == cache_key
+            and (record := self._builds.get(id)) is not None
+            and record.final
+            and record.state == state
+        ]
+        newest = max(found, key=lambda record: record.updated_at, default=None)
+        return _copy(newest) if newest is not None else None
 
     async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:
         record = self._require(id)
@@ -252,12 +272,14 @@ class MemoryStore:
         )[:limit]
         for record in old:
             del self._builds[record.id], self._events[record.id], self._event_totals[record.id]
+            self._cache_keys.pop(record.id, None)
         return len(old)
 
     async def delete(self, id: str, *, expected_version: int) -> bool:
         if self._require(id).version != expected_version:
             return False
         del self._builds[id], self._events[id], self._event_totals[id]
+        self._cache_keys.pop(id, None)
         return True
 
     async def take_turn(self, name: str, holder: str, *, every_s: float) -> bool:

@@ -95,6 +95,15 @@ def _fleet(queue_order: str, false: str, real: str) -> tuple[str, ...]:
     )
 
 
+# The build cache: a finished build is found by its cache key (the build key and where its template
+# was registered, as one digest); only builds that have one are indexed.
+_CACHE_KEY = (
+    "ALTER TABLE builds ADD COLUMN cache_key TEXT",
+    "CREATE INDEX builds_by_cache_key ON builds (cache_key, updated_at)"
+    " WHERE cache_key IS NOT NULL",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -108,6 +117,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="a fleet's indexes: the queue, sandbox holders, finished builds; fleet-wide turns",
         sqlite=_fleet("created_at, ordinal", "0", "REAL"),
         postgres=_fleet("(version = 1), created_at, ordinal", "FALSE", "DOUBLE PRECISION"),
+    ),
+    Migration(
+        version=3,
+        name="the build cache: each build's cache key, indexed",
+        sqlite=_CACHE_KEY,
+        postgres=_CACHE_KEY,
     ),
 )
 
@@ -130,6 +145,11 @@ PRUNE = (
 )
 # One build, if it is still at the version its deleter read (events go with it: ON DELETE CASCADE).
 DELETE = "DELETE FROM builds WHERE id = %s AND version = %s"
+# The newest build with this cache key that ended in the given (final) state.
+FIND_CACHED = (
+    f"SELECT {RECORD_COLUMNS} FROM builds WHERE cache_key = %s AND state = %s AND final"
+    " ORDER BY updated_at DESC LIMIT 1"
+)
 # A fleet-wide turn: the row is written (one row changed) only when the last turn is old enough.
 TAKE_TURN = (
     "INSERT INTO turns (name, taken_at, holder) VALUES (%s, %s, %s) ON CONFLICT (name)"

@@ -57,6 +57,7 @@ from kiln.store._base import (
 )
 from kiln.store._migrations import (
     DELETE,
+    FIND_CACHED,
     POSTGRES_LEDGER,
     PRUNE,
     RECORD_COLUMNS,
@@ -102,6 +103,7 @@ _COMMIT = (
     " final = %(final)s, schema_version = %(schema_version)s, holds_sandbox = %(holds_sandbox)s,"
     " version = version + 1, updated_at = %(now)s,"
     " lease_expires_at = COALESCE(%(lease)s, lease_expires_at),"
+    " cache_key = COALESCE(%(cache_key)s, cache_key),"
     f" {_COUNT_EVENTS} WHERE id = %(id)s AND version = %(expected)s AND NOT final"
     " RETURNING version, cancel_requested, event_count"
 )
@@ -156,16 +158,17 @@ class PostgresStore:
         data: JsonObject,
         sandbox_id: str | None = None,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        cache_key: str | None = None,
     ) -> BuildRecord:
         now = self._clock()
         try:
             async with self._transaction() as conn:
                 cursor = await conn.execute(
                     "INSERT INTO builds (id, name, state, version, schema_version, data,"
-                    " sandbox_id, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, %s)"
+                    " sandbox_id, created_at, updated_at, cache_key)"
+                    " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, %s, %s)"
                     f" RETURNING {RECORD_COLUMNS}",
-                    (id, name, state, schema_version, Jsonb(data), sandbox_id, now, now),
+                    (id, name, state, schema_version, Jsonb(data), sandbox_id, now, now, cache_key),
                 )
                 return _record(await cursor.fetchone())
         except psycopg.errors.UniqueViolation:
@@ -215,9 +218,11 @@ class PostgresStore:
         schema_version: int = DEFAULT_SCHEMA_VERSION,
         holds_sandbox: bool = False,
         lease_s: float | None = None,
+        cache_key: str | None = None,
     ) -> Committed:
         now = self._clock()
         params = {
+            "cache_key": cache_key,
             "state": state,
             "data": Jsonb(data),
             "sandbox_id": sandbox_id,
@@ -271,6 +276,12 @@ class PostgresStore:
                 {"state": state, "limit": limit},
             )
             return [_record(row) for row in await cursor.fetchall()]
+
+    async def find_cached(self, cache_key: str, *, state: str) -> BuildRecord | None:
+        async with self._transaction(atomic=False) as conn:
+            cursor = await conn.execute(FIND_CACHED, (cache_key, state))
+            row = await cursor.fetchone()
+        return _record(row) if row is not None else None
 
     async def append_events(self, id: str, events: Sequence[tuple[str, JsonObject]]) -> None:
         now = self._clock()

@@ -49,6 +49,7 @@ from kiln.store._base import (
     stale_write,
 )
 from kiln.store._migrations import DELETE as _DELETE
+from kiln.store._migrations import FIND_CACHED as _FIND_CACHED
 from kiln.store._migrations import PRUNE as _PRUNE
 from kiln.store._migrations import RECORD_COLUMNS, SQLITE_LEDGER, pending
 from kiln.store._migrations import TAKE_TURN as _TAKE_TURN
@@ -101,6 +102,7 @@ class SQLiteStore:
         data: JsonObject,
         sandbox_id: str | None = None,
         schema_version: int = DEFAULT_SCHEMA_VERSION,
+        cache_key: str | None = None,
     ) -> BuildRecord:
         def run(conn: sqlite3.Connection) -> BuildRecord:
             now = self._clock()
@@ -108,10 +110,13 @@ class SQLiteStore:
                 try:
                     conn.execute(
                         "INSERT INTO builds (id, ordinal, name, state, version, schema_version,"
-                        " data, sandbox_id, created_at, updated_at)"
+                        " data, sandbox_id, created_at, updated_at, cache_key)"
                         " VALUES (?, (SELECT COALESCE(MAX(ordinal), 0) + 1 FROM builds),"
-                        " ?, ?, 1, ?, ?, ?, ?, ?)",
-                        (id, name, state, schema_version, _dump(data), sandbox_id, now, now),
+                        " ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+                        (
+                            *(id, name, state, schema_version, _dump(data), sandbox_id),
+                            *(now, now, cache_key),
+                        ),
                     )
                 except sqlite3.IntegrityError:
                     raise duplicate_build(id) from None
@@ -162,6 +167,7 @@ class SQLiteStore:
         schema_version: int = DEFAULT_SCHEMA_VERSION,
         holds_sandbox: bool = False,
         lease_s: float | None = None,
+        cache_key: str | None = None,
     ) -> Committed:
         def run(conn: sqlite3.Connection) -> Committed:
             now = self._clock()
@@ -173,6 +179,10 @@ class SQLiteStore:
                     (*params, id, expected_version),
                 ).fetchall()
                 if rows:
+                    if cache_key is not None:
+                        conn.execute(
+                            "UPDATE builds SET cache_key = ? WHERE id = ?", (cache_key, id)
+                        )
                     if events:
                         self._append(conn, id, events, rows[0]["event_count"], now)
                     if lease_s is not None:
@@ -216,6 +226,13 @@ class SQLiteStore:
                 (state, state, limit),
             ).fetchall()
             return [_record(row) for row in rows]
+
+        return await self._run(run)
+
+    async def find_cached(self, cache_key: str, *, state: str) -> BuildRecord | None:
+        def run(conn: sqlite3.Connection) -> BuildRecord | None:
+            row = conn.execute(_FIND_CACHED.replace("%s", "?"), (cache_key, state)).fetchone()
+            return _record(row) if row is not None else None
 
         return await self._run(run)
 
