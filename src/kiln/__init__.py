@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from kiln.machine import (
         BuildLogEvent,
         BuildState,
+        CachedEvent,
         Event,
         StatusEvent,
         TransitionEvent,
@@ -78,6 +79,7 @@ _EXPORTS = {
     "BuildLogEvent": "kiln.machine",
     "BuildNotFound": "kiln.errors",
     "BuildState": "kiln.machine",
+    "CachedEvent": "kiln.machine",
     "ChunkedUploadRefused": "kiln.errors",
     "ConfigError": "kiln.errors",
     "ContextError": "kiln.errors",
@@ -137,6 +139,7 @@ __all__ = [
     "BuildLogEvent",
     "BuildNotFound",
     "BuildState",
+    "CachedEvent",
     "ChunkedUploadRefused",
     "ConfigError",
     "ContextError",

@@ -272,7 +272,8 @@ def test_credentials_are_never_printed(tmp_path: Path, emulator: EmulatorClient)
     done = run_kiln(["build", str(HELLO), "--api-url", emulator.url], env)
     assert done.returncode == 0, done.stderr
     emulator.set_builder(exit_code=BAD_EXIT_CODE)
-    failed = run_kiln(["build", str(HELLO), "--api-url", emulator.url, "--json"], env)
+    argv = ["build", str(HELLO), "--api-url", emulator.url, "--json", "--no-cache"]
+    failed = run_kiln(argv, env)
     assert failed.returncode == 1
     for run in (done, failed):
         assert TEST_TOKEN not in run.stdout

@@ -23,7 +23,7 @@ from support.processes import BUILD_ID, kiln_argv, kiln_env
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
-SUMMARY_KEYS = {"id", "name", "state", "sandbox_id", "created_at", "updated_at"}
+SUMMARY_KEYS = {"id", "name", "state", "sandbox_id", "created_at", "updated_at", "cached"}
 HAPPY_PHASES = list(load_machine_spec().states)
 EXIT_USAGE = 2
 
@@ -77,7 +77,7 @@ def test_ls_lists_newest_first_and_filters_by_state(
 ) -> None:
     first = _build(emulator, capsys)
     emulator.set_builder(exit_code=2)
-    second = _build(emulator, capsys)
+    second = _build(emulator, capsys, "--no-cache")
 
     listed = _json(capsys, ["ls", "--json"])
     assert [b["id"] for b in listed] == [second, first]  # type: ignore[union-attr]
@@ -99,7 +99,7 @@ def test_resume_of_a_finished_build_reports_it_and_sends_nothing(
     assert len(emulator.requests()) == sent
 
     emulator.set_builder(exit_code=2)
-    failed = _build(emulator, capsys)
+    failed = _build(emulator, capsys, "--no-cache")
     assert main(["resume", failed]) == 1
 
 

@@ -19,6 +19,7 @@ JSON_KEYS = {
     "ignored_instructions",
     "import_image_reference",
     "context",
+    "key",
     "warnings",
 }
 MULTISTAGE = """\

@@ -137,6 +137,7 @@ def test_json_view_result_of_a_done_build_carries_the_template() -> None:
             "snapshot_size_bytes": 4096,
             "public": False,
         },
+        "cached": False,
         "error": None,
         "hint": None,
         "advice": [],

@@ -44,7 +44,7 @@ from kiln.api._proxy import (
     process_payload,
     with_silences,
 )
-from kiln.api._settings import ApiSettings, AuthMode, Credentials, check_api_url
+from kiln.api._settings import ApiSettings, AuthMode, Credentials, check_api_url, is_loopback
 from kiln.errors import ChunkedUploadRefused
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "check_api_url",
     "create_http_client",
     "exit_status",
+    "is_loopback",
     "is_transient",
     "process_payload",
     "run_exit_code",

@@ -18,6 +18,7 @@ from kiln.builds._build import (
     start_plan,
     start_state,
 )
+from kiln.builds._cache import build_key, context_digest
 from kiln.builds._options import SubmitKwargs, build_options, option_keywords
 from kiln.builds._service import (
     ResumeKwargs,
@@ -39,7 +40,9 @@ __all__ = [
     "WorkerConfig",
     "build_image",
     "build_image_sync",
+    "build_key",
     "build_options",
+    "context_digest",
     "finished",
     "import_image",
     "import_image_sync",

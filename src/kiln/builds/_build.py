@@ -15,12 +15,14 @@ from typing import Any, Unpack
 
 import httpx
 
+from kiln.builds._cache import look_up
 from kiln.builds._options import SubmitKwargs, build_options, new_state
 from kiln.builds._template import Template
 from kiln.durable import Session
 from kiln.errors import BuildCancelled, BuildError, UsageError
 from kiln.machine import (
     BuildState,
+    CachedEvent,
     Driver,
     Event,
     PersistHook,
@@ -28,6 +30,7 @@ from kiln.machine import (
     Services,
     StatusEvent,
     Trigger,
+    intervene,
     load_machine_spec,
     no_persist,
 )
@@ -173,14 +176,37 @@ class Build:
     async def _run(self) -> None:
         try:
             if self._session is not None:
-                finals = self._services.spec.finals
-                await self._session.run(self._driver, self._state, frozenset(finals))
+                finals = frozenset(self._services.spec.finals)
+                if await self._served_from_cache(self._session):
+                    await self._session.settle(self._state, finals)
+                else:
+                    await self._session.run(self._driver, self._state, finals)
             else:
                 await self._driver.run(self._state)
         finally:
             await self._services.aclose()
             self._finished = True
             self._queue.put_nowait(None)
+
+    async def _served_from_cache(self, session: Session) -> bool:
+        """Whether an earlier build in the store answers this one (kiln.builds._cache): then
+        the build takes the declared ``cache_hit`` edge to done, with that build's template."""
+        state = self._state
+        hit = await look_up(state, self._services, session.store)
+        if hit is None or state.cache is None:
+            return False
+        # Recorded as every new build is, before its first transition.
+        await session.open(state)
+        now = self._services.clock.now()
+        state.created_at = state.created_at or now
+        transition = await intervene(self._services.spec, state, Trigger.CACHE_HIT, now)
+        state.result = hit.template
+        state.templates = hit.templates
+        state.cached_from = hit.build_id
+        template_id = str(hit.template.get("id"))
+        self._services.emit(state, CachedEvent(state.cache.key, template_id, hit.build_id))
+        self._services.emit(state, transition)
+        return True
 
 
 def _create_task(coroutine: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:

@@ -15,6 +15,7 @@ from kiln.machine import (
     BUILD_MACHINE,
     CAS_MACHINE,
     OPTION_CLI,
+    OPTION_IN_KEY,
     OPTION_KEYWORD,
     BuildOptions,
     BuildState,
@@ -42,15 +43,19 @@ class SubmitKwargs(TypedDict, total=False):
     # The Image Service path (states/cas.toml), and its Docker build args.
     cas: bool
     build_args: dict[str, str]
+    # Return an unchanged earlier build's template from the store instead of building.
+    cache: bool
 
 
-def option_keywords(*, cli: bool = False) -> dict[str, str]:
+def option_keywords(*, cli: bool = False, in_key: bool = False) -> dict[str, str]:
     """Each build option's keyword, mapped to its BuildOptions field; ``cli``: only those the
-    CLI's build commands take as flags of those names and pass on as they are."""
+    CLI's build commands take as flags of those names and pass on as they are; ``in_key``: only
+    those that change the image built (inputs of the build key)."""
     return {
         field.metadata.get(OPTION_KEYWORD, field.name): field.name
         for field in attrs.fields(BuildOptions)
-        if field.metadata.get(OPTION_CLI, False) or not cli
+        if (field.metadata.get(OPTION_CLI, False) or not cli)
+        and (field.metadata.get(OPTION_IN_KEY, False) or not in_key)
     }
 
 

@@ -31,15 +31,7 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", help="registered image name (default: derived from the Dockerfile or reference)"
     )
-    parser.add_argument(
-        "--public", action="store_true", help="make the image public (default: private)"
-    )
-    parser.add_argument(
-        "--disk-mb",
-        metavar="N",
-        type=positive_int,
-        help="target rootfs size in MiB (default: the parent template's, else 10240)",
-    )
+    add_result_options(parser)
     parser.add_argument(
         "--builder-disk-mb",
         metavar="N",
@@ -59,7 +51,11 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
         help="builder sandbox memory in MiB (default: what the platform proposes)",
     )
     parser.add_argument(
-        "--docker-compat", action="store_true", help="ask for Docker compat (default: off)"
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="return the template of an earlier build with the same build key, if it is still"
+        " registered, instead of building; --no-cache always builds (default: --cache)",
     )
     parser.add_argument(
         "--cas",
@@ -83,6 +79,23 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help="one JSON event per line on stdout (default: a live view on stderr)",
+    )
+
+
+def add_result_options(parser: argparse.ArgumentParser) -> None:
+    """The build options that change the image built (and so the build key; `kiln plan` takes
+    them to show it)."""
+    parser.add_argument(
+        "--public", action="store_true", help="make the image public (default: private)"
+    )
+    parser.add_argument(
+        "--disk-mb",
+        metavar="N",
+        type=positive_int,
+        help="target rootfs size in MiB (default: the parent template's, else 10240)",
+    )
+    parser.add_argument(
+        "--docker-compat", action="store_true", help="ask for Docker compat (default: off)"
     )
 
 

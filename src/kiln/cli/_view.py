@@ -194,6 +194,8 @@ def _result(outcome: str, state: BuildState) -> dict[str, Any]:
         "name": state.plan.name,
         "sandbox_id": state.sandbox_id,
         "template": None,
+        # Served from the build cache: an earlier build's template, nothing built.
+        "cached": state.cached_from is not None,
         "error": None,
         "hint": None,
         "advice": [],
@@ -316,6 +318,11 @@ def done_text(result: Template, state: BuildState) -> str:
         facts.append(human_size(result.snapshot_size_bytes))
     took = f" ({', '.join(facts)})" if facts else ""
     line = f"done: image {result.name!r} registered as template {result.id}{took}"
+    if state.cached_from is not None:
+        line = (
+            f"done (cached): image {result.name!r} is unchanged since build"
+            f" {state.cached_from}: template {result.id} (--no-cache builds it again)"
+        )
     return f"{line}\n{NEXT_STEP.format(name=json.dumps(result.name))}"
 
 

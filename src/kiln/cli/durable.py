@@ -354,6 +354,8 @@ def status_dict(record: BuildRecord, events: Sequence[EventRow]) -> dict[str, An
         "lease_expires_at": _iso(record.lease_expires_at),
         "cancel_requested": record.cancel_requested,
         "remote_build_id": data.get("build_id"),
+        "key": (data.get("cache") or {}).get("key"),
+        "cached_from": data.get("cached_from"),
         "result": data.get("result"),
         "error": error,
         "timeline": timeline(events, record),
@@ -403,7 +405,9 @@ def log_tail(events: Sequence[EventRow], lines: int = STATUS_LOG_LINES) -> list[
 def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
     info = status_dict(record, events)
     print(f"build     {record.id}  ({record.name})")
-    print(f"state     {record.state}{'  (cancel requested)' if record.cancel_requested else ''}")
+    print(
+        f"state     {_state_text(record)}{'  (cancel requested)' if record.cancel_requested else ''}"
+    )
     print(f"created   {_when(record.created_at)}   updated {_when(record.updated_at)}")
     print(f"sandbox   {record.sandbox_id or '-'}")
     for sandbox in unrecorded_sandboxes(record, time.time()):
@@ -413,6 +417,10 @@ def _print_status(record: BuildRecord, events: Sequence[EventRow]) -> None:
         print(f"owner     {info['owner']}, lease until {_when(record.lease_expires_at)}{gone}")
     if info["result"]:
         print(f"template  {info['result'].get('id', '-')}")
+    if info["key"]:
+        print(f"key       {info['key']}")
+    if info["cached_from"]:
+        print(f"cached    from build {info['cached_from']} (nothing was built)")
     for resumed in info["resumes"]:
         at = datetime.datetime.fromisoformat(resumed["at"]).timestamp()
         print(f"resumed   in {resumed['state']} by {resumed['owner']} at {_when(at)}")
@@ -438,6 +446,8 @@ def json_summary(record: BuildRecord) -> dict[str, Any]:
     them (to the millisecond, in UTC)."""
     summary = dict(record.summary())
     summary.update(created_at=iso8601(record.created_at), updated_at=iso8601(record.updated_at))
+    # Served from the build cache: an earlier build's template, nothing built.
+    summary["cached"] = record.data.get("cached_from") is not None
     return summary
 
 
@@ -471,7 +481,7 @@ async def _ls(args: argparse.Namespace, store: Store) -> int:
         print(
             _ls_row(
                 record.id,
-                record.state,
+                _state_text(record),
                 record.name,
                 record.sandbox_id or "-",
                 _when(record.updated_at),
@@ -497,6 +507,10 @@ async def _listed(store: Store, state: str | None, limit: int) -> list[BuildReco
     ]
     found.sort(key=lambda record: record.created_at, reverse=True)
     return found[:limit]
+
+
+def _state_text(record: BuildRecord) -> str:
+    return f"{record.state} (cached)" if record.data.get("cached_from") else record.state
 
 
 # -- logs ---------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from kiln.builds import build_key, build_options, option_keywords
+from kiln.cli._common import add_result_options
 from kiln.cli._source import add_source_arguments, plan_from_arguments
 from kiln.errors import UsageError
 from kiln.plan import BuildPlan, plan_import, summarize_context
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="NAME",
         help="the image name to register (default: derived from the Dockerfile or reference)",
     )
+    add_result_options(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     parser.set_defaults(func=run)
 
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             plan.context_dir, dockerfile=plan.dockerfile_path, on_warning=context_warnings.append
         )
     payload = plan_payload(plan, context)
+    options = build_options({kw: getattr(args, kw) for kw in option_keywords(in_key=True)})
+    payload["key"] = build_key(plan, options, context.digest if context is not None else None)
     payload["warnings"] += context_warnings
     if args.json:
         print(json.dumps(payload, indent=2))
@@ -112,5 +117,6 @@ def _human(payload: dict[str, Any]) -> str:
             f"Context:     {context['dir']} ({context['files']} files, "
             f"{format_bytes(context['bytes'])})"
         )
+    lines.append(f"Build key:   {payload['key']}")
     lines += [f"warning: {warning}" for warning in payload["warnings"]]
     return "\n".join(lines)

@@ -181,10 +181,25 @@ class Session:
         self._finals = final_states
         if state.state in final_states:
             return
-        if self._version is None:
-            await self._create(state)
+        await self.open(state)
         try:
             await self._drive(driver, state)
+        finally:
+            with contextlib.suppress(KilnError):
+                await self.store.release(state.id, self.owner)
+
+    async def open(self, state: BuildState) -> None:
+        """Create the build's record, owned by this session, unless it has one."""
+        if self._version is None:
+            await self._create(state)
+
+    async def settle(self, state: BuildState, final_states: frozenset[str]) -> None:
+        """Persist a build that reached a final state without being driven (served from the
+        cache) with its queued events, then give it up."""
+        self._finals = final_states
+        await self.open(state)
+        try:
+            await self._write_now(state)
         finally:
             with contextlib.suppress(KilnError):
                 await self.store.release(state.id, self.owner)
@@ -214,6 +229,7 @@ class Session:
             data=state.to_dict(),
             sandbox_id=state.sandbox_id,
             schema_version=state.schema_version,
+            cache_key=_cache_key(state),
         )
         record = await self.store.acquire(state.id, self.owner, lease_s=self._lease_s)
         self._version = record.version
@@ -305,11 +321,16 @@ class Session:
             schema_version=int(data["schema_version"]),
             holds_sandbox=holds_sandbox(data, time.time()),
             lease_s=self._lease_s,
+            cache_key=_cache_key(state),
         )
         self._version = committed.version
         self._cancel_seen = committed.cancel_requested
         self._saved_json = text
         self._saved_state = str(data["state"])
+
+
+def _cache_key(state: BuildState) -> str | None:
+    return state.cache.lookup if state.cache is not None else None
 
 
 def _kill_after(env: Mapping[str, str]) -> int | None:

@@ -111,6 +111,14 @@ async def list_templates(request: Request) -> JSONResponse:
     return JSONResponse({"templates": state_of(request).templates.all()})
 
 
+async def delete_template(request: Request) -> JSONResponse:
+    """A template deleted on the platform (the build API has no call for it)."""
+    name = request.path_params["name"]
+    if not state_of(request).templates.remove(name):
+        raise not_found(f"no sandbox template named {name!r}", code="TEMPLATE_NOT_FOUND")
+    return JSONResponse({"deleted": name})
+
+
 async def reset(request: Request) -> JSONResponse:
     state_of(request).reset()
     return JSONResponse({"reset": True})
@@ -161,6 +169,7 @@ def routes() -> list[BaseRoute]:
         Route(ADMIN + "/sandboxes/{sandbox_id}/terminate", terminate_sandbox, methods=["POST"]),
         Route(ADMIN + "/processes", list_processes, methods=["GET"]),
         Route(ADMIN + "/templates", list_templates, methods=["GET"]),
+        Route(ADMIN + "/templates/{name:path}", delete_template, methods=["DELETE"]),
         Route(ADMIN + "/reset", reset, methods=["POST"]),
         Route(ADMIN + "/blobs", get_blob_by_uri, methods=["GET"]),
         Route(ADMIN + "/blobs/{key:path}", put_blob, methods=["PUT"]),

@@ -74,6 +74,15 @@ class TemplateStore:
             templates[template["name"]] = template
             self._save(templates)
 
+    def remove(self, name: str) -> bool:
+        """Forget the template registered under ``name``; False when there is none."""
+        with self._locked(fcntl.LOCK_EX):
+            templates = _load(self._path)
+            if templates.pop(name, None) is None:
+                return False
+            self._save(templates)
+            return True
+
     def clear(self) -> None:
         with self._locked(fcntl.LOCK_EX):
             self._save({})

@@ -11,6 +11,7 @@ from kiln.machine._diagram import render_dot, render_mermaid
 from kiln.machine._driver import Driver, PersistHook, no_persist
 from kiln.machine._events import (
     BuildLogEvent,
+    CachedEvent,
     Event,
     StatusEvent,
     TransitionEvent,
@@ -30,10 +31,12 @@ from kiln.machine._spec import (
 )
 from kiln.machine._state import (
     OPTION_CLI,
+    OPTION_IN_KEY,
     OPTION_KEYWORD,
     SCHEMA_VERSION,
     BuildOptions,
     BuildState,
+    CacheKey,
     CasProgress,
     ErrorRecord,
     PreparedInfo,
@@ -48,12 +51,15 @@ __all__ = [
     "HANDLERS",
     "MACHINES",
     "OPTION_CLI",
+    "OPTION_IN_KEY",
     "OPTION_KEYWORD",
     "SCHEMA_VERSION",
     "Backoff",
     "BuildLogEvent",
     "BuildOptions",
     "BuildState",
+    "CacheKey",
+    "CachedEvent",
     "CasProgress",
     "Clock",
     "Driver",

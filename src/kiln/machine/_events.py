@@ -2,7 +2,7 @@
 
 ``to_dict()`` is the one event schema (``docs/events.schema.json``), the library's and the CLI's
 ``--json`` lines alike: the kind under ``type`` (the official client's Python callback names it
-so: ``status``, ``build_log``, ``warning``; kiln adds ``transition``), ``time`` (ISO 8601), kiln's
+so: ``status``, ``build_log``, ``warning``; kiln adds ``transition`` and ``cached``), ``time`` (ISO 8601), kiln's
 build id ``id`` and the platform's ``build_id`` (None until they are known), then the kind's own
 fields, which ``payload()`` gives alone (the store's event log keeps only those: its rows have
 their own time and belong to one build).
@@ -100,4 +100,24 @@ class TransitionEvent(_Event):
         return data
 
 
-Event = StatusEvent | BuildLogEvent | WarningEvent | TransitionEvent
+@attrs.frozen
+class CachedEvent(_Event):
+    """The build ended at once: an earlier build with the same key registered ``template_id``,
+    which is still registered under that id (its transition, ``cache_hit``, follows)."""
+
+    type: ClassVar[str] = "cached"
+    key: str
+    template_id: str
+    # kiln's id of the earlier build whose template is returned.
+    cached_from: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "cached": True,
+            "key": self.key,
+            "template_id": self.template_id,
+            "cached_from": self.cached_from,
+        }
+
+
+Event = StatusEvent | BuildLogEvent | WarningEvent | TransitionEvent | CachedEvent

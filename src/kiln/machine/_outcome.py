@@ -24,6 +24,8 @@ class Trigger(enum.StrEnum):
     START_OVER = enum.auto()
     REAPED = enum.auto()
     UNREADABLE = enum.auto()
+    # Fired on a new build before it runs: an unchanged earlier build's template is still there.
+    CACHE_HIT = enum.auto()
 
 
 @attrs.frozen

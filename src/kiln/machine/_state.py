@@ -9,6 +9,7 @@ thing twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from pathlib import PurePath
@@ -28,22 +29,25 @@ SCHEMA_VERSION = 1
 # BuildOptions is the one list of the build options; kiln.builds and the CLI derive theirs from
 # its fields. A field's metadata: OPTION_KEYWORD, the entry points' keyword for it when that is
 # not the field's name; OPTION_CLI, true when the CLI's build commands take it as the flag of
-# that keyword (``--disk-mb``) and pass it on as is.
+# that keyword (``--disk-mb``) and pass it on as is; OPTION_IN_KEY, true when the option changes
+# the image built, so it is one of the build key's inputs (kiln.builds.build_key).
 OPTION_KEYWORD = "keyword"
 OPTION_CLI = "cli"
+OPTION_IN_KEY = "in_key"
 _CLI = {OPTION_CLI: True}
+_CLI_IN_KEY = {OPTION_CLI: True, OPTION_IN_KEY: True}
 
 
 @attrs.frozen
 class BuildOptions:
     """The caller's build options, minus credentials (those come from the environment on resume)."""
 
-    public: bool = attrs.field(default=False, metadata=_CLI)
-    disk_mb: int | None = attrs.field(default=None, metadata=_CLI)
+    public: bool = attrs.field(default=False, metadata=_CLI_IN_KEY)
+    disk_mb: int | None = attrs.field(default=None, metadata=_CLI_IN_KEY)
     builder_disk_mb: int | None = attrs.field(default=None, metadata=_CLI)
     cpus: float | None = attrs.field(default=None, metadata=_CLI)
     memory_mb: int | None = attrs.field(default=None, metadata=_CLI)
-    docker_compat: bool = attrs.field(default=False, metadata=_CLI)
+    docker_compat: bool = attrs.field(default=False, metadata=_CLI_IN_KEY)
     # The CLI checks --api-url, or uses the embedded emulator's, before it passes one on.
     api_url: str | None = None
     organization_id: str | None = None
@@ -57,6 +61,8 @@ class BuildOptions:
     # Docker build args; the Image Service applies them (the CAS path only, as in the official
     # client). The CLI takes them as repeated --build-arg NAME=VALUE.
     build_args: dict[str, str] = attrs.field(factory=dict, hash=False)
+    # Return an unchanged earlier build's template instead of building (``--no-cache``: false).
+    cache: bool = attrs.field(default=True, metadata=_CLI)
 
 
 @attrs.frozen
@@ -98,6 +104,22 @@ class SandboxRequest:
     name: str
     requested_at: float
     expires_by: float
+
+
+@attrs.frozen
+class CacheKey:
+    """The build key (kiln.builds.build_key) and where the build registers its template: the
+    API (a loopback one without its port) and the scope. A build with the same ``lookup`` that
+    ended done is a cache candidate."""
+
+    key: str
+    where: str
+
+    @property
+    def lookup(self) -> str:
+        """What the store indexes: key and place in one digest."""
+        joined = f"{self.key}\n{self.where}".encode()
+        return f"sha256:{hashlib.sha256(joined).hexdigest()}"
 
 
 @attrs.define
@@ -164,6 +186,13 @@ class BuildState:
     signed_uri: str | None = None
     # Set only after the remote tar succeeded: a resumed upload skips the context then.
     context_digest: str | None = None
+    # The build key, computed before the build runs (None: built by a kiln without the cache).
+    cache: CacheKey | None = None
+    # Each reference prepare found registered as a template, with that template's id: a cache
+    # hit needs every one of them to resolve to the same id still.
+    templates: dict[str, str] = attrs.field(factory=dict)
+    # Served from the cache: kiln's id of the earlier build whose template this build returns.
+    cached_from: str | None = None
     # Learned when a server refused a chunked PUT: later uploads spool and send Content-Length.
     chunked_upload_refused: bool = False
     builder_pid: int | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -109,6 +110,10 @@ class EmulatorClient:
         """The stored object at ``uri`` (``s3://kiln-emulator/<key>``), e.g. the snapshot a
         template's ``snapshotUri`` names, to look at what a build registered."""
         return _checked(self._http.get(f"{ADMIN}/blobs", params={"uri": uri})).content
+
+    def delete_template(self, name: str) -> None:
+        """Delete the template registered under ``name``, as it may be deleted on the platform."""
+        _json(self._http.delete(f"{ADMIN}/templates/{quote(name, safe='')}"))
 
     def reset(self) -> None:
         """Forget sandboxes, builds, templates, faults, the request log and builder behaviour."""

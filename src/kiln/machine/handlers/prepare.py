@@ -24,14 +24,19 @@ async def prepare(state: BuildState, services: Services) -> Outcome:
     services.status(state, "Preparing rootfs build...")
     platform = services.platform(state)
     parent: tuple[str, dict[str, Any]] | None = None
+    # What the references resolved to: a cache hit needs each to resolve to the same id still.
+    state.templates = {}
     if parent_is_eligible(plan):
         template = await platform.get_template(plan.base_image)
         parent = (plan.base_image, template.raw) if template is not None else None
+        if template is not None:
+            state.templates[plan.base_image] = template.id
     additional: list[tuple[str, dict[str, Any]]] = []
     for reference in plan.additional_image_references:
         template = await platform.get_template(reference)
         if template is not None:
             additional.append((reference, template.raw))
+            state.templates[reference] = template.id
     reject_cas_templates(parent, additional)
     body = prepare_body(
         name=plan.name,
