@@ -4,12 +4,15 @@ admission that lands on the build already admitted (docs/image-service.md)."""
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
+from kiln.emulator import Emulator, EmulatorConfig
 from kiln.machine import CAS_MACHINE, BuildOptions, BuildState, CasProgress, load_machine_spec
 from kiln.plan import BuildPlan, plan_dockerfile, plan_import
 from kiln.testing import EmulatorClient
@@ -182,3 +185,33 @@ async def test_the_builders_log_is_followed_each_line_once(emulator: EmulatorCli
     assert "progress 40/40" in logs
     assert len(logs) == len(set(logs)), "a replayed line was delivered twice"
     assert run.messages("warning") == []
+
+
+async def test_registry_credentials_reach_the_builder_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, user, password = "registry.example.com", "alice", "cas-registry-pw-5c1f"
+    dockerfile = dockerfile_in(tmp_path, "private", f"FROM {host}/team/base:1\nRUN make\n")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    (tmp_path / "docker").mkdir()
+    config = EmulatorConfig(
+        data_dir=tmp_path / "emulator", private_registries={host: (user, password)}
+    )
+    with Emulator(config) as server, EmulatorClient(server.url) as emulator:
+        refused = await run_cas(emulator, plan_dockerfile(dockerfile))
+        assert refused.state.outcome == "failed"
+        assert "pull access denied" in refused.state.error.message  # type: ignore[union-attr]
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        (tmp_path / "docker" / "config.json").write_text(
+            json.dumps({"auths": {host: {"auth": auth}}})
+        )
+        built = await run_cas(emulator, plan_dockerfile(dockerfile))
+        assert built.state.outcome == "done", built.state.error
+        assert emulator.image_builds()[-1]["registry_credentials_forwarded"] is True
+        seen = [
+            json.dumps(emulator.requests()),
+            json.dumps(emulator.image_builds()),
+            json.dumps(emulator.templates()),
+            built.state.to_json(),
+        ]
+        assert not [text for text in seen if auth in text or password in text]
