@@ -422,3 +422,26 @@ def test_image_service_requests_are_logged_and_faulted_like_the_others(
     ]
     # The replay after the injected 503 made exactly one build.
     assert len(introspected(http)) == 1
+
+
+def test_a_hard_link_in_the_context_keeps_its_bytes_in_the_snapshot(http: httpx.Client) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in {"Dockerfile": DOCKERFILE, "data.txt": b"shared bytes"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("again.txt")
+        link.type, link.linkname = tarfile.LNKTYPE, "data.txt"
+        archive.addfile(link)
+    data = buffer.getvalue()
+    build = admitted(http, dockerfile_body())
+    assert upload(build, data).status_code == 200
+    assert seal(http, build["build_id"], data).status_code == 200
+    assert finished(http, build["build_id"])["status"] == "succeeded"
+    template = http.get("/platform/v1/sandbox-templates/by-name/app").json()
+    snapshot = http.get("/_emulator/blobs", params={"uri": template["snapshotUri"]}).content
+    with tarfile.open(fileobj=io.BytesIO(snapshot)) as stored:
+        again = stored.extractfile("context/again.txt")
+        assert again is not None
+        assert again.read() == b"shared bytes"

@@ -225,7 +225,8 @@ def _copy_context(source: tarfile.TarFile, archive: tarfile.TarFile) -> None:
         data = source.extractfile(member)
         if data is None:
             continue
-        info.size = member.size
+        # A hard link's bytes are its target's (tarfile reads them through the link).
+        info.size = source.getmember(member.linkname).size if member.islnk() else member.size
         archive.addfile(info, data)
 
 
