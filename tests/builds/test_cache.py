@@ -30,6 +30,7 @@ TARGETS_DOCKERFILE = (
 DIGEST = "sha256:" + "0" * 64
 WORKER_DEADLINE_S = 30.0
 POLL_S = 0.01
+LOOKUP_DELAY_MS = 2000
 
 
 @pytest.fixture
@@ -73,7 +74,8 @@ async def test_an_unchanged_build_makes_one_request_and_no_sandbox(
 
     second = await build(hello_plan(hello), sqlite_store, emulator, on_event=events.append)
 
-    assert len(emulator.requests()) - requests_before <= 1
+    sent = [(r["method"], r["path"]) for r in emulator.requests()[requests_before:]]
+    assert sent == [("GET", "/platform/v1/sandbox-templates/by-name/hello")]
     assert len(emulator.sandboxes()) == sandboxes_before
     assert await second.result() == await first.result()
     assert second.state.state == "done" and second.state.cached_from == first.state.id
@@ -115,6 +117,8 @@ async def test_a_changed_dockerfile_builds(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path
 ) -> None:
     await build(hello_plan(hello), sqlite_store, emulator)
+    # Unchanged, it is a hit: what follows changes only the one input.
+    assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
     dockerfile = hello / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "RUN echo changed\n")
     assert await rebuilds(sqlite_store, emulator, hello_plan(hello))
@@ -124,6 +128,8 @@ async def test_a_changed_context_file_builds(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path
 ) -> None:
     await build(hello_plan(hello), sqlite_store, emulator)
+    # Unchanged, it is a hit: what follows changes only the one input.
+    assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
     (hello / "hello.py").write_text('print("changed")\n')
     assert await rebuilds(sqlite_store, emulator, hello_plan(hello))
 
@@ -147,6 +153,7 @@ async def test_another_target_builds(
 ) -> None:
     plan = text_plan(hello, TARGETS_DOCKERFILE, target="first", name="staged")
     await build(plan, sqlite_store, emulator)
+    assert not await rebuilds(sqlite_store, emulator, plan)
     other = text_plan(hello, TARGETS_DOCKERFILE, target="second", name="staged")
     assert await rebuilds(sqlite_store, emulator, other)
 
@@ -158,6 +165,8 @@ async def test_a_changed_option_of_the_result_builds(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path, options: dict[str, Any]
 ) -> None:
     await build(hello_plan(hello), sqlite_store, emulator)
+    # Unchanged, it is a hit: what follows changes only the one input.
+    assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
     assert await rebuilds(sqlite_store, emulator, hello_plan(hello), **options)
 
 
@@ -174,6 +183,8 @@ async def test_cache_false_always_builds(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path
 ) -> None:
     await build(hello_plan(hello), sqlite_store, emulator)
+    # Unchanged, it is a hit: what follows changes only the one input.
+    assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
     assert await rebuilds(sqlite_store, emulator, hello_plan(hello), cache=False)
     # ... and what it built is a hit for the next build.
     assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
@@ -183,6 +194,8 @@ async def test_a_template_deleted_meanwhile_builds(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path
 ) -> None:
     await build(hello_plan(hello), sqlite_store, emulator)
+    # Unchanged, it is a hit: what follows changes only the one input.
+    assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
     emulator.delete_template("hello")
     assert await rebuilds(sqlite_store, emulator, hello_plan(hello))
 
@@ -191,6 +204,8 @@ async def test_a_name_re_pointed_by_another_build_builds(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path
 ) -> None:
     await build(hello_plan(hello), sqlite_store, emulator)
+    # Unchanged, it is a hit: what follows changes only the one input.
+    assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
     # Another Dockerfile registered under the same name: "hello" now names its template.
     await build(text_plan(hello, PARENT_DOCKERFILE, name="hello"), sqlite_store, emulator)
     assert await rebuilds(sqlite_store, emulator, hello_plan(hello))
@@ -216,6 +231,7 @@ async def test_another_place_is_another_cache(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path
 ) -> None:
     await build(hello_plan(hello), sqlite_store, emulator)
+    assert not await rebuilds(sqlite_store, emulator, hello_plan(hello))
     before = sandboxes(emulator)
     # The same API, in another PAT scope: the earlier build is no candidate.
     handle = start_plan(
@@ -277,3 +293,23 @@ def test_the_key_covers_each_input(hello: Path) -> None:
     ]
     assert key not in changed and len(set(changed)) == len(changed)
     assert key_of(plan, cpus=4.0, builder_disk_mb=40960, deadline_s=5.0, cache=False) == key
+
+
+async def test_a_build_cancelled_while_it_looks_the_cache_up_ends_cancelled(
+    sqlite_store: Store, emulator: EmulatorClient, hello: Path
+) -> None:
+    await build(hello_plan(hello), sqlite_store, emulator)
+    # The check's one request answers late: the cancel lands while it is in flight.
+    emulator.add_fault({"delay_ms": LOOKUP_DELAY_MS}, method="GET", path="by-name/hello")
+    before = sandboxes(emulator)
+    handle = start_plan(
+        hello_plan(hello), store=sqlite_store, api_url=emulator.url, api_key=TEST_TOKEN
+    )
+    async with asyncio.timeout(WORKER_DEADLINE_S):
+        while handle.state.cache is None:
+            await asyncio.sleep(POLL_S)
+    handle.cancel()
+    with pytest.raises(kiln.BuildCancelled):
+        await handle.result()
+    assert handle.state.state == "cancelled" and handle.state.cached_from is None
+    assert sandboxes(emulator) == before

@@ -71,6 +71,7 @@ def test_no_cache_a_build_arg_or_a_changed_context_file_builds(
     env: dict[str, str], emulator: EmulatorClient, hello: Path, change: str
 ) -> None:
     build(env, str(hello), emulator=emulator)
+    assert build(env, str(hello), emulator=emulator)["cached"] is True
     args = [str(hello)]
     if change == "context file":
         (hello / "requirements.txt").write_text("# changed\n")

@@ -76,6 +76,8 @@ class Build:
         self._session = session
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._finished = False
+        # Asked to stop: a cache hit found after that is not taken (the build ends cancelled).
+        self._cancelled = False
         self._services = Services(
             spec=load_machine_spec(name=state.machine),
             emit_event=self._deliver,
@@ -128,6 +130,7 @@ class Build:
 
     def cancel(self) -> None:
         """Stop the build at its next await point; its sandbox is deleted before it ends."""
+        self._cancelled = True
         self._driver.cancel()
 
     async def events(self) -> AsyncIterator[Event]:
@@ -193,7 +196,7 @@ class Build:
         the build takes the declared ``cache_hit`` edge to done, with that build's template."""
         state = self._state
         hit = await look_up(state, self._services, session.store)
-        if hit is None or state.cache is None:
+        if hit is None or state.cache is None or self._cancelled:
             return False
         # Recorded as every new build is, before its first transition.
         await session.open(state)

@@ -41,6 +41,8 @@ PHASE_MARKS = {
     Trigger.SUCCEED.value: "[green]✓[/]",
     Trigger.FAIL.value: "[bold red]✗[/]",
     Trigger.CANCEL.value: "[yellow]-[/]",
+    # Served from the build cache: the phase ended the build, done.
+    Trigger.CACHE_HIT.value: "[green]✓[/]",
 }
 RUNNING_MARK = "[bold cyan]›[/]"
 ABORTED = "aborted"
