@@ -18,6 +18,7 @@ from kiln.machine import load_machine_spec
 from kiln.store import MemoryStore, Owner, open_store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.durable import crash_in
+from support.events import check_event
 from support.paths import HELLO, REPO
 from support.processes import BUILD_ID, kiln_argv, kiln_env
 
@@ -101,6 +102,25 @@ def test_resume_of_a_finished_build_reports_it_and_sends_nothing(
     emulator.set_builder(exit_code=2)
     failed = _build(emulator, capsys, "--no-cache")
     assert main(["resume", failed]) == 1
+    capsys.readouterr()
+
+    # With --json, the answer is the result line a build ends with, not text.
+    assert main(["resume", build_id, "--json"]) == 0
+    [done] = [check_event(json.loads(line)) for line in capsys.readouterr().out.splitlines()]
+    assert (done["type"], done["state"], done["id"]) == ("result", "done", build_id)
+    assert done["template"]["name"] == "hello" and done["error"] is None
+    assert main(["resume", failed, "--json"]) == 1
+    [ended] = [check_event(json.loads(line)) for line in capsys.readouterr().out.splitlines()]
+    assert ended["state"] == "failed" and "exit code 2" in ended["error"]
+    assert ended["template"] is None
+
+
+def test_resume_json_of_an_unknown_build_ends_with_a_result_object(
+    store_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["resume", "0123456789abcdef", "--json"]) == EXIT_USAGE
+    [result] = [check_event(json.loads(line)) for line in capsys.readouterr().out.splitlines()]
+    assert result["state"] is None and "0123456789abcdef" in result["error"]
 
 
 def test_resume_refuses_a_build_whose_owner_is_alive_and_names_it(

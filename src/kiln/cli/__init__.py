@@ -20,7 +20,13 @@ from typing import Any, NoReturn
 from kiln._version import __version__
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_USAGE
 from kiln.cli._help import HelpFormatter
-from kiln.cli._modes import JSON_OPTION, PROGRESS_DEST, PROGRESS_JSON, PROGRESS_OPTION
+from kiln.cli._modes import (
+    JSON_OPTION,
+    OWES_RESULT,
+    PROGRESS_DEST,
+    PROGRESS_JSON,
+    PROGRESS_OPTION,
+)
 from kiln.cli._output import StdoutError, guarded_stdout, stdout_failed
 from kiln.errors import BuildCancelled, KilnError, PlanError, UsageError
 
@@ -62,8 +68,7 @@ class _ArgumentsRefused(SystemExit):
         super().__init__(EXIT_USAGE)
         self.prog = parser.prog
         self.message = message
-        # Only the build commands, whose --progress json promises a result line, have one.
-        self.owes_result = parser.get_default(PROGRESS_DEST) is not None
+        self.owes_result = bool(parser.get_default(OWES_RESULT))
 
 
 def _refuse(parser: argparse.ArgumentParser, message: str) -> NoReturn:
@@ -155,10 +160,10 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
 
 
 def json_output(args: argparse.Namespace) -> bool:
-    """Whether the parsed command line is a build command's asking for JSON progress, which
-    ends with a result line whatever happens."""
-    progress = getattr(args, PROGRESS_DEST, None)
-    return progress is not None and (bool(args.json) or progress == PROGRESS_JSON)
+    """Whether the parsed command line is a build command's asking for JSON output, which ends
+    with a result line whatever happens."""
+    json_asked = getattr(args, "json", False) or getattr(args, PROGRESS_DEST, None) == PROGRESS_JSON
+    return bool(getattr(args, OWES_RESULT, False) and json_asked)
 
 
 def _json_result(error: str, hint: str | None) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from kiln.builds import Template, option_keywords
-from kiln.cli._modes import PROGRESS_OPTION, Progress
+from kiln.cli._modes import OWES_RESULT, PROGRESS_OPTION, Progress
 from kiln.cli._view import JsonView, PlainView, QuietView, RichView, View
 from kiln.errors import ContextError, KilnError, UsageError
 from kiln.plan import BuildPlan, ContextArchive
@@ -185,6 +185,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         help="write the template id to FILE on success, removed first as docker build does"
         " (default: none)",
     )
+    parser.set_defaults(**{OWES_RESULT: True})
 
 
 def output_mode(args: argparse.Namespace) -> Progress:

@@ -8,8 +8,11 @@ import enum
 
 JSON_OPTION = "--json"
 PROGRESS_OPTION = "--progress"
-# Where argparse keeps it: only the commands that have the option have the attribute.
+# Where argparse keeps it.
 PROGRESS_DEST = "progress"
+# A parser default naming the commands whose JSON output ends with a result line whatever
+# happens (kiln build, import, resume): a refused command line or an error gets one too.
+OWES_RESULT = "owes_result"
 
 
 class Progress(enum.StrEnum):

@@ -204,6 +204,18 @@ def _result(outcome: str, state: BuildState) -> dict[str, Any]:
     }
 
 
+def ended_result(state: BuildState) -> dict[str, Any]:
+    """The result line of a build that had already ended (``kiln resume --json`` of it)."""
+    data = _result(state.outcome or state.state, state)
+    if state.result is not None:
+        data["template"] = Template.from_response(state.result, name=state.plan.name).to_dict()
+    if state.error is not None:
+        data.update(
+            error=state.error.message, hint=state.error.hint, advice=list(state.error.advice)
+        )
+    return data
+
+
 def print_detached(state: BuildState) -> None:
     """A detached build's id on stdout, as ``docker run -d`` and the official client's
     start_image_build give it."""

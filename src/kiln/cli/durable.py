@@ -29,6 +29,7 @@ from kiln.cli._common import (
     positive_int,
 )
 from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAVAILABLE
+from kiln.cli._modes import OWES_RESULT
 from kiln.cli._records import (
     EMBEDDED_EVENT,
     dead_embedded,
@@ -39,9 +40,10 @@ from kiln.cli._records import (
     running,
 )
 from kiln.cli._signals import interrupts
+from kiln.cli._view import ended_result
 from kiln.durable import StoreOutage, unrecorded_sandboxes
 from kiln.errors import BuildCancelled, ConfigError, KilnError, UsageError
-from kiln.machine import Trigger, load_machine_spec
+from kiln.machine import BuildState, Trigger, load_machine_spec
 from kiln.store import BuildNotFound, BuildRecord, EventRow, Store, open_store
 
 DAY_S = 86_400.0
@@ -87,6 +89,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         _resume,
     )
     resume.add_argument("build_id", metavar="ID", help=ID_HELP)
+    # Its --json streams a build's events: they end with a result line, whatever happens.
+    resume.set_defaults(**{OWES_RESULT: True})
     resume.add_argument(
         "--retry-lost-sandbox",
         action="store_true",
@@ -270,6 +274,9 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
 
     record = await _find(store, args.build_id)
     if record.final:
+        if args.json:
+            print(json.dumps(ended_result(BuildState.from_dict(record.data)), default=str))
+            return _exit_for(record.state)
         print(f"build {record.id} already ended: {record.state} (not run again)")
         _print_status(record, await store.events(record.id))
         return _exit_for(record.state)
