@@ -15,7 +15,7 @@ import pytest
 import kiln
 from kiln.builds import Worker, WorkerConfig, build_key, start_plan, submit
 from kiln.machine import BuildOptions
-from kiln.plan import BuildPlan, plan_dockerfile
+from kiln.plan import BuildPlan, plan_dockerfile, plan_import
 from kiln.store import Store, open_store
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.events import check_event
@@ -246,32 +246,55 @@ async def test_another_place_is_another_cache(
     assert sandboxes(emulator) > before
 
 
+async def run_worker_until_ended(store: Store, *build_ids: str) -> list[dict[str, Any]]:
+    """Run a worker on ``store`` until every build named has ended; their persisted states."""
+    worker = Worker(store, WorkerConfig(poll_s=0.01, idle_poll_max_s=0.05), api_key=TEST_TOKEN)
+    running = asyncio.create_task(worker.run())
+
+    async def ended(build_id: str) -> bool:
+        record = await store.get(build_id)
+        return record is not None and record.final
+
+    try:
+        async with asyncio.timeout(WORKER_DEADLINE_S):
+            while not all([await ended(build_id) for build_id in build_ids]):
+                await asyncio.sleep(POLL_S)
+    finally:
+        worker.drain()
+        await running
+    records = [await store.get(build_id) for build_id in build_ids]
+    return [record.data for record in records if record is not None]
+
+
 async def test_a_queued_build_whose_key_was_built_meanwhile_ends_at_once(
     sqlite_store: Store, emulator: EmulatorClient, hello: Path
 ) -> None:
     first = await submit(hello / "Dockerfile", store=sqlite_store, api_url=emulator.url)
     second = await submit(hello / "Dockerfile", store=sqlite_store, api_url=emulator.url)
-    worker = Worker(
-        sqlite_store, WorkerConfig(poll_s=0.01, idle_poll_max_s=0.05), api_key=TEST_TOKEN
-    )
-    running = asyncio.create_task(worker.run())
-
-    async def ended(build_id: str) -> bool:
-        record = await sqlite_store.get(build_id)
-        return record is not None and record.final
-
-    try:
-        async with asyncio.timeout(WORKER_DEADLINE_S):
-            while not (await ended(first) and await ended(second)):
-                await asyncio.sleep(POLL_S)
-    finally:
-        worker.drain()
-        await running
+    states = await run_worker_until_ended(sqlite_store, first, second)
     assert sandboxes(emulator) == 1
-    records = [await sqlite_store.get(build_id) for build_id in (first, second)]
-    assert [r.state for r in records if r is not None] == ["done", "done"]
-    served = [r.data["cached_from"] for r in records if r is not None]
-    assert served == [None, first]
+    assert [data["state"] for data in states] == ["done", "done"]
+    assert [data["cached_from"] for data in states] == [None, first]
+
+
+async def test_a_queued_build_submitted_with_cache_false_builds(
+    sqlite_store: Store, emulator: EmulatorClient, hello: Path
+) -> None:
+    await build(hello_plan(hello), sqlite_store, emulator)
+    queued = await submit(hello / "Dockerfile", store=sqlite_store, api_url=emulator.url)
+    unqueued = await submit(
+        hello / "Dockerfile", store=sqlite_store, api_url=emulator.url, cache=False
+    )
+    states = await run_worker_until_ended(sqlite_store, queued, unqueued)
+    assert [data["cached_from"] is None for data in states] == [False, True]
+    assert sandboxes(emulator) == 2
+
+
+async def test_an_unchanged_import_is_a_hit(sqlite_store: Store, emulator: EmulatorClient) -> None:
+    first = await build(plan_import("python:3.12-slim"), sqlite_store, emulator)
+    assert not await rebuilds(sqlite_store, emulator, plan_import("python:3.12-slim"))
+    assert await rebuilds(sqlite_store, emulator, plan_import("python:3.13-slim", name="python"))
+    assert first.state.cache is not None and first.state.cache.key.startswith("sha256:")
 
 
 def key_of(plan: BuildPlan, **options: Any) -> str:
