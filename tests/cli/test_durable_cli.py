@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,26 @@ async def test_logs_mark_where_the_bounded_log_dropped_events(
         "line 4",
         "line 5",
     ]
+
+
+def test_status_json_gives_an_unrecorded_sandbox_s_times_as_iso_8601(
+    store_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    request = {"name": "kiln-builder-x", "requested_at": now, "expires_by": now + 600}
+
+    async def seed() -> None:
+        store = open_store(store_env)
+        try:
+            await store.create(
+                id="c" * 32, name="img", state=HAPPY_PHASES[0], data={"sandbox_request": request}
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    status = _json(capsys, ["status", "c" * 32, "--json"])
+    [sandbox] = status["unrecorded_sandboxes"]  # type: ignore[index]
+    assert sandbox["name"] == "kiln-builder-x"
+    for key in ("requested_at", "expires_by"):
+        assert datetime.datetime.fromisoformat(sandbox[key]).tzinfo is not None

@@ -374,7 +374,12 @@ def status_dict(record: BuildRecord, events: Sequence[EventRow]) -> dict[str, An
         "log_tail": log_tail(events),
         "events_dropped": record.events_dropped,
         "unrecorded_sandboxes": [
-            sandbox.to_dict() for sandbox in unrecorded_sandboxes(record, time.time())
+            {
+                **sandbox.to_dict(),
+                "requested_at": iso8601(sandbox.requested_at),
+                "expires_by": iso8601(sandbox.expires_by),
+            }
+            for sandbox in unrecorded_sandboxes(record, time.time())
         ],
     }
 
