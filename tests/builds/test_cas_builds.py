@@ -121,6 +121,7 @@ def test_kiln_cancel_reaches_the_image_service(emulator: EmulatorClient, tmp_pat
                 break
         cancel = run_kiln(["cancel", event["id"]], env)
         assert cancel.returncode == 0, cancel.stderr
+        assert "stops it and cancels its build on the Image Service" in cancel.stdout
         rest = [check_event(json.loads(line)) for line in build.stdout]
         build.wait(timeout=PROCESS_TIMEOUT_S)
     assert build.returncode == EXIT_CANCELLED

@@ -28,12 +28,22 @@ from kiln.durable import (
     StoreOutage,
     UnreadableBuild,
     load_state,
+    machine_of,
     reap,
     unrecorded,
     unrecorded_sandboxes,
 )
 from kiln.errors import KilnError
-from kiln.machine import Secrets, TransitionEvent, Trigger, event_entry, fire, load_machine_spec
+from kiln.machine import (
+    BUILD_MACHINE,
+    MACHINES,
+    Secrets,
+    TransitionEvent,
+    Trigger,
+    event_entry,
+    fire,
+    load_machine_spec,
+)
 from kiln.store import LEASE_S, RENEW_EVERY_S, BuildRecord, Owner, Store, StoreUnavailable
 
 # How long an idle worker waits before looking for work again: poll_s after a claim or a build's
@@ -219,8 +229,10 @@ class Worker:
 
     async def _give_up(self, record: BuildRecord, error: UnreadableBuild) -> None:
         """End a build no worker can load, so that it is not claimed again and again: the
-        declared unreadable edge, fired on the record's state name (its data cannot be read)."""
-        spec = load_machine_spec()
+        declared unreadable edge of the record's own machine (states/<machine>.toml; the build
+        machine when the raw data names none this kiln knows), fired on its state name."""
+        machine = machine_of(record)
+        spec = load_machine_spec(name=machine if machine in MACHINES else BUILD_MACHINE)
         try:
             dest = await fire(spec, record.state, Trigger.UNREADABLE)
             # The time spent in the state is unreadable too: the time since the last write

@@ -15,7 +15,7 @@ import socket
 import time
 
 from kiln.errors import BuildNotFound, StoreUnavailable, UsageError
-from kiln.machine import load_machine_spec, machine_names
+from kiln.machine import CAS_MACHINE, load_machine_spec, machine_names
 from kiln.store import BuildRecord, Owner, Store, pid_alive
 
 # The event kind of the mark; `kiln logs` prints it as any other event.
@@ -62,14 +62,36 @@ async def ran_embedded(store: Store, record: BuildRecord) -> bool:
     return any(event.kind == EMBEDDED_EVENT for event in await store.events(record.id))
 
 
+def on_image_service(record: BuildRecord) -> bool:
+    """Whether ``record``'s build runs on the Image Service (the CAS machine): it holds no
+    builder sandbox of its own; what it may leave is its build there, which cancel stops."""
+    return record.data.get("machine") == CAS_MACHINE
+
+
+def remote_work(record: BuildRecord) -> str:
+    """What a build has running on the platform, as people read it."""
+    return "its build on the Image Service" if on_image_service(record) else "its builder sandbox"
+
+
+def cancelling(record: BuildRecord) -> str:
+    """What cancelling ``record``'s build does to its remote work."""
+    if on_image_service(record):
+        return "cancels its build on the Image Service"
+    return "deletes its sandbox"
+
+
 def dead_embedded(record: BuildRecord) -> str:
     """What to say of an unfinished build that ran on the embedded emulator of a kiln process
     that has ended: its sandbox ended with that process, so nothing can continue it."""
     return (
         f"build {record.id} ran on the embedded emulator of a kiln process that has ended (it was"
-        f" in {record.state}): its builder sandbox ended with that process, so it cannot be"
+        f" in {record.state}): {remote_work(record)} ended with that process, so it cannot be"
         " resumed or cancelled"
     )
+
+
+def still(record: BuildRecord) -> str:
+    return "run" if on_image_service(record) else "exist"
 
 
 def removal_hint(record: BuildRecord) -> str:
@@ -91,9 +113,9 @@ def removal_refused(record: BuildRecord, *, embedded: bool) -> UsageError | None
     if not record.final:
         return UsageError(
             f"build {record.id} has not finished ({record.state}, nobody runs it now): not"
-            " removed, its builder sandbox may still exist",
+            f" removed, {remote_work(record)} may still {still(record)}",
             hint=f"`kiln cancel {record.id}` then `kiln resume {record.id}` ends it as cancelled"
-            " and deletes its sandbox; then remove it",
+            f" and {cancelling(record)}; then remove it",
         )
     if record.holds_sandbox:
         # The reaper finds leftover sandboxes through their builds' records: keep this one.

@@ -32,6 +32,7 @@ from kiln.cli._exit import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_STORE_UNAV
 from kiln.cli._modes import OWES_RESULT
 from kiln.cli._records import (
     EMBEDDED_EVENT,
+    cancelling,
     dead_embedded,
     declared_states,
     owner_gone,
@@ -107,7 +108,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "cancel",
         "ask a build to stop (from any process)",
         "Record a cancel request in the store. The process running the build sees it, deletes "
-        "the builder sandbox and ends the build as cancelled; a build nobody runs is ended so "
+        "the builder sandbox (a --cas build: cancels its build on the Image Service) and ends "
+        "the build as cancelled; a build nobody runs is ended so "
         "by the next kiln resume or worker.",
         _cancel,
     )
@@ -318,12 +320,12 @@ async def _cancel(args: argparse.Namespace, store: Store) -> int:
     if record.owner is not None and running(record):
         print(
             f"cancel requested for build {record.id} ({record.state}); "
-            f"{record.owner.describe()} stops it and deletes its sandbox"
+            f"{record.owner.describe()} stops it and {cancelling(record)}"
         )
     else:
         print(
             f"cancel requested for build {record.id} ({record.state}); nothing runs it now: "
-            f"`kiln resume {record.id}` (or a worker) deletes its sandbox and ends it as cancelled"
+            f"`kiln resume {record.id}` (or a worker) {cancelling(record)} and ends it as cancelled"
         )
     return EXIT_OK
 
@@ -589,7 +591,7 @@ def log_line(event: EventRow) -> str | None:
 
 
 async def _reap(args: argparse.Namespace, store: Store) -> int:
-    from kiln.durable import reap, unrecorded
+    from kiln.durable import reap, unattended_remote_builds, unrecorded
 
     orphans = await reap(store, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
@@ -599,6 +601,8 @@ async def _reap(args: argparse.Namespace, store: Store) -> int:
         print("no orphaned builder sandboxes")
     for sandbox in await unrecorded(store):
         print(f"build {sandbox.build_id}: {sandbox.describe()}")
+    for remote in await unattended_remote_builds(store):
+        print(f"build {remote.build_id}: {remote.describe()}")
     return EXIT_OK
 
 

@@ -7,7 +7,15 @@ about :data:`POLL_S` seconds. :func:`prepare_resume` gets a persisted state read
 :func:`reap` deletes the builder sandboxes no live build will delete.
 """
 
-from kiln.durable._reap import ABANDONED_AFTER_S, Orphan, reap, unrecorded
+from kiln.durable._reap import (
+    ABANDONED_AFTER_S,
+    Orphan,
+    UnattendedRemoteBuild,
+    machine_of,
+    reap,
+    unattended_remote_builds,
+    unrecorded,
+)
 from kiln.durable._resume import SANDBOX_LOST, load_state, prepare_resume
 from kiln.durable._session import KILL_AFTER_TRANSITION_ENV, POLL_S, STORE_OUTAGE_S, Session
 from kiln.durable._unrecorded import UnrecordedSandbox, unrecorded_sandboxes
@@ -23,11 +31,14 @@ __all__ = [
     "Orphan",
     "Session",
     "StoreOutage",
+    "UnattendedRemoteBuild",
     "UnreadableBuild",
     "UnrecordedSandbox",
     "load_state",
+    "machine_of",
     "prepare_resume",
     "reap",
+    "unattended_remote_builds",
     "unrecorded",
     "unrecorded_sandboxes",
 ]

@@ -6,6 +6,12 @@ and no one resumed it). The grace period keeps the reaper off a build whose owne
 ago and which a worker or ``kiln resume`` is about to take over. Before touching an abandoned
 build the reaper acquires it, so a resumer and the reaper cannot act on it at once; the build
 then ends as failed, since its sandbox is gone.
+
+Records carry the machine their build runs (``BuildState.machine``): a build on the Image
+Service (states/cas.toml) has no builder sandbox of its own to delete (the service runs and ends
+its builder), so it is never reaped; what it may leave behind is its build on the service, which
+only its own machine's release state cancels. :func:`unattended_remote_builds` lists those that
+nobody runs, for `kiln reap` to say how to end them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from kiln.durable._resume import load_state
 from kiln.durable._unrecorded import UnrecordedSandbox, holds_sandbox, unrecorded_sandboxes
 from kiln.errors import KilnError, UnreadableBuild
 from kiln.machine import (
+    BUILD_MACHINE,
+    CAS_MACHINE,
     BuildState,
     ErrorRecord,
     MachineSpec,
@@ -90,6 +98,56 @@ async def reap(
         await reaper.aclose()
 
 
+@attrs.frozen
+class UnattendedRemoteBuild:
+    """An unfinished build on the Image Service that no live process runs."""
+
+    build_id: str
+    name: str
+    state: str
+    remote_build_id: str | None
+
+    def describe(self) -> str:
+        remote = f" {self.remote_build_id}" if self.remote_build_id else ""
+        return (
+            f"nobody runs it ({self.state}) and its build{remote} on the Image Service may still"
+            " run; it holds no builder sandbox of kiln's to delete. `kiln resume"
+            f" {self.build_id}` continues it; `kiln cancel {self.build_id}` then `kiln resume"
+            f" {self.build_id}` cancels it on the service"
+        )
+
+    def to_dict(self) -> dict[str, str | None]:
+        return attrs.asdict(self)
+
+
+def machine_of(record: BuildRecord) -> str:
+    """The machine a record's build runs, read from its raw data (the build machine for records
+    written before there was another, or whose data names none)."""
+    machine = record.data.get("machine")
+    return machine if isinstance(machine, str) else BUILD_MACHINE
+
+
+async def unattended_remote_builds(
+    store: Store, *, clock: Callable[[], float] = time.time, limit: int = SCAN_LIMIT
+) -> list[UnattendedRemoteBuild]:
+    """Unfinished Image Service builds no live process runs (nothing is done to them)."""
+    now = clock()
+    found: list[UnattendedRemoteBuild] = []
+    for record in await store.list(limit=limit):
+        if record.final or machine_of(record) != CAS_MACHINE or _held_live(record, now):
+            continue
+        remote = record.data.get("build_id")
+        found.append(
+            UnattendedRemoteBuild(
+                build_id=record.id,
+                name=record.name,
+                state=record.state,
+                remote_build_id=remote if isinstance(remote, str) else None,
+            )
+        )
+    return found
+
+
 def _settled(record: BuildRecord, now: float) -> bool:
     """Whether a finished build leaves nothing to watch: its sandbox is deleted (by it, or just
     now by the reaper) or gone, and no unrecorded one can still be running. An unfinished
@@ -149,6 +207,8 @@ class _Reaper:
         # Most builds never had a sandbox or deleted it: decided from the raw record, unloaded.
         if record.sandbox_id is None or record.data.get("sandbox_deleted"):
             return None
+        if machine_of(record) != BUILD_MACHINE:
+            return None  # its machine holds no builder sandbox of kiln's (states/cas.toml)
         try:
             state = load_state(record)
         except UnreadableBuild:
