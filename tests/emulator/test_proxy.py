@@ -97,10 +97,27 @@ def test_run_streams_started_output_and_exited(sandbox: SandboxDriver) -> None:
     assert events[-1] == {"exit_code": 0, "signal": None, "oom_killed": False}
 
 
-def test_unknown_shell_script_is_command_not_found(sandbox: SandboxDriver) -> None:
-    info, lines = sandbox.run("sh", "-c", "rm -rf /")
-    assert info["exit_code"] == 127
-    assert "command not found" in lines[0]["line"]
+@pytest.mark.parametrize("script", ["rm -rf / | true", "echo $HOME", "true; true", "a || b"])
+def test_a_shell_script_beyond_and_lists_is_refused(sandbox: SandboxDriver, script: str) -> None:
+    info, lines = sandbox.run("sh", "-c", script)
+    assert info["exit_code"] == 2
+    assert "syntax not understood" in lines[0]["line"]
+
+
+def test_the_shell_runs_an_and_list_of_builtins_in_order(sandbox: SandboxDriver) -> None:
+    assert sandbox.put("/tmp/sh-input", b"line 1\nline 2\n").status_code == 200
+    script = "echo start && mkdir -p /tmp/sh-made && echo 'two  words' && cat /tmp/sh-input"
+    info, lines = sandbox.run("/bin/sh", "-c", script)
+    assert info["exit_code"] == 0
+    assert [line["line"] for line in lines] == ["start", "two  words", "line 1", "line 2"]
+    assert sandbox.put("/tmp/sh-made/f", b"x").status_code == 200
+
+
+def test_the_shell_stops_at_the_first_failure_with_its_status(sandbox: SandboxDriver) -> None:
+    script = "echo before && tar -xzf /tmp/sh-missing.tar.gz -C /tmp && echo never"
+    info, lines = sandbox.run("/bin/sh", "-c", script)
+    assert info["exit_code"] == 1
+    assert [line["line"] for line in lines if line["stream"] == "stdout"] == ["before"]
 
 
 def _upload_and_extract(sandbox: SandboxDriver, archive: bytes) -> tuple[dict, list[dict]]:

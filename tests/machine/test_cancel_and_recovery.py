@@ -149,7 +149,7 @@ async def test_a_follow_that_keeps_failing_spends_the_budget(emulator: EmulatorC
 async def test_cancelling_the_caller_during_a_backoff_still_deletes_the_sandbox(
     emulator: EmulatorClient,
 ) -> None:
-    emulator.add_fault({"status": 502}, method="GET", path=r"/api/v1/files$", times=100)
+    emulator.add_fault({"status": 502}, method="GET", path=r"/output/follow$", times=100)
     slow = attrs.evolve(fast_spec(), backoff=Backoff(initial_s=60, factor=1, max_s=60))
     run = start_run(emulator, spec=slow)
     while not any(r["status"] == 502 for r in emulator.requests()):

@@ -17,16 +17,11 @@ FAULT_POINTS: list[tuple[str, str, str, int, dict[str, Any]]] = [
     ("prepare", "POST", r"/sandbox-template-builds$", 0, {}),
     ("create_sandbox", "POST", r"/sandboxes$", 0, {}),
     ("wait_running", "GET", r"/sandboxes/[^/]+$", 0, {"start_delay_ms": 60}),
-    ("proxy_ready", "POST", r"/api/v1/processes/run$", 0, {}),
-    ("proxy_ready", "POST", r"/api/v1/processes/run$", 1, {}),
     ("sign", "POST", r"/api/v1/blob/sign$", 0, {"sign_mode": "new"}),
     ("upload", "PUT", r"/api/v1/files$", 0, {}),
-    ("upload", "POST", r"/api/v1/processes/run$", 2, {}),
     ("upload", "PUT", r"/api/v1/files$", 1, {}),
     ("run_builder", "POST", r"/api/v1/processes$", 0, {}),
     ("run_builder", "GET", r"/output/follow$", 0, {}),
-    ("run_builder", "GET", r"/api/v1/processes/\d+$", 0, {}),
-    ("read_metadata", "GET", r"/api/v1/files$", 0, {}),
     ("complete", "POST", r"/complete$", 0, {}),
     ("cleanup", "DELETE", r"/sandboxes/", 0, {}),
 ]
@@ -74,7 +69,7 @@ async def test_a_persistent_fault_before_the_sandbox_fails_plainly(
 async def test_a_persistent_fault_after_the_proxy_is_ready_is_decorated(
     emulator: EmulatorClient,
 ) -> None:
-    emulator.add_fault({"status": 502}, method="GET", path=r"/api/v1/files$", times=100)
+    emulator.add_fault({"status": 502}, method="GET", path=r"/output/follow$", times=100)
     run = await run_to_end(emulator)
     assert run.state.state == "failed"
     error = run.driver.error

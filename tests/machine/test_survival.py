@@ -8,7 +8,9 @@ before the fix it names.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -21,9 +23,10 @@ from support.machine import EmulatorPool, fast_spec, run_to_end
 FOLLOW = r"/output/follow$"
 PROCESS_STATUS = r"^/api/v1/processes/\d+$"
 SANDBOX_GET = r"/sandboxes/[^/]+$"
-RUN = r"^/api/v1/processes/run$"
 # Generous: a build that should survive ends in a few seconds; one that hangs is cut here.
 HANG_LIMIT_S = 60.0
+# The module, not the handler of the same name that kiln.machine.handlers exports.
+upload_module = importlib.import_module("kiln.machine.handlers.upload")
 
 
 @pytest.mark.cloud
@@ -147,18 +150,20 @@ def test_the_declared_pending_window_is_the_reference_one() -> None:
     assert wait.attempts * backoff.max_s > wait.deadline_s
 
 
-async def test_a_run_stream_that_ends_without_an_exit_event_falls_back_to_the_status(
+async def test_follow_streams_that_never_show_the_end_fall_back_to_the_status_and_the_file(
     emulator: EmulatorClient,
 ) -> None:
-    # The extraction's run stream ends after its start event (an idle proxy closing it): the
-    # exit status comes from the process instead, and the context is not sent again.
-    emulator.add_fault({"cut_stream_after": 1}, method="POST", path=RUN, times=3)
-    run = await run_to_end(emulator)
+    # Every follow is cut after its first event, so the end marker and the printed metadata are
+    # never seen: the exit status comes from the process, the metadata from metadata.json.
+    emulator.add_fault({"cut_stream_after": 1}, method="GET", path=FOLLOW, times=1000)
+    async with asyncio.timeout(HANG_LIMIT_S):
+        run = await run_to_end(emulator)
     assert run.state.state == "done", run.state.error
-    assert run.state.attempts["proxy_ready"] == 1
-    assert run.state.attempts["upload"] == 1
-    puts = [r for r in emulator.requests() if r["method"] == "PUT"]
-    assert len(puts) == 2, "the context archive and spec.json, each once"
+    assert run.state.builder_metadata is None
+    requests = emulator.requests()
+    assert any(r["method"] == "GET" and re.search(PROCESS_STATUS, r["path"]) for r in requests)
+    reads = [r for r in requests if r["method"] == "GET" and r["path"] == "/api/v1/files"]
+    assert len(reads) == 1, "metadata.json, read once"
 
 
 class CorruptContext(httpx.AsyncBaseTransport):
@@ -186,7 +191,8 @@ class CorruptContext(httpx.AsyncBaseTransport):
 async def test_a_failed_remote_command_says_what_it_printed(emulator: EmulatorClient) -> None:
     run = await run_to_end(emulator, transport=CorruptContext())
     assert run.state.state == "failed"
-    assert run.state.error is not None and run.state.error.phase == "upload"
+    # The builder's process extracts the context: its tar step failed, in the reference's words.
+    assert run.state.error is not None and run.state.error.phase == "run_builder"
     message = run.state.error.message
     assert "Command 'tar' failed with exit code 2" in message
     assert "does not look like a tar archive" in message, message
@@ -210,9 +216,21 @@ class RunBodies(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-async def test_short_steps_carry_a_timeout(emulator: EmulatorClient) -> None:
+async def test_a_split_contexts_extractions_carry_a_timeout(
+    emulator: EmulatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One part per file: each part is extracted by a one-shot root process with a timeout.
+    monkeypatch.setattr(upload_module, "PART_BYTES", 1)
     spy = RunBodies()
     run = await run_to_end(emulator, transport=spy)
     assert run.state.state == "done", run.state.error
-    assert [p["command"] for p in spy.payloads] == ["mkdir", "chmod", "tar"]
+    assert len(spy.payloads) >= 2
+    assert all(p["command"] == "/bin/sh" and p["user"] == "root" for p in spy.payloads)
     assert all(isinstance(p.get("timeout"), float) and p["timeout"] > 0 for p in spy.payloads)
+
+
+async def test_a_small_build_runs_no_one_shot_command(emulator: EmulatorClient) -> None:
+    spy = RunBodies()
+    run = await run_to_end(emulator, transport=spy)
+    assert run.state.state == "done", run.state.error
+    assert spy.payloads == [], "no mkdir or chmod before the uploads, no separate tar"

@@ -55,10 +55,10 @@ EXAMPLE_SETTINGS = {
 # breaking the prediction on purpose during development).
 @example(schedule=flaky("template_lookup", times=4))
 @example(schedule=flaky("template_lookup", times=5))
-@example(schedule=flaky("run_command", times=3, after=1))
+@example(schedule=flaky("put_file", times=3, after=1))
 @example(schedule=flaky("complete", times=4))
 @example(schedule=flaky("delete_sandbox", times=5))
-@example(schedule=FaultSchedule(sandbox_lost_at=5))
+@example(schedule=FaultSchedule(sandbox_lost_at=3))
 def test_a_build_under_faults_ends_as_its_schedule_predicts(
     kiln_emulator: EmulatorClient, schedule: FaultSchedule
 ) -> None:
@@ -77,7 +77,7 @@ def test_a_signed_upload_under_faults_ends_as_its_schedule_predicts(
 @settings(max_examples=examples("emulator_cloud"), **EXAMPLE_SETTINGS)
 @given(schedule=fault_schedules(SPEC))
 @example(schedule=flaky("follow", times=9))
-@example(schedule=FaultSchedule(sandbox_lost_at=5))
+@example(schedule=FaultSchedule(sandbox_lost_at=3))
 def test_a_build_under_faults_in_the_cloud_ends_as_its_schedule_predicts(
     cloud_emulator: EmulatorClient, schedule: FaultSchedule
 ) -> None:

@@ -130,12 +130,24 @@ def test_a_schedule_refuses_a_request_its_platform_never_makes() -> None:
 
 
 def test_a_schedule_refuses_two_faults_on_one_kind_of_request() -> None:
-    # Found by the deep profile: the rule meant for upload's tar counted proxy_ready's retried
-    # commands as its own matches and fired in proxy_ready instead.
-    tar = RequestFault(BY_NAME["run_command"], {"status": 400}, 1, after=2)
-    mkdir = RequestFault(BY_NAME["run_command"], {"status": 502}, 1)
-    with pytest.raises(UsageError, match="one fault per request kind"):
-        FaultSchedule(faults=(tar, mkdir))
+    # Found by the deep profile: a rule meant for a later request of a kind counted the earlier
+    # requests' retries as its own matches and fired in the wrong attempt.
+    spec_put = RequestFault(BY_NAME["put_file"], {"status": 400}, 1, after=1)
+    archive_put = RequestFault(BY_NAME["put_file"], {"status": 502}, 1)
+    with pytest.raises(UsageError, match=r"one fault per (phase|request kind)"):
+        FaultSchedule(faults=(spec_put, archive_put))
+
+
+def test_side_by_side_requests_fail_one_attempt_per_pair_of_firings() -> None:
+    # upload sends its two PUTs side by side, each whatever the other's answer: firings 1 and 2
+    # fall in its first attempt, 3 and 4 in its second.
+    budget = SPEC.states["upload"].attempts
+    within = RequestFault(BY_NAME["put_file"], {"status": 502}, 2 * budget - 2)
+    beyond = RequestFault(BY_NAME["put_file"], {"status": 502}, 2 * budget - 1)
+    shifted = RequestFault(BY_NAME["put_file"], {"status": 502}, 2 * budget - 3, after=1)
+    assert FaultSchedule(faults=(within,)).expected_outcome() == "done"
+    assert FaultSchedule(faults=(beyond,)).expected_outcome() == "failed"
+    assert FaultSchedule(faults=(shifted,)).expected_outcome() == "done"
 
 
 def test_a_delete_failing_past_cleanup_budget_leaks_but_does_not_fail() -> None:

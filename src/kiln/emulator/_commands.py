@@ -7,6 +7,7 @@ the sandbox's virtual filesystem, and anything else exits 127 like an unknown pr
 from __future__ import annotations
 
 import asyncio
+import shlex
 import tarfile
 import zlib
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,9 @@ class _TarJob:
     destination: str
 
 
+_NO_SAME_OWNER = "--no-same-owner"
+
+
 def _parse_tar(ctx: CommandContext, args: list[str]) -> _TarJob:
     if not args:
         raise _Usage("usage: tar -x[z]f ARCHIVE -C DIR")
@@ -140,11 +144,14 @@ def _parse_tar(ctx: CommandContext, args: list[str]) -> _TarJob:
     if not rest:
         raise _Usage("option requires an argument -- 'f'")
     archive, rest = rest[0], rest[1:]
+    # Ownership is not modelled (files belong to whoever extracts them), which is what
+    # --no-same-owner asks of root.
+    rest = [word for word in rest if word != _NO_SAME_OWNER]
     destination = ctx.cwd
     if rest[:1] == ["-C"] and len(rest) == 2:
         destination = rest[1]
     elif rest:
-        raise _Usage(f"unexpected arguments {rest!r} (expected: -C DIR)")
+        raise _Usage(f"unexpected arguments {rest!r} (expected: -C DIR [--no-same-owner])")
     return _TarJob(ctx.path(archive), ctx.path(destination))
 
 
@@ -260,18 +267,78 @@ def df_lines(sandbox: Sandbox) -> list[str]:
     return lines
 
 
+# A shell reports a child killed by signal N as exit status 128 + N; it is not killed itself.
+_SIGNALLED_EXIT_BASE = 128
+_AND = "&&"
+
+
 async def _sh(ctx: CommandContext, args: list[str]) -> Exit:
-    """Only the client's two failure-diagnostic scripts are understood; they read emulator state."""
+    """`sh -c SCRIPT`: the client's two failure-diagnostic scripts (they read emulator state),
+    and lists of simple commands joined by ``&&`` (each run from the command table, the first
+    failure ending the list with its status, as a shell does)."""
     script = args[1] if len(args) == 2 and args[0] in ("-c", "-lc") else ""
     if "dmesg" in script:
         lines = list(ctx.sandbox.dmesg)
     elif "df -P" in script:
         lines = df_lines(ctx.sandbox)
     else:
-        ctx.err("sh: the emulator runs only its diagnostic scripts (dmesg, df): command not found")
-        return exited(EXIT_NOT_FOUND)
+        commands = _and_list(script)
+        if commands is None:
+            ctx.err(
+                "sh: the emulator runs its diagnostic scripts (dmesg, df) and lists of simple"
+                " commands joined by &&: syntax not understood"
+            )
+            return exited(EXIT_USAGE)
+        return await _run_and_list(ctx, commands)
     for line in lines:
         ctx.process.emit(line)
+    return exited(EXIT_OK)
+
+
+def _and_list(script: str) -> list[list[str]] | None:
+    """The simple commands of ``cmd && cmd && ...``; None for anything else (pipes, ``;``,
+    redirections, variables, ``||``): the emulator does not pretend to run those."""
+    try:
+        lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+    except ValueError:
+        return None
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if word == _AND:
+            commands.append([])
+        elif set(word) <= set(_SHELL_PUNCTUATION) or "$" in word:
+            return None
+        else:
+            commands[-1].append(word)
+    return commands if all(commands) else None
+
+
+_SHELL_PUNCTUATION = "();<>|&"
+
+
+async def _run_and_list(ctx: CommandContext, commands: list[list[str]]) -> Exit:
+    for command, *args in commands:
+        end = await run_command(ctx, command, args)
+        if end.exit_code == EXIT_OK:
+            continue
+        if end.signal is not None:
+            return exited(_SIGNALLED_EXIT_BASE + end.signal)
+        return exited(end.exit_code if end.exit_code is not None else EXIT_FAILURE)
+    return exited(EXIT_OK)
+
+
+async def _echo(ctx: CommandContext, args: list[str]) -> Exit:
+    ctx.process.emit(" ".join(args))
+    return exited(EXIT_OK)
+
+
+async def _cat(ctx: CommandContext, args: list[str]) -> Exit:
+    for path in args:
+        data = ctx.sandbox.fs.read_file(ctx.path(path), ctx.user)
+        for line in data.decode(errors="replace").splitlines():
+            ctx.process.emit(line)
     return exited(EXIT_OK)
 
 
@@ -282,6 +349,8 @@ _TABLE: dict[str, Handler] = {
     "rm": _rm,
     "tar": _tar,
     "sh": _sh,
+    "echo": _echo,
+    "cat": _cat,
     "tl-rootfs-build": run_builder,
     BUILDER_PROGRAM: run_image_builder,
 }

@@ -179,7 +179,7 @@ class BuildState:
     # The last status the lifecycle API reported; "running" lets wait_running skip its poll.
     sandbox_status: str | None = None
     sandbox_deleted: bool = False
-    # True once a command has run in the sandbox: from then on failures get diagnostics.
+    # True once the proxy has answered a request: from then on failures get diagnostics.
     proxy_ready: bool = False
     # True once the prepared raw spec holds the signed blocks (new path) or needs none (legacy).
     signed: bool = False
@@ -198,6 +198,8 @@ class BuildState:
     builder_pid: int | None = None
     # Follow streams replay from the start; this many leading events were already delivered.
     output_events_delivered: int = 0
+    # metadata.json as the builder's process printed it (None: read_metadata reads the file).
+    builder_metadata: str | None = None
     # A builder log line mentioned ENOSPC / "no space": feeds the disk advice.
     disk_error_seen: bool = False
     # The image a registry refused to the builder ("pull access denied"): feeds the login advice.

@@ -20,9 +20,9 @@ from kiln.machine import MachineSpec, Trigger, load_machine_spec
 from kiln.machine.handlers import Handler
 from kiln.machine.handlers.builder import run_builder
 from kiln.machine.handlers.cleanup import cleanup
-from kiln.machine.handlers.finish import complete, read_metadata
+from kiln.machine.handlers.finish import complete
 from kiln.machine.handlers.prepare import prepare
-from kiln.machine.handlers.sandbox import create_sandbox, proxy_ready
+from kiln.machine.handlers.sandbox import create_sandbox
 from kiln.machine.handlers.sign import sign
 from kiln.machine.handlers.upload import upload
 from kiln.testing._client import EmulatorClient
@@ -57,6 +57,10 @@ class Target:
     path: str
     phases: tuple[str, ...]
     sign_modes: tuple[SignMode, ...] = SIGN_MODES
+    # How many of these requests one attempt of its phase sends side by side, each whatever
+    # the others' answers (upload's two PUTs): a firing then costs an attempt only when it is
+    # the first in its attempt.
+    per_attempt: int = 1
 
 
 # In the order a fault-free Dockerfile build makes them.
@@ -64,26 +68,22 @@ TARGETS: tuple[Target, ...] = (
     Target("template_lookup", "GET", r"^/platform/v1/sandbox-templates/by-name/", _in(prepare)),
     Target("prepare", "POST", r"^/platform/v1/sandbox-template-builds$", _in(prepare)),
     Target("create_sandbox", "POST", r"^/v1/namespaces/[^/]+/sandboxes$", _in(create_sandbox)),
-    Target(
-        "run_command", "POST", r"^/api/v1/processes/run$", _in(proxy_ready, proxy_ready, upload)
-    ),
     # Only the new upload path signs: the legacy one never makes this request.
     Target("sign", "POST", r"^/api/v1/blob/sign$", _in(sign), sign_modes=("new",)),
-    Target("put_file", "PUT", r"^/api/v1/files$", _in(upload, upload)),
+    Target("put_file", "PUT", r"^/api/v1/files$", _in(upload, upload), per_attempt=2),
     Target("start_builder", "POST", r"^/api/v1/processes$", _in(run_builder)),
     Target("follow", "GET", r"^/api/v1/processes/\d+/output/follow$", _in(run_builder)),
-    Target("process_status", "GET", r"^/api/v1/processes/\d+$", _in(run_builder)),
-    Target("read_file", "GET", r"^/api/v1/files$", _in(read_metadata)),
     Target("complete", "POST", r"/complete$", _in(complete)),
     Target("delete_sandbox", "DELETE", r"^/v1/namespaces/[^/]+/sandboxes/[^/]+$", _in(cleanup)),
 )
 TARGETS_BY_NAME: Mapping[str, Target] = {target.name: target for target in TARGETS}
 # The phase of each proxy request of a fault-free build, in order: where a sandbox can be lost.
-_READY_PHASES = _in(proxy_ready, proxy_ready)  # mkdir, then chmod
-_LATER_PHASES = _in(upload) * 4 + _in(run_builder) * 3 + _in(read_metadata)
+# The two PUTs (archive and spec.json) go side by side; the builder's process is started, then
+# followed.
+_LATER_PHASES = _in(upload) * 2 + _in(run_builder) * 2
 PROXY_PHASES: Mapping[SignMode, tuple[str, ...]] = {
-    "legacy": _READY_PHASES + _LATER_PHASES,
-    "new": (*_READY_PHASES, *_in(sign), *_LATER_PHASES),
+    "legacy": _LATER_PHASES,
+    "new": (*_in(sign), *_LATER_PHASES),
 }
 
 
@@ -216,5 +216,13 @@ def _exceeds(fault: RequestFault, spec: MachineSpec) -> bool:
         return False
     if not fault.transient and fault.phase != spec.cleanup:
         return True
-    # Each firing costs the phase one attempt; the attempt after the last firing succeeds.
-    return fault.times + 1 > spec.states[fault.phase].attempts
+    # Each attempt with a firing in it fails; the attempt after the last firing succeeds.
+    return _attempts_failed(fault) + 1 > spec.states[fault.phase].attempts
+
+
+def _attempts_failed(fault: RequestFault) -> int:
+    """The attempts the firings fall in: the target's requests are numbered from 0 in the order
+    sent, ``per_attempt`` to an attempt, and the firings are numbers after .. after+times-1."""
+    per = fault.target.per_attempt
+    first, last = fault.after, fault.after + fault.times - 1
+    return last // per - first // per + 1

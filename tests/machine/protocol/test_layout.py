@@ -32,16 +32,17 @@ def test_remote_paths_match_the_reference() -> None:
     paths = [
         REMOTE_BUILD_DIR,
         REMOTE_CONTEXT_DIR,
-        REMOTE_ARCHIVE_PATH,
-        REMOTE_SPEC_PATH,
         REMOTE_METADATA_PATH,
     ]
-    assert paths == [
-        B,
-        f"{B}/context",
-        f"{B}/context.tar.gz",
-        f"{B}/spec.json",
-        f"{B}/metadata.json",
+    assert paths == [B, f"{B}/context", f"{B}/metadata.json"]
+
+
+def test_uploads_go_where_the_sandbox_user_may_write_without_a_root_step() -> None:
+    # /tmp: world-writable with the sticky bit in every Linux root filesystem (FHS), so no root
+    # mkdir and chmod of the build directory before the PUTs.
+    assert [REMOTE_ARCHIVE_PATH, REMOTE_SPEC_PATH] == [
+        "/tmp/kiln-context.tar.gz",
+        "/tmp/kiln-spec.json",
     ]
 
 
@@ -64,7 +65,7 @@ def test_builder_argv_appends_spec_and_metadata_paths() -> None:
         "--verbose",
         "a b",
         "--spec",
-        f"{B}/spec.json",
+        "/tmp/kiln-spec.json",
         "--metadata-out",
         f"{B}/metadata.json",
     ]
@@ -95,15 +96,15 @@ def test_builder_argv_round_trips_a_quoted_command(words: list[str]) -> None:
     assert argv[-4:] == ["--spec", REMOTE_SPEC_PATH, "--metadata-out", REMOTE_METADATA_PATH]
 
 
-def test_builder_payload_runs_as_root_in_the_build_dir() -> None:
-    # §7 item 52, composed with kiln.api's payload builder the way the builder handler uses it
+def test_builder_payload_runs_as_root() -> None:
+    # §7 item 52, composed with kiln.api's payload builder
     executable, *args = builder_argv("tl-rootfs-build")
     payload = process_payload(
         executable, args, user=ROOT_USER, env=builder_env(), working_dir=REMOTE_BUILD_DIR
     )
     assert payload == {
         "command": "/usr/local/bin/tl-rootfs-build",
-        "args": ["--spec", f"{B}/spec.json", "--metadata-out", f"{B}/metadata.json"],
+        "args": ["--spec", "/tmp/kiln-spec.json", "--metadata-out", f"{B}/metadata.json"],
         "env": {"PATH": BUILDER_PATH_ENV},
         "working_dir": B,
         "user": "root",

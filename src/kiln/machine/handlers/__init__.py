@@ -24,7 +24,7 @@ from kiln.machine.handlers.cleanup import cleanup
 from kiln.machine.handlers.diagnostics import explain
 from kiln.machine.handlers.finish import complete, read_metadata
 from kiln.machine.handlers.prepare import prepare
-from kiln.machine.handlers.sandbox import create_sandbox, proxy_ready, wait_running
+from kiln.machine.handlers.sandbox import create_sandbox, wait_running
 from kiln.machine.handlers.scope import resolve_scope
 from kiln.machine.handlers.sign import sign
 from kiln.machine.handlers.upload import upload
@@ -51,7 +51,6 @@ HANDLERS: Mapping[str, Handler] = _by_name(
     prepare,
     create_sandbox,
     wait_running,
-    proxy_ready,
     sign,
     upload,
     run_builder,

@@ -1,4 +1,4 @@
-"""One-shot remote commands whose non-zero exit is a build error (§3.5 step 6 wording)."""
+"""One-shot remote step lists whose failure is a build error (§3.5 step 6 wording)."""
 
 from __future__ import annotations
 
@@ -6,48 +6,36 @@ from collections.abc import Callable, Sequence
 
 from kiln.api import ProxyClient, RunResult, run_exit_code
 from kiln.errors import BuildError
-from kiln.machine.protocol import command_failed_message
-
-# Short steps (mkdir, chmod) take well under a second: one still running after a minute is
-# stuck, and the daemon kills it rather than letting it hold the phase until its deadline.
-SHORT_STEP_TIMEOUT_S = 60.0
-# How many of a failed command's last stderr lines its error carries (the log gets them all).
-STDERR_TAIL_LINES = 20
+from kiln.machine.protocol import ROOT_USER, ScriptReader, marker_prefix, shell_argv, step_exit_code
 
 # Where a command's output lines go: (line, "stdout" | "stderr").
 LogLine = Callable[[str, str], None]
 
 
-async def run_checked(
+async def run_steps(
     proxy: ProxyClient,
-    command: str,
-    args: Sequence[str],
+    build: str,
+    steps: Sequence[Sequence[str]],
     *,
-    user: str | None = None,
-    timeout: float = SHORT_STEP_TIMEOUT_S,
-    log: LogLine | None = None,
+    timeout: float,
+    log: LogLine,
 ) -> RunResult:
-    """Run ``command`` through ``POST /api/v1/processes/run``; a failure raises BuildError.
+    """Run ``steps`` as root in one ``POST /api/v1/processes/run`` (a shell list, each step
+    announced); a failure raises BuildError naming the step that failed, as the reference
+    words it for that command alone, with its last stderr lines.
 
-    Its output goes to ``log`` (the build log) whatever the exit; a failure's error ends with
-    the command's last stderr lines, which usually say what went wrong (tar's messages, say).
+    The output goes to ``log`` (the build log) whatever the exit, markers left out.
     """
-    result = await proxy.run(command, list(args), user=user, timeout=timeout)
-    if log is not None:
-        for line in result.stdout:
-            log(line, "stdout")
-        for line in result.stderr:
-            log(line, "stderr")
+    argv = shell_argv(build, steps)
+    result = await proxy.run(argv[0], argv[1:], user=ROOT_USER, timeout=timeout)
+    reader = ScriptReader(marker_prefix(build))
+    # A one-shot run returns stdout and stderr apart: the markers (stdout) first, so that the
+    # stderr lines count for the step that was running last.
+    for stream, lines in (("stdout", result.stdout), ("stderr", result.stderr)):
+        for line in lines:
+            if reader.read(line, stream) is not None:
+                log(line, stream)
     code = run_exit_code(result)
     if code != 0:
-        raise BuildError(failure_message(command, code, result))
+        raise BuildError(reader.failure(step_exit_code(code), result.oom_killed))
     return result
-
-
-def failure_message(command: str, code: int, result: RunResult) -> str:
-    """The reference's wording, then the tail of stderr, one indented line each."""
-    message = command_failed_message(command, code, result.oom_killed)
-    tail = [line for line in result.stderr[-STDERR_TAIL_LINES:] if line.strip()]
-    if not tail:
-        return message
-    return message + ":\n" + "\n".join(f"  {line}" for line in tail)

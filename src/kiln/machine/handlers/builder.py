@@ -1,14 +1,17 @@
-"""run_builder: start (or adopt, or reattach to) the rootfs builder and stream its log (§3.5).
+"""run_builder: start (or adopt, or reattach to) the builder's one process and stream its log.
 
-Only the builder uses start/follow/get: it is the one long process, whose pid must be known to
-reattach after a dropped stream or a crash. Every other remote command is a one-shot ``run``.
+The process is a shell list (kiln.machine.protocol._script): extract the uploaded context, run
+the rootfs builder, print its metadata. It is started, followed and reattached to as §3.5 says
+for the builder; its markers say which step runs (for the reference's error wording), which
+lines are the metadata (kept in the state for read_metadata) and that every step succeeded (the
+exit status, so a follow stream that carries it needs no status request after it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kiln.api import (
     ExitStatus,
@@ -26,11 +29,16 @@ from kiln.machine._state import BuildState
 from kiln.machine.protocol import (
     BUILDER_PATH_ENV,
     KEEPALIVE_INTERVAL_S,
-    REMOTE_BUILD_DIR,
+    ScriptReader,
     builder_argv,
-    command_failed_message,
+    builder_steps,
+    directory_step,
+    extraction_steps,
+    marker_prefix,
     mentions_disk_error,
     pull_denied_image,
+    shell_argv,
+    step_exit_code,
 )
 
 ROOT = "root"
@@ -43,11 +51,18 @@ REFOLLOW_DELAY_S = 0.1
 REATTACH_INTERVAL_S = 1.0
 # The silence bound when states/ declares none.
 DEFAULT_SILENCE_S = 30.0
+# What the process's steps announce, in the reference's status words (§3.5, §4).
+UNTARRING = "Untarring build context archive in builder sandbox..."
+EXTRACTED = "Build context extracted; removed remote archive"
+RUNNING_BUILDER = "Running offline rootfs builder..."
+TAR = "tar"
+START_DIR = "/"
 
 
 async def run_builder(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: reattaches to state.builder_pid, else adopts a started builder; never a second."""
-    argv = builder_argv(state.need_prepared().builder.command)
+    """Re-entry: reattaches to state.builder_pid, else adopts a started process; never a second."""
+    builder = builder_argv(state.need_prepared().builder.command)
+    argv = process_argv(state, builder)
     proxy = services.proxy(state)
     if state.builder_pid is None:
         state.builder_pid = await _start_or_adopt(state, services, proxy, argv)
@@ -56,7 +71,9 @@ async def run_builder(state: BuildState, services: Services) -> Outcome:
     delivered_before = state.output_events_delivered
     keepalive = asyncio.create_task(_keepalive(proxy))
     try:
-        status = await _follow_until_exit(state, services, proxy, state.builder_pid)
+        status, reader = await _follow_until_exit(
+            state, services, proxy, state.builder_pid, _announcements(state, builder[0])
+        )
     except Exception as error:
         if not is_transient(error):
             raise
@@ -68,8 +85,29 @@ async def run_builder(state: BuildState, services: Services) -> Outcome:
         with contextlib.suppress(asyncio.CancelledError):
             await keepalive
     if status.code != 0:
-        raise BuildError(command_failed_message(argv[0], status.code, status.oom))
+        code = step_exit_code(status.code)
+        raise BuildError(reader.failure(code, status.oom, with_stderr=reader.step != builder[0]))
+    # Without the end marker (a status read said it exited 0), read_metadata reads the file.
+    state.builder_metadata = "\n".join(reader.metadata) if reader.ended else None
     return SUCCEEDED
+
+
+def process_argv(state: BuildState, builder: Sequence[str]) -> list[str]:
+    """The one process: extraction first while the context is still to extract, then the
+    builder. The same state gives the same argv, which is how a resumed build adopts it."""
+    extraction = extraction_steps() if _extracts(state) else []
+    return shell_argv(state.id, [directory_step(), *extraction, *builder_steps(builder)])
+
+
+def _extracts(state: BuildState) -> bool:
+    """Whether the process extracts the context (a split context was extracted by upload)."""
+    return not state.plan.is_import and state.context_digest is None
+
+
+def _announcements(state: BuildState, builder: str) -> dict[str, tuple[str, ...]]:
+    """The reference's status lines (§4), said when the process reaches each step."""
+    extracted = (EXTRACTED,) if _extracts(state) else ()
+    return {TAR: (UNTARRING,), builder: (*extracted, RUNNING_BUILDER)}
 
 
 async def _start_or_adopt(
@@ -85,14 +123,16 @@ async def _start_or_adopt(
         adopted = _match(await proxy.list_processes(), argv)
         if adopted is not None:
             return adopted
-    services.status(state, "Running offline rootfs builder...")
     try:
         info = await proxy.start_process(
             argv[0],
             list(argv[1:]),
             user=ROOT,
             env={PATH_ENV: BUILDER_PATH_ENV},
-            working_dir=REMOTE_BUILD_DIR,
+            # The root directory, which exists before the process makes the build directory
+            # (the daemon cannot start a process in a directory that does not exist yet). The
+            # builder is given absolute paths only.
+            working_dir=START_DIR,
         )
     except ApiError as error:
         attempt = state.attempts_in(state.state)
@@ -114,25 +154,33 @@ def _match(processes: Sequence[ProcessInfo], argv: Sequence[str]) -> int | None:
 
 
 async def _follow_until_exit(
-    state: BuildState, services: Services, proxy: ProxyClient, pid: int
-) -> ExitStatus:
+    state: BuildState,
+    services: Services,
+    proxy: ProxyClient,
+    pid: int,
+    announcements: Mapping[str, Sequence[str]],
+) -> tuple[ExitStatus, ScriptReader]:
     """Stream the log until the process ends; follow again whenever a stream ends before it.
 
     Every follow replays the output from the start, so the first
-    ``state.output_events_delivered`` events of each stream are skipped. A stream that ends
-    while the process lives is no failure (load balancers close idle and old streams): it is
-    followed again for as long as the process lives and the deadlines hold, as the reference
-    does. Errors (of a follow or of a status read) go to the driver as transient errors, whose
-    budget counts failures without progress.
+    ``state.output_events_delivered`` events of each stream are skipped (they are still read,
+    for the markers). A stream that ends while the process lives is no failure (load balancers
+    close idle and old streams): it is followed again for as long as the process lives and the
+    deadlines hold, as the reference does. Errors (of a follow or of a status read) go to the
+    driver as transient errors, whose budget counts failures without progress.
     """
     silence_s = services.spec.states[state.state].silence_s or DEFAULT_SILENCE_S
     while True:
         delivered_before = state.output_events_delivered
-        status = await _follow_once(state, services, proxy, pid, silence_s)
+        reader = ScriptReader(marker_prefix(state.id))
+        status = await _follow_once(state, services, proxy, pid, silence_s, reader, announcements)
+        if status is None and reader.ended:
+            # The end marker is printed only after every step exited 0.
+            return ExitStatus(code=0, oom=False), reader
         if status is None:
             status = exit_status(await proxy.get_process(pid))
         if status is not None:
-            return status
+            return status, reader
         services.status(
             state, f"Process output stream ended before process {pid} exited; reattaching..."
         )
@@ -141,7 +189,13 @@ async def _follow_until_exit(
 
 
 async def _follow_once(
-    state: BuildState, services: Services, proxy: ProxyClient, pid: int, silence_s: float
+    state: BuildState,
+    services: Services,
+    proxy: ProxyClient,
+    pid: int,
+    silence_s: float,
+    reader: ScriptReader,
+    announcements: Mapping[str, Sequence[str]],
 ) -> ExitStatus | None:
     """Deliver one follow stream's new lines. None when the stream ended; the process's exit
     status when it ended while the stream stayed silent for ``silence_s`` (a stream that stays
@@ -158,17 +212,26 @@ async def _follow_once(
                     return status
                 continue
             seen += 1
+            step = reader.step
+            line = reader.read(event.line, event.stream or "stdout")
             if seen > state.output_events_delivered:
-                _deliver(state, services, event, seen)
+                _deliver(state, services, event, line, seen)
+                if reader.step != step:
+                    for text in announcements.get(reader.step or "", ()):
+                        services.status(state, text)
     return None
 
 
-def _deliver(state: BuildState, services: Services, event: OutputEvent, seen: int) -> None:
+def _deliver(
+    state: BuildState, services: Services, event: OutputEvent, line: str | None, seen: int
+) -> None:
     state.output_events_delivered = seen
-    if mentions_disk_error(event.line):
+    if line is None:
+        return
+    if mentions_disk_error(line):
         state.disk_error_seen = True
-    state.pull_denied_image = pull_denied_image(event.line) or state.pull_denied_image
-    services.build_log(state, event.line, event.stream or "stdout")
+    state.pull_denied_image = pull_denied_image(line) or state.pull_denied_image
+    services.build_log(state, line, event.stream or "stdout")
 
 
 async def _keepalive(proxy: ProxyClient) -> None:

@@ -22,9 +22,16 @@ MISSING_ID = "-"
 
 
 async def read_metadata(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: reads metadata.json again; the builder wrote it once and reading is idempotent."""
+    """Re-entry: parses the metadata again; the builder wrote it once and reading is idempotent.
+
+    The builder's process printed it (state.builder_metadata): no request. Only when that
+    output is missing (its end was never seen on a stream) is metadata.json read from the sandbox.
+    """
     info = state.need_prepared()
-    raw = await services.proxy(state).get_file(REMOTE_METADATA_PATH)
+    if state.builder_metadata is not None:
+        raw = state.builder_metadata.encode()
+    else:
+        raw = await services.proxy(state).get_file(REMOTE_METADATA_PATH)
     metadata = _parse_metadata(raw)
     view = PreparedView(
         snapshot_id=info.snapshot_id,

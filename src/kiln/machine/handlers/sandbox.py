@@ -1,4 +1,4 @@
-"""create_sandbox, wait_running, proxy_ready: get a builder sandbox whose proxy answers."""
+"""create_sandbox, wait_running: get a running builder sandbox and its proxy URL."""
 
 from __future__ import annotations
 
@@ -9,12 +9,7 @@ from kiln.errors import BuildError
 from kiln.machine._outcome import SUCCEEDED, Outcome
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState, SandboxRequest
-from kiln.machine.handlers._remote import run_checked
-from kiln.machine.protocol import (
-    REMOTE_BUILD_DIR,
-    REMOTE_CONTEXT_DIR,
-    SANDBOX_TIMEOUT_SECS,
-)
+from kiln.machine.protocol import SANDBOX_TIMEOUT_SECS
 from kiln.plan.sizing import MIB, builder_resources, format_bytes, rootfs_disk_bytes
 
 RUNNING = "running"
@@ -24,12 +19,6 @@ TERMINATED = "terminated"
 POLL_FIRST_S = 0.05
 POLL_FACTOR = 2.0
 POLL_MAX_S = 1.0
-ROOT = "root"
-# Both directories made world-writable by root: later steps (PUT, tar) act as the sandbox user,
-# whose fsuid cannot write into a root-owned 0755 directory. A separate chmod (not `mkdir -m`)
-# because `mkdir -p -m` leaves the mode of a directory that already exists alone, and a builder
-# image may ship the build directory pre-created.
-OPEN_DIR_MODE = "0777"
 # Sent as the create body's ``name``: an operator can tell kiln's builder sandboxes, and the
 # build each belongs to, by it.
 SANDBOX_NAME_PREFIX = "kiln-"
@@ -103,16 +92,6 @@ async def wait_running(state: BuildState, services: Services) -> Outcome:
         await asyncio.sleep(delay)
         delay = min(POLL_MAX_S, delay * POLL_FACTOR)
     services.status(state, f"Rootfs builder sandbox {sandbox_id} is running")
-    return SUCCEEDED
-
-
-async def proxy_ready(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: runs the same idempotent root mkdir and chmod again."""
-    proxy = services.proxy(state)
-    directories = [REMOTE_BUILD_DIR, REMOTE_CONTEXT_DIR]
-    await run_checked(proxy, "mkdir", ["-p", *directories], user=ROOT)
-    await run_checked(proxy, "chmod", [OPEN_DIR_MODE, *directories], user=ROOT)
-    state.proxy_ready = True
     return SUCCEEDED
 
 

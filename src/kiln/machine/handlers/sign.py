@@ -28,6 +28,8 @@ async def sign(state: BuildState, services: Services) -> Outcome:
     raw: dict[str, Any] = copy.deepcopy(state.prepared or {})
     rootfs = state.rootfs_disk_bytes or 0
     upload = await proxy.sign_blob(put_artifact_request(info.snapshot_rel_path, rootfs))
+    # The first proxy request on this path: once it answers, failures get diagnostics.
+    state.proxy_ready = True
     raw, uri = splice_signed_upload(raw, upload)
     if info.parent_manifest_uri is not None and isinstance(raw.get("parent"), dict):
         raw["parent"][_DOWNLOAD_KEY] = await proxy.sign_blob(

@@ -1,4 +1,9 @@
-"""upload: stream the context archive into the sandbox and extract it, then write spec.json."""
+"""upload: stream the context archive and spec.json into the sandbox, side by side.
+
+A context of one archive is extracted by the builder's process (run_builder): the upload is two
+PUTs and nothing else. A context split in parts is extracted part by part while the next part is
+on the wire, each by one root process (make the directory, extract, remove the part).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +21,14 @@ from kiln.api import ChunkedUploadRefused, ProxyClient
 from kiln.machine._outcome import SUCCEEDED, Outcome
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState
-from kiln.machine.handlers._remote import run_checked
+from kiln.machine.handlers._remote import run_steps
 from kiln.machine.protocol import (
     REMOTE_ARCHIVE_PATH,
-    REMOTE_BUILD_DIR,
-    REMOTE_CONTEXT_DIR,
     REMOTE_SPEC_PATH,
+    REMOTE_UPLOAD_DIR,
     build_spec,
+    directory_step,
+    extraction_steps,
     load_docker_config_json,
     registry_of,
     spec_json_bytes,
@@ -42,7 +48,7 @@ SPOOL_READ_CHUNK = 1 << 20
 # the upload has ended (bench_large_context: 300 MB over 200 Mbit/s, the context phase from about
 # 0.75x to about 0.6x of the official client's). Smaller contexts go as one archive, as before.
 PART_BYTES = 64 << 20
-PART_ARCHIVE_PATH = REMOTE_BUILD_DIR + "/context-{index}.tar.gz"
+PART_ARCHIVE_PATH = REMOTE_UPLOAD_DIR + "/kiln-context-{index}.tar.gz"
 # `FROM scratch` pulls nothing.
 SCRATCH = "scratch"
 # Extracting a context takes seconds (a minute for a few GB on a slow disk); one that runs for
@@ -51,29 +57,28 @@ EXTRACT_TIMEOUT_S = 1200.0
 
 
 async def upload(state: BuildState, services: Services) -> Outcome:
-    """Re-entry: skips the context once state.context_digest records its extraction; rewrites spec.json."""
+    """Re-entry: sends the context again unless state.context_digest records it extracted;
+    rewrites spec.json."""
     proxy = services.proxy(state)
     if state.plan.is_import or state.context_digest is not None:
         await _write_spec(state, services, proxy)
-        return SUCCEEDED
-    context_dir = state.plan.context_dir or "."
-    services.status(state, "Uploading build context...")
-    services.status(state, f"Creating build context archive from {context_dir}...")
-    parts = _archive(state, services).split(PART_BYTES)
-    if len(parts) > 1:
-        await _upload_in_parts(state, services, proxy, parts)
-        return SUCCEEDED
-    archive = await _send_context(state, services, proxy, parts[0])
-    # spec.json does not depend on the context: writing it while the archive is extracted saves a
-    # round trip. Both run to the end before an error is raised, so an extraction that succeeded
-    # is recorded (context_digest) even when the spec write fails, and a retry skips the context.
-    await _all_settled(
-        _extract_context(state, services, proxy, archive), _write_spec(state, services, proxy)
-    )
+    else:
+        context_dir = state.plan.context_dir or "."
+        services.status(state, "Uploading build context...")
+        services.status(state, f"Creating build context archive from {context_dir}...")
+        parts = _archive(state, services).split(PART_BYTES)
+        if len(parts) > 1:
+            await _upload_in_parts(state, services, proxy, parts)
+        else:
+            # spec.json does not depend on the context: the two PUTs go side by side.
+            await _all_settled(
+                _send_context(state, services, proxy, parts[0]),
+                _write_spec(state, services, proxy),
+            )
     return SUCCEEDED
 
 
-async def _all_settled(*steps: Awaitable[None]) -> None:
+async def _all_settled(*steps: Awaitable[object]) -> None:
     """Run ``steps`` concurrently until all end; then raise the first one's error, if any."""
     results = await asyncio.gather(*steps, return_exceptions=True)
     for result in results:
@@ -102,6 +107,13 @@ async def _write_spec(state: BuildState, services: Services, proxy: ProxyClient)
         docker_compat=state.options.docker_compat,
     )
     await proxy.put_file(REMOTE_SPEC_PATH, spec_json_bytes(spec))
+    _answered(state)
+
+
+def _answered(state: BuildState) -> None:
+    """The proxy answered a request (upload's are the first on the legacy path): failures get
+    diagnostics from now on."""
+    state.proxy_ready = True
 
 
 def _warn_threadsafe(
@@ -138,6 +150,7 @@ async def _send_context(
             state.chunked_upload_refused = True
             archive = _archive(state, services)
             await _put_spooled(proxy, archive, report)
+    _answered(state)
     _report_sizes(state, services, [archive])
     return archive
 
@@ -165,7 +178,7 @@ async def _upload_in_parts(
             await _put_part(state, services, proxy, part, path, report)
             if index == 0:
                 services.status(state, "Untarring build context archive in builder sandbox...")
-            extractions.append(asyncio.create_task(_untar(state, services, proxy, path, None)))
+            extractions.append(asyncio.create_task(_untar(state, services, proxy, path)))
         _report_sizes(state, services, parts)
         await _all_settled(
             _all_extracted(state, services, extractions, parts), _write_spec(state, services, proxy)
@@ -188,6 +201,7 @@ async def _put_part(
     if not state.chunked_upload_refused:
         try:
             await _stream(proxy, path, part, report)
+            _answered(state)
             return
         except ChunkedUploadRefused:
             services.warning(
@@ -195,26 +209,18 @@ async def _put_part(
             )
             state.chunked_upload_refused = True
     await _put_spooled(proxy, part, report, path)
+    _answered(state)
 
 
-async def _untar(
-    state: BuildState, services: Services, proxy: ProxyClient, path: str, digest: str | None
-) -> None:
-    """Extract the archive at ``path`` into the remote context directory, then delete it.
-
-    ``digest``, when this archive is the whole context, is recorded as soon as it is extracted:
-    a retry after a failed delete then skips the context.
-    """
-    await run_checked(
+async def _untar(state: BuildState, services: Services, proxy: ProxyClient, path: str) -> None:
+    """Extract the part at ``path`` into the remote context directory, then delete it."""
+    await run_steps(
         proxy,
-        "tar",
-        ["-xzf", path, "-C", REMOTE_CONTEXT_DIR],
+        state.id,
+        [directory_step(), *extraction_steps(path)],
         timeout=EXTRACT_TIMEOUT_S,
         log=functools.partial(services.build_log, state),
     )
-    if digest is not None:
-        state.context_digest = digest
-    await proxy.delete_file(path)
 
 
 async def _all_extracted(
@@ -227,14 +233,6 @@ async def _all_extracted(
     # Only the whole context counts as extracted: a retry after a failed part sends all again.
     joined = "\n".join(part.digest for part in parts).encode()
     state.context_digest = f"sha256:{hashlib.sha256(joined).hexdigest()}"
-    services.status(state, "Build context extracted; removed remote archive")
-
-
-async def _extract_context(
-    state: BuildState, services: Services, proxy: ProxyClient, archive: ContextArchive
-) -> None:
-    services.status(state, "Untarring build context archive in builder sandbox...")
-    await _untar(state, services, proxy, REMOTE_ARCHIVE_PATH, archive.digest)
     services.status(state, "Build context extracted; removed remote archive")
 
 

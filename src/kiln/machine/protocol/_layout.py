@@ -6,16 +6,20 @@ import shlex
 
 from kiln.errors import ResponseError
 
-# Everything the build writes in the sandbox lives under one root-owned prefix that the rootfs
-# builder image reserves for us; kiln makes it world-writable as root first so that the file API,
-# which writes with the sandbox user's fsuid, can create files inside it.
+# What the builder reads and writes lives under one root-owned prefix that the rootfs builder
+# image reserves for us. Only root steps (the builder's one process) write there, so no step has
+# to make it writable first.
 REMOTE_BUILD_DIR = "/var/lib/tensorlake/rootfs-builder/build"
 # The builder reads the Dockerfile's context from here; the spec names it in `contextDir`.
 REMOTE_CONTEXT_DIR = f"{REMOTE_BUILD_DIR}/context"
+# The file API writes with the sandbox user's fsuid, so uploads go where that user may create
+# files without a root step first: /tmp, which every Linux root filesystem has, world-writable
+# with the sticky bit (FHS 3.0 §3.18). This saves the root mkdir and chmod before the uploads.
+REMOTE_UPLOAD_DIR = "/tmp"
 # The context travels as one tar.gz and is extracted remotely: one upload instead of one per file.
-REMOTE_ARCHIVE_PATH = f"{REMOTE_BUILD_DIR}/context.tar.gz"
+REMOTE_ARCHIVE_PATH = f"{REMOTE_UPLOAD_DIR}/kiln-context.tar.gz"
 # The builder's only inputs and outputs are these two files, passed on its command line.
-REMOTE_SPEC_PATH = f"{REMOTE_BUILD_DIR}/spec.json"
+REMOTE_SPEC_PATH = f"{REMOTE_UPLOAD_DIR}/kiln-spec.json"
 REMOTE_METADATA_PATH = f"{REMOTE_BUILD_DIR}/metadata.json"
 
 # The platform names the builder by its bare tool name; the daemon does not search PATH for the
@@ -25,12 +29,9 @@ BUILDER_INSTALL_DIR = "/usr/local/bin"
 # The builder shells out to docker, mount, mkfs and friends; the daemon's default environment has
 # no PATH that reaches all of them.
 BUILDER_PATH_ENV = "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The builder needs root (docker build, loop devices, /var/lib/docker). Only the root steps ask for
-# it: a directory created as root by any other step would be unwritable to the file API.
+# The builder needs root (docker build, loop devices, /var/lib/docker); the one process that
+# extracts the context and runs it is started as root for that reason.
 ROOT_USER = "root"
-# World-writable so the sandbox user (file API, context extraction) can write under the root-made
-# build directory.
-BUILD_DIR_MODE = "0777"
 
 # Lifetime asked for the builder sandbox. Set explicitly so that kiln does not depend on whatever
 # default the platform hands out; long silent steps are covered by the keepalive below.
