@@ -56,12 +56,12 @@ def main() -> None:
     parser.add_argument("n", type=int, nargs="?", default=DEFAULT_N, help="concurrent builds")
     args = parser.parse_args()
     with emulator(builder_duration_ms=BUILDER_MS) as emu:
-        asyncio.run(_build_all(emu.url, 1))  # imports and lazy set-up, not profiled
+        asyncio.run(_build_all(emu.url, 1, []))  # imports and lazy set-up, not profiled
         profile = cProfile.Profile()
         cpu_before, emulator_before = cpu_seconds(), emu.cpu_s()
         started = time.perf_counter()
         profile.enable()
-        failures = asyncio.run(_build_all(emu.url, args.n))
+        failures = asyncio.run(_build_all(emu.url, args.n, []))
         profile.disable()
         wall = time.perf_counter() - started
         kiln_cpu, emulator_cpu = cpu_seconds() - cpu_before, emu.cpu_s() - emulator_before

@@ -1,6 +1,6 @@
 """Run every benchmark with the issue's sizes and regenerate benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/run_all.py            # the full run (about 15 minutes)
+    .venv/bin/python benchmarks/run_all.py            # the full run (about 30 minutes)
     .venv/bin/python benchmarks/run_all.py --tiny     # the smoke-test sizes (times nothing)
     .venv/bin/python benchmarks/run_all.py --only persistence   # re-run one, keep the others
 
@@ -32,8 +32,11 @@ SCRIPTS = (
     ("bench_persistence", "persistence", "4. Persistence cost"),
     ("bench_resume", "resume", "5. Resume on another worker"),
     ("bench_fleet", "fleet", "6. A fleet of workers on one PostgreSQL, under chaos"),
+    ("bench_logs", "logs", "7. Log throughput"),
 )
 ANALYSIS = HERE / "ANALYSIS.md"
+# bench_many's N whose wall time and event-loop lag the issue targets.
+WALL_TARGET_N = 300
 DEFAULT_OUTPUT = HERE / "RESULTS.md"
 # In the results folder: per result name, the command that produced it and how long it took.
 COMMANDS_FILE = "commands.json"
@@ -89,11 +92,14 @@ def _status(met: bool) -> str:
 
 def headline() -> str:
     """The summary table for the README: one line per target of the issue."""
-    e2e, large, many, store, resume, fleet = (_load(name) for _script, name, _title in SCRIPTS)
+    e2e, large, many, store, resume, fleet, logs = (
+        _load(name) for _script, name, _title in SCRIPTS
+    )
     chaos = fleet["rows"][0]
-    top = e2e["rows"][-1]
+    top, bottom = e2e["rows"][-1], e2e["rows"][0]
     context = large["summary"]
     biggest = many["rows"][-1]
+    wall_row = next((r for r in many["rows"] if r["n"] == WALL_TARGET_N), biggest)
     sqlite = next(r for r in store["rows"] if r["store"] == "sqlite")
     lease = {r["case"]: r for r in resume["rows"]}
     resume_times = "; ".join(f"{case}: {r['resume_s']:.1f} s" for case, r in lease.items())
@@ -102,8 +108,16 @@ def headline() -> str:
             f"small build at {top['latency_ms']} ms latency, median",
             f"{top['kiln_median_s']:.2f} s",
             f"{top['official_median_s']:.2f} s",
-            f"kiln <= 0.5x official: {top['ratio']:.2f}x",
+            f"kiln <= {e2e['target']['ratio']}x official: {top['ratio']:.2f}x",
             _status(top["ratio"] <= e2e["target"]["ratio"]),
+        ),
+        (
+            f"small build at {bottom['latency_ms']} ms latency: wall, CPU per build",
+            f"{bottom['kiln_median_s'] * 1000:.0f} ms, {bottom['kiln_cpu_ms']:.0f} ms CPU",
+            f"{bottom['official_median_s'] * 1000:.0f} ms, {bottom['official_cpu_ms']:.0f} ms CPU",
+            f"<= {e2e['target']['ratio_at_0_ms']}x: {bottom['ratio']:.2f}x,"
+            f" CPU {bottom['cpu_ratio']:.2f}x",
+            _status(e2e["target"]["met_at_0_ms"]),
         ),
         (
             "requests per build",
@@ -127,12 +141,30 @@ def headline() -> str:
             _status(large["build_ratio"] <= large["target"]["ratio"]),
         ),
         (
-            f"{biggest['n']} concurrent builds in one process",
-            f"{biggest['wall_s'] / many['rows'][0]['wall_s']:.1f}x one build, "
-            f"{biggest['peak_rss_mb']:.0f} MB RSS",
+            f"{wall_row['n']} concurrent builds in one process, builders streaming logs",
+            f"{wall_row['wall_s'] / many['rows'][0]['wall_s']:.1f}x one build, event-loop lag"
+            f" p99 {wall_row.get('lag_p99_ms', float('nan')):.0f} ms",
             "",
-            f"<= {many['target']['wall_factor']:.0f}x, < {many['target']['rss_mb']} MB",
-            _status(many["target"]["met"]),
+            f"<= {many['target']['wall_factor']:.0f}x, p99 <= "
+            f"{many['target'].get('lag_p99_ms', float('nan')):.0f} ms",
+            _status(
+                wall_row["wall_s"] / many["rows"][0]["wall_s"] <= many["target"]["wall_factor"]
+                and wall_row.get("lag_p99_ms", float("inf")) <= many["target"]["lag_p99_ms"]
+            ),
+        ),
+        (
+            f"{biggest['n']} concurrent builds in one process",
+            f"{biggest['peak_rss_mb']:.0f} MB RSS, {biggest['failures']} failed",
+            "",
+            f"< {many['target']['rss_mb']} MB, none failed",
+            _status(biggest["peak_rss_mb"] < many["target"]["rss_mb"] and not biggest["failures"]),
+        ),
+        (
+            f"log throughput: {logs['builder_lines']:,} builder lines, first line to end",
+            f"{logs['rows'][0]['log_s']:.1f} s, {logs['rows'][0]['peak_rss_mb']:.0f} MB RSS",
+            f"{logs['rows'][1]['log_s']:.1f} s, {logs['rows'][1]['peak_rss_mb']:.0f} MB RSS",
+            f"<= {logs['target']['ratio']}x: {logs['ratio']:.2f}x",
+            _status(logs["target"]["met"]),
         ),
         (
             "SQLite store, per transition",

@@ -19,7 +19,7 @@ from support.paths import REPO
 RUN_ALL = REPO / "benchmarks" / "run_all.py"
 RESULTS_DIR_ENV = "KILN_BENCH_RESULTS_DIR"
 RUN_LIMIT_S = 900
-RESULTS = ("e2e", "large_context", "many", "persistence", "resume", "fleet")
+RESULTS = ("e2e", "large_context", "many", "persistence", "resume", "fleet", "logs")
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -82,18 +82,18 @@ async def test_a_build_in_a_final_state_is_reported_not_rerun(
     assert builder_starts(emulator) == 1
 
 
-async def test_upload_is_not_repeated_once_the_persisted_digest_says_extracted(
+async def test_a_retried_upload_then_a_crash_extracts_the_context_once(
     store: Store, emulator: EmulatorClient
 ) -> None:
-    # spec.json fails once after the context was extracted: the retry edge persists the digest.
+    # spec.json's PUT fails once: upload sends both again; the build dies before its process
+    # starts. The resumed build starts the one process that extracts the context.
     emulator.add_fault({"status": 502}, method="PUT", path="/api/v1/files", times=1, after=1)
-    build_id = await crash_in(
-        store, emulator.url, lambda s: s.state == "upload" and s.context_digest is not None
-    )
+    build_id = await crash_in(store, emulator.url, lambda s: s.state == "run_builder")
 
     await _resume_to_end(store, build_id)
 
     assert command_runs(emulator, "tar") == 1
+    assert builder_starts(emulator) == 1
     assert emulator.live_sandboxes() == []
 
 

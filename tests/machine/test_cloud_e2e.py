@@ -6,6 +6,7 @@ Timings are scaled down by ten (a 40 s silent builder behind a 5 s stream idle l
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -25,6 +26,9 @@ from support.machine import (
     run_to_end,
 )
 from support.processes import kiln_env, run_kiln
+
+# The module, not the handler of the same name that kiln.machine.handlers exports.
+upload_module = importlib.import_module("kiln.machine.handlers.upload")
 
 pytestmark = pytest.mark.e2e
 
@@ -127,13 +131,26 @@ async def test_a_context_with_links_builds(emulator_pool: EmulatorPool, tmp_path
         assert run.state.state == "done", run.state.error
 
 
-async def test_a_proxy_demanding_a_length_gets_the_context_once_with_one(
+async def test_a_proxy_demanding_a_length_gets_a_small_context_with_one_at_once(
     emulator_pool: EmulatorPool,
 ) -> None:
     with emulator_pool.running("cloud", require_content_length=True) as admin:
         run = await run_to_end(admin)
         assert run.state.state == "done", run.state.error
         puts = [r["status"] for r in admin.requests() if r["method"] == "PUT"]
-        assert puts == [411, 200, 200], "refused once, then the spooled archive and spec.json"
+        assert puts == [200, 200], "the archive, archived in memory first, and spec.json"
+        assert not run.state.chunked_upload_refused
+
+
+async def test_a_proxy_demanding_a_length_gets_the_context_once_with_one(
+    emulator_pool: EmulatorPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A context too large to archive in memory first is streamed, refused, then spooled.
+    monkeypatch.setattr(upload_module, "IN_MEMORY_CONTEXT_BYTES", 0)
+    with emulator_pool.running("cloud", require_content_length=True) as admin:
+        run = await run_to_end(admin)
+        assert run.state.state == "done", run.state.error
+        puts = [r["status"] for r in admin.requests() if r["method"] == "PUT"]
+        assert sorted(puts) == [200, 200, 411], "refused once, the spooled archive, spec.json"
         assert run.state.attempts["upload"] == 1
         assert run.state.chunked_upload_refused

@@ -49,6 +49,11 @@ SPOOL_READ_CHUNK = 1 << 20
 # 0.75x to about 0.6x of the official client's). Smaller contexts go as one archive, as before.
 PART_BYTES = 64 << 20
 PART_ARCHIVE_PATH = REMOTE_UPLOAD_DIR + "/kiln-context-{index}.tar.gz"
+# A context with at most this much file content is archived in memory first and sent with its
+# length, as the reference sends it: no proxy can refuse it for want of a length (the cloud's
+# does, which cost a refused chunked PUT before the spooled one), and producing it takes well
+# under the round trip the overlap of a streamed upload would save.
+IN_MEMORY_CONTEXT_BYTES = 4 << 20
 # `FROM scratch` pulls nothing.
 SCRATCH = "scratch"
 # Extracting a context takes seconds (a minute for a few GB on a slow disk); one that runs for
@@ -137,7 +142,9 @@ async def _send_context(
     state: BuildState, services: Services, proxy: ProxyClient, archive: ContextArchive
 ) -> ContextArchive:
     report = functools.partial(services.status, state)
-    if state.chunked_upload_refused:
+    if archive.uncompressed_bytes <= IN_MEMORY_CONTEXT_BYTES:
+        await _put_in_memory(proxy, archive, report)
+    elif state.chunked_upload_refused:
         await _put_spooled(proxy, archive, report)
     else:
         try:
@@ -307,6 +314,19 @@ def _upload_line(sent: int, total: int | None) -> str:
 def _shown_percent(done: int, total: int) -> int:
     # An empty archive is all there: 100 %, not the 0 % a gate counts for a zero total.
     return FULL_PERCENT if total <= 0 else min(FULL_PERCENT, percent_done(done, total))
+
+
+async def _put_in_memory(
+    proxy: ProxyClient, archive: ContextArchive, report: Callable[[str], None]
+) -> None:
+    data = b"".join([chunk async for chunk in archive.achunks()])
+    await proxy.put_file(
+        REMOTE_ARCHIVE_PATH, _sent(_one(data), len(data), report), length=len(data)
+    )
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _put_spooled(
