@@ -215,3 +215,20 @@ async def test_registry_credentials_reach_the_builder_and_nothing_else(
             built.state.to_json(),
         ]
         assert not [text for text in seen if auth in text or password in text]
+
+
+async def test_a_content_digest_pin_is_refused_before_any_request(
+    emulator: EmulatorClient, tmp_path: Path
+) -> None:
+    # The Image Service takes parents as {reference, public_id: image_<id>} and has no lookup
+    # by digest, so a `cas-v1:` pin (the reference's older wire) is refused as the official
+    # client refuses it, naming the pin that works (docs/image-service.md, "Pins").
+    pin = "cas-v1:" + "ab" * 32
+    dockerfile = dockerfile_in(tmp_path, "d", f"FROM {pin}\nRUN echo child\n")
+    run = await run_cas(emulator, plan_dockerfile(dockerfile))
+    assert run.state.outcome == "failed"
+    assert run.state.error is not None
+    assert f"FROM {pin} pins a content digest" in run.state.error.message
+    assert "FROM image_<id>" in (run.state.error.hint or "")
+    assert emulator.requests() == []
+    assert emulator.image_builds() == []

@@ -43,6 +43,11 @@ DEFAULT_BUILDER_CPUS = 2.0
 DEFAULT_BUILDER_MEMORY_MB = 4096
 # An image id pins a parent as it is, with no lookup.
 IMAGE_ID_PREFIX = "image_"
+# A content-digest pin (`cas-v1:<64 hex>`, the reference's older wire): the Image Service's
+# parents are {reference, public_id} with an image id, and it offers no lookup by digest (an
+# image's snapshot changes as it is rebuilt under the same id), so the official client refuses
+# such a pin before any request, and kiln does too.
+DIGEST_PIN_PREFIX = "cas-v1:"
 # The official client polls some 45 ms after the seal, then every 3 s; kiln makes no more
 # requests than it does (a build that ends within the first wait takes one poll).
 FIRST_POLL_DELAY_S = 0.05
@@ -74,6 +79,15 @@ def _references(state: BuildState) -> list[str]:
     return found
 
 
+def _digest_pin(reference: str) -> UsageError:
+    return UsageError(
+        f"FROM {reference} pins a content digest, which the Image Service no longer takes as a"
+        " parent (the official client refuses it too)",
+        hint="pin the parent by its image id instead (FROM image_<id>: the `id` of its build's"
+        " result), or by its name (FROM <name>)",
+    )
+
+
 def _legacy_parent(reference: str) -> UsageError:
     return UsageError(
         f"{reference!r} is a legacy image, and CAS image builds cannot use legacy images as a base",
@@ -87,9 +101,13 @@ async def resolve_names(state: BuildState, services: Services) -> Outcome:
     if state.plan.is_import:
         return SUCCEEDED
     images, platform = services.images(state), services.platform(state)
+    references = _references(state)
+    for reference in references:
+        if reference.startswith(DIGEST_PIN_PREFIX):
+            return fail(_digest_pin(reference))
     parents: list[dict[str, str]] = []
     try:
-        for reference in _references(state):
+        for reference in references:
             if reference.startswith(IMAGE_ID_PREFIX):
                 parents.append({"reference": reference, "public_id": reference})
                 continue
