@@ -5,6 +5,12 @@ clock past a deadline, or kills the "process" running the driver (``crash``) and
 build from the last state the persist hook received, as a new process would from the store.
 No network: the oracles record in the state what the real handlers would (a build id, a sandbox
 id, a result) and nothing else.
+
+The same harness drives either declared machine (``SteppedBuild(loop, spec)``): on the CAS
+machine (states/cas.toml) the oracles play the Image Service too (:class:`ImageService`): each
+``create_build`` run sends the persisted Idempotency-Key before the test decides how it ends (the
+request reaches the service even when the answer is lost or the process dies waiting for it),
+``wait_build`` succeeding means the remote build succeeded, and ``release`` succeeding cancels it.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import attrs
 
 from kiln.errors import BuildError, ServerError
 from kiln.machine import (
+    CAS_MACHINE,
     BuildOptions,
     BuildState,
+    CasProgress,
     Clock,
     Driver,
     Event,
@@ -47,6 +55,31 @@ CLOCK_FIELDS = ("created_at", "state_entered_at", "deadline_at")
 Transition = tuple[str, str, str]
 # What a handler reports when its attempt made progress (new builder output) before failing.
 PROGRESSED_RETRY = "retry_progress"
+# The CAS build's Idempotency-Key: fixed, so that a replay of the same decisions admits the same
+# remote build (a real one is chosen at random at submission and persisted with the build).
+ORACLE_REQUEST_ID = "r" * 32
+# The CAS machine's states the Image Service oracle plays (the real handlers' names).
+ADMISSION, WAIT = "create_build", "wait_build"
+REMOTE_RUNNING, REMOTE_SUCCEEDED, REMOTE_CANCELLED = "running", "succeeded", "cancelled"
+
+
+@attrs.define
+class ImageService:
+    """The Image Service as the CAS oracles see it: builds admitted by Idempotency-Key (the
+    same key answers the same build), each with its status."""
+
+    builds: dict[str, str] = attrs.field(factory=dict)
+
+    def admit(self, request_id: str) -> str:
+        self.builds.setdefault(request_id, REMOTE_RUNNING)
+        return f"build_{request_id}"
+
+    def end(self, request_id: str | None, status: str) -> None:
+        if request_id is not None and self.builds.get(request_id) == REMOTE_RUNNING:
+            self.builds[request_id] = status
+
+    def unfinished(self) -> list[str]:
+        return [key for key, status in self.builds.items() if status == REMOTE_RUNNING]
 
 
 class Killed(BaseException):
@@ -64,13 +97,19 @@ class FakeClock:
         return self.now
 
 
-def oracle_outcome(state: BuildState, spec: MachineSpec, kind: str) -> Outcome:
+def oracle_outcome(
+    state: BuildState, spec: MachineSpec, kind: str, service: ImageService | None = None
+) -> Outcome:
     """What the handler of ``state.state`` reports when the test chose ``kind``
-    (``succeed``, ``retry`` or ``fail``)."""
+    (``succeed``, ``retry`` or ``fail``); on the CAS machine, ``service`` plays the remote side."""
     if state.state == spec.cleanup:
+        if service is not None and kind == "succeed" and state.cas is not None:
+            service.end(state.cas.request_id, REMOTE_CANCELLED)
         return _cleanup_outcome(state, spec, deleted=kind == "succeed")
     if kind == "succeed":
         _record_success(state)
+        if service is not None and state.state == WAIT and state.cas is not None:
+            service.end(state.cas.request_id, REMOTE_SUCCEEDED)
         return Outcome(Trigger.SUCCEED)
     if kind in ("retry", PROGRESSED_RETRY):
         error = ServerError("oracle: 503", status=503, transient=True)
@@ -84,13 +123,14 @@ def _record_success(state: BuildState) -> None:
         state.build_id = ORACLE_BUILD_ID
     elif state.state == "create_sandbox":
         state.sandbox_id = ORACLE_SANDBOX_ID
-    elif state.state == "complete":
+    elif state.state in ("complete", WAIT):
         state.result = {"name": state.plan.name}
 
 
 def _cleanup_outcome(state: BuildState, spec: MachineSpec, *, deleted: bool) -> Outcome:
-    """As the cleanup handler: a failed delete is retried within the budget, then left behind."""
-    if deleted:
+    """As the cleanup handler (the CAS machine's release): a failed delete (cancel) is retried
+    within the budget, then left behind."""
+    if deleted and state.cas is None:
         state.sandbox_deleted = True
     elif state.attempts_in(spec.cleanup) < spec.states[spec.cleanup].attempts:
         return Outcome(Trigger.RETRY, ServerError("oracle: delete failed", status=503))
@@ -101,9 +141,11 @@ def _cleanup_outcome(state: BuildState, spec: MachineSpec, *, deleted: bool) -> 
 class SteppedBuild:
     """One build, driven by the real Driver on ``loop``, one handler run at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, spec: MachineSpec = SPEC) -> None:
         self.loop = loop
-        self.spec = SPEC
+        self.spec = spec
+        # The remote side of a CAS build; None on the build machine.
+        self.service = ImageService() if spec.name == CAS_MACHINE else None
         self.clock = FakeClock()
         self.persisted: list[str] = []
         self.transitions: list[Transition] = []
@@ -118,12 +160,13 @@ class SteppedBuild:
         self.phase_clock_restarted = False
         # Retries reported after progress: each may restart its state's budget.
         self.progressed_retries = 0
+        # Every handler run's state and what the test had it report.
+        self.resolutions: list[tuple[str, str]] = []
         # Durable, like the store's cancel flag: a resumed build is told again.
         self.cancel_requested = False
         self._pending: asyncio.Future[str] | None = None
         self._changed = asyncio.Event()
-        options = BuildOptions(deadline_s=BUILD_DEADLINE_S)
-        self._start(BuildState(plan=PLAN, options=options, id="b" * 32))
+        self._start(self._submitted())
 
     # -- what a test does ------------------------------------------------------------------
 
@@ -139,6 +182,7 @@ class SteppedBuild:
         """The pending handler run reports ``kind``."""
         assert self._pending is not None and not self._pending.done()
         self.progressed_retries += kind == PROGRESSED_RETRY
+        self.resolutions.append((self.current, kind))
         self._pending.set_result(kind)
         self._settle()
 
@@ -180,6 +224,20 @@ class SteppedBuild:
 
     # -- the machinery ---------------------------------------------------------------------
 
+    def _submitted(self) -> BuildState:
+        """The build as submitted: a CAS build has its Idempotency-Key from the start."""
+        if self.service is None:
+            options = BuildOptions(deadline_s=BUILD_DEADLINE_S)
+            return BuildState(plan=PLAN, options=options, id="b" * 32)
+        return BuildState(
+            plan=PLAN,
+            options=BuildOptions(deadline_s=BUILD_DEADLINE_S, cas=True),
+            id="b" * 32,
+            state=self.spec.initial,
+            machine=CAS_MACHINE,
+            cas=CasProgress(request_id=ORACLE_REQUEST_ID),
+        )
+
     def _start(self, state: BuildState) -> None:
         services = Services(spec=self.spec, emit_event=self._on_event, clock=Clock(now=self.clock))
         handlers = dict.fromkeys(self.spec.states, self._oracle)
@@ -204,10 +262,17 @@ class SteppedBuild:
 
     async def _oracle(self, state: BuildState, services: Services) -> Outcome:
         self.handler_runs.append((state.state, self.clock.now - self.entered_at))
+        admitted: str | None = None
+        if self.service is not None and state.state == ADMISSION and state.cas is not None:
+            # The admission is sent before its answer: the service has the build whatever the
+            # test decides next (a lost answer, a crash while waiting for it).
+            admitted = self.service.admit(state.cas.request_id)
         self._pending = self.loop.create_future()
         self._changed.set()
         kind = await self._pending
-        return oracle_outcome(state, self.spec, kind)
+        if admitted is not None and kind == "succeed":
+            state.build_id = admitted
+        return oracle_outcome(state, self.spec, kind, self.service)
 
     async def _persist(self, state: BuildState) -> None:
         self.persisted.append(state.to_json())
@@ -238,10 +303,14 @@ def check_declared(spec: MachineSpec, transitions: list[Transition]) -> None:
 
 
 def check_cleanup_before_final(spec: MachineSpec, transitions: list[Transition]) -> None:
-    """A build that entered a sandbox-holding state reaches its final state from cleanup."""
+    """A build that entered a sandbox-holding state reaches its final state from cleanup; on the
+    CAS machine, whose wait_build succeeds straight to done (its remote build ended itself),
+    every other way to a final."""
     held = False
-    for source, _, dest in transitions:
+    for source, trigger, dest in transitions:
         held = held or spec.states[source].holds_sandbox
+        if spec.name == CAS_MACHINE and trigger == Trigger.SUCCEED.value:
+            continue
         if dest in spec.finals and held:
             assert source == spec.cleanup, f"{source} -> {dest} skipped cleanup"
 
@@ -270,9 +339,33 @@ def check_phase_deadlines(spec: MachineSpec, build: SteppedBuild) -> None:
         assert elapsed < limit, f"{name} ran a handler {elapsed:g}s into its {limit:g}s deadline"
 
 
+def check_remote_builds(build: SteppedBuild) -> None:
+    """A CAS build: exactly one remote build per submission (every admission, across crashes
+    and retries, sent the same persisted key), and once the build ended: in a declared final,
+    done only on a remote build that succeeded, and no remote build left running unless release
+    ran and every attempt to cancel it failed (it then gives up with a warning)."""
+    service = build.service
+    if service is None:
+        return
+    assert len(service.builds) <= 1, f"one submission made remote builds {service.builds}"
+    if not build.final:
+        return
+    state = build.result()
+    assert state.state in build.spec.finals
+    if state.state == build.spec.final_of(Trigger.SUCCEED):
+        assert list(service.builds.values()) == [REMOTE_SUCCEEDED]
+    release = build.spec.cleanup
+    if service.unfinished():
+        assert (release, "succeed") not in build.resolutions, "release ended, the remote runs"
+        # Release may also give up unattempted, by its declared gives_up, when it is entered
+        # past the build's deadline and its grace (a clock that jumped: an expired handler run).
+        assert any(dest == release for _, _, dest in build.transitions), "never released"
+
+
 def check_all(spec: MachineSpec, build: SteppedBuild) -> None:
     check_declared(spec, build.transitions)
     check_phase_deadlines(spec, build)
     check_cleanup_before_final(spec, build.transitions)
     check_budgets(spec, build.state)
     check_bounded(spec, build.transitions, build.progressed_retries)
+    check_remote_builds(build)

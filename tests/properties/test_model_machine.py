@@ -24,6 +24,9 @@ Action = tuple[str, str]
 
 
 class DriverModel(RuleBasedStateMachine):
+    # The declared machine driven; tests/properties/test_cas_model.py runs the CAS one.
+    spec = SPEC
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
@@ -34,13 +37,13 @@ class DriverModel(RuleBasedStateMachine):
     def _current(self) -> SteppedBuild:
         """The build in progress; a new one once the last has ended."""
         if self.build is None:
-            self.build = SteppedBuild(self.loop)
+            self.build = SteppedBuild(self.loop, self.spec)
             self.actions = []
         return self.build
 
     def _after(self, build: SteppedBuild, action: Action) -> None:
         self.actions.append(action)
-        check_all(SPEC, build)
+        check_all(self.spec, build)
         if build.final:
             if build.crashes and not build.phase_clock_restarted:
                 self._check_replay(build)
@@ -48,7 +51,7 @@ class DriverModel(RuleBasedStateMachine):
             self.build = None
 
     def _check_replay(self, build: SteppedBuild) -> None:
-        replay = SteppedBuild(self.loop)
+        replay = SteppedBuild(self.loop, self.spec)
         for what, kind in self.actions:
             apply(replay, what, kind)
         assert replay.final
@@ -96,7 +99,7 @@ class DriverModel(RuleBasedStateMachine):
         # Not an action of the replay: the replay is the same build without its crashes.
         build = self._current()
         build.crash()
-        check_all(SPEC, build)
+        check_all(self.spec, build)
 
     def teardown(self) -> None:
         # Finish the build in progress, so that it too meets the end-of-build checks.
