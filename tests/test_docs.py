@@ -73,3 +73,15 @@ def test_the_protocol_documents_own_links_resolve() -> None:
     known = anchors(text)
     broken = sorted({anchor for anchor in INTERNAL_LINK.findall(text) if anchor not in known})
     assert not broken, f"links to sections docs/protocol.md does not have: {broken}"
+
+
+def test_no_section_sign_citation_is_left_in_src() -> None:
+    # The numbered sections (§x.y) of a reference document that is not in the repository are
+    # cited as docs/protocol.md#anchor instead; a new § citation would point nowhere again.
+    left = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if "§" in line
+    ]
+    assert not left, "§ citations left in src/ (cite docs/protocol.md#anchor):\n" + "\n".join(left)

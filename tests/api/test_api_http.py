@@ -1,4 +1,5 @@
-"""The shared client: headers (§2), status mapping (§3.0), transient classification (§3.4)."""
+"""The shared client: headers (docs/protocol.md#common-headers), status mapping
+(docs/protocol.md#status-mapping), transient classification (docs/protocol.md#transient-errors)."""
 
 import importlib.util
 import re

@@ -1,4 +1,4 @@
-"""The lifecycle client against a mock transport (§3.2)."""
+"""The lifecycle client against a mock transport (docs/protocol.md#create-sandbox)."""
 
 import json
 from typing import Any

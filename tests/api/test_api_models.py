@@ -41,7 +41,8 @@ def process(**fields: Any) -> ProcessInfo:
     return structure(data, ProcessInfo, "process")
 
 
-def test_prepared_parses_snapshot_rel_path_and_keeps_legacy_uri() -> None:  # §7 item 37
+# snapshotRelPath is read, a legacy snapshotUri kept (docs/protocol.md#prepare-response)
+def test_prepared_parses_snapshot_rel_path_and_keeps_legacy_uri() -> None:
     uri = "s3://bucket/snapshot.tlsnap"
     new = structure(
         prepared(snapshotUri=uri, snapshotRelPath="snapshots/abc.tlsnap"), PreparedBuild, "p"
@@ -52,7 +53,8 @@ def test_prepared_parses_snapshot_rel_path_and_keeps_legacy_uri() -> None:  # §
     assert legacy.snapshot_uri == uri
 
 
-def test_prepared_parses_without_snapshot_uri() -> None:  # §7 item 38
+# a prepare response without snapshotUri (docs/protocol.md#prepare-response)
+def test_prepared_parses_without_snapshot_uri() -> None:
     parsed = structure(prepared(snapshotRelPath="snapshots/abc.tlsnap"), PreparedBuild, "p")
     assert parsed.snapshot_uri is None
     assert parsed.builder.cpus == 2.0
@@ -122,7 +124,7 @@ def test_process_list_error_names_the_index() -> None:
     ],
 )
 def test_template_payload_ignores_kind_and_format(kind: str | None, fmt: str | None) -> None:
-    # §7 item 45
+    # the template payload ignores kind and format (docs/protocol.md#template-lookup)
     data = {"id": "tmpl-1", "name": "ubuntu-minimal", "snapshotId": "snap-1", "public": True}
     if kind:
         data["rootfsNodeKind"] = kind
@@ -143,7 +145,8 @@ def test_template_public_defaults_to_false() -> None:
     assert template_payload(template, "n")["public"] is False
 
 
-def test_oom_killed_process_exit_status() -> None:  # §7 item 66
+# an OOM kill with a signal (docs/protocol.md#process-status)
+def test_oom_killed_process_exit_status() -> None:
     info = process(status="oom_killed", signal=9, oom_killed=True, ended_at=456)
     assert exit_status(info) == ExitStatus(code=-9, oom=True)
 
@@ -194,6 +197,7 @@ def test_process_info_requires_started_at_but_allows_null() -> None:
         structure({"pid": 1, "status": "running", "command": "c"}, ProcessInfo, "process")
 
 
+# the run events (docs/protocol.md#one-shot-run)
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
@@ -211,5 +215,5 @@ def test_process_info_requires_started_at_but_allows_null() -> None:
         ("heartbeat", None),
     ],
 )
-def test_run_events_parse_in_order(data: Any, expected: Any) -> None:  # §7 S4
+def test_run_events_parse_in_order(data: Any, expected: Any) -> None:
     assert parse_run_event(data) == expected

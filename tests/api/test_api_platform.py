@@ -1,4 +1,5 @@
-"""The platform client against a mock transport (§3.1, §2)."""
+"""The platform client against a mock transport (docs/protocol.md#template-lookup,
+docs/protocol.md#auth-modes)."""
 
 import json
 from typing import Any
@@ -45,7 +46,8 @@ class Recorder(mock.Recorder):
         return PlatformClient(settings, self.http(settings))
 
 
-async def test_template_name_is_percent_encoded_on_token_route() -> None:  # §7 S5
+# template names are percent-encoded (docs/protocol.md#template-lookup)
+async def test_template_name_is_percent_encoded_on_token_route() -> None:
     server = Recorder(answer(404, {}))
     assert (
         await server.client(api_key_settings()).get_template("tensorlake/python:3.12-slim") is None
@@ -57,7 +59,8 @@ async def test_template_name_is_percent_encoded_on_token_route() -> None:  # §7
     assert request.headers["accept"] == "application/json"
 
 
-async def test_api_key_client_sends_bearer_and_no_scope_headers() -> None:  # §7 S6
+# an API key sends no scope headers (docs/protocol.md#auth-modes)
+async def test_api_key_client_sends_bearer_and_no_scope_headers() -> None:
     server = Recorder(answer(404, {}))
     await server.client(api_key_settings()).get_template("ubuntu")
     headers = server.requests[0].headers
@@ -95,10 +98,11 @@ async def test_template_hit_is_typed() -> None:
     assert template.raw == body
 
 
+# a template missing a required field (docs/protocol.md#template-lookup)
 @pytest.mark.parametrize(
     ("missing", "noun"), [("id", "an id"), ("name", "a name"), ("snapshotId", "a snapshot id")]
 )
-async def test_template_without_required_field(missing: str, noun: str) -> None:  # §7 item 46
+async def test_template_without_required_field(missing: str, noun: str) -> None:
     body = {"id": "tmpl-1", "name": "n", "snapshotId": "snap-1"}
     del body[missing]
     server = Recorder(answer(200, body))

@@ -1,4 +1,5 @@
-"""The proxy client against a mock transport: routing (§1), processes, SSE, files, signing (§3.3)."""
+"""The proxy client against a mock transport: routing (docs/protocol.md#proxy-routing), processes,
+SSE, files, signing."""
 
 import asyncio
 import json
@@ -63,10 +64,11 @@ async def first_request(proxy_server: Server, proxy: ProxyClient) -> httpx.Reque
     return proxy_server.requests[-1]
 
 
-# --- routing (§1) ---------------------------------------------------------------------------
+# --- routing (docs/protocol.md#proxy-routing) -----------------------------------------------------
 
 
-async def test_explicit_localhost_proxy_sets_host_override() -> None:  # §7 item 6
+# a loopback proxy gets the Host override (docs/protocol.md#proxy-routing)
+async def test_explicit_localhost_proxy_sets_host_override() -> None:
     server = Server(answer())
     # The create response's ingress endpoint plays no part: only sandbox_url or the override.
     proxy = server.proxy(sandbox_url=None, override="http://localhost:9443", sandbox_id="sbx-123")
@@ -76,7 +78,8 @@ async def test_explicit_localhost_proxy_sets_host_override() -> None:  # §7 ite
     assert request.headers["x-tensorlake-sandbox-id"] == "sbx-123"
 
 
-async def test_remote_proxy_keeps_host_without_override() -> None:  # §7 S2
+# a remote proxy keeps its host (docs/protocol.md#proxy-routing)
+async def test_remote_proxy_keeps_host_without_override() -> None:
     server = Server(answer())
     proxy = server.proxy(sandbox_url="https://sbx-1.sandbox.gcp-use4.tensorlake.ai/some/path")
     request = await first_request(server, proxy)
@@ -87,7 +90,8 @@ async def test_remote_proxy_keeps_host_without_override() -> None:  # §7 S2
     assert "x-tensorlake-route-hint" not in request.headers
 
 
-async def test_proxy_url_precedence() -> None:  # §7 S1
+# the proxy URL's precedence (docs/protocol.md#proxy-routing)
+async def test_proxy_url_precedence() -> None:
     server = Server(answer())
     chosen = server.proxy(sandbox_url="  https://server.example  ", override="https://env.example")
     assert (await first_request(server, chosen)).url.host == "server.example"

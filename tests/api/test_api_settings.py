@@ -1,4 +1,5 @@
-"""Settings: credentials and auth modes (§2), URL derivation (§1), environment precedence."""
+"""Settings: credentials and auth modes (docs/protocol.md#auth-modes), URL derivation
+(docs/protocol.md#addresses), environment precedence."""
 
 import pytest
 
@@ -17,7 +18,8 @@ def settings_for(api_url: str, namespace: str = "default") -> ApiSettings:
     return ApiSettings.from_env({}, api_url=api_url, api_key=TEST_TOKEN, namespace=namespace)
 
 
-def test_api_key_context_drops_org_and_project() -> None:  # §7 item 2
+# an API key drops the organization and project (docs/protocol.md#auth-modes)
+def test_api_key_context_drops_org_and_project() -> None:
     env = {"TENSORLAKE_API_KEY": TEST_TOKEN, **PAT_ENV}
     settings = ApiSettings.from_env(env)
     assert settings.credentials.mode == "api_key"
@@ -28,7 +30,8 @@ def test_api_key_context_drops_org_and_project() -> None:  # §7 item 2
     )
 
 
-def test_pat_context_keeps_org_and_project() -> None:  # §7 item 3
+# a PAT keeps them, in its routes (docs/protocol.md#auth-modes)
+def test_pat_context_keeps_org_and_project() -> None:
     settings = ApiSettings.from_env(PAT_ENV)
     assert settings.credentials.mode == "pat"
     assert f"{settings.platform_prefix}/sandbox-template-builds" == (

@@ -37,15 +37,17 @@ PROCESSES = "/api/v1/processes"
 SIGN = "POST /api/v1/blob/sign"
 FOLLOW = r"^/api/v1/processes/\d+/output/follow$"
 SANDBOX = r"^/v1/namespaces/default/sandboxes/[^/]+$"
-# §5.7: dmesg and df, each through /processes/run.
+# dmesg and df, each through /processes/run (docs/protocol.md#diagnostics).
 DIAGNOSTIC_COMMANDS = 2
-# The hello build runs eight processes (§9): /bin/true, mkdir, chmod, mkdir, mkdir context, tar,
-# mkdir, and the builder last; so the builder's follow is the one after the first seven.
+# The hello build runs eight processes (docs/protocol.md#the-official-client): /bin/true, mkdir,
+# chmod, mkdir, mkdir context, tar, mkdir, and the builder last; so the builder's follow is the one
+# after the first seven.
 FOLLOWS_BEFORE_BUILDER = 7
-# Counted from this emulator's log for examples/hello: §9 lists the same sequence, and counting its
-# lines gives 34 (its prose says 33; the list, not the prose, is what the client does).
+# Counted from this emulator's log for examples/hello; docs/protocol.md#the-official-client
+# lists the same sequence.
 HELLO_REQUESTS = 34
-# §3.5: how often a failed start lists the processes before it starts again.
+# How often the official client lists the processes after a failed start
+# (docs/protocol.md#the-official-client).
 RECOVERY_LISTINGS = 10
 MS_PER_S = 1000
 # 1 MB at 16 Mbit/s (2 MB/s) takes 500 ms; the bound leaves room for the link's small burst.
@@ -119,7 +121,8 @@ def test_snapshot_holds_exactly_what_dockerignore_allows(conformance_peer: Peer)
         for name, data in files.items()
         if name.startswith(CONTEXT_PREFIX)
     }
-    # .dockerignore drops *.log and notes/; the .dockerignore file itself is still sent (§4).
+    # .dockerignore drops *.log and notes/; the .dockerignore file itself is still sent
+    # (docs/protocol.md#context-upload).
     allowed = [".dockerignore", "Dockerfile", "hello.py", "requirements.txt"]
     assert context == {name: (HELLO.parent / name).read_bytes() for name in allowed}
 
@@ -150,8 +153,9 @@ def test_multistage_looks_up_its_side_images(conformance_peer: Peer) -> None:
     run = peer.build(MULTISTAGE)
     assert run.ok()["name"] == "multistage"
     lookups = [c for c in peer.calls() if "/sandbox-templates/by-name/" in c]
-    # The final FROM holds `${PY_VERSION}`: unresolvable, so it is not looked up (§3.1); the
-    # demoted build stage image and the COPY --from image are.
+    # The final FROM holds `${PY_VERSION}`: unresolvable, so it is not looked up
+    # (docs/protocol.md#template-lookup); the demoted build stage image and the COPY --from image
+    # are.
     assert lookups == [
         "GET /platform/v1/sandbox-templates/by-name/golang:1.22",
         "GET /platform/v1/sandbox-templates/by-name/busybox:1.36",
@@ -163,7 +167,7 @@ def test_registry_import_uploads_no_context(conformance_peer: Peer) -> None:
     peer = conformance_peer
     run = peer.import_image("python:3.12-slim")
     assert run.ok()["name"] == "python"
-    assert not [c for c in peer.calls() if "by-name" in c], "an import looks nothing up (§3.1)"
+    assert not [c for c in peer.calls() if "by-name" in c], "an import looks nothing up"
     assert not [e for e in peer.requests() if "context.tar.gz" in str(e["query"])]
     assert set(snapshot_files(peer, peer.template("python"))) == {"spec.json"}
 
@@ -186,7 +190,8 @@ def test_child_of_a_registered_image_is_a_diff(
     template = peer.template("child")
     assert template["rootfsNodeKind"] == "diff"
     assert template["id"] != parent["id"]
-    # §5.4: the new path signs the snapshot upload and a download of the parent's manifest.
+    # docs/protocol.md#signing: the new path signs the snapshot upload and a download of the
+    # parent's manifest.
     assert peer.calls()[before:].count(SIGN) == child_signs
 
 
@@ -216,9 +221,10 @@ def test_502_on_proxy_startup_is_retried(conformance_peer: Peer) -> None:
     peer = conformance_peer
     peer.add_fault({"status": 502}, method="POST", path=f"^{PROCESSES}$", times=1)
     peer.build(HELLO).ok()
-    # §3.5: a failed start looks for an already started /bin/true (there is none: the request never
-    # reached the sandbox), gives up after ten listings a second apart, then starts it again. The
-    # readiness probe emits nothing, so the log is the only witness.
+    # The official client (docs/protocol.md#the-official-client): a failed start looks for an
+    # already started /bin/true (there is none: the request never reached the sandbox), gives up
+    # after ten listings a second apart, then starts it again. The readiness probe emits nothing, so
+    # the log is the only witness.
     entries = peer.requests()
     starts = [e["status"] for e in entries if e["method"] == "POST" and e["path"] == PROCESSES]
     assert starts[:2] == [502, 200]
@@ -233,7 +239,8 @@ def test_cut_builder_stream_reattaches(conformance_peer: Peer) -> None:
     )
     run = peer.build(HELLO)
     run.ok()
-    # §3.5 step 4: a stream that ends while the process runs is followed again from the start.
+    # The official client (docs/protocol.md#the-official-client): a stream that ends while the
+    # process runs is followed again from the start.
     assert "ended before process" in run.text()
     assert "reattaching" in run.text()
     # The replay is dropped by the client up to what it has seen, so each line is emitted once.
@@ -302,7 +309,8 @@ def test_reset_on_builder_stream_reattaches(conformance_peer: Peer) -> None:
     add_reset(peer, "GET", FOLLOW, after=FOLLOWS_BEFORE_BUILDER, times=1)
     run = peer.build(HELLO)
     run.ok()
-    # §3.5 step 5: a follow error while the process runs counts one attempt and reattaches.
+    # The official client (docs/protocol.md#the-official-client): a follow error while the process
+    # runs counts one attempt and reattaches.
     assert "Process stream interrupted; reattaching to process" in run.text()
 
 
@@ -311,7 +319,8 @@ def test_dropped_sandbox_polls_are_retried_by_the_http_layer(conformance_peer: P
     add_reset(peer, "GET", SANDBOX, times=2)
     peer.build(HELLO).ok()
     # Observed, not in the contract: the lifecycle client re-sends a GET whose connection dropped,
-    # at once and up to three attempts in all, below the build's own retry logic (§3.4).
+    # at once and up to three attempts in all, below the build's own retry logic
+    # (docs/protocol.md#transient-errors).
     polls = [
         e["status"] for e in peer.requests() if e["method"] == "GET" and "/sandboxes/" in e["path"]
     ]
@@ -326,8 +335,9 @@ def test_a_sandbox_poll_that_always_drops_fails_the_build(conformance_peer: Peer
     peer = conformance_peer
     add_reset(peer, "GET", SANDBOX)
     message = peer.build(HELLO).failure()
-    # §3.4: a dropped connection surfaces as a middleware error, never transient, so the status
-    # wait gives up; the sandbox exists by then, so the error names it and it is still deleted.
+    # The official client (docs/protocol.md#the-official-client): a dropped connection surfaces as a
+    # middleware error, never transient, so the status wait gives up; the sandbox exists by then, so
+    # the error names it and it is still deleted.
     assert "error sending request" in message
     assert "builder sandbox:" in message
     assert peer.calls()[-1].startswith(f"DELETE /v1/namespaces/{NAMESPACE}/sandboxes/")
@@ -337,7 +347,8 @@ def test_a_dropped_create_fails_before_any_sandbox_exists(conformance_peer: Peer
     peer = conformance_peer
     add_reset(peer, "POST", r"/sandboxes$")
     message = peer.build(HELLO).failure()
-    # §0 step 5: errors before the sandbox exists are raised unwrapped, and there is nothing to delete.
+    # docs/protocol.md#error-context: errors before the sandbox exists are raised unwrapped, and
+    # there is nothing to delete.
     assert "error sending request" in message
     assert "builder sandbox:" not in message
     assert peer.sandboxes() == []
@@ -349,7 +360,8 @@ def test_a_dropped_proxy_call_fails_the_build_and_cleans_up(conformance_peer: Pe
     add_reset(peer, "GET", r"^/api/v1/files$")
     message = peer.build(HELLO).failure()
     # Unlike the lifecycle client, the proxy client does not re-send: the metadata read fails once
-    # and for good, after diagnostics ran (§5.7) and found nothing to advise.
+    # and for good, after diagnostics ran (docs/protocol.md#diagnostics) and found nothing to
+    # advise.
     assert "metadata.json" in message
     assert "builder sandbox:" in message
     assert "ran out of" not in message

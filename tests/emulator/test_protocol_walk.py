@@ -1,4 +1,5 @@
-"""The official client's exact legacy build, request by request (reference §9), done by hand."""
+"""The official client's exact legacy build, request by request
+(docs/protocol.md#the-official-client), done by hand."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ DOCKERFILE = "FROM python:3.12-slim\nWORKDIR /app\nCOPY hello.py .\nRUN pip inst
 CONTEXT = {"hello.py": b"print('hi')\n", "Dockerfile": DOCKERFILE.encode()}
 BUILDER_PATH = "/usr/local/bin/tl-rootfs-build"
 BUILDER_ENV = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-# §9 lists this many requests for a legacy Dockerfile build.
+# docs/protocol.md#the-official-client: this many requests for a legacy Dockerfile build.
 OFFICIAL_REQUEST_COUNT = 34
 
 

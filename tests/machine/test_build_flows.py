@@ -12,9 +12,10 @@ from kiln.testing import EmulatorClient
 from support.machine import EmulatorPool, import_plan, run_to_end
 from support.paths import MULTISTAGE
 
-# The official client makes 33 requests for examples/hello (reference §9); kiln's budget: lookup,
-# prepare, create, the archive and spec.json PUT side by side, the builder's one process started
-# and followed (its exit status and metadata arrive on the stream), complete, delete (issue 14).
+# The official client makes 34 requests for examples/hello (docs/protocol.md#the-official-client);
+# kiln's budget: lookup, prepare, create, the archive and spec.json PUT side by side, the builder's
+# one process started and followed (its exit status and metadata arrive on the stream), complete,
+# delete (issue 14).
 HELLO_REQUEST_BUDGET = 9
 
 HAPPY_PATH = [

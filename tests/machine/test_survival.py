@@ -1,4 +1,4 @@
-"""Issue 10 §2: kiln survives what the cloud does to a build (the reproductions, scaled down).
+"""Issue 10, part 2: kiln survives what the cloud does to a build (the reproductions, scaled down).
 
 Silent builders whose follow streams are dropped, follow streams that stay open after the builder
 exited, a long pending window, run streams that end without an exit event. Each test failed

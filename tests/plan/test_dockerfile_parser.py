@@ -16,7 +16,8 @@ def _lines(text: str) -> list[tuple[int, str]]:
 
 
 def test_continuation_is_one_instruction_at_its_first_line() -> None:
-    # §7 item 14, with BuildKit's joining (the escape and newline are removed, spacing kept).
+    # continuation lines are joined (docs/protocol.md#plan), with BuildKit's joining (the escape and
+    # newline are removed, spacing kept).
     text = "FROM ubuntu\nRUN echo one \\\n  && echo two\n"
     assert _lines(text) == [(1, "FROM ubuntu"), (2, "RUN echo one   && echo two")]
     run = parse_dockerfile(text).instructions[1]
@@ -24,7 +25,7 @@ def test_continuation_is_one_instruction_at_its_first_line() -> None:
 
 
 def test_comment_and_blank_lines_do_not_end_a_continuation() -> None:
-    # The reference's quirk (§5.1) would split this; Docker does not.
+    # The official client's line splitter would split this; Docker does not (docs/protocol.md#plan).
     text = "FROM a\nRUN apt-get update \\\n    # why\n\n    && apt-get install -y git\nUSER x\n"
     assert _lines(text) == [
         (1, "FROM a"),

@@ -1,4 +1,4 @@
-"""Build planning (reference §5.1, §7 items 13-30 and 60), adapted where kiln follows Docker."""
+"""Build planning (docs/protocol.md#plan), adapted where kiln follows Docker."""
 
 from __future__ import annotations
 

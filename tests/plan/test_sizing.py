@@ -1,4 +1,4 @@
-"""Sizing (reference §5.3, §7 items 31-33) and byte formatting (§5.8)."""
+"""Sizing (docs/protocol.md#sizing) and byte formatting (docs/protocol.md#status-lines)."""
 
 from __future__ import annotations
 

@@ -117,7 +117,8 @@ def stage_build(
     files: dict[str, bytes],
     **spec_extra: Any,
 ) -> None:
-    """Everything the client does before it starts the builder (reference §4, remote steps)."""
+    """Everything the client does before it starts the builder
+    (docs/protocol.md#the-official-client)."""
     sandbox.run("mkdir", "-p", BUILD_DIR, root=True)
     sandbox.run("chmod", "0777", BUILD_DIR, root=True)
     assert sandbox.put(f"{BUILD_DIR}/context.tar.gz", tar_gz(files)).status_code == 200

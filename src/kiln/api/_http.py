@@ -1,4 +1,5 @@
-"""The shared HTTP client, status mapping (§3.0) and transient classification (§3.4)."""
+"""The shared HTTP client, status mapping (docs/protocol.md#status-mapping) and transient
+classification (docs/protocol.md#transient-errors)."""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def describe(request: httpx.Request) -> str:
 
 
 def is_transient_response(status: int, body: str) -> bool:
-    """§3.4 (a): gateway statuses, a sandbox not running yet, or the proxy failing to route."""
+    """Gateway statuses (docs/protocol.md#transient-errors), a sandbox not running yet, or the proxy
+    failing to route."""
     if status in (401, 403):
         return False
     if status in TRANSIENT_STATUSES:
@@ -116,7 +118,7 @@ def is_transient(error: BaseException) -> bool:
     """True when repeating the failed call may succeed.
 
     Unlike the reference, transport failures (connect errors, timeouts, resets) count too: the
-    reference wrapped them so that its own check never saw them (§3.4 quirk).
+    reference wrapped them so that its own check never saw them (docs/protocol.md#transient-errors).
     """
     if isinstance(error, AuthenticationError | AuthorizationError):
         return False
@@ -130,7 +132,8 @@ def is_transient(error: BaseException) -> bool:
 def error_for_status(
     request: httpx.Request, status: int, body: str, *, message: str | None = None
 ) -> ApiError:
-    """The kiln error for a non-2xx answer (§3.0); `message` replaces the default wording."""
+    """The kiln error for a non-2xx answer (docs/protocol.md#status-mapping); `message` replaces the
+    default wording."""
     reason = httpx.codes.get_reason_phrase(status)
     cls: type[ApiError]
     hint: str | None
@@ -162,7 +165,8 @@ def body_excerpt(response: httpx.Response) -> str:
 
 
 async def raise_for_status(response: httpx.Response) -> None:
-    """Raise the §3.0 error for a non-2xx response (reading its body first if streamed)."""
+    """Raise the error of docs/protocol.md#status-mapping for a non-2xx response (reading its body
+    first if streamed)."""
     if response.is_success:
         return
     await response.aread()

@@ -1,4 +1,4 @@
-"""The sandbox lifecycle client: create, get, delete (§3.2)."""
+"""The sandbox lifecycle client: create, get, delete (docs/protocol.md#create-sandbox)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class LifecycleClient:
     ) -> SandboxCreated:
         """Ask for a builder sandbox; the answer's status is whatever the service says.
 
-        ``name`` is the create body's optional name (reference §3.2), omitted when not given."""
+        ``name`` is the create body's optional name (docs/protocol.md#create-sandbox), omitted when
+        not given."""
         body: dict[str, object] = {
             "image": image,
             "resources": {"cpus": cpus, "memory_mb": memory_mb, "disk_mb": disk_mb},

@@ -35,7 +35,8 @@ PROCESS_OOM_KILLED = "oom_killed"
 
 @attrs.frozen
 class Template:
-    """A registered sandbox template, as the by-name lookup returns it (§3.1)."""
+    """A registered sandbox template, as the by-name lookup returns it
+    (docs/protocol.md#template-lookup)."""
 
     id: str
     name: str
@@ -68,7 +69,8 @@ class ParentSpec:
 
 @attrs.frozen
 class PreparedBuild:
-    """The prepare response (§3.1); `raw` is the opaque spec passed on to the builder."""
+    """The prepare response (docs/protocol.md#prepare-response); `raw` is the opaque spec passed on
+    to the builder."""
 
     build_id: str
     snapshot_id: str
@@ -93,7 +95,8 @@ class IntrospectScope:
 
 @attrs.frozen
 class SandboxCreated:
-    """The create response (§3.2); its `status` is deliberately not checked."""
+    """The create response (docs/protocol.md#create-sandbox); its `status` is deliberately not
+    checked."""
 
     sandbox_id: str
     status: str
@@ -104,7 +107,7 @@ class SandboxCreated:
 
 @attrs.frozen
 class SandboxInfo:
-    """One sandbox as GET returns it (§3.2)."""
+    """One sandbox as GET returns it (docs/protocol.md#wait-running)."""
 
     sandbox_id: str
     namespace: str
@@ -119,7 +122,8 @@ class SandboxInfo:
 
 @attrs.frozen
 class ProcessInfo:
-    """A process in the sandbox (§3.3). `started_at` must be present but may be anything."""
+    """A process in the sandbox (docs/protocol.md#process-status). `started_at` must be present but
+    may be anything."""
 
     pid: int
     status: str
@@ -284,7 +288,8 @@ def _describe(path: str, leaf: BaseException) -> str:
 
 
 def template_payload(template: Template, reference: str) -> dict[str, Any]:
-    """The prepare request's entry for a template hit (§3.1): kind and format play no part."""
+    """The prepare request's entry for a template hit (docs/protocol.md#template-lookup): kind and
+    format play no part."""
     return {
         "templateId": template.id,
         "name": template.name,
@@ -295,7 +300,8 @@ def template_payload(template: Template, reference: str) -> dict[str, Any]:
 
 
 def parse_run_event(data: Any) -> RunStarted | OutputEvent | RunExited | None:
-    """A `/processes/run` event, tried as Started, Output, Exited in that order (§3.3).
+    """A `/processes/run` event, tried as Started, Output, Exited in that order
+    (docs/protocol.md#one-shot-run).
 
     An Exited event carrying neither a code nor a signal says nothing and is dropped (None).
     """
@@ -314,7 +320,7 @@ def parse_run_event(data: Any) -> RunStarted | OutputEvent | RunExited | None:
 
 
 def exit_status(info: ProcessInfo) -> ExitStatus | None:
-    """How a process ended (§3.5 step 3, in the reference's order), or None while it runs.
+    """How a process ended (docs/protocol.md#process-status), or None while it runs.
 
     Kept from the reference, knowingly: a process that is no longer `running` yet reports neither
     an exit code nor a signal counts as exit code 0. The daemon only reports such a state for a

@@ -1,4 +1,5 @@
-"""The platform API client: template lookup, prepare, complete, introspect (§3.1, §2)."""
+"""The platform API client: template lookup, prepare, complete, introspect
+(docs/protocol.md#template-lookup)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from kiln.api._models import IntrospectScope, PreparedBuild, Template, structure
 from kiln.api._settings import ApiSettings
 from kiln.errors import AuthenticationError, ResponseError
 
-# RFC 3986 unreserved characters; everything else in a template name is percent-encoded (§3.1).
+# RFC 3986 unreserved characters; everything else in a template name is percent-encoded
+# (docs/protocol.md#template-lookup).
 UNRESERVED = "-._~"
 INTROSPECT_PATH = "/platform/v1/keys/introspect"
 TEMPLATE_REQUIRED = (("id", "an id"), ("name", "a name"), ("snapshotId", "a snapshot id"))
@@ -80,8 +82,8 @@ class PlatformClient:
         return scope.organization_id, scope.project_id
 
     async def _checked_json(self, request: httpx.Request, failure: str) -> Any:
-        # Prepare and complete word their failures themselves (§3.1) but classify them like
-        # every other call, so a 503 on prepare is still worth a retry.
+        # Prepare and complete word their failures themselves (docs/protocol.md#status-mapping) but
+        # classify them like every other call, so a 503 on prepare is still worth a retry.
         response = await send(self._http, request)
         if not response.is_success:
             status, body = response.status_code, body_excerpt(response)

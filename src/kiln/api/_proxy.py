@@ -1,4 +1,5 @@
-"""The sandbox proxy client: processes, output streams, files, health and signing (§1, §3.3)."""
+"""The sandbox proxy client: processes, output streams, files, health and signing
+(docs/protocol.md#proxy-routing)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ _T = TypeVar("_T")
 
 @attrs.frozen
 class ProxyTarget:
-    """Where proxy requests go and the headers that route them to one sandbox (§1)."""
+    """Where proxy requests go and the headers that route them to one sandbox
+    (docs/protocol.md#proxy-routing)."""
 
     base_url: str
     headers: dict[str, str]
@@ -76,7 +78,8 @@ def proxy_target(
     routing_hint: str | None,
     override: str | None,
 ) -> ProxyTarget:
-    """The server's `sandbox_url` if any, else the override, never a guess (§1, HEAD rules)."""
+    """The server's `sandbox_url` if any, else the override, never a guess
+    (docs/protocol.md#proxy-routing)."""
     url = (sandbox_url or "").strip() or (override or "").strip()
     if not url:
         raise ResponseError(
@@ -109,8 +112,9 @@ def process_payload(
     working_dir: str | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """The start/run request body (§3.3). `user` is sent only when given: steps that create
-    directories for the file API must run as the sandbox user, whose fsuid the file API uses."""
+    """The start/run request body (docs/protocol.md#process-payload). `user` is sent only when
+    given: steps that create directories for the file API must run as the sandbox user, whose fsuid
+    the file API uses."""
     payload: dict[str, Any] = {"command": command, "args": list(args)}
     if env is not None:
         payload["env"] = dict(env)

@@ -1,4 +1,5 @@
-"""Where kiln talks to and as whom: settings, credentials, and the URLs derived from them (§1, §2)."""
+"""Where kiln talks to and as whom: settings, credentials, and the URLs derived from them
+(docs/protocol.md#addresses)."""
 
 from __future__ import annotations
 
@@ -174,7 +175,8 @@ class ApiSettings:
 
     @property
     def platform_prefix(self) -> str:
-        """The route prefix of the platform API (§2): token-scoped for API keys, explicit for PATs."""
+        """The route prefix of the platform API (docs/protocol.md#auth-modes): token-scoped for API
+        keys, explicit for PATs."""
         creds = self.credentials
         if creds.mode == "api_key":
             return "/platform/v1"
@@ -184,7 +186,8 @@ class ApiSettings:
 
     @property
     def lifecycle_base_url(self) -> str:
-        """The sandbox lifecycle service (§1): loopback as is, `api.X` → `sandbox.X`, else SaaS."""
+        """The sandbox lifecycle service (docs/protocol.md#addresses): loopback as is, `api.X` →
+        `sandbox.X`, else SaaS."""
         parsed = _parse_url(self.api_url)
         if parsed is None:  # unreachable after validation; kept total for the type checker
             return FALLBACK_LIFECYCLE_URL
@@ -196,7 +199,7 @@ class ApiSettings:
 
     @property
     def lifecycle_path(self) -> str:
-        """Sandbox routes are namespaced only on a local server (§1)."""
+        """Sandbox routes are namespaced only on a local server (docs/protocol.md#addresses)."""
         if is_loopback(self.api_url):
             return f"/v1/namespaces/{quote(self.namespace, safe='')}/sandboxes"
         return "/sandboxes"

@@ -1,4 +1,4 @@
-"""A server-sent-events reader for the proxy's output streams (§3.3).
+"""A server-sent-events reader for the proxy's output streams (docs/protocol.md#server-sent-events).
 
 Only `data:` matters (event names, ids and retry hints are ignored), and each event's data is one
 JSON document. The reader copes with what real streams do: heartbeat comments, multi-line data,
@@ -87,7 +87,8 @@ async def iter_event_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
 
 
 async def iter_json_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[Any]:
-    """Each event's data as JSON; unparsable events (heartbeats, noise) are skipped (§3.3)."""
+    """Each event's data as JSON; unparsable events (heartbeats, noise) are skipped
+    (docs/protocol.md#server-sent-events)."""
     async for data in iter_event_data(chunks):
         try:
             yield json.loads(data)

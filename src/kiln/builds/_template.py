@@ -14,7 +14,8 @@ import attrs
 
 from kiln.errors import BuildError
 
-# The complete response's keys (reference §3.1, complete); a template lookup says templateId.
+# The complete response's keys (docs/protocol.md#metadata-and-complete); a template lookup says
+# templateId.
 _ID_KEYS = ("id", "templateId")
 _NAME_KEY = "name"
 _SNAPSHOT_ID_KEY = "snapshotId"

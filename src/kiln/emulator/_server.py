@@ -42,7 +42,8 @@ class _Server(uvicorn.Server):
 def _listen(host: str, port: int) -> socket.socket:
     candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     # "localhost" may resolve to ::1 first; IPv4 keeps the URL a plain 127.0.0.1, which clients
-    # recognise as local (reference §1: localhost and 127.0.0.1 get the namespaced paths).
+    # recognise as local (docs/protocol.md#addresses: localhost and 127.0.0.1 get the namespaced
+    # paths).
     candidates.sort(key=lambda info: info[0] != socket.AF_INET)
     family, kind, proto, _name, address = candidates[0]
     sock = socket.socket(family, kind, proto)

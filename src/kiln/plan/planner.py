@@ -6,7 +6,7 @@ the references it cannot resolve, and the instructions that have no effect on a 
 
 Where kiln follows Docker, not the reference
 --------------------------------------------
-The reference (§5.1, §8) describes the Rust client's own line splitter and lookups. Users'
+The official client has a line splitter and lookups of its own (docs/protocol.md#plan). Users'
 Dockerfiles are written for ``docker build``, so where the two differ kiln does what Docker does:
 
 - **Instruction boundaries** come from a BuildKit-compatible parser (:mod:`kiln.plan.dockerfile`):

@@ -1,4 +1,4 @@
-"""Sizes of the target root filesystem and of the builder sandbox (reference §5.3, §5.8)."""
+"""Sizes of the target root filesystem and of the builder sandbox (docs/protocol.md#sizing)."""
 
 from __future__ import annotations
 

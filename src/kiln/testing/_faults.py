@@ -29,7 +29,8 @@ from kiln.testing._client import EmulatorClient
 
 SIGN_MODES: tuple[SignMode, ...] = ("legacy", "new")
 
-# Answers the client retries (§3.4): gateway errors, and a connection reset.
+# Answers the client retries (docs/protocol.md#transient-errors): gateway errors, and a connection
+# reset.
 TRANSIENT_STATUSES = (502, 503, 504)
 # Answers that end the build at once. 404 is left out on purpose: several calls give it a meaning
 # of its own (no parent template, sandbox already deleted), so it is not a plain failure there.

@@ -1,4 +1,4 @@
-"""Which final FROM may name a registered template (reference §3.1, with kiln's Docker fixes)."""
+"""Which final FROM may name a registered template (docs/protocol.md#template-lookup)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""metadata.json → the complete body (reference §5.6; §7 items 39–42, 54–59)."""
+"""metadata.json → the complete body (docs/protocol.md#metadata-and-complete)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def durable(**extra: Any) -> dict[str, Any]:
 
 
 def test_snake_case_diff_metadata_maps_to_the_platform_shape() -> None:
-    # §7 item 54
+    # snake_case metadata to the camelCase complete body (docs/protocol.md#metadata-and-complete)
     metadata = durable(
         snapshot_id="snapshot-1",
         snapshot_uri="s3://bucket/child.tlsnap",
@@ -86,7 +86,7 @@ def test_a_present_snake_key_hides_the_camel_key_even_when_null() -> None:
 
 
 def test_signed_uri_equal_to_the_metadata_uri_is_used() -> None:
-    # §7 item 55
+    # a signed uri equal to the metadata's (docs/protocol.md#metadata-and-complete)
     view = prepared("base", parent_manifest_uri=None, snapshot_uri=None)
     metadata = durable(snapshot_uri="s3://bucket/from-signed.tlsnap")
     body = complete_body(metadata, prepared=view, signed_uri="s3://bucket/from-signed.tlsnap")
@@ -94,14 +94,14 @@ def test_signed_uri_equal_to_the_metadata_uri_is_used() -> None:
 
 
 def test_signed_uri_wins_over_a_stale_prepared_uri() -> None:
-    # §7 item 56
+    # the signed uri wins when the metadata has none (docs/protocol.md#metadata-and-complete)
     view = prepared("base", parent_manifest_uri=None, snapshot_uri="s3://bucket/stale.tlsnap")
     body = complete_body(durable(), prepared=view, signed_uri="s3://bucket/from-signed.tlsnap")
     assert body["snapshotUri"] == "s3://bucket/from-signed.tlsnap"
 
 
 def test_signed_uri_differing_from_the_metadata_uri_is_an_error() -> None:
-    # §7 item 57
+    # a signed uri that differs from the metadata's (docs/protocol.md#metadata-and-complete)
     view = prepared("base", parent_manifest_uri=None, snapshot_uri=None)
     metadata = durable(snapshot_uri="s3://bucket/from-metadata.tlsnap")
     with pytest.raises(ResponseError, match="did not match dataplane signed uri"):
@@ -109,14 +109,14 @@ def test_signed_uri_differing_from_the_metadata_uri_is_an_error() -> None:
 
 
 def test_no_uri_anywhere_is_an_error() -> None:
-    # §7 item 58
+    # no snapshot uri anywhere (docs/protocol.md#metadata-and-complete)
     view = prepared("base", parent_manifest_uri=None, snapshot_uri=None)
     with pytest.raises(ResponseError, match="rootfs build completed without snapshot_uri"):
         complete_body(durable(), prepared=view, signed_uri=None)
 
 
 def test_diff_without_lineage_falls_back_to_prepare_and_reads_numeric_strings() -> None:
-    # §7 item 59
+    # fallbacks to the prepared values (docs/protocol.md#metadata-and-complete)
     metadata = durable(snapshot_size_bytes="1234")
     body = complete_body(metadata, prepared=prepared("diff"), signed_uri=None)
     assert body["snapshotId"] == "snapshot-prepared"
@@ -172,7 +172,7 @@ def test_any_u64_size_is_accepted_as_number_or_string(size: int, as_string: bool
 
 
 def test_cas_streaming_base_uses_the_image_size_and_the_clients_disk_size() -> None:
-    # §7 item 39
+    # cas-streaming metadata for a base (docs/protocol.md#metadata-and-complete)
     metadata = {
         "rootfs_format": "cas-streaming",
         "snapshotId": "snapshot-1",
@@ -192,7 +192,7 @@ def test_cas_streaming_base_uses_the_image_size_and_the_clients_disk_size() -> N
 
 
 def test_cas_diff_takes_kind_and_parent_from_the_metadata() -> None:
-    # §7 item 40
+    # a cas diff takes its lineage from the metadata (docs/protocol.md#metadata-and-complete)
     metadata = {
         "rootfs_format": "cas-streaming",
         "image_size_bytes": 5,
@@ -206,7 +206,7 @@ def test_cas_diff_takes_kind_and_parent_from_the_metadata() -> None:
 
 
 def test_cas_diff_without_lineage_falls_back_to_the_prepared_diff() -> None:
-    # §7 item 41
+    # a cas diff falls back to the prepared parent (docs/protocol.md#metadata-and-complete)
     view = prepared("diff", parent_manifest_uri="s3://bucket/parents/prepared.manifest")
     metadata = {"rootfsFormat": "cas-streaming", "imageSizeBytes": "5"}
     body = complete_body(metadata, prepared=view, signed_uri=None)
@@ -216,7 +216,7 @@ def test_cas_diff_without_lineage_falls_back_to_the_prepared_diff() -> None:
 
 
 def test_cas_diff_with_no_parent_anywhere_is_an_error() -> None:
-    # §7 item 42
+    # a cas diff with no parent anywhere (docs/protocol.md#metadata-and-complete)
     view = prepared("diff", parent_manifest_uri=None)
     metadata = {"rootfs_format": "cas-streaming", "image_size_bytes": 5}
     with pytest.raises(ResponseError, match="without parent_manifest_uri"):

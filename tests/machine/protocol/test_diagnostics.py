@@ -1,4 +1,4 @@
-"""Failure diagnostics and advice (reference §3.5 step 6, §5.7; §7 items 1, 4–12)."""
+"""Failure diagnostics and advice (docs/protocol.md#diagnostics)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ SOURCE = "rootfs builder exited with status 1"
 
 
 def test_build_failed_names_the_builder_sandbox_and_build() -> None:
-    # §7 item 1
+    # a BuildFailed names the builder sandbox and the build (docs/protocol.md#error-context)
     error = BuildFailed(
         ServerError(SOURCE),
         sandbox_id="rtmmkcw33uvsbep6hn03u",
@@ -43,18 +43,18 @@ def test_build_failed_names_the_builder_sandbox_and_build() -> None:
     ],
 )
 def test_oom_is_detected_in_kernel_oom_entries(dmesg: str) -> None:
-    # §7 item 4
+    # OOM evidence in the kernel log (docs/protocol.md#diagnostics)
     assert dmesg_shows_oom(dmesg)
 
 
 def test_unrelated_kernel_entries_are_not_oom() -> None:
-    # §7 item 5
+    # boot noise is no OOM evidence (docs/protocol.md#diagnostics)
     assert not dmesg_shows_oom("[ 123.4] eth0: link becomes ready\n[ 124.0] EXT4-fs mounted")
     assert not dmesg_shows_oom("")
 
 
 def test_df_line_gives_its_use_percent_and_the_header_none() -> None:
-    # §7 item 7
+    # a df line's use percentage (docs/protocol.md#diagnostics)
     assert max_disk_usage_percent("/dev/vda1 10485760 9961472 524288 95% /") == 95
     assert (
         max_disk_usage_percent("Filesystem 1024-blocks Used Available Capacity Mounted on") is None
@@ -63,7 +63,7 @@ def test_df_line_gives_its_use_percent_and_the_header_none() -> None:
 
 
 def test_df_gives_the_highest_use_across_tables() -> None:
-    # §7 item 8
+    # the highest percentage across df tables (docs/protocol.md#diagnostics)
     output = (
         "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
         "/dev/vda1 10485760 5242880 5242880 50% /\n"
@@ -86,14 +86,15 @@ def test_df_maximum_over_any_tables(percents: list[int]) -> None:
 
 
 def test_disk_errors_are_recognised_in_any_case() -> None:
-    # §7 item 9
+    # the words of a full disk (docs/protocol.md#diagnostics)
     assert mentions_disk_error("fallocate: fallocate failed: No space left on device")
     assert mentions_disk_error("failed to write layer: ENOSPC")
     assert not mentions_disk_error(SOURCE)
 
 
 def test_a_stderr_build_log_line_about_disk_leads_to_disk_advice() -> None:
-    # §7 item 10: the handler feeds every builder log line to mentions_disk_error
+    # a builder log line reports a full disk (docs/protocol.md#diagnostics): the handler feeds every
+    # builder log line to mentions_disk_error
     line = "dd: error writing '/tmp/fill': No space left on device"
     assert mentions_disk_error(line)
     lines = advice(oom=False, disk_percent=None, disk_error=mentions_disk_error(line))
@@ -102,7 +103,7 @@ def test_a_stderr_build_log_line_about_disk_leads_to_disk_advice() -> None:
 
 
 def test_advice_thresholds() -> None:
-    # §7 item 11
+    # the advice thresholds (docs/protocol.md#diagnostics)
     assert DISK_ADVICE_THRESHOLD_PERCENT == 95
     assert advice(oom=False, disk_percent=94, disk_error=False) == []
     both = advice(oom=True, disk_percent=95, disk_error=False)
@@ -115,7 +116,7 @@ def test_advice_thresholds() -> None:
 
 
 def test_with_diagnostics_shows_the_source_and_the_advice() -> None:
-    # §7 item 12
+    # advice lines follow the error (docs/protocol.md#error-context)
     error = WithDiagnostics(
         ServerError(SOURCE), advice(oom=True, disk_percent=99, disk_error=False)
     )
@@ -139,7 +140,7 @@ def test_diagnostic_commands_are_the_reference_scripts() -> None:
 
 
 def test_command_failed_message() -> None:
-    # reference §3.5 step 6
+    # docs/protocol.md#diagnostics
     assert command_failed_message("tar", 2, False) == "Command 'tar' failed with exit code 2"
     assert command_failed_message("/usr/local/bin/tl-rootfs-build", -9, True) == (
         "Command '/usr/local/bin/tl-rootfs-build' failed with exit code -9"

@@ -1,4 +1,5 @@
-"""Docker registry credentials for the builder's spec (reference §5.5 `dockerConfigJson`)."""
+"""Docker registry credentials for the builder's spec (`dockerConfigJson`,
+docs/protocol.md#spec-json)."""
 
 from __future__ import annotations
 

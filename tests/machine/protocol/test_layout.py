@@ -1,4 +1,5 @@
-"""Remote layout, builder argv and start payloads (reference §4; §7 items 51–53)."""
+"""Remote layout, builder argv and start payloads (docs/protocol.md#run-the-builder,
+docs/protocol.md#process-payload)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_keepalive_renews_before_the_sandbox_expires() -> None:
 
 
 def test_bare_builder_name_is_rewritten_to_its_installed_path() -> None:
-    # §7 item 51
+    # the builder's executable rewritten (docs/protocol.md#run-the-builder)
     assert builder_executable("tl-rootfs-build") == "/usr/local/bin/tl-rootfs-build"
     assert builder_executable("/custom/tl-rootfs-build") == "/custom/tl-rootfs-build"
     assert builder_env() == {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -97,7 +98,7 @@ def test_builder_argv_round_trips_a_quoted_command(words: list[str]) -> None:
 
 
 def test_builder_payload_runs_as_root() -> None:
-    # §7 item 52, composed with kiln.api's payload builder
+    # a root payload (docs/protocol.md#process-payload), composed with kiln.api's payload builder
     executable, *args = builder_argv("tl-rootfs-build")
     payload = process_payload(
         executable, args, user=ROOT_USER, env=builder_env(), working_dir=REMOTE_BUILD_DIR
@@ -112,6 +113,7 @@ def test_builder_payload_runs_as_root() -> None:
 
 
 def test_non_root_payload_has_no_user_key() -> None:
-    # §7 item 53: a root-made directory would be unwritable to the file API
+    # a non-root payload has no user key (docs/protocol.md#process-payload): a root-made directory
+    # would be unwritable to the file API
     payload = process_payload("mkdir", ["-p", "/var/lib/tensorlake/rootfs-builder"])
     assert payload == {"command": "mkdir", "args": ["-p", "/var/lib/tensorlake/rootfs-builder"]}

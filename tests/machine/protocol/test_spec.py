@@ -1,4 +1,4 @@
-"""Signing requests, splices, spec.json (reference §3.3, §5.4, §5.5; §7 items 34–36, 47–50)."""
+"""Signing requests, splices, spec.json (docs/protocol.md#signing, docs/protocol.md#spec-json)."""
 
 from __future__ import annotations
 
@@ -54,13 +54,13 @@ def with_images(*images: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_gs_and_s3_images_are_both_sign_targets() -> None:
-    # §7 item 34
+    # gs:// and s3:// local images are signed (docs/protocol.md#signing)
     raw = with_images({"snapshotUri": "gs://b/a.tlsnap"}, {"snapshotUri": "s3://b/b.tlsnap"})
     assert sign_targets(raw) == [(0, "gs://b/a.tlsnap"), (1, "s3://b/b.tlsnap")]
 
 
 def test_local_signed_and_uriless_images_are_skipped() -> None:
-    # §7 item 35
+    # file://, already downloadable and uri-less images are not signed (docs/protocol.md#signing)
     raw = with_images(
         {"snapshotUri": "file:///var/lib/images/a.tlsnap"},
         {"snapshotUri": "s3://b/b.tlsnap", "download": {"kind": "single_get"}},
@@ -72,7 +72,7 @@ def test_local_signed_and_uriless_images_are_skipped() -> None:
 
 @pytest.mark.parametrize("images", [None, []])
 def test_no_additional_images_means_no_targets(images: list[Any] | None) -> None:
-    # §7 item 36
+    # no local images, nothing to sign (docs/protocol.md#signing)
     raw = prepared("base")
     if images is not None:
         raw["additionalLocalImages"] = images
@@ -136,7 +136,7 @@ SIGNED_UPLOAD = {
 
 
 def test_splice_replaces_the_stale_uri_and_keeps_the_whole_response() -> None:
-    # §7 item 49
+    # the signed upload spliced into the spec (docs/protocol.md#signing)
     raw = {**prepared("base"), "snapshotUri": "s3://platform/stale.tlsnap"}
     before = copy.deepcopy(raw)
     spliced, uri = splice_signed_upload(raw, SIGNED_UPLOAD)
@@ -156,7 +156,7 @@ def test_splice_adds_a_uri_when_prepare_gave_none() -> None:
 
 @pytest.mark.parametrize("uri", [None, 7])
 def test_splice_without_a_string_uri_is_a_response_error(uri: object) -> None:
-    # §7 item 50
+    # a signed upload without a uri (docs/protocol.md#signing)
     signed = {key: value for key, value in SIGNED_UPLOAD.items() if key != "uri"}
     if uri is not None:
         signed["uri"] = uri
@@ -220,7 +220,7 @@ def legacy_prepared() -> dict[str, Any]:
 
 
 def test_spec_adds_builder_inputs_and_keeps_opaque_blocks() -> None:
-    # §7 item 47
+    # the keys set on top of the prepared spec (docs/protocol.md#spec-json)
     raw = legacy_prepared()
     spec = build_spec(
         raw,
@@ -243,7 +243,8 @@ def test_spec_adds_builder_inputs_and_keeps_opaque_blocks() -> None:
 
 
 def test_diff_spec_without_options_has_no_compat_or_credentials() -> None:
-    # §7 item 48 (the 20 GiB is the parent's size, chosen by kiln.plan.sizing)
+    # a diff's spec takes the parent's size, 20 GiB here, chosen by kiln.plan.sizing
+    # (docs/protocol.md#spec-json)
     spec = build_spec(
         prepared("diff"),
         dockerfile="FROM parent\nRUN echo hi\n",
@@ -260,7 +261,7 @@ def test_diff_spec_without_options_has_no_compat_or_credentials() -> None:
 
 
 def test_import_spec_names_the_reference_and_still_has_a_context_dir() -> None:
-    # §7 item 18
+    # an import's spec (docs/protocol.md#spec-json)
     spec = build_spec(
         prepared("base"),
         dockerfile="FROM ubuntu:24.04\n",

@@ -1,4 +1,5 @@
-"""Template payloads, CAS rejection and the prepare body (reference §3.1; §7 items 43–46)."""
+"""Template payloads, CAS rejection and the prepare body (docs/protocol.md#template-lookup,
+docs/protocol.md#prepare)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def template(**overrides: Any) -> dict[str, Any]:
     [("diff", DURABLE_FORMAT), ("base", CAS_FORMAT), ("diff", "future_format_v9"), (None, None)],
 )
 def test_template_payload_ignores_kind_and_format(kind: str | None, fmt: str | None) -> None:
-    # §7 item 45
+    # the template payload ignores kind and format (docs/protocol.md#template-lookup)
     raw = template(rootfsNodeKind=kind, snapshotFormatVersion=fmt)
     assert template_payload(REFERENCE, raw) == {
         "templateId": "tmpl-1",
@@ -62,7 +63,7 @@ def test_public_defaults_to_false() -> None:
     [("id", "without an id"), ("name", "without a name"), ("snapshotId", "without a snapshot id")],
 )
 def test_template_missing_a_required_field_is_a_response_error(key: str, ending: str) -> None:
-    # §7 item 46 (and its siblings)
+    # a template missing a required field (docs/protocol.md#template-lookup)
     raw = template()
     del raw[key]
     with pytest.raises(ResponseError) as caught:
@@ -107,7 +108,7 @@ def test_non_cas_hits_pass() -> None:
 
 
 def test_prepare_body_with_a_parent_is_a_diff() -> None:
-    # §7 item 43
+    # a prepare body with a parent and another image (docs/protocol.md#prepare)
     parent = template_payload("parent-ref", template())
     extra = template_payload("extra-ref", template(id="tmpl-2"))
     body = prepare_body(
@@ -131,7 +132,7 @@ def test_prepare_body_with_a_parent_is_a_diff() -> None:
 
 
 def test_prepare_body_without_a_parent_is_a_base_with_a_null_parent() -> None:
-    # §7 item 44
+    # a prepare body without a parent (docs/protocol.md#prepare)
     body = prepare_body(
         name="hello",
         dockerfile="FROM python:3.12-slim\n",

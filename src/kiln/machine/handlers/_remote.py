@@ -1,4 +1,4 @@
-"""One-shot remote step lists whose failure is a build error (§3.5 step 6 wording)."""
+"""One-shot remote step lists whose failure is a build error (docs/protocol.md#diagnostics)."""
 
 from __future__ import annotations
 

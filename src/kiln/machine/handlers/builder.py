@@ -1,10 +1,11 @@
 """run_builder: start (or adopt, or reattach to) the builder's one process and stream its log.
 
-The process is a shell list (kiln.machine.protocol._script): extract the uploaded context, run
-the rootfs builder, print its metadata. It is started, followed and reattached to as §3.5 says
-for the builder; its markers say which step runs (for the reference's error wording), which
-lines are the metadata (kept in the state for read_metadata) and that every step succeeded (the
-exit status, so a follow stream that carries it needs no status request after it).
+The process is a shell list (kiln.machine.protocol._script): extract the uploaded context, run the
+rootfs builder, print its metadata. It is started, followed and reattached to as
+docs/protocol.md#run-the-builder says for the builder; its markers say which step runs (for the
+reference's error wording), which lines are the metadata (kept in the state for read_metadata) and
+that every step succeeded (the exit status, so a follow stream that carries it needs no status
+request after it).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ REFOLLOW_DELAY_S = 0.1
 REATTACH_INTERVAL_S = 1.0
 # The silence bound when states/ declares none.
 DEFAULT_SILENCE_S = 30.0
-# What the process's steps announce, in the reference's status words (§3.5, §4).
+# What the process's steps announce, in the status words of docs/protocol.md#status-lines.
 UNTARRING = "Untarring build context archive in builder sandbox..."
 EXTRACTED = "Build context extracted; removed remote archive"
 RUNNING_BUILDER = "Running offline rootfs builder..."
@@ -105,7 +106,8 @@ def _extracts(state: BuildState) -> bool:
 
 
 def _announcements(state: BuildState, builder: str) -> dict[str, tuple[str, ...]]:
-    """The reference's status lines (§4), said when the process reaches each step."""
+    """The status lines of docs/protocol.md#status-lines, said when the process reaches each
+    step."""
     extracted = (EXTRACTED,) if _extracts(state) else ()
     return {TAR: (UNTARRING,), builder: (*extracted, RUNNING_BUILDER)}
 

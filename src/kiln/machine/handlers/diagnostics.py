@@ -1,4 +1,5 @@
-"""Failure diagnostics (§5.7): dmesg and df in the sandbox, turned into OOM / disk advice.
+"""Failure diagnostics: dmesg and df in the sandbox, turned into OOM or disk advice
+(docs/protocol.md#diagnostics).
 
 Not a state: the driver calls :func:`explain` while failing, so that the error the caller sees
 says what to change (diagnostics once the proxy has answered) and which sandbox and build it

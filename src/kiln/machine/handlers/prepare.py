@@ -1,4 +1,5 @@
-"""prepare: template lookups (§3.1), CAS rejection, then POST prepare."""
+"""prepare: template lookups, CAS rejection (docs/protocol.md#template-lookup), then POST
+prepare."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ async def prepare(state: BuildState, services: Services) -> Outcome:
 
 
 def parent_is_eligible(plan: BuildPlan) -> bool:
-    """Whether the final FROM may name a registered template (§3.1 "which references")."""
+    """Whether the final FROM may name a registered template (docs/protocol.md#template-lookup)."""
     if plan.is_import or plan.base_image_is_internal_stage:
         return False
     if plan.base_image.lower() == _SCRATCH:

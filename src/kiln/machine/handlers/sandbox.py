@@ -123,6 +123,6 @@ def _report_unrecorded(state: BuildState, services: Services, request: SandboxRe
 
 
 def _present(value: str | None) -> str | None:
-    """Trimmed, with empty meaning absent (reference §1)."""
+    """Trimmed, with empty meaning absent (docs/protocol.md#proxy-routing)."""
     stripped = (value or "").strip()
     return stripped or None

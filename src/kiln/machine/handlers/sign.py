@@ -1,4 +1,5 @@
-"""sign: the new path's dataplane signatures (§5.4); nothing to do on the legacy path."""
+"""sign: the new path's dataplane signatures (docs/protocol.md#signing); nothing to do on the legacy
+path."""
 
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ from kiln.plan import BuildPlan
 from kiln.plan.context import ContextArchive
 from kiln.plan.sizing import format_bytes
 
-# Upload progress cadence (reference §4): every tenth when the size is known, and every 64 MiB.
+# Upload progress cadence (docs/protocol.md#context-upload): every tenth when the size is known, and
+# every 64 MiB.
 UPLOAD_REPORT_PERCENT_STEP = 10
 UPLOAD_REPORT_BYTES = 64 << 20
 # Reading a spooled archive back for a Content-Length upload: large enough to keep the socket
@@ -260,7 +261,8 @@ def _archive(state: BuildState, services: Services) -> ContextArchive:
 
 
 class _ArchiveProgress:
-    """Reports at 0 and 100 % and whenever the whole percent rises (reference §4)."""
+    """Reports at 0 and 100 % and whenever the whole percent rises
+    (docs/protocol.md#context-upload)."""
 
     def __init__(self, report: Callable[[str], None]) -> None:
         self._report = report
@@ -285,7 +287,7 @@ async def _stream(
 async def _sent(
     chunks: AsyncIterator[bytes], total: int | None, report: Callable[[str], None]
 ) -> AsyncIterator[bytes]:
-    """Pass ``chunks`` through, reporting upload progress (reference §4 cadence).
+    """Pass ``chunks`` through, reporting upload progress (docs/protocol.md#context-upload).
 
     A streamed archive has no known total until it ends, so it reports every
     UPLOAD_REPORT_BYTES and once at the end; a spooled one reports every tenth as well.

@@ -1,4 +1,5 @@
-"""The builder's metadata.json → the body of `POST …/complete` (reference §5.6)."""
+"""The builder's metadata.json → the body of `POST …/complete`
+(docs/protocol.md#metadata-and-complete)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ _BUILDER_HINT = "the rootfs builder wrote incomplete metadata; retry the build, 
 
 @attrs.frozen
 class PreparedView:
-    """What `complete` needs from the prepare response, plus the client's rootfs size (§5.3)."""
+    """What `complete` needs from the prepare response, plus the client's rootfs size
+    (docs/protocol.md#sizing)."""
 
     snapshot_id: str
     snapshot_uri: str | None

@@ -1,4 +1,5 @@
-"""Reading a failed build: OOM and disk evidence, and the advice it leads to (§3.5, §5.7)."""
+"""Reading a failed build: OOM and disk evidence, and the advice it leads to
+(docs/protocol.md#diagnostics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The local Docker registry credentials handed to the builder as `dockerConfigJson` (§5.5).
+"""The local Docker registry credentials handed to the builder as `dockerConfigJson`
+(docs/protocol.md#spec-json).
 
 Resolved as Docker resolves them: a registry named in `credHelpers` asks that helper, else a
 `credsStore` asks the store's helper, else the inline `auths` entry counts. A helper is the

@@ -14,7 +14,7 @@ REMOTE_BUILD_DIR = "/var/lib/tensorlake/rootfs-builder/build"
 REMOTE_CONTEXT_DIR = f"{REMOTE_BUILD_DIR}/context"
 # The file API writes with the sandbox user's fsuid, so uploads go where that user may create
 # files without a root step first: /tmp, which every Linux root filesystem has, world-writable
-# with the sticky bit (FHS 3.0 §3.18). This saves the root mkdir and chmod before the uploads.
+# with the sticky bit (FHS 3.0 section 3.18). This saves the root mkdir and chmod before the uploads.
 REMOTE_UPLOAD_DIR = "/tmp"
 # The context travels as one tar.gz and is extracted remotely: one upload instead of one per file.
 REMOTE_ARCHIVE_PATH = f"{REMOTE_UPLOAD_DIR}/kiln-context.tar.gz"

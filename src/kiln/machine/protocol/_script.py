@@ -1,10 +1,10 @@
 """The builder's one process: extraction, the builder and its metadata as one shell list.
 
-Every remote step after the uploads runs in one root process, ``/bin/sh -c 'a && b && ...'``:
-make the context directory, extract the archive, remove it, run the builder, remove the spec
-(it holds registry credentials), print the metadata. Started, followed and reattached to like
-the builder alone (§3.5), it saves a round trip per step, and the metadata and the exit status
-arrive on the follow stream instead of by a GET each.
+Every remote step after the uploads runs in one root process, ``/bin/sh -c 'a && b && ...'``: make
+the context directory, extract the archive, remove it, run the builder, remove the spec (it holds
+registry credentials), print the metadata. Started, followed and reattached to like the builder
+alone (docs/protocol.md#run-the-builder), it saves a round trip per step, and the metadata and the
+exit status arrive on the follow stream instead of by a GET each.
 
 The shell announces each step on stdout before it runs it (a marker line carrying the build's
 id, which a build's own output cannot guess): the reader knows which command failed, so the
@@ -29,7 +29,8 @@ from kiln.machine.protocol._layout import (
     REMOTE_SPEC_PATH,
 )
 
-# The daemon does not search PATH (§4): the shell by its absolute path.
+# The daemon does not search PATH (docs/protocol.md#run-the-builder): the shell by its absolute
+# path.
 SHELL = "/bin/sh"
 SHELL_FLAG = "-c"
 # The step whose output is the metadata, not build log.

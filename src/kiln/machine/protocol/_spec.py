@@ -1,4 +1,5 @@
-"""Signing requests, splicing signed blocks into the prepared spec, and spec.json (§5.4, §5.5)."""
+"""Signing requests, splicing signed blocks into the prepared spec, and spec.json
+(docs/protocol.md#signing, docs/protocol.md#spec-json)."""
 
 from __future__ import annotations
 

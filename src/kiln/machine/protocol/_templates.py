@@ -1,4 +1,4 @@
-"""Template lookups → prepare payloads, and the prepare request body (reference §3.1)."""
+"""Template lookups → prepare payloads, and the prepare request body (docs/protocol.md#prepare)."""
 
 from __future__ import annotations
 
