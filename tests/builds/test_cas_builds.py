@@ -173,3 +173,35 @@ def test_detach_needs_cas_and_a_service_that_stays(tmp_path: Path) -> None:
     embedded = run_kiln(["build", "--cas", "--detach", str(HELLO.parent)], env)
     assert embedded.returncode == 2
     assert "embedded emulator" in embedded.stderr
+
+
+async def test_an_unchanged_cas_build_is_served_from_the_cache(
+    store: Store, emulator: EmulatorClient
+) -> None:
+    options = {"cas": True, "store": store, "api_url": emulator.url, "api_key": TEST_TOKEN}
+    first = await kiln.build_image(HELLO, **options)  # type: ignore[arg-type]
+    events: list[kiln.Event] = []
+    second = await kiln.build_image(HELLO, on_event=events.append, **options)  # type: ignore[arg-type]
+    assert second.id == first.id
+    [cached] = [e for e in events if isinstance(e, kiln.CachedEvent)]
+    assert cached.template_id == first.id
+    assert len(admissions(emulator)) == 1, "nothing admitted for the cached build"
+    # The check asked the Image Service, with no more than the lookup of its own image.
+    assert emulator.requests()[-1]["path"] == "/images/v4/images/name/hello"
+    # A legacy build of the same Dockerfile is not answered by the CAS image (it registers a
+    # legacy template under the name, so the CAS image that name resolved to is gone).
+    legacy = await kiln.build_image(HELLO, store=store, api_url=emulator.url, api_key=TEST_TOKEN)
+    assert legacy.id != first.id
+    # Nor the reverse: the next CAS build builds (one more admission); its image is then a hit.
+    rebuilt = await kiln.build_image(HELLO, **options)  # type: ignore[arg-type]
+    assert rebuilt.id not in (legacy.id, first.id)
+    assert len(admissions(emulator)) == 2
+    third = await kiln.build_image(HELLO, **options)  # type: ignore[arg-type]
+    assert third.id == rebuilt.id
+    assert len(admissions(emulator)) == 2
+
+
+def admissions(emulator: EmulatorClient) -> list[dict[str, object]]:
+    return [
+        e for e in emulator.requests() if (e["method"], e["path"]) == ("POST", "/images/v4/builds")
+    ]

@@ -13,6 +13,10 @@ still) and the earlier build's own template (its name must still resolve to its 
 re-pointed by another build of that name, it is no hit). That is one request for a build on
 registry images (``examples/hello``), one more per template it builds on. Whatever the check finds
 wrong, or cannot find out, the build simply runs.
+
+A CAS build (``cas=True``, states/cas.toml) is cached the same way, under a key that says so (a
+legacy template never answers a CAS build, nor the reverse); its check asks the Image Service
+(``GET /images/v4/images/name/{name}``) for its own image and each parent it took by name.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from kiln.api import ApiSettings, PlatformClient, is_loopback
+from kiln.api import ApiSettings, ImageServiceClient, PlatformClient, is_loopback
 from kiln.builds._options import option_keywords
 from kiln.durable import load_state
 from kiln.errors import KilnError
-from kiln.machine import BUILD_MACHINE, BuildOptions, BuildState, CacheKey, Services, Trigger
+from kiln.machine import CAS_MACHINE, BuildOptions, BuildState, CacheKey, Services, Trigger
 from kiln.plan import BuildPlan, summarize_context
 from kiln.store import Store
 
@@ -50,6 +54,10 @@ def build_key(plan: BuildPlan, options: BuildOptions, context_digest: str | None
             field: getattr(options, field) for field in option_keywords(in_key=True).values()
         },
     }
+    if options.cas:
+        # An Image Service image is not a legacy template: neither answers the other's build.
+        # (Absent for legacy builds, whose keys stay as they were.)
+        inputs["cas"] = True
     encoded = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
     return KEY_PREFIX + hashlib.sha256(encoded).hexdigest()
 
@@ -92,8 +100,7 @@ async def look_up(state: BuildState, services: Services, store: Store) -> Hit | 
     """Give a build that has not started its build key, then look for a hit (unless its options
     say ``cache=False``). None on a miss, and whenever the key cannot be known or the check
     fails: the build then runs, and reports any such problem as it always does."""
-    # The Image Service (states/cas.toml) registers images, not templates, by its own rules.
-    if state.machine != BUILD_MACHINE or state.state != services.spec.initial:
+    if state.state != services.spec.initial:
         return None
     try:
         digest = await asyncio.to_thread(context_digest, state.plan)
@@ -109,11 +116,33 @@ async def look_up(state: BuildState, services: Services, store: Store) -> Hit | 
         if record is None:
             return None
         earlier = load_state(record)
-        if earlier.result is None or not await _still_registered(earlier, services.platform(state)):
+        if earlier.result is None:
+            return None
+        if earlier.machine == CAS_MACHINE:
+            if not await _still_published(earlier, services.images(state)):
+                return None
+        elif not await _still_registered(earlier, services.platform(state)):
             return None
     except KilnError:
         return None
     return Hit(earlier.cached_from or record.id, earlier.result, earlier.templates)
+
+
+async def _still_published(earlier: BuildState, images: ImageServiceClient) -> bool:
+    """A CAS build's: whether its image, and each parent it took by name, is still what that
+    name resolves to on the Image Service (one lookup each, its own first); a parent pinned by
+    image id is looked up by nothing, as the build itself did not look it up."""
+    assert earlier.result is not None
+    wanted = {earlier.plan.name: str(earlier.result.get("id"))}
+    if earlier.cas is not None:
+        for parent in earlier.cas.parents:
+            if parent["reference"] != parent["public_id"]:
+                wanted[parent["reference"]] = parent["public_id"]
+    for name, image_id in wanted.items():
+        image = await images.image_by_name(name)
+        if image is None or image.id != image_id:
+            return False
+    return True
 
 
 async def _still_registered(earlier: BuildState, platform: PlatformClient) -> bool:
