@@ -43,7 +43,7 @@ TARGET_RATIO = 0.6
 FILES_PER_DIR = 100
 MB = 1 << 20
 # context.tar.gz, or context-N.tar.gz when kiln sends a large context in parts.
-_ARCHIVE_PATH = re.compile(r"/context(-\d+)?\.tar\.gz$")
+_ARCHIVE_PATH = re.compile(r"context(-\d+)?\.tar\.gz$")
 
 _WORDS = [
     "def",
