@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import time
 from typing import Any
 
@@ -12,11 +13,14 @@ import pytest
 from rich.console import Console
 
 from kiln.builds import Template
+from kiln.cli._signals import cancelling_notice
 from kiln.cli._view import JsonView, PlainView, RichView, View, abort_report
 from kiln.errors import BuildCancelled, BuildError, WithDiagnostics
 from kiln.machine import (
+    CAS_MACHINE,
     BuildLogEvent,
     BuildState,
+    CasProgress,
     Event,
     StatusEvent,
     TransitionEvent,
@@ -346,3 +350,19 @@ def test_rich_view_aborted_stops_the_live_panel_and_names_the_sandbox() -> None:
     text = out.getvalue()
     assert f"builder sandbox {SANDBOX} may be left running" in text
     assert _phase_lines(text)["run_builder"].split()[0] == "-"
+
+
+def test_abort_report_of_a_cas_build_names_its_image_service_build() -> None:
+    state = _state()
+    state.machine, state.cas, state.build_id = CAS_MACHINE, CasProgress(), "build_abc"
+    message, hint = abort_report(state, embedded=False)
+    assert "image build build_abc may still run on the Image Service" in message
+    assert f"`kiln cancel {state.id}` then `kiln resume {state.id}`" in hint
+    assert "sandbox" not in message + hint
+    message, hint = abort_report(state, embedded=True)
+    assert hint == "nothing to clean up"
+    state.build_id = None
+    assert abort_report(state, embedded=False)[1] == "nothing to clean up"
+    notice = cancelling_notice(signal.SIGINT, state)
+    assert notice.startswith("Cancelling: cancelling its build on the Image Service")
+    assert "sandbox" not in notice

@@ -35,6 +35,17 @@ _CANCELLING = {
 }
 
 
+# What a CAS build's cancel does instead (it holds no builder sandbox; states/cas.toml).
+_SANDBOX_CLEANUP = "deleting the builder sandbox"
+_REMOTE_CANCEL = "cancelling its build on the Image Service"
+
+
+def cancelling_notice(signum: signal.Signals, state: BuildState) -> str:
+    """What the first stop signal says it does to this build."""
+    notice = _CANCELLING[signum]
+    return notice.replace(_SANDBOX_CLEANUP, _REMOTE_CANCEL) if state.cas is not None else notice
+
+
 class Cancellable(Protocol):
     """What the handler needs of a build (kiln.Build)."""
 
@@ -63,7 +74,7 @@ class Interrupts:
     def received(self, signum: signal.Signals) -> None:
         if self.first is None:
             self.first = signum
-            self._say(lambda: self._view.notice(_CANCELLING[signum]))
+            self._say(lambda: self._view.notice(cancelling_notice(signum, self._build.state)))
             self._build.cancel()
             return
         self._say(lambda: self._view.aborted(self._build.state, embedded=self._embedded))

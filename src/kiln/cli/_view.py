@@ -85,6 +85,16 @@ def abort_report(state: BuildState, *, embedded: bool) -> tuple[str, str]:
 
     The embedded emulator's sandboxes live in this process, so they end with it.
     """
+    if state.cas is not None:
+        # A CAS build holds no builder sandbox: what it may leave is its admitted remote build,
+        # which its release state was cancelling.
+        if state.build_id is None or embedded:
+            return "Aborted: nothing is left running on the Image Service", "nothing to clean up"
+        return (
+            f"Aborted during cancel: image build {state.build_id} may still run on the Image"
+            " Service",
+            f"`kiln cancel {state.id}` then `kiln resume {state.id}` cancels it there",
+        )
     sandbox = state.sandbox_id
     if sandbox is None or state.sandbox_deleted:
         return "Aborted: no builder sandbox is left", "nothing to clean up"

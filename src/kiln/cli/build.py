@@ -70,7 +70,8 @@ coming from docker build:
 
 BUILD_DESCRIPTION = (
     "With no TENSORLAKE_API_KEY or TENSORLAKE_PAT and no --api-url, it runs against the embedded "
-    "emulator. Ctrl-C, SIGTERM or SIGHUP cancels (the builder sandbox is deleted); a second one "
+    "emulator. Ctrl-C, SIGTERM or SIGHUP cancels (the builder sandbox is deleted; with --cas, the "
+    "build on the Image Service is cancelled); a second one "
     "stops at once. Exit status: 0 done, 1 failed, 2 usage or Dockerfile error, 130 cancelled "
     "(143 by SIGTERM, 129 by SIGHUP)."
 )
