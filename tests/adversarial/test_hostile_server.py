@@ -115,7 +115,9 @@ async def test_a_deadline_keeps_the_last_error_names_the_ids_and_retries_say_why
     kiln_emulator: EmulatorClient,
 ) -> None:
     put_file = r"^/api/v1/files$"
-    kiln_emulator.add_fault({"status": 503}, method="PUT", path=put_file, times=2)
+    # Each upload attempt sends two PUTs side by side (the context and spec.json): four 503s
+    # fail two attempts, then every PUT hangs until the deadline.
+    kiln_emulator.add_fault({"status": 503}, method="PUT", path=put_file, times=4)
     kiln_emulator.add_fault({"delay_ms": HUNG_MS}, method="PUT", path=put_file, times=None)
     options = BuildOptions(api_url=kiln_emulator.url, deadline_s=DEADLINE_S)
     run = await run_build(kiln_emulator, HELLO, options=options)
