@@ -254,3 +254,23 @@ async def test_a_record_kiln_cannot_load_is_refused_with_a_clear_error(
 
     after = await store.get(build_id)
     assert after is not None and after.owner is None, "the build is not left held"
+
+
+async def test_a_build_resumed_past_its_deadline_and_grace_still_deletes_its_sandbox(
+    store: Store, emulator: EmulatorClient
+) -> None:
+    """A build whose overall deadline (and the cleanup state's grace after it) ran out while no
+    process ran it: the resume fails it, and cleanup still gets its grace to delete the sandbox
+    (it used to give up before its first attempt, leaving the sandbox to `kiln reap`)."""
+    build_id = await crash_in(store, emulator.url, lambda s: s.state == "run_builder")
+    record = await store.get(build_id)
+    assert record is not None
+    options = {**record.data["options"], "deadline_s": 60.0}
+    expired = record.data["created_at"] - 3600.0
+    await rewrite_record(store, build_id, {"deadline_at": expired, "options": options})
+    with pytest.raises(KilnError) as raised:
+        await _resume_to_end(store, build_id)
+    assert "deadline" in str(raised.value)
+    record = await store.get(build_id)
+    assert record is not None and record.state == "failed"
+    assert emulator.live_sandboxes() == [], "the resumed cleanup deleted the builder sandbox"

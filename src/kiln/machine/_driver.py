@@ -183,9 +183,12 @@ class Driver:
         if overall is None:
             return left, error
         if phase.grace_s is not None:
-            # The state may outlast the overall deadline, by a bounded grace.
-            if overall + phase.grace_s - now < left:
-                return overall + phase.grace_s - now, PhaseTimeout(phase.name, phase.grace_s)
+            # The state may outlast the overall deadline, by a bounded grace counted from the
+            # later of the deadline and the state's entry: a build resumed long after its
+            # deadline still gets the grace to delete its sandbox, not an instant give-up.
+            ends = max(overall, state.state_entered_at) + phase.grace_s
+            if ends - now < left:
+                return ends - now, PhaseTimeout(phase.name, phase.grace_s)
             return left, error
         if overall - now < left:
             left = overall - now
