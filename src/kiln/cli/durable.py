@@ -80,7 +80,7 @@ STORE_HELP = "build store URL (default: $KILN_STORE, else the SQLite file in the
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the commands for persisted builds."""
-    resume = _command(
+    resume = store_command(
         sub,
         "resume",
         "continue a persisted build from where it stopped",
@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="one JSON event per line on stdout (default: a live view on stderr)",
     )
 
-    cancel = _command(
+    cancel = store_command(
         sub,
         "cancel",
         "ask a build to stop (from any process)",
@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     cancel.add_argument("build_id", metavar="ID", help=ID_HELP)
 
-    status = _command(
+    status = store_command(
         sub,
         "status",
         "show a build: state, phases, sandbox, log, error",
@@ -126,7 +126,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     status.add_argument("build_id", metavar="ID", help=ID_HELP)
     status.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
-    ls = _command(
+    ls = store_command(
         sub,
         "ls",
         "list builds, newest first",
@@ -147,7 +147,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     ls.add_argument("--json", action="store_true", help="print a JSON list (default: a table)")
 
-    logs = _command(
+    logs = store_command(
         sub,
         "logs",
         "print a build's persisted log",
@@ -160,7 +160,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--follow", "-f", action="store_true", help="keep printing until it ends (default: off)"
     )
 
-    reap = _command(
+    reap = store_command(
         sub,
         "reap",
         "delete builder sandboxes no live build owns",
@@ -170,7 +170,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     reap.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
 
-    submit = _command(
+    submit = store_command(
         sub,
         "submit",
         "queue a Dockerfile build for a worker",
@@ -188,7 +188,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_build_options(submit)
 
-    worker = _command(
+    worker = store_command(
         sub,
         "worker",
         "run queued and stalled builds from a shared store",
@@ -222,13 +222,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
 
 
-def _command(
+def store_command(
     sub: argparse._SubParsersAction[Any],
     name: str,
     help_text: str,
     description: str,
     run: Callable[[argparse.Namespace, Store], Awaitable[int]],
 ) -> argparse.ArgumentParser:
+    """A subcommand that works on the store given by ``--store``: ``run`` gets it opened."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
     parser.add_argument("--store", metavar="URL", help=STORE_HELP)
     parser.set_defaults(func=lambda args: with_store(args, run))

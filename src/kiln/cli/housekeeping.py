@@ -11,12 +11,11 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kiln.cli._exit import EXIT_FAILED, EXIT_OK
 from kiln.cli._records import declared_states, ran_embedded, removal_refused, running
-from kiln.cli.durable import ID_HELP, STORE_HELP, with_store
+from kiln.cli.durable import ID_HELP, store_command
 from kiln.errors import BuildNotFound, KilnError, UsageError
 from kiln.store import Store
 
@@ -33,7 +32,7 @@ _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``kiln rm`` and ``kiln prune``."""
-    rm = _command(
+    rm = store_command(
         sub,
         "rm",
         "remove builds that ended from the store, with their logs",
@@ -45,7 +44,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     rm.add_argument("build_ids", metavar="ID", nargs="+", help=ID_HELP + "; several may be given")
 
-    prune = _command(
+    prune = store_command(
         sub,
         "prune",
         "remove every build that ended (long enough ago) from the store",
@@ -62,19 +61,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="only builds that ended more than D ago: 30m, 12h, 7d, 2w or 1d12h (default: every "
         "build that ended)",
     )
-
-
-def _command(
-    sub: argparse._SubParsersAction[Any],
-    name: str,
-    help_text: str,
-    description: str,
-    run: Callable[[argparse.Namespace, Store], Awaitable[int]],
-) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
-    parser.add_argument("--store", metavar="URL", help=STORE_HELP)
-    parser.set_defaults(func=lambda args: with_store(args, run))
-    return parser
 
 
 def duration(text: str) -> float:

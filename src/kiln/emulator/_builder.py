@@ -188,14 +188,19 @@ def _metadata(spec: _Spec, size: int) -> dict[str, Any]:
 
 async def _log_steps(ctx: CommandContext, spec: _Spec) -> None:
     started = time.monotonic()
-    behaviour = ctx.behaviour
-    pace = behaviour.line_pace_ms / _MS
     ctx.process.emit("tl-rootfs-build (kiln emulator stand-in): RUN steps are logged, not executed")
     kind = spec.raw.get("rootfsNodeKind", "base")
     ctx.process.emit(
         f"base image {spec.base_image}; {kind} rootfs of {spec.rootfs_disk_bytes} bytes"
     )
-    steps = instructions(spec.dockerfile)
+    await log_steps_and_progress(ctx, instructions(spec.dockerfile), started)
+
+
+async def log_steps_and_progress(ctx: CommandContext, steps: list[str], started: float) -> None:
+    """What both builder stand-ins print: each step, then the injected progress lines, paced,
+    and then wait out the injected duration counted from ``started`` (a monotonic time)."""
+    behaviour = ctx.behaviour
+    pace = behaviour.line_pace_ms / _MS
     for number, step in enumerate(steps, start=1):
         ctx.process.emit(f"Step {number}/{len(steps)} : {step}")
         await asyncio.sleep(pace)

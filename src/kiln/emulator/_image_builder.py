@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from kiln.emulator._builder import injected_failure, instructions
+from kiln.emulator._builder import injected_failure, instructions, log_steps_and_progress
 from kiln.emulator._context import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandContext
 from kiln.emulator._process import Exit, exited
 from kiln.emulator._registry import needed_images, pull_refusal
@@ -35,7 +35,6 @@ SPEC_PATH = BUILDER_DIR + "/spec.json"
 # The spec key that carries registry credentials: the sandbox is the trust boundary, nothing
 # outside it (snapshot, log, introspection) ever holds them.
 CREDENTIALS_KEY = "registryCredentialsJson"
-_MS = 1000.0
 # Docker expands ${NAME}, ${NAME:-word}, ${NAME:+word} and $NAME in instructions.
 _VARIABLE = re.compile(
     r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)"
@@ -154,18 +153,9 @@ def _expanded(spec: dict[str, Any], dockerfile: str) -> tuple[list[str], list[st
 
 async def _log_steps(ctx: CommandContext, spec: dict[str, Any], steps: list[str]) -> None:
     started = time.monotonic()
-    behaviour = ctx.behaviour
-    pace = behaviour.line_pace_ms / _MS
     for parent in spec["parents"]:
         ctx.process.emit(f"parent image {parent['reference']} ({parent['public_id']})")
-    for number, step in enumerate(steps, start=1):
-        ctx.process.emit(f"Step {number}/{len(steps)} : {step}")
-        await asyncio.sleep(pace)
-    for number in range(1, behaviour.log_lines + 1):
-        ctx.process.emit(f"progress {number}/{behaviour.log_lines}")
-        await asyncio.sleep(pace)
-    remaining = behaviour.duration_ms / _MS - (time.monotonic() - started)
-    await asyncio.sleep(max(0.0, remaining))
+    await log_steps_and_progress(ctx, steps, started)
 
 
 async def run_image_builder(ctx: CommandContext, args: list[str]) -> Exit:
