@@ -26,23 +26,19 @@ import kiln
 from kiln.errors import BuildCancelled, BuildHandedOver
 from kiln.store import MemoryStore
 from kiln.testing import TEST_PAT, TEST_TOKEN
-from support.official import NAMESPACE, OfficialPeer, Run, start_peer
+from support.official import (
+    ARGS_DOCKERFILE,
+    CAS_FORMAT,
+    DEADLINE_S,
+    ENDLESS_BUILDER,
+    FOLLOWABLE_BUILDER_MS,
+    NAMESPACE,
+    OfficialPeer,
+    Run,
+    start_peer,
+)
 from support.paths import HELLO
 from support.polling import wait_until, wait_until_blocking
-
-CAS_FORMAT = "content_addressed_streaming_v1"
-# Long enough for a poll to find the builder running and follow its log (the cloud profile's
-# builder sandbox is still booting at the first poll, so there it is the second, 3 s later).
-FOLLOWABLE_BUILDER_MS = {"ideal": 1500, "cloud": 5000}
-ENDLESS_BUILDER = {"line_pace_ms": 100, "log_lines": 10_000}
-DEADLINE_S = 30.0
-ARGS_DOCKERFILE = (
-    "ARG BASE=python:3.12-slim\n"
-    "FROM ${BASE}\n"
-    "ARG GREETING\n"
-    "ARG TARGET=world\n"
-    'RUN echo "$GREETING ${TARGET}"\n'
-)
 
 
 class Peer(OfficialPeer):

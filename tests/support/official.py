@@ -17,6 +17,25 @@ from kiln.testing import TEST_PAT, TEST_TOKEN, EmulatorClient, emulator_config
 
 NAMESPACE = "default"
 
+# The Image Service suites' shared scenario settings (the official client's conformance suite,
+# and kiln's run of the same scenarios against it).
+CAS_FORMAT = "content_addressed_streaming_v1"
+# How long the builder must run for the client to find it running at a poll and follow its log:
+# past the first poll (about 45 ms after the seal) on the ideal profile, past the second (3 s
+# later) on the cloud one, whose builder sandbox is still booting at the first. Either ends well
+# before the poll after (a margin for a loaded machine that costs no time).
+FOLLOWABLE_BUILDER_MS = {"ideal": 1500, "cloud": 5000}
+# A builder that runs until it is cancelled, saying something every so often.
+ENDLESS_BUILDER = {"line_pace_ms": 100, "log_lines": 10_000}
+DEADLINE_S = 30.0
+ARGS_DOCKERFILE = (
+    "ARG BASE=python:3.12-slim\n"
+    "FROM ${BASE}\n"
+    "ARG GREETING\n"
+    "ARG TARGET=world\n"
+    'RUN echo "$GREETING ${TARGET}"\n'
+)
+
 P = TypeVar("P", bound="OfficialPeer")
 
 

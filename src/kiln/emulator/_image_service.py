@@ -500,16 +500,7 @@ class ImageService:
         from kiln.emulator._state import ProcessRequest  # the state module imports this one
 
         request = build.request
-        spec: dict[str, Any] = {
-            "build_id": build.id,
-            "kind": request.kind,
-            "name": request.name,
-            "dockerfile_path": request.dockerfile_path,
-            "image_ref": request.image_ref,
-            "build_args": request.build_args,
-            "parents": [attrs.asdict(parent) for parent in request.parents],
-            "context_key": build.context_key,
-        }
+        spec: dict[str, Any] = {**_recipe(build), "context_key": build.context_key}
         if request.registry_credentials_json is not None:
             spec[CREDENTIALS_KEY] = request.registry_credentials_json
         sandbox.fs.mkdir(BUILDER_DIR, ROOT, parents=True)
@@ -530,15 +521,7 @@ class ImageService:
         store; returns the image's template, its id the snapshot's SHA-256."""
         request = build.request
         key = f"{SNAPSHOT_KEY_PREFIX}{build.id}.tar"
-        recipe = {
-            "build_id": build.id,
-            "kind": request.kind,
-            "name": request.name,
-            "dockerfile_path": request.dockerfile_path,
-            "image_ref": request.image_ref,
-            "build_args": request.build_args,
-            "parents": [attrs.asdict(parent) for parent in request.parents],
-        }
+        recipe = _recipe(build)
         blobs = self._state.blobs
         with blobs.writer(key) as handle, tarfile.open(fileobj=handle, mode="w") as archive:
             data = json.dumps(recipe, indent=2, sort_keys=True).encode()
@@ -613,3 +596,17 @@ def _too_large(build: ImageBuild, size: int, limit: int) -> ImageServiceError:
         f"the build context of {build.id} is {size} bytes or more, above max_bytes ({limit})",
         build_id=build.id,
     )
+
+
+def _recipe(build: ImageBuild) -> dict[str, Any]:
+    """What a build is made from, as the builder's spec and the snapshot both record it."""
+    request = build.request
+    return {
+        "build_id": build.id,
+        "kind": request.kind,
+        "name": request.name,
+        "dockerfile_path": request.dockerfile_path,
+        "image_ref": request.image_ref,
+        "build_args": request.build_args,
+        "parents": [attrs.asdict(parent) for parent in request.parents],
+    }
