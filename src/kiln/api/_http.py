@@ -19,6 +19,7 @@ from kiln.api._settings import (
     ENV_PROJECT_ID,
     ApiSettings,
 )
+from kiln.api._transport import SharedTransport
 from kiln.errors import (
     ApiError,
     AuthenticationError,
@@ -84,7 +85,7 @@ def create_http_client(
     return httpx.AsyncClient(
         headers=headers,
         timeout=DEFAULT_TIMEOUT,
-        transport=transport,
+        transport=transport or SharedTransport(_ssl_context()),
         verify=_ssl_context(),
         follow_redirects=False,
         event_hooks={"request": [_add_traceparent]},

@@ -25,7 +25,7 @@ from kiln.machine._outcome import CANCELLED, SUCCEEDED, Outcome, Trigger, fail, 
 from kiln.machine._services import CheckpointFailed, Services
 from kiln.machine._spec import MachineSpec, StateSpec
 from kiln.machine._state import BuildState, ErrorRecord
-from kiln.machine._transitions import Model, build_machine, enter
+from kiln.machine._transitions import Model, build_machine, enter, release
 from kiln.machine.handlers import Handler, handlers_for
 
 PersistHook = Callable[[BuildState], Awaitable[None]]
@@ -83,6 +83,12 @@ class Driver:
         state.cancel_requested = state.cancel_requested or self._cancel
         model = Model()
         machine = build_machine(self._spec, model, state.state)
+        try:
+            return await self._drive(state, machine, model)
+        finally:
+            release(machine, model)
+
+    async def _drive(self, state: BuildState, machine: AsyncMachine, model: Model) -> BuildState:
         self._begin(state)
         await self._persist(state)
         caller_cancelled = False

@@ -25,10 +25,44 @@ class Model:
 def build_machine(spec: MachineSpec, model: Model, initial: str) -> AsyncMachine:
     """``spec`` as an AsyncMachine on ``model``, starting in ``initial``: every edge of a handler
     outcome and every intervention. A state this kiln does not declare (written by a newer one)
-    may be ``initial``: only the interventions from every state leave it."""
-    states = [*spec.states, *spec.finals]
-    if initial not in states:
-        states.append(initial)
+    may be ``initial``: only the interventions from every state leave it.
+
+    The machine of a declaration is built once per process and shared: each build's model is
+    added to it (and taken off by :func:`release`), since building the machine's states and
+    edges cost more than the build's own transitions. Only a state nobody declared gets a
+    machine of its own."""
+    declared = _shape(spec)
+    if initial in declared[0]:
+        machine = _machines.get(declared)
+        if machine is None:
+            machine = _machines[declared] = _new_machine(spec, None, initial, declared[0])
+        machine.add_model(model, initial=initial)
+        return machine
+    return _new_machine(spec, model, initial, (*declared[0], initial))
+
+
+def release(machine: AsyncMachine, model: Model) -> None:
+    """Take ``model`` off a machine from :func:`build_machine` once its build stops driving it."""
+    if model in machine.models:
+        machine.remove_model(model)
+
+
+# What a machine is made of: (states, edges). Keyed by it rather than by the spec object: tests
+# derive specs (another backoff) that make the same machine.
+_Shape = tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]
+_machines: dict[_Shape, AsyncMachine] = {}
+
+
+def _shape(spec: MachineSpec) -> _Shape:
+    return (
+        (*spec.states, *spec.finals),
+        (*spec.edges(), *spec.intervention_edges()),
+    )
+
+
+def _new_machine(
+    spec: MachineSpec, model: Model | None, initial: str, states: tuple[str, ...]
+) -> AsyncMachine:
     open_states = [name for name in states if name not in spec.finals]
     edges: list[dict[str, Any]] = [
         {"trigger": trigger, "source": source, "dest": dest}
@@ -39,7 +73,11 @@ def build_machine(spec: MachineSpec, model: Model, initial: str) -> AsyncMachine
         for source, trigger, dest in spec.intervention_edges()
     ]
     return AsyncMachine(
-        model=model, states=states, transitions=edges, initial=initial, auto_transitions=False
+        model=model,
+        states=list(states),
+        transitions=edges,
+        initial=initial,
+        auto_transitions=False,
     )
 
 
@@ -49,13 +87,16 @@ async def fire(spec: MachineSpec, source: str, trigger: str) -> str:
     trigger = str(trigger)
     model = Model()
     machine = build_machine(spec, model, source)
-    # Asked first: a refused trigger would also be logged as an error by transitions.
-    if trigger not in machine.get_triggers(source):
-        raise BuildError(
-            f"internal: states/{spec.name}.toml has no {trigger!r} edge from {source!r}"
-        )
-    await machine.events[trigger].trigger(model)
-    return model.state
+    try:
+        # Asked first: a refused trigger would also be logged as an error by transitions.
+        if trigger not in machine.get_triggers(source):
+            raise BuildError(
+                f"internal: states/{spec.name}.toml has no {trigger!r} edge from {source!r}"
+            )
+        await machine.events[trigger].trigger(model)
+        return model.state
+    finally:
+        release(machine, model)
 
 
 def enter(
