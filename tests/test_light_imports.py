@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("psycopg", "starlette", "uvicorn", "rich")
+HEAVY = ("psycopg", "starlette", "uvicorn", "rich", "aiohttp")
 
 
 def loaded_after(statement: str, watched: tuple[str, ...]) -> list[str]:

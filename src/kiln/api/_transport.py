@@ -23,17 +23,19 @@ import contextlib
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
-import yarl
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # Connections one event loop keeps to all hosts together (httpx's own default per client is
 # 100). A build holds at most three at once (a call, its log stream, an upload beside it).
 POOL_CONNECTIONS = 1000
-# How long an idle kept-alive connection is kept (httpx's default keep-alive expiry).
-KEEPALIVE_S = 5.0
+# How long an idle kept-alive connection is kept: under the 5 s after which uvicorn (the emulator)
+# closes one, so that kiln does not send on a connection the server is closing.
+KEEPALIVE_S = 4.0
 # Headers httpx already sets itself, or that kiln must not send: aiohttp adds none of them.
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 _HTTP11 = {"http_version": b"HTTP/1.1"}
@@ -43,6 +45,10 @@ class _Pool:
     """One aiohttp session (its connector is the pool) and how many open clients use it."""
 
     def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        # Loaded with the first pool, not with kiln: a CLI command that sends nothing (help, a
+        # plan, the store's housekeeping) does not pay for importing aiohttp (~0.1 s).
+        import aiohttp
+
         connector = aiohttp.TCPConnector(
             ssl=ssl_context, limit=POOL_CONNECTIONS, keepalive_timeout=KEEPALIVE_S
         )
@@ -54,6 +60,13 @@ class _Pool:
             raise_for_status=False,
             trust_env=False,  # httpx's client mounts its own proxies from the environment
         )
+        # aiohttp sends an idempotent request again, once, when its connection fails (RFC 9112
+        # allows it). kiln retries in one place, the machine's declared retry edges, with their
+        # backoff, budget and events; a second, invisible retry below them would hide faults
+        # (and double the requests of a failing server). aiohttp's own test client turns it
+        # off the same way; the attribute has no public setter.
+        if hasattr(self.session, "_retry_connection"):
+            self.session._retry_connection = False
         self.users = 0
 
 
@@ -106,6 +119,9 @@ class SharedTransport(httpx.AsyncBaseTransport):
             await pool.session.close()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import aiohttp
+        import yarl
+
         session = self._acquire().session
         timeouts = request.extensions.get("timeout", {})
         headers = [(k, v) for k, v in request.headers.multi_items()]
@@ -163,6 +179,8 @@ class _ResponseStream(httpx.AsyncByteStream):
 @contextlib.contextmanager
 def _mapped(request: httpx.Request) -> Iterator[None]:
     """aiohttp's failures as the httpx exceptions httpx's own transport raises for them."""
+    import aiohttp
+
     try:
         yield
     except aiohttp.ConnectionTimeoutError as exc:
