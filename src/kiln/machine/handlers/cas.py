@@ -33,7 +33,7 @@ from kiln.errors import ApiError, BuildError, UsageError
 from kiln.machine._outcome import CANCELLED, SUCCEEDED, Outcome, fail, outcome_for, retry
 from kiln.machine._services import Services
 from kiln.machine._state import BuildState, CasProgress
-from kiln.machine.protocol import load_docker_config_json, registry_of
+from kiln.machine.protocol import read_docker_config_json, registry_of
 from kiln.plan.context import ContextArchive, ExtraFile
 from kiln.plan.sizing import format_bytes
 
@@ -138,14 +138,7 @@ async def _registry_credentials(state: BuildState, services: Services) -> str | 
     registries = [registry_of(ref) for ref in _references(state) if ref not in parents]
     if state.plan.is_import and state.plan.import_image_reference is not None:
         registries = [registry_of(state.plan.import_image_reference)]
-    loop = asyncio.get_running_loop()
-
-    def warn(message: str) -> None:
-        loop.call_soon_threadsafe(services.warning, state, message)
-
-    return await asyncio.to_thread(
-        functools.partial(load_docker_config_json, registries=registries, warn=warn)
-    )
+    return await read_docker_config_json(registries, functools.partial(services.warning, state))
 
 
 async def _admission(state: BuildState, services: Services) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from kiln.machine.protocol import (
     build_spec,
     directory_step,
     extraction_steps,
-    load_docker_config_json,
+    read_docker_config_json,
     registry_of,
     spec_json_bytes,
 )
@@ -55,6 +55,9 @@ PART_ARCHIVE_PATH = REMOTE_UPLOAD_DIR + "/kiln-context-{index}.tar.gz"
 # does, which cost a refused chunked PUT before the spooled one), and producing it takes well
 # under the round trip the overlap of a streamed upload would save.
 IN_MEMORY_CONTEXT_BYTES = 4 << 20
+# A context this small is archived on the event loop itself (well under a millisecond of
+# compression): handing it to an archiving thread and back cost more than the work.
+INLINE_ARCHIVE_BYTES = 64 << 10
 # `FROM scratch` pulls nothing.
 SCRATCH = "scratch"
 # Extracting a context takes seconds (a minute for a few GB on a slow disk); one that runs for
@@ -94,14 +97,10 @@ async def _all_settled(*steps: Awaitable[object]) -> None:
 
 async def _write_spec(state: BuildState, services: Services, proxy: ProxyClient) -> None:
     prepared = state.prepared or {}
-    # Read at the last moment and never stored: registry credentials are secrets. Credential
-    # helpers run as programs (a keychain, a cloud CLI), so off the event loop; their warnings
-    # are delivered on it.
-    loop = asyncio.get_running_loop()
-    docker_config_json = await asyncio.to_thread(
-        load_docker_config_json,
-        registries=[registry_of(image) for image in _pulled_images(state.plan)],
-        warn=functools.partial(_warn_threadsafe, loop, state, services),
+    # Read at the last moment and never stored: registry credentials are secrets.
+    docker_config_json = await read_docker_config_json(
+        [registry_of(image) for image in _pulled_images(state.plan)],
+        functools.partial(services.warning, state),
     )
     spec = build_spec(
         prepared,
@@ -120,12 +119,6 @@ def _answered(state: BuildState) -> None:
     """The proxy answered a request (upload's are the first on the legacy path): failures get
     diagnostics from now on."""
     state.proxy_ready = True
-
-
-def _warn_threadsafe(
-    loop: asyncio.AbstractEventLoop, state: BuildState, services: Services, text: str
-) -> None:
-    loop.call_soon_threadsafe(services.warning, state, text)
 
 
 def _pulled_images(plan: BuildPlan) -> list[str]:
@@ -321,7 +314,10 @@ def _shown_percent(done: int, total: int) -> int:
 async def _put_in_memory(
     proxy: ProxyClient, archive: ContextArchive, report: Callable[[str], None]
 ) -> None:
-    data = b"".join([chunk async for chunk in archive.achunks()])
+    if archive.uncompressed_bytes <= INLINE_ARCHIVE_BYTES:
+        data = b"".join(archive.chunks())
+    else:
+        data = b"".join([chunk async for chunk in archive.achunks()])
     await proxy.put_file(
         REMOTE_ARCHIVE_PATH, _sent(_one(data), len(data), report), length=len(data)
     )

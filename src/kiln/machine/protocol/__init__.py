@@ -28,6 +28,7 @@ from kiln.machine.protocol._docker_config import (
     DOCKER_HUB_SERVER,
     default_docker_config_path,
     load_docker_config_json,
+    read_docker_config_json,
     registry_of,
 )
 from kiln.machine.protocol._layout import (
@@ -130,6 +131,7 @@ __all__ = [
     "prepare_body",
     "pull_denied_image",
     "put_artifact_request",
+    "read_docker_config_json",
     "registry_advice",
     "registry_of",
     "reject_cas_templates",

@@ -11,6 +11,7 @@ build pulls from, and nothing they answer is kept beyond the spec being written.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -168,6 +169,23 @@ def load_docker_config_json(
     if not kept:
         return None
     return json.dumps({"auths": kept}, sort_keys=True, separators=(",", ":"))
+
+
+async def read_docker_config_json(registries: Iterable[str], warn: Warn) -> str | None:
+    """:func:`load_docker_config_json` of the default config, off the event loop (credential
+    helpers are programs: a keychain, a cloud CLI), ``warn`` called on the loop. With no config
+    file there is nothing to read: no thread is started for it."""
+    path = default_docker_config_path()
+    if not os.path.lexists(path):
+        return None
+    loop = asyncio.get_running_loop()
+
+    def warn_on_loop(message: str) -> None:
+        loop.call_soon_threadsafe(warn, message)
+
+    return await asyncio.to_thread(
+        load_docker_config_json, path, registries=list(registries), warn=warn_on_loop
+    )
 
 
 def _helper_for(path: Path, config: Mapping[str, Any], registry: str) -> str | None:
