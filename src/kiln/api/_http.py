@@ -3,9 +3,11 @@ classification (docs/protocol.md#transient-errors)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 import ssl
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -184,13 +186,16 @@ def transport_error(request: httpx.Request, exc: httpx.HTTPError) -> ApiError:
 
 async def send(http: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
     """Send and read the whole response, up to MAX_RESPONSE_BYTES (decoded); httpx failures
-    become kiln errors, a longer body a ResponseError naming the call. Status unchecked."""
+    become kiln errors, a longer body a ResponseError naming the call. Status unchecked.
+
+    A call whose body is in memory waits for a place among the event loop's
+    CALLS_PER_LOOP calls in flight (see there); a streamed upload does not."""
     try:
-        response = await http.send(request, stream=True)
-        try:
-            body = await _read_bounded(response)
-        finally:
-            await response.aclose()
+        if _streamed(request):
+            response, body = await _exchange(http, request)
+        else:
+            async with _calls_of_this_loop():
+                response, body = await _exchange(http, request)
     except (httpx.TransportError, httpx.DecodingError) as exc:
         raise transport_error(request, exc) from exc
     # The body is already decoded: the copy must not claim a content encoding it no longer has.
@@ -203,6 +208,44 @@ async def send(http: httpx.AsyncClient, request: httpx.Request) -> httpx.Respons
         request=request,
         extensions=response.extensions,
     )
+
+
+# How many calls (a request and its whole answer) one event loop has in flight at once. Each
+# answer costs a few hundred microseconds of CPU to parse and act on, and the loop runs every
+# answer that has arrived in one turn before it looks at its timers again: 300 builds starting
+# together made turns of 200-500 ms (benchmarks/ANALYSIS.md, section 3). Bounding the calls in
+# flight bounds a turn to a few dozen answers, without slowing a build down: at 25 ms of
+# latency, 32 calls in flight still make over a thousand calls a second.
+CALLS_PER_LOOP = 32
+_call_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _calls_of_this_loop() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _call_gates.get(loop)
+    if gate is None:
+        gate = _call_gates[loop] = asyncio.Semaphore(CALLS_PER_LOOP)
+    return gate
+
+
+def _streamed(request: httpx.Request) -> bool:
+    try:
+        request.content  # noqa: B018  (raises for a body still to be streamed)
+    except httpx.RequestNotRead:
+        return True
+    return False
+
+
+async def _exchange(
+    http: httpx.AsyncClient, request: httpx.Request
+) -> tuple[httpx.Response, bytes]:
+    response = await http.send(request, stream=True)
+    try:
+        return response, await _read_bounded(response)
+    finally:
+        await response.aclose()
 
 
 async def _read_bounded(response: httpx.Response) -> bytes:
