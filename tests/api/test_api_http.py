@@ -1,10 +1,12 @@
 """The shared client: headers (docs/protocol.md#common-headers), status mapping
 (docs/protocol.md#status-mapping), transient classification (docs/protocol.md#transient-errors)."""
 
+import asyncio
 import importlib.util
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -160,3 +162,39 @@ def test_httpcore_s_per_request_event_loop_lookup_finds_sniffio_installed() -> N
     probe = "import sys, kiln.api; print(sys.modules.get('sniffio', 'unloaded') is None)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
+
+
+async def test_a_loop_has_at_most_32_calls_in_flight_and_streamed_uploads_are_not_counted() -> None:
+    from kiln.api._http import CALLS_PER_LOOP, send
+
+    release = asyncio.Event()
+    entered: list[str] = []
+
+    async def hold(request: httpx.Request) -> httpx.Response:
+        entered.append(request.method)
+        await release.wait()
+        return httpx.Response(200, text="ok")
+
+    settings = local_settings()
+    async with create_http_client(settings, transport=httpx.MockTransport(hold)) as http:
+        calls = [
+            asyncio.create_task(send(http, http.build_request("GET", f"{settings.api_url}/{i}")))
+            for i in range(CALLS_PER_LOOP + 8)
+        ]
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"context"
+
+        upload = asyncio.create_task(
+            send(http, http.build_request("PUT", f"{settings.api_url}/f", content=body()))
+        )
+        # Everything here runs on the loop without I/O: a hundred turns let every call that
+        # may enter do so.
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert entered.count("GET") == CALLS_PER_LOOP
+        assert entered.count("PUT") == 1
+        release.set()
+        answers = await asyncio.gather(*calls, upload)
+    assert [a.text for a in answers] == ["ok"] * (CALLS_PER_LOOP + 9)
+    assert CALLS_PER_LOOP == 32
