@@ -1,4 +1,7 @@
-"""Benchmark 7: log throughput, a builder that writes 200,000 lines as fast as it can.
+"""Benchmark 7: log throughput, a builder that writes 200,000 lines as fast as it can, on both
+emulator profiles (on the cloud one the lines arrive in its framing: an id on every event, CRLF
+line ends; the streams' idle and age limits are the profile's realistic ones, _common.CLOUD_TIMINGS,
+which a build of this size does not reach).
 
 Each client runs in a child process of its own (its CPU time and peak RSS are its own): kiln as
 the CLI with its SQLite store (`kiln build --json`, a fresh state dir), the official client
@@ -21,6 +24,7 @@ from typing import Any
 
 from _common import (
     HELLO,
+    PROFILES,
     PYTHON,
     ROOT,
     TOKEN,
@@ -98,12 +102,13 @@ def run_child(client: str, command: list[str], env: dict[str, str]) -> dict[str,
     }
 
 
-def main() -> None:
-    args = parse_args(__doc__ or "")
-    lines = TINY_LINES if args.tiny else LINES
-    reps = TINY_REPS if args.tiny else REPS
+def measure(profile: str, lines: int, reps: int, tiny: bool) -> dict[str, Any]:
+    """Both clients' runs on one profile, interleaved, and their medians."""
     runs: dict[str, list[dict[str, Any]]] = {"kiln": [], "official": []}
-    with emulator() as emu, tempfile.TemporaryDirectory(prefix="kiln-bench-logs-") as state:
+    with (
+        emulator(profile=profile, tiny=tiny) as emu,
+        tempfile.TemporaryDirectory(prefix="kiln-bench-logs-") as state,
+    ):
         set_builder(emu.url, log_lines=lines, line_pace_ms=0, duration_ms=0)
         env = {**os.environ, "XDG_STATE_HOME": state, "TENSORLAKE_API_KEY": TOKEN}
         commands = {"kiln": kiln_command(emu.url), "official": official_command(emu.url)}
@@ -116,6 +121,7 @@ def main() -> None:
     for client, results in runs.items():
         rows.append(
             {
+                "profile": profile,
                 "client": client,
                 "log_s": median([r["log_s"] for r in results]),
                 "wall_s": median([r["wall_s"] for r in results]),
@@ -126,26 +132,68 @@ def main() -> None:
         )
     kiln, official = rows
     ratio = kiln["log_s"] / official["log_s"] if official["log_s"] else float("nan")
-    met = ratio <= TARGET_RATIO
+    return {
+        "profile": profile,
+        "runs": runs,
+        "rows": rows,
+        "ratio": ratio,
+        "met": ratio <= TARGET_RATIO,
+        "store_bytes": store_bytes,
+    }
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    lines = TINY_LINES if args.tiny else LINES
+    reps = TINY_REPS if args.tiny else REPS
+    profiles = {profile: measure(profile, lines, reps, args.tiny) for profile in PROFILES}
+    rows = [row for result in profiles.values() for row in result["rows"]]
+    # The ideal profile's figures stay at the top level, where earlier results had them.
+    ideal = profiles["ideal"]
+    met = all(result["met"] for result in profiles.values())
     text = print_table(
-        ["client", "first log line to end s", "build s", "CPU s", "peak RSS MB", "log lines"],
         [
-            (r["client"], r["log_s"], r["wall_s"], r["cpu_s"], r["peak_rss_mb"], r["log_lines"])
-            for r in rows
-        ]
-        + [("kiln/official", ratio, "", "", "", "")],
+            "profile",
+            "client",
+            "first log line to end s",
+            "build s",
+            "CPU s",
+            "peak RSS MB",
+            "log lines",
+        ],
+        [
+            row
+            for profile, result in profiles.items()
+            for row in [
+                *(
+                    (
+                        profile,
+                        r["client"],
+                        r["log_s"],
+                        r["wall_s"],
+                        r["cpu_s"],
+                        r["peak_rss_mb"],
+                        r["log_lines"],
+                    )
+                    for r in result["rows"]
+                ),
+                (profile, "kiln/official", result["ratio"], "", "", "", ""),
+            ]
+        ],
     )
+    store_bytes = {profile: result["store_bytes"] for profile, result in profiles.items()}
     print(f"builder lines: {lines}; kiln's SQLite state dir after the runs: {store_bytes} bytes")
-    print(f"target: kiln <= {TARGET_RATIO}x official: {'met' if met else 'MISSED'}")
+    print(f"target: kiln <= {TARGET_RATIO}x official on each profile: {'met' if met else 'MISSED'}")
     write_results(
         "logs",
         {
             "tiny": args.tiny,
             "builder_lines": lines,
             "reps": reps,
-            "runs": runs,
+            "runs": {profile: result["runs"] for profile, result in profiles.items()},
             "rows": rows,
-            "ratio": ratio,
+            "ratio": ideal["ratio"],
+            "ratios": {profile: result["ratio"] for profile, result in profiles.items()},
             "store_bytes": store_bytes,
             "table": text,
             "target": {"ratio": TARGET_RATIO, "met": met},

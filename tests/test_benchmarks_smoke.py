@@ -20,6 +20,9 @@ RUN_ALL = REPO / "benchmarks" / "run_all.py"
 RESULTS_DIR_ENV = "KILN_BENCH_RESULTS_DIR"
 RUN_LIMIT_S = 900
 RESULTS = ("e2e", "large_context", "many", "persistence", "resume", "fleet", "logs")
+# Issue 14: these compare kiln with the official client on both emulator profiles.
+PROFILES = {"ideal", "cloud"}
+CLIENTS = {"kiln", "official"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -59,10 +62,36 @@ def test_both_clients_complete_the_compared_builds(tiny_run: Path) -> None:
     assert set(large["summary"]) == {"kiln", "official"}
 
 
+def test_both_clients_complete_their_builds_on_both_profiles(tiny_run: Path) -> None:
+    e2e = json.loads((tiny_run / "e2e.json").read_text())
+    many = json.loads((tiny_run / "many.json").read_text())
+    logs = json.loads((tiny_run / "logs.json").read_text())
+
+    assert {row["profile"] for row in e2e["rows"]} == PROFILES
+    assert {(row["profile"], row["client"]) for row in many["rows"]} == {
+        (profile, client) for profile in PROFILES for client in CLIENTS
+    }
+    assert {(row["profile"], row["client"]) for row in logs["rows"]} == {
+        (profile, client) for profile in PROFILES for client in CLIENTS
+    }
+    assert all(row["log_lines"] >= logs["builder_lines"] for row in logs["rows"])
+    cloud = [row for row in e2e["rows"] if row["profile"] == "cloud"]
+    # Both clients wait for the pending sandbox on the cloud profile: at least one status poll.
+    assert all(row["kiln_status_polls"] > 0 and row["official_status_polls"] > 0 for row in cloud)
+
+
 def test_many_builds_all_succeed(tiny_run: Path) -> None:
     many = json.loads((tiny_run / "many.json").read_text())
 
     assert [row["failures"] for row in many["rows"]] == [0] * len(many["rows"])
+
+
+def test_many_builds_report_the_loop_lag_while_builders_stream(tiny_run: Path) -> None:
+    many = json.loads((tiny_run / "many.json").read_text())
+    kiln = [row for row in many["rows"] if row["client"] == "kiln"]
+
+    assert all("stream_lag_p99_ms" in row and "lag_p99_ms" in row for row in kiln)
+    assert set(many["verdicts"]) == PROFILES
 
 
 def test_results_md_gathers_every_table_and_the_commands(tiny_run: Path) -> None:
@@ -73,3 +102,6 @@ def test_results_md_gathers_every_table_and_the_commands(tiny_run: Path) -> None
         assert table in text
     assert "benchmarks/bench_resume.py --tiny" in text
     assert "## Machine" in text
+    headline = text.split("## Headline", 1)[1].split("## Machine", 1)[0]
+    assert "| cloud " in headline
+    assert "| ideal " in headline
