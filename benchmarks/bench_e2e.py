@@ -44,6 +44,15 @@ TARGET_REQUESTS = 10
 TARGET_RATIO_AT_0_MS = 1.0
 TARGET_CPU_RATIO_AT_0_MS = 1.0
 MS = 1000.0
+NOTE = (
+    'Medians of the builds of each client, interleaved. "Less start delay" is the wall time less'
+    " the cloud profile's sandbox start delay, which both clients wait out (on the ideal profile"
+    " there is none): what is left is the client's own work, its round trips and its poll lag,"
+    " the time from the sandbox running (its create answered, plus the delay) to the client's"
+    " first request to the sandbox's proxy, which its status polling decides. CPU is this"
+    " process's over each build (getrusage). Requests are counted in the emulator's log, status"
+    " polls (GET of the sandbox) in brackets."
+)
 _CREATE = re.compile(r"/sandboxes/?$")
 _STATUS_POLL = re.compile(r"/sandboxes/[^/]+$")
 
@@ -189,6 +198,7 @@ def main() -> None:
             "rows": rows,
             "table": text,
             "verdicts": verdicts,
+            "note": NOTE,
             "target": {
                 "ratio": TARGET_RATIO,
                 "requests": TARGET_REQUESTS,

@@ -196,6 +196,12 @@ def main() -> None:
             "ratios": {profile: result["ratio"] for profile, result in profiles.items()},
             "store_bytes": store_bytes,
             "table": text,
+            "note": (
+                "Medians of the runs of each client, interleaved, each in a process of its own:"
+                " kiln as `kiln build --json --no-cache` with its SQLite store, the official client"
+                " with an emit callback printing JSON lines. On the cloud profile the lines come in"
+                " its framing (an id on every event, CRLF) through the proxy's own port."
+            ),
             "target": {"ratio": TARGET_RATIO, "met": met},
         },
     )

@@ -200,9 +200,9 @@ def _many_rows(many: dict[str, Any], profile: str) -> list[tuple[Any, ...]]:
     lag_text = (
         f"event-loop lag p99 {_ms(lag)} while builders stream"
         + (
-            f" ({window:.1f} s window)"
+            f" ({window:.1f} s window, {wall_row.get('stream_lag_samples')} samples)"
             if window
-            else " (no window: every build never streamed at once)"
+            else " (n/a: the builds never all streamed at once)"
         )
         + f", {_ms(wall_row.get('lag_p99_ms'))} over the whole run"
         if streaming
@@ -397,7 +397,11 @@ def render(commands: Commands, tiny: bool, only: str | None) -> str:
     ]
     for _script, name, title in SCRIPTS:
         result = _load(name)
-        lines += [f"## {title}", "", result["table"], "", _target_line(result), ""]
+        lines += [f"## {title}", "", result["table"], ""]
+        # What a column means, when the table alone does not say (kept with the result).
+        if result.get("note"):
+            lines += [result["note"], ""]
+        lines += [_target_line(result), ""]
     if ANALYSIS.exists():
         lines += [ANALYSIS.read_text().rstrip(), ""]
     return "\n".join(lines)
