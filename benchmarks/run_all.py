@@ -1,6 +1,6 @@
 """Run every benchmark with the issue's sizes and regenerate benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/run_all.py            # the full run (about 30 minutes)
+    .venv/bin/python benchmarks/run_all.py            # the full run (about 45 minutes)
     .venv/bin/python benchmarks/run_all.py --tiny     # the smoke-test sizes (times nothing)
     .venv/bin/python benchmarks/run_all.py --only persistence   # re-run one, keep the others
     .venv/bin/python benchmarks/run_all.py --headline   # print the headline table (README's), run nothing
