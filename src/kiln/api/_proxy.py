@@ -32,7 +32,13 @@ from kiln.api._models import (
     structure,
 )
 from kiln.api._settings import ENV_PROXY_URL, LOOPBACK_HOSTS, ApiSettings
-from kiln.api._sse import MAX_EVENT_CHARS, LineTooLong, iter_json_events
+from kiln.api._sse import (
+    MAX_EVENT_CHARS,
+    EventReader,
+    LineTooLong,
+    iter_json_events,
+    parse_json_events,
+)
 from kiln.errors import ChunkedUploadRefused, ResponseError, TransportError
 
 EVENT_STREAM = "text/event-stream"
@@ -287,6 +293,19 @@ class ProxyClient:
         A caller that may stop early should wrap it in `contextlib.aclosing` so the stream is
         closed at once rather than when the generator is collected.
         """
+        async with contextlib.aclosing(self.follow_batches(pid)) as batches:
+            async for batch in batches:
+                for event in batch or ():
+                    yield event
+
+    async def follow_batches(
+        self, pid: int, *, silence_s: float | None = None
+    ) -> AsyncGenerator[list[OutputEvent] | None, None]:
+        """What `follow` gives, in order, in lists: a task reads the stream ahead (`read_ahead`)
+        and every line it read since the caller last asked is parsed in one pass (a fast log
+        costs one trip through the parser per wake-up, not per line). Lists are never empty.
+        With ``silence_s``, a None comes after every ``silence_s`` seconds without a line, and
+        the stream goes on being read. Close it as `follow`."""
         request = self._request(
             "GET",
             f"{PROCESSES}/{pid}/output/follow",
@@ -295,11 +314,22 @@ class ProxyClient:
         )
         async with open_stream(self._http, request) as response:
             await _check_event_stream(response)
-            async for data in _json_events(request, response):
+            reader = EventReader()
+            async with contextlib.aclosing(read_ahead(response.aiter_bytes(), silence_s)) as reads:
                 try:
-                    yield structure(data, OutputEvent, "output event")
-                except ResponseError:
-                    continue  # not an output line (a status ping, say): nothing to show
+                    async for chunks in reads:
+                        if chunks is None:
+                            yield None
+                            continue
+                        joined = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                        events = _output_events(reader.feed(joined))
+                        if events:
+                            yield events
+                    events = _output_events(reader.close())
+                except LineTooLong as exc:
+                    raise too_large(request, "stream line or event", MAX_EVENT_CHARS) from exc
+            if events:
+                yield events
 
     # --- files ----------------------------------------------------------------------------
 
@@ -385,14 +415,34 @@ async def with_silences(
     """``events``, with a None after every ``silence_s`` seconds in which none came.
 
     The stream is never read with a timeout that would cancel a read half done: one reader task
-    reads it ahead into a bounded queue for as long as this generator lives, so a caller can ask
-    elsewhere (a process's status) after a silence and go on waiting. Items already read are
-    handed over without a turn of the event loop each (a fast log costs one wake-up per batch,
-    not a task and a wait per line, which bench_logs' profile showed). Closing this generator
-    cancels the reader; ``events`` is the caller's to close.
+    reads it ahead (see `read_ahead`), so a caller can ask elsewhere (a process's status) after a
+    silence and go on waiting. Closing this generator cancels the reader; ``events`` is the
+    caller's to close.
+    """
+    async with contextlib.aclosing(read_ahead(events, silence_s)) as batches:
+        async for batch in batches:
+            if batch is None:
+                yield None
+                continue
+            for item in batch:
+                yield item
+
+
+async def read_ahead(
+    items: AsyncIterator[_T], silence_s: float | None
+) -> AsyncGenerator[list[_T] | None, None]:
+    """``items``, in lists of all those read since the caller last asked, with a None after
+    every ``silence_s`` seconds in which none came (never, for None).
+
+    One reader task reads ``items`` ahead into a bounded queue for as long as this generator
+    lives; what it has read is handed over at once, in order, without a turn of the event loop
+    per item (a fast log costs one wake-up per list, not a task and a wait per line, which
+    bench_logs' profile showed). A list holds at most READ_AHEAD_ITEMS + 1 items. An error of
+    ``items`` is raised after the items read before it. Closing this generator cancels the
+    reader; ``items`` is the caller's to close.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD_ITEMS)
-    reader = asyncio.ensure_future(_read_into(events, queue))
+    reader = asyncio.ensure_future(_read_into(items, queue))
     try:
         while True:
             try:
@@ -404,11 +454,20 @@ async def with_silences(
                 except TimeoutError:
                     yield None
                     continue
-            if item is _END:
+            batch: list[_T] = []
+            while item is not _END and not isinstance(item, _ReadFailed):
+                batch.append(item)
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            else:
+                if batch:
+                    yield batch
+                if isinstance(item, _ReadFailed):
+                    raise item.error
                 return
-            if isinstance(item, _ReadFailed):
-                raise item.error
-            yield item
+            yield batch
     finally:
         reader.cancel()
         # Waited for without raising: the read's own error (if it failed meanwhile) is moot
@@ -420,7 +479,7 @@ async def with_silences(
 
 _END = object()
 # How far the reader may run ahead of the caller: bounds the memory a fast stream can take while
-# the caller is busy (a line of log each).
+# the caller is busy (a line of log each, or a network chunk each for `follow_batches`).
 READ_AHEAD_ITEMS = 256
 
 
@@ -467,3 +526,29 @@ async def _json_events(
             yield data
     except LineTooLong as exc:
         raise too_large(request, "stream line or event", MAX_EVENT_CHARS) from exc
+
+
+def _output_events(texts: list[str]) -> list[OutputEvent]:
+    """The output lines among events' data; others (a status ping, noise) are skipped."""
+    events = []
+    for data in parse_json_events(texts):
+        event = output_event(data)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def output_event(data: Any) -> OutputEvent | None:
+    """``data`` as an output line; None when it is not one. The usual shape (a string line and
+    stream, a timestamp) is built directly: a fast log is one of these per line, and the general
+    converter cost a third of a line's parsing (bench_logs' profile). Anything else goes through
+    it, so both ways agree (tests/api/test_api_proxy.py)."""
+    if type(data) is dict:
+        line = data.get("line")
+        stream = data.get("stream", "stdout")
+        if type(line) is str and type(stream) is str and "timestamp" in data:
+            return OutputEvent(line=line, timestamp=data["timestamp"], stream=stream)
+    try:
+        return structure(data, OutputEvent, "output event")
+    except ResponseError:
+        return None

@@ -54,6 +54,8 @@ class BuildKwargs(SubmitKwargs, total=False):
     store: Store | None
 
 
+# The most events one list of ``Build.event_batches()`` holds.
+EVENT_BATCH_MAX = 1024
 # Why a detached build stopped running here, in its log.
 DETACHED = "detached: it continues on kiln resume or in a worker"
 
@@ -140,6 +142,23 @@ class Build:
             if event is None:
                 return
             yield event
+
+    async def event_batches(self) -> AsyncIterator[list[Event]]:
+        """What ``events()`` gives, in lists of the events delivered since the consumer last
+        looked (at most EVENT_BATCH_MAX each): a consumer that writes them out can write each
+        list at once, instead of once per line of a fast build log."""
+        while not (self._finished and self._queue.empty()):
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < EVENT_BATCH_MAX and not self._queue.empty():
+                event = self._queue.get_nowait()
+                if event is None:
+                    yield batch
+                    return
+                batch.append(event)
+            yield batch
 
     async def result(self) -> Template:
         """Wait for the end: the registered template, or the build's error raised."""

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
@@ -117,6 +118,11 @@ class View(Protocol):
     def follow(self, state: BuildState) -> None: ...
     def notice(self, message: str) -> None: ...
     def event(self, event: Event) -> None: ...
+    def events(self, events: Sequence[Event]) -> None:
+        """Events delivered together, in order: a view that writes them out writes them in one
+        block (a fast build log is thousands of events a second)."""
+        ...
+
     def failed(self, error: KilnError, state: BuildState) -> None: ...
     def done(self, result: Template, state: BuildState) -> None: ...
     def aborted(self, state: BuildState, *, embedded: bool) -> None: ...
@@ -133,10 +139,14 @@ class _Lines:
         self._gone = False
 
     def write(self, text: str) -> None:
-        if self._gone:
+        self.write_block([text])
+
+    def write_block(self, lines: Sequence[str]) -> None:
+        """Lines in one write and one flush."""
+        if self._gone or not lines:
             return
         try:
-            self._out.write(text + "\n")
+            self._out.write("\n".join(lines) + "\n")
             self._out.flush()
         except BrokenPipeError:
             self._gone = True
@@ -168,7 +178,7 @@ class JsonView:
         """Every line is flushed as it is written."""
 
     def _write(self, data: dict[str, Any]) -> None:
-        self._out.write(json.dumps(data, default=str))
+        self._out.write(_encode(data))
 
     def follow(self, state: BuildState) -> None:
         """Notices from now on name this build."""
@@ -179,6 +189,10 @@ class JsonView:
 
     def event(self, event: Event) -> None:
         self._write(event.to_dict())
+
+    def events(self, events: Sequence[Event]) -> None:
+        encode = _encode
+        self._out.write_block([encode(event.to_dict()) for event in events])
 
     def failed(self, error: KilnError, state: BuildState) -> None:
         data = _result(state.outcome or state.state, state)
@@ -196,6 +210,10 @@ class JsonView:
     def detached(self, state: BuildState) -> None:
         """The build goes on elsewhere: its result line has the state it is in."""
         self._write({**_result(state.state, state), "detached": True})
+
+
+# One encoder for every line: json.dumps with an argument builds a new one per call.
+_encode = json.JSONEncoder(default=str).encode
 
 
 def _result(outcome: str, state: BuildState) -> dict[str, Any]:
@@ -269,12 +287,10 @@ class PlainView:
         self._line(message)
 
     def event(self, event: Event) -> None:
-        if isinstance(event, BuildLogEvent):
-            self._line(f"  | {event.message}")
-        elif isinstance(event, WarningEvent):
-            self._line(f"warning: {event.message}")
-        elif isinstance(event, StatusEvent):
-            self._line(event.message)
+        self.events((event,))
+
+    def events(self, events: Sequence[Event]) -> None:
+        self._out.write_block([text for event in events if (text := _plain(event)) is not None])
 
     def failed(self, error: KilnError, state: BuildState) -> None:
         self._line(error_text(error, state))
@@ -288,6 +304,17 @@ class PlainView:
 
     def detached(self, state: BuildState) -> None:
         print_detached(state)
+
+
+def _plain(event: Event) -> str | None:
+    """An event's plain line; None for those a plain view leaves out."""
+    if isinstance(event, BuildLogEvent):
+        return f"  | {event.message}"
+    if isinstance(event, WarningEvent):
+        return f"warning: {event.message}"
+    if isinstance(event, StatusEvent):
+        return event.message
+    return None
 
 
 class QuietView:
@@ -315,6 +342,10 @@ class QuietView:
     def event(self, event: Event) -> None:
         if isinstance(event, BuildLogEvent):
             self._log.append(event.message)
+
+    def events(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.event(event)
 
     def failed(self, error: KilnError, state: BuildState) -> None:
         for line in self._log:
@@ -415,6 +446,14 @@ class RichView:
         self._console.print(Text(message, style="yellow"))
 
     def event(self, event: Event) -> None:
+        self.events((event,))
+
+    def events(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._show(event)
+        self._live.refresh()
+
+    def _show(self, event: Event) -> None:
         with self._lock:
             if isinstance(event, TransitionEvent):
                 self._transition(event)
@@ -424,7 +463,6 @@ class RichView:
             self._console.print(Text(f"  | {event.message}", style="dim"))
         elif isinstance(event, WarningEvent):
             self._console.print(Text(f"warning: {event.message}", style="yellow"))
-        self._live.refresh()
 
     def _transition(self, event: TransitionEvent) -> None:
         now = time.monotonic()

@@ -310,8 +310,8 @@ async def _follow(
                 # that nothing can continue this build once this process has ended.
                 await mark_embedded(store, build.state.id, target.api_url)
             view.notice(_recorded_notice(build.state.id, embedded=target.embedded))
-            async for event in build.events():
-                view.event(event)
+            async for events in build.event_batches():
+                view.events(events)
                 if args.detach and build.admitted:
                     await build.detach()
             detached = args.detach and build.admitted

@@ -290,8 +290,8 @@ async def _resume(args: argparse.Namespace, store: Store) -> int:
     view.follow(build.state)
     view.notice(f"Resuming build {record.id} from {build.state.state!r}")
     with interrupts(build, view) as signals, view:
-        async for event in build.events():
-            view.event(event)
+        async for events in build.event_batches():
+            view.events(events)
         try:
             result = await build.result()
         except BuildCancelled as error:

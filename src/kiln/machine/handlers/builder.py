@@ -21,7 +21,6 @@ from kiln.api import (
     ProxyClient,
     exit_status,
     is_transient,
-    with_silences,
 )
 from kiln.errors import ApiError, BuildError, KilnError
 from kiln.machine._outcome import SUCCEEDED, Outcome, retry
@@ -203,24 +202,22 @@ async def _follow_once(
     status when it ended while the stream stayed silent for ``silence_s`` (a stream that stays
     open after its process exited must not hold the build until the phase deadline)."""
     seen = 0
-    async with (
-        contextlib.aclosing(proxy.follow(pid)) as events,
-        contextlib.aclosing(with_silences(events, silence_s)) as items,
-    ):
-        async for event in items:
-            if event is None:
+    async with contextlib.aclosing(proxy.follow_batches(pid, silence_s=silence_s)) as batches:
+        async for batch in batches:
+            if batch is None:
                 status = exit_status(await proxy.get_process(pid))
                 if status is not None:
                     return status
                 continue
-            seen += 1
-            step = reader.step
-            line = reader.read(event.line, event.stream or "stdout")
-            if seen > state.output_events_delivered:
-                _deliver(state, services, event, line, seen)
-                if reader.step != step:
-                    for text in announcements.get(reader.step or "", ()):
-                        services.status(state, text)
+            for event in batch:
+                seen += 1
+                step = reader.step
+                line = reader.read(event.line, event.stream or "stdout")
+                if seen > state.output_events_delivered:
+                    _deliver(state, services, event, line, seen)
+                    if reader.step != step:
+                        for text in announcements.get(reader.step or "", ()):
+                            services.status(state, text)
     return None
 
 
