@@ -2,12 +2,16 @@
 SSE, files, signing."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from kiln.api import (
     ApiSettings,
@@ -17,6 +21,7 @@ from kiln.api import (
     is_transient,
 )
 from kiln.api import _proxy as proxy_module
+from kiln.api._models import OutputEvent, structure
 from kiln.errors import ResponseError, ServerError, TransportError
 from kiln.testing import TEST_TOKEN
 from support import mock
@@ -427,3 +432,92 @@ async def test_early_411_over_a_real_socket_is_signalled() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+# --- follow in lists, read ahead (a fast builder log) ---------------------------------------
+
+
+async def test_follow_batches_hands_over_every_line_in_order_across_chunks() -> None:
+    body = sse(*({"line": f"l{n}", "timestamp": n} for n in range(500)))
+    cuts = [body[i : i + 97] for i in range(0, len(body), 97)]  # events split anywhere
+    server = Server(lambda request: httpx.Response(200, headers=SSE, content=parts(*cuts)))
+    async with contextlib.aclosing(server.proxy().follow_batches(5)) as batches:
+        got = [batch async for batch in batches]
+    assert all(got), "no empty list, and no silence without silence_s"
+    assert [event.line for batch in got if batch for event in batch] == [
+        f"l{n}" for n in range(500)
+    ]
+
+
+async def test_follow_batches_reports_a_silence_and_goes_on_reading() -> None:
+    resume = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield sse({"line": "a", "timestamp": 1})
+        await resume.wait()
+        yield sse({"line": "b", "timestamp": 2})
+
+    server = Server(lambda request: httpx.Response(200, headers=SSE, content=slow()))
+    got: list[list[str] | None] = []
+    async with contextlib.aclosing(server.proxy().follow_batches(5, silence_s=0.01)) as batches:
+        async for batch in batches:
+            got.append(None if batch is None else [event.line for event in batch])
+            if batch is None:
+                resume.set()
+    # "b" waits for a silence to be reported (under load one may come before "a" too).
+    assert None in got
+    assert [line for batch in got if batch for line in batch] == ["a", "b"]
+
+
+async def test_read_ahead_gives_lists_in_order_then_the_error() -> None:
+    async def items() -> AsyncIterator[int]:
+        for n in range(1000):
+            yield n
+        raise httpx.ReadError("reset")
+
+    seen: list[int] = []
+    with pytest.raises(httpx.ReadError):
+        async with contextlib.aclosing(proxy_module.read_ahead(items(), None)) as lists:
+            async for got in lists:
+                assert got is not None
+                assert 0 < len(got) <= proxy_module.READ_AHEAD_ITEMS + 1
+                seen.extend(got)
+    assert seen == list(range(1000))
+
+
+async def test_with_silences_still_gives_items_one_by_one_and_nones() -> None:
+    gate = asyncio.Event()
+
+    async def items() -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+        await gate.wait()
+        yield "c"
+
+    seen: list[str | None] = []
+    async with contextlib.aclosing(proxy_module.with_silences(items(), 0.01)) as stream:
+        async for item in stream:
+            seen.append(item)
+            if item is None:
+                gate.set()
+    assert None in seen
+    assert [item for item in seen if item is not None] == ["a", "b", "c"]
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.dictionaries(
+            st.sampled_from(["line", "timestamp", "stream", "other"]),
+            st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3)),
+        ),
+        st.lists(st.integers(), max_size=2),
+        st.text(max_size=3),
+    )
+)
+def test_the_output_event_fast_path_agrees_with_the_converter(data: Any) -> None:
+    try:
+        expected: OutputEvent | None = structure(data, OutputEvent, "output event")
+    except ResponseError:
+        expected = None
+    assert proxy_module.output_event(data) == expected

@@ -4,10 +4,18 @@ from collections.abc import AsyncIterator, Sequence
 from itertools import pairwise
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.api._sse import iter_event_data, iter_json_events
+from kiln.api._sse import (
+    MAX_EVENT_CHARS,
+    EventReader,
+    LineTooLong,
+    iter_event_data,
+    iter_json_batches,
+    iter_json_events,
+)
 
 STREAM = (
     b": heartbeat\n\n"
@@ -76,3 +84,53 @@ async def test_byte_order_mark_is_ignored() -> None:
 
 async def test_empty_stream() -> None:
     assert await events() == []
+
+
+# --- a chunk at a time (a fast builder log: many events per read) ---------------------------------
+
+
+async def batches(*parts: bytes) -> list[list[Any]]:
+    return [batch async for batch in iter_json_batches(chunks(parts))]
+
+
+async def test_a_chunk_with_many_events_gives_them_in_one_list_in_order() -> None:
+    body = b"".join(b'data: {"n": %d}\n\n' % n for n in range(1000))
+    assert await batches(body) == [[{"n": n} for n in range(1000)]]
+
+
+async def test_an_event_split_across_chunks_comes_with_the_chunk_that_completes_it() -> None:
+    assert await batches(b'data: {"n": 1}\n\ndata: {"n"', b": 2}\n", b'\ndata: {"n": 3}\n\n') == [
+        [{"n": 1}],
+        [{"n": 2}, {"n": 3}],
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+async def test_lists_hold_every_event_in_order_across_chunk_boundaries(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    parts = [STREAM[start:end] for start, end in pairwise(bounds)]
+    got = await batches(*parts)
+    assert all(got), "no empty list is handed on"
+    assert [event for batch in got for event in batch] == EXPECTED
+
+
+def test_the_reader_hands_back_what_each_chunk_completes() -> None:
+    reader = EventReader()
+    assert reader.feed(b"data: a\n\nda") == ["a"]
+    assert reader.feed(b"ta: b\r") == []
+    assert reader.feed(b"\ndata: c\n\n: ping\n\n") == ["b\nc"]
+    assert reader.feed(b"data: d\n") == []
+    assert reader.close() == ["d"]
+
+
+def test_a_line_past_the_bound_is_refused_whether_complete_or_not() -> None:
+    long_line = b"data: " + b"x" * (MAX_EVENT_CHARS + 1)
+    with pytest.raises(LineTooLong):
+        EventReader().feed(long_line)
+    with pytest.raises(LineTooLong):
+        EventReader().feed(long_line + b"\n\n")
+    reader = EventReader()
+    half = b"x" * (MAX_EVENT_CHARS // 2 + 1)
+    with pytest.raises(LineTooLong):
+        reader.feed(b"data: " + half + b"\ndata: " + half + b"\n")

@@ -9,6 +9,7 @@ import pytest
 import structlog
 
 import kiln
+from kiln.builds._build import EVENT_BATCH_MAX
 from kiln.emulator import Emulator, EmulatorConfig
 from kiln.errors import (
     BuildCancelled,
@@ -67,6 +68,23 @@ async def test_the_handle_streams_events_and_awaits_the_result(emulator: Emulato
     transitions = [e for e in seen if isinstance(e, kiln.TransitionEvent)]
     assert transitions[-1].dest == "done"
     assert all(t.duration_s >= 0 for t in transitions)
+
+
+async def test_event_batches_give_every_event_in_order_as_events_does(
+    emulator: EmulatorClient,
+) -> None:
+    emulator.set_builder(log_lines=3000, line_pace_ms=0)
+    delivered: list[kiln.Event] = []
+    build = kiln.start_build(
+        HELLO, api_url=emulator.url, api_key=TEST_TOKEN, on_event=delivered.append
+    )
+    batches = [batch async for batch in build.event_batches()]
+    await build.result()
+    assert all(0 < len(batch) <= EVENT_BATCH_MAX for batch in batches)
+    assert [event for batch in batches for event in batch] == delivered
+    logs = [e for batch in batches for e in batch if isinstance(e, kiln.BuildLogEvent)]
+    assert len(logs) >= 3000
+    assert len(batches) < len(logs), "a fast log comes in lists of many lines"
 
 
 async def test_import_image(emulator: EmulatorClient) -> None:
@@ -133,6 +151,17 @@ async def test_events_are_logged_with_the_build_context(emulator: EmulatorClient
     assert running, "handler events are logged with the state they happened in"
     assert all(entry["build_id"] and entry["sandbox_id"] for entry in running)
     assert not any(TEST_TOKEN in repr(entry) for entry in logs)
+
+
+async def test_build_log_lines_are_logged_with_the_build_context(
+    emulator: EmulatorClient,
+) -> None:
+    emulator.set_builder(log_lines=5)
+    with structlog.testing.capture_logs() as logs:
+        await kiln.build_image(HELLO, api_url=emulator.url, api_key=TEST_TOKEN)
+    lines = [entry for entry in logs if entry["event"] == "build_log"]
+    assert len(lines) >= 5, "structlog listening at INFO hears every line"
+    assert all(entry["state"] == "run_builder" and entry["id"] for entry in lines)
 
 
 def test_blocking_wrappers_work_without_a_loop(tmp_path: Path) -> None:

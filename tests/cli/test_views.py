@@ -211,6 +211,50 @@ def test_a_view_whose_reader_is_gone_drops_its_lines_quietly(make_view: Any) -> 
     assert out.refused == 1  # tried once, then stopped writing
 
 
+class _CountingWrites(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.mark.parametrize("make_view", [JsonView, PlainView])
+def test_a_batch_of_events_is_one_write_with_the_lines_one_by_one_would_give(
+    make_view: Any,
+) -> None:
+    events = _events()
+    one_by_one, batched = io.StringIO(), _CountingWrites()
+    _feed(make_view(one_by_one), events)
+    with make_view(batched) as view:
+        view.events(events)
+    assert batched.writes == 1
+    assert batched.getvalue() == one_by_one.getvalue()
+
+
+def test_a_batch_whose_reader_is_gone_is_dropped_quietly() -> None:
+    out = _ClosedPipe(accepted=0)
+    view = JsonView(out)
+    view.events(_events())
+    view.events(_events())
+    assert out.refused == 1
+
+
+def test_rich_view_shows_a_batch_as_events_one_by_one() -> None:
+    (one_view, one), (batch_view, batch) = _rich(), _rich()
+    _feed(one_view, _events())
+    with batch_view:
+        batch_view.events(_events())
+    assert len(_log_lines(batch.getvalue())) == LOG_LINES
+    assert _log_lines(batch.getvalue()) == _log_lines(one.getvalue())
+
+
+def _log_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("  | ")]
+
+
 # -- abort report ---------------------------------------------------------------------------------
 
 
