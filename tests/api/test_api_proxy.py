@@ -469,6 +469,25 @@ async def test_follow_batches_reports_a_silence_and_goes_on_reading() -> None:
     assert [line for batch in got if batch for line in batch] == ["a", "b"]
 
 
+async def test_keepalive_comments_do_not_hide_a_silence_from_follow_batches() -> None:
+    async def line_then_keepalives() -> AsyncIterator[bytes]:
+        yield sse({"line": "a", "timestamp": 1})
+        while True:
+            yield b": keepalive\n\n"
+            await asyncio.sleep(0.002)
+
+    server = Server(
+        lambda request: httpx.Response(200, headers=SSE, content=line_then_keepalives())
+    )
+    got: list[list[str] | None] = []
+    async with contextlib.aclosing(server.proxy().follow_batches(5, silence_s=0.05)) as batches:
+        async for batch in batches:
+            got.append(None if batch is None else [event.line for event in batch])
+            if got.count(None) == 2:
+                break
+    assert [line for batch in got if batch for line in batch] == ["a"]
+
+
 async def test_read_ahead_gives_lists_in_order_then_the_error() -> None:
     async def items() -> AsyncIterator[int]:
         for n in range(1000):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import httpx
@@ -301,10 +301,10 @@ class ProxyClient:
     async def follow_batches(
         self, pid: int, *, silence_s: float | None = None
     ) -> AsyncGenerator[list[OutputEvent] | None, None]:
-        """What `follow` gives, in order, in lists: a task reads the stream ahead (`read_ahead`)
-        and every line it read since the caller last asked is parsed in one pass (a fast log
-        costs one trip through the parser per wake-up, not per line). Lists are never empty.
-        With ``silence_s``, a None comes after every ``silence_s`` seconds without a line, and
+        """What `follow` gives, in order, in lists (never empty): a task reads the stream ahead
+        and all it read since the caller last asked is parsed in one pass (a fast log costs one
+        trip through the parser per wake-up, not per line). With ``silence_s``, a None comes
+        after every ``silence_s`` seconds without a line (keepalive comments are no line), and
         the stream goes on being read. Close it as `follow`."""
         request = self._request(
             "GET",
@@ -315,19 +315,27 @@ class ProxyClient:
         async with open_stream(self._http, request) as response:
             await _check_event_stream(response)
             reader = EventReader()
-            async with contextlib.aclosing(read_ahead(response.aiter_bytes(), silence_s)) as reads:
-                try:
-                    async for chunks in reads:
-                        if chunks is None:
-                            yield None
-                            continue
-                        joined = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                        events = _output_events(reader.feed(joined))
+            clock = asyncio.get_running_loop().time
+            ahead = _ReadAhead(_pieces(response.aiter_bytes()))
+            try:
+                last = clock()
+                while not ahead.done:
+                    wait = None if silence_s is None else max(0.0, last + silence_s - clock())
+                    chunks = await ahead.take(wait)
+                    if chunks is not None:
+                        events = _output_events(_feed(reader, chunks))
                         if events:
+                            last = clock()
                             yield events
-                    events = _output_events(reader.close())
-                except LineTooLong as exc:
-                    raise too_large(request, "stream line or event", MAX_EVENT_CHARS) from exc
+                            continue
+                    if silence_s is not None and clock() - last >= silence_s:
+                        last = clock()
+                        yield None
+                events = _output_events(reader.close())
+            except LineTooLong as exc:
+                raise too_large(request, "stream line or event", MAX_EVENT_CHARS) from exc
+            finally:
+                await ahead.aclose()
             if events:
                 yield events
 
@@ -431,44 +439,65 @@ async def with_silences(
 async def read_ahead(
     items: AsyncIterator[_T], silence_s: float | None
 ) -> AsyncGenerator[list[_T] | None, None]:
-    """``items``, in lists of all those read since the caller last asked, with a None after
-    every ``silence_s`` seconds in which none came (never, for None).
-
-    One reader task reads ``items`` ahead into a bounded queue for as long as this generator
-    lives; what it has read is handed over at once, in order, without a turn of the event loop
-    per item (a fast log costs one wake-up per list, not a task and a wait per line, which
-    bench_logs' profile showed). A list holds at most READ_AHEAD_ITEMS + 1 items. An error of
-    ``items`` is raised after the items read before it. Closing this generator cancels the
-    reader; ``items`` is the caller's to close.
-    """
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD_ITEMS)
-    reader = asyncio.ensure_future(_read_into(items, queue))
+    """``items``, in lists of all those read since the caller last asked (never empty), with a
+    None after every ``silence_s`` seconds in which none came (never, for None). See
+    `_ReadAhead`; closing this generator cancels its reader."""
+    ahead = _ReadAhead(items)
     try:
-        while True:
+        while not ahead.done:
+            batch = await ahead.take(silence_s)
+            if batch is None or batch:
+                yield batch
+    finally:
+        await ahead.aclose()
+
+
+class _ReadAhead(Generic[_T]):
+    """One reader task reading ``items`` ahead into a bounded queue for as long as this lives;
+    what it has read is handed over at once, in order, without a turn of the event loop per
+    item (a fast log costs one wake-up per list, not a task and a wait per line, which
+    bench_logs' profile showed). A list holds at most READ_AHEAD_ITEMS + 1 items. An error of
+    ``items`` is raised after the items read before it. ``items`` is the caller's to close."""
+
+    def __init__(self, items: AsyncIterator[_T]) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=READ_AHEAD_ITEMS)
+        self._reader = asyncio.ensure_future(_read_into(items, self._queue))
+        self._error: Exception | None = None
+        # Whether ``items`` ended and everything read was taken.
+        self.done = False
+
+    async def take(self, timeout: float | None) -> list[_T] | None:
+        """Everything read and not yet taken, waiting for something for at most ``timeout``
+        seconds (None when nothing came by then). The last list may be empty."""
+        if self._error is not None:
+            raise self._error
+        queue = self._queue
+        try:
+            item = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await queue.get()
+            except TimeoutError:
+                return None
+        batch: list[_T] = []
+        while item is not _END and not isinstance(item, _ReadFailed):
+            batch.append(item)
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
-                try:
-                    async with asyncio.timeout(silence_s):
-                        item = await queue.get()
-                except TimeoutError:
-                    yield None
-                    continue
-            batch: list[_T] = []
-            while item is not _END and not isinstance(item, _ReadFailed):
-                batch.append(item)
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-            else:
-                if batch:
-                    yield batch
-                if isinstance(item, _ReadFailed):
-                    raise item.error
-                return
-            yield batch
-    finally:
+                return batch
+        if isinstance(item, _ReadFailed):
+            if not batch:
+                raise item.error
+            self._error = item.error
+            return batch
+        self.done = True
+        return batch
+
+    async def aclose(self) -> None:
+        """Cancel the reader and wait for its end."""
+        reader = self._reader
         reader.cancel()
         # Waited for without raising: the read's own error (if it failed meanwhile) is moot
         # once the caller stopped reading, and a cancel of this task must go on up.
@@ -479,8 +508,13 @@ async def read_ahead(
 
 _END = object()
 # How far the reader may run ahead of the caller: bounds the memory a fast stream can take while
-# the caller is busy (a line of log each, or a network chunk each for `follow_batches`).
+# the caller is busy (a line of log each, or a piece of a follow stream each).
 READ_AHEAD_ITEMS = 256
+# A follow stream is read ahead in pieces of at most this many bytes (so at most READ_AHEAD_ITEMS
+# of them are held), and parsed in runs of about FOLLOW_PARSE_BYTES: many small chunks (a line
+# each, as HTTP/1.1 chunked streams bring a fast log) are parsed in one pass.
+FOLLOW_PIECE_BYTES = 16 << 10
+FOLLOW_PARSE_BYTES = 64 << 10
 
 
 @attrs.frozen
@@ -526,6 +560,32 @@ async def _json_events(
             yield data
     except LineTooLong as exc:
         raise too_large(request, "stream line or event", MAX_EVENT_CHARS) from exc
+
+
+async def _pieces(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` cut to at most FOLLOW_PIECE_BYTES each."""
+    async for chunk in chunks:
+        if len(chunk) <= FOLLOW_PIECE_BYTES:
+            yield chunk
+            continue
+        for start in range(0, len(chunk), FOLLOW_PIECE_BYTES):
+            yield chunk[start : start + FOLLOW_PIECE_BYTES]
+
+
+def _feed(reader: EventReader, pieces: list[bytes]) -> list[str]:
+    """The data of the events ``pieces`` complete, fed in runs of about FOLLOW_PARSE_BYTES."""
+    texts: list[str] = []
+    run: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        run.append(piece)
+        size += len(piece)
+        if size >= FOLLOW_PARSE_BYTES:
+            texts.extend(reader.feed(b"".join(run)))
+            run, size = [], 0
+    if run:
+        texts.extend(reader.feed(run[0] if len(run) == 1 else b"".join(run)))
+    return texts
 
 
 def _output_events(texts: list[str]) -> list[OutputEvent]:
