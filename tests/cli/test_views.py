@@ -10,11 +10,14 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from kiln.builds import Template
 from kiln.cli._signals import cancelling_notice
-from kiln.cli._view import JsonView, PlainView, RichView, View, abort_report
+from kiln.cli._view import JsonView, PlainView, RichView, View, _event_line, abort_report
 from kiln.errors import BuildCancelled, BuildError, WithDiagnostics
 from kiln.machine import (
     CAS_MACHINE,
@@ -232,6 +235,23 @@ def test_a_batch_of_events_is_one_write_with_the_lines_one_by_one_would_give(
         view.events(events)
     assert batched.writes == 1
     assert batched.getvalue() == one_by_one.getvalue()
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    message=st.text(),
+    stream=st.sampled_from(["stdout", "stderr", "é\n"]),
+    id=st.one_of(st.none(), st.text(max_size=8)),
+    build_id=st.one_of(st.none(), st.text(max_size=8)),
+    at=st.floats(min_value=0, max_value=4e9),
+)
+def test_a_build_log_line_is_written_as_the_encoder_writes_it(
+    message: str, stream: str, id: str | None, build_id: str | None, at: float
+) -> None:
+    event = BuildLogEvent(message, stream, id=id, build_id=build_id, time=at)
+    line = _event_line(event)
+    assert line == json.dumps(event.to_dict(), default=str)
+    assert json.loads(line) == event.to_dict()
 
 
 def test_a_batch_whose_reader_is_gone_is_dropped_quietly() -> None:

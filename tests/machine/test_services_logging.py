@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kiln.machine import BuildLogEvent, BuildState, Event, Services, StatusEvent, load_machine_spec
+from kiln.machine import _services as services_module
 from kiln.plan import plan_import
 
 
@@ -24,37 +25,37 @@ class _Logger:
     def info(self, event: str, **fields: Any) -> None:
         self.calls.append((event, fields))
 
-
-class _Services(Services):
-    test_logger: _Logger
-
-    def logger(self, state: BuildState) -> Any:
-        return self.test_logger
+    def bind(self, **context: Any) -> _Logger:
+        return self
 
 
-def _services(logger: _Logger, events: list[Event]) -> Services:
-    services = _Services(spec=load_machine_spec(), emit_event=events.append)
-    services.test_logger = logger
-    return services
+def _services(logger: _Logger, events: list[Event], monkeypatch: pytest.MonkeyPatch) -> Services:
+    monkeypatch.setattr(services_module, "logger", lambda name: logger)
+    return Services(spec=load_machine_spec(), emit_event=events.append)
 
 
 @pytest.mark.parametrize(("level", "logged"), [(logging.INFO, True), (logging.WARNING, False)])
 def test_a_build_log_line_is_logged_only_when_the_logger_listens_at_info(
-    level: int, logged: bool
+    level: int, logged: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logger, events = _Logger(level), []  # type: ignore[var-annotated]
     state = BuildState(plan=plan_import("python:3.12-slim"))
     state.build_id = "build-1"
-    _services(logger, events).build_log(state, "step 1", "stderr")
-    assert events == [BuildLogEvent("step 1", "stderr")]
+    services = _services(logger, events, monkeypatch)
+    services.build_log(state, "step 1", "stderr")
+    logger.level = logging.INFO if level > logging.INFO else logging.WARNING
+    services.build_log(state, "step 2", "stdout")
+    assert events == [BuildLogEvent("step 1", "stderr"), BuildLogEvent("step 2", "stdout")]
     assert (events[0].id, events[0].build_id) == (state.id, "build-1")
-    expected = [("build_log", {"message": "step 1", "stream": "stderr"})]
-    assert logger.calls == (expected if logged else [])
+    # The level is asked at each line: the second line follows the change.
+    first = ("build_log", {"message": "step 1", "stream": "stderr"})
+    second = ("build_log", {"message": "step 2", "stream": "stdout"})
+    assert logger.calls == ([first] if logged else [second])
 
 
-def test_other_events_are_still_handed_to_the_logger() -> None:
+def test_other_events_are_still_handed_to_the_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     logger, events = _Logger(logging.WARNING), []  # type: ignore[var-annotated]
     state = BuildState(plan=plan_import("python:3.12-slim"))
-    _services(logger, events).status(state, "hello")
+    _services(logger, events, monkeypatch).status(state, "hello")
     assert events == [StatusEvent("hello")]
     assert logger.calls == [("status", {"message": "hello"})]

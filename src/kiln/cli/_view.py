@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
@@ -188,11 +189,10 @@ class JsonView:
         self._write({**envelope(NOTICE, self._state), "message": message})
 
     def event(self, event: Event) -> None:
-        self._write(event.to_dict())
+        self._out.write(_event_line(event))
 
     def events(self, events: Sequence[Event]) -> None:
-        encode = _encode
-        self._out.write_block([encode(event.to_dict()) for event in events])
+        self._out.write_block([_event_line(event) for event in events])
 
     def failed(self, error: KilnError, state: BuildState) -> None:
         data = _result(state.outcome or state.state, state)
@@ -214,6 +214,25 @@ class JsonView:
 
 # One encoder for every line: json.dumps with an argument builds a new one per call.
 _encode = json.JSONEncoder(default=str).encode
+_string = encode_basestring_ascii
+
+
+def _event_line(event: Event) -> str:
+    """An event's JSON line. A build log line, the one kind a fast builder sends by the ten
+    thousand a second, is written out directly: the same text as the encoder's (the same
+    string escapes, keys in ``to_dict()``'s order; tests/cli/test_views.py), without the dict
+    and the encoder's walk over it (bench_logs' profile)."""
+    if type(event) is not BuildLogEvent:
+        return _encode(event.to_dict())
+    return (
+        f'{{"type": "{event.type}", "time": "{iso8601(event.time)}", '
+        f'"id": {_optional(event.id)}, "build_id": {_optional(event.build_id)}, '
+        f'"message": {_string(event.message)}, "stream": {_string(event.stream)}}}'
+    )
+
+
+def _optional(text: str | None) -> str:
+    return "null" if text is None else _string(text)
 
 
 def _result(outcome: str, state: BuildState) -> dict[str, Any]:

@@ -56,14 +56,16 @@ class CheckpointFailed(BaseException):
         self.original = original
 
 
-def _listens_at_info(bound: Any) -> bool:
-    """Whether a bound logger would pass an INFO record on. The loggers kiln makes say so
-    (stdlib's ``isEnabledFor``, structlog's filtering ``is_enabled_for``); any other kind is
-    taken to listen."""
-    is_enabled_for = getattr(bound, "is_enabled_for", None) or getattr(bound, "isEnabledFor", None)
-    if is_enabled_for is None:
-        return True
-    return bool(is_enabled_for(logging.INFO))
+def _level_check(bound: Any) -> Callable[[int], bool]:
+    """Whether a bound logger would pass a record of a level on, asked at each record (the
+    application may change its levels meanwhile). The loggers kiln makes can say (structlog's
+    ``is_enabled_for``, stdlib's ``isEnabledFor``); any other kind is taken to listen."""
+    check = getattr(bound, "is_enabled_for", None) or getattr(bound, "isEnabledFor", None)
+    return check if callable(check) else _always
+
+
+def _always(level: int) -> bool:
+    return True
 
 
 async def _no_checkpoint(state: BuildState) -> None:
@@ -104,6 +106,7 @@ class Services:
     _proxy_key: tuple[str, str | None, str | None] | None = None
     _logger: Any = None
     _logger_key: tuple[str, str | None, str, str | None] | None = None
+    _enabled_for: Callable[[int], bool] = _always
 
     # -- events ----------------------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class Services:
                 sandbox_id=state.sandbox_id,
             )
             self._logger_key = key
+            self._enabled_for = _level_check(self._logger)
         return self._logger
 
     def emit(self, state: BuildState, event: Event) -> None:
@@ -141,7 +145,7 @@ class Services:
         as the rest of the line's delivery (bench_logs' profile)."""
         bound = self.logger(state)
         event = BuildLogEvent(line, stream, id=state.id, build_id=state.build_id)
-        if _listens_at_info(bound):
+        if self._enabled_for(logging.INFO):
             bound.info(event.type, **event.payload())
         self.emit_event(event)
 
