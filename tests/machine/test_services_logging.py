@@ -47,7 +47,7 @@ def test_a_build_log_line_is_logged_only_when_the_logger_listens_at_info(
     services.build_log(state, "step 2", "stdout")
     assert events == [BuildLogEvent("step 1", "stderr"), BuildLogEvent("step 2", "stdout")]
     assert (events[0].id, events[0].build_id) == (state.id, "build-1")
-    # The level is asked at each line: the second line follows the change.
+    # The level is asked at each call: the second line follows the change.
     first = ("build_log", {"message": "step 1", "stream": "stderr"})
     second = ("build_log", {"message": "step 2", "stream": "stdout"})
     assert logger.calls == ([first] if logged else [second])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -57,8 +57,8 @@ class CheckpointFailed(BaseException):
 
 
 def _level_check(bound: Any) -> Callable[[int], bool]:
-    """Whether a bound logger would pass a record of a level on, asked at each record (the
-    application may change its levels meanwhile). The loggers kiln makes can say (structlog's
+    """Whether a bound logger would pass a record of a level on, asked at each batch of records
+    (the application may change its levels meanwhile). The loggers kiln makes can say (structlog's
     ``is_enabled_for``, stdlib's ``isEnabledFor``); any other kind is taken to listen."""
     check = getattr(bound, "is_enabled_for", None) or getattr(bound, "isEnabledFor", None)
     return check if callable(check) else _always
@@ -139,15 +139,23 @@ class Services:
         self.emit(state, WarningEvent(message))
 
     def build_log(self, state: BuildState, line: str, stream: str) -> None:
-        """A line of the builder's log: made stamped (no copy per line, as ``in_build`` makes),
-        and logged only when the build's logger listens at INFO: a fast builder writes tens of
-        thousands of lines a second, and each structlog call that would be dropped cost as much
-        as the rest of the line's delivery (bench_logs' profile)."""
+        self.build_logs(state, ((line, stream),))
+
+    def build_logs(self, state: BuildState, lines: Iterable[tuple[str, str]]) -> None:
+        """Lines of the builder's log, as (line, stream): each delivered as a BuildLogEvent made
+        stamped (no copy per line, as ``in_build`` makes), and logged only when the build's
+        logger listens at INFO, asked once per call: a fast builder writes tens of thousands of
+        lines a second, and each structlog call that would be dropped cost as much as the rest
+        of the line's delivery (bench_logs' profile)."""
         bound = self.logger(state)
-        event = BuildLogEvent(line, stream, id=state.id, build_id=state.build_id)
-        if self._enabled_for(logging.INFO):
-            bound.info(event.type, **event.payload())
-        self.emit_event(event)
+        listening = self._enabled_for(logging.INFO)
+        id, build_id = state.id, state.build_id
+        emit = self.emit_event
+        for line, stream in lines:
+            event = BuildLogEvent(line, stream, id=id, build_id=build_id)
+            if listening:
+                bound.info(event.type, **event.payload())
+            emit(event)
 
     async def checkpoint(self, state: BuildState) -> None:
         """Persist the state now: a remote side effect (a sandbox, a process) just happened."""

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 
 from kiln.api import (
     ExitStatus,
-    OutputEvent,
     ProcessInfo,
     ProxyClient,
     exit_status,
@@ -209,28 +208,39 @@ async def _follow_once(
                 if status is not None:
                     return status
                 continue
+            lines: list[tuple[str, str]] = []
             for event in batch:
                 seen += 1
                 step = reader.step
-                line = reader.read(event.line, event.stream or "stdout")
-                if seen > state.output_events_delivered:
-                    _deliver(state, services, event, line, seen)
-                    if reader.step != step:
-                        for text in announcements.get(reader.step or "", ()):
-                            services.status(state, text)
+                stream = event.stream or "stdout"
+                line = reader.read(event.line, stream)
+                if seen <= state.output_events_delivered:
+                    continue
+                state.output_events_delivered = seen
+                if line is not None:
+                    lines.append((line, stream))
+                if reader.step != step:
+                    # The step's announcements come after the lines before them.
+                    _deliver(state, services, lines)
+                    lines = []
+                    for text in announcements.get(reader.step or "", ()):
+                        services.status(state, text)
+            _deliver(state, services, lines)
     return None
 
 
-def _deliver(
-    state: BuildState, services: Services, event: OutputEvent, line: str | None, seen: int
-) -> None:
-    state.output_events_delivered = seen
-    if line is None:
+def _deliver(state: BuildState, services: Services, lines: Sequence[tuple[str, str]]) -> None:
+    """Log lines, in order, with what they tell the diagnostics. The diagnostics read them as
+    one text: no marker spans a line end, so a batch says what its lines say one by one."""
+    if not lines:
         return
-    if mentions_disk_error(line):
+    text = lines[0][0] if len(lines) == 1 else "\n".join(line for line, _stream in lines)
+    if mentions_disk_error(text):
         state.disk_error_seen = True
-    state.pull_denied_image = pull_denied_image(line) or state.pull_denied_image
-    services.build_log(state, line, event.stream or "stdout")
+    if pull_denied_image(text) is not None:
+        for line, _stream in lines:
+            state.pull_denied_image = pull_denied_image(line) or state.pull_denied_image
+    services.build_logs(state, lines)
 
 
 async def _keepalive(proxy: ProxyClient) -> None:
