@@ -1,5 +1,6 @@
 """The SSE reader: heartbeats, multi-line data, CRLF, events split anywhere, unparsable data."""
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from itertools import pairwise
 from typing import Any
@@ -15,6 +16,7 @@ from kiln.api._sse import (
     iter_event_data,
     iter_json_batches,
     iter_json_events,
+    parse_json_events,
 )
 
 STREAM = (
@@ -134,3 +136,24 @@ def test_a_line_past_the_bound_is_refused_whether_complete_or_not() -> None:
     half = b"x" * (MAX_EVENT_CHARS // 2 + 1)
     with pytest.raises(LineTooLong):
         reader.feed(b"data: " + half + b"\ndata: " + half + b"\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=12),
+        st.sampled_from([' {"a": 1}', '{"a": 1} ', '{"a": 1}x', "[1] [2]", "1.5e3", '"\\u00e9"']),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+            max_leaves=6,
+        ).map(json.dumps),
+    )
+)
+def test_events_are_parsed_as_json_loads_reads_them(text: str) -> None:
+    try:
+        expected = [json.loads(text)]
+    except ValueError:
+        expected = []
+    # Compared as text: "NaN" is a JSON value json.loads reads, and not equal to itself.
+    assert json.dumps(parse_json_events([text])) == json.dumps(expected)

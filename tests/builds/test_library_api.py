@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -19,6 +20,7 @@ from kiln.errors import (
     UsageError,
     WithDiagnostics,
 )
+from kiln.store import MemoryStore
 from kiln.testing import TEST_TOKEN, EmulatorClient
 from support.paths import HELLO
 from support.polling import wait_until
@@ -85,6 +87,32 @@ async def test_event_batches_give_every_event_in_order_as_events_does(
     logs = [e for batch in batches for e in batch if isinstance(e, kiln.BuildLogEvent)]
     assert len(logs) >= 3000
     assert len(batches) < len(logs), "a fast log comes in lists of many lines"
+
+
+class _CountingStore(MemoryStore):
+    """A store that counts the writes carrying events, and the events they carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.logged = 0
+
+    async def commit_transition(self, id: str, **kwargs: Any) -> Any:
+        events = kwargs["events"]
+        if events:
+            self.writes += 1
+            self.logged += sum(1 for kind, _data in events if kind == "build_log")
+        return await super().commit_transition(id, **kwargs)
+
+
+async def test_a_fast_log_reaches_the_store_in_a_few_writes(emulator: EmulatorClient) -> None:
+    emulator.set_builder(log_lines=3000, line_pace_ms=0)
+    store = _CountingStore()
+    build = kiln.start_build(HELLO, api_url=emulator.url, api_key=TEST_TOKEN, store=store)
+    await build.result()
+    assert store.logged >= 3000, "every line is recorded (the store keeps its bounded part)"
+    # A write per transition and per beat of the session, not one per line.
+    assert store.writes < 100
 
 
 async def test_import_image(emulator: EmulatorClient) -> None:

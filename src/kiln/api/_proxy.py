@@ -598,6 +598,13 @@ def _output_events(texts: list[str]) -> list[OutputEvent]:
     """The output lines among events' data; others (a status ping, noise) are skipped."""
     events = []
     for data in parse_json_events(texts):
+        # output_event's usual case, inline: this runs once per line of a fast log.
+        if type(data) is dict:
+            line = data.get("line")
+            stream = data.get("stream", "stdout")
+            if type(line) is str and type(stream) is str and "timestamp" in data:
+                events.append(OutputEvent(line=line, timestamp=data["timestamp"], stream=stream))
+                continue
         event = output_event(data)
         if event is not None:
             events.append(event)

@@ -24,7 +24,9 @@ BYTE_ORDER_MARK = "\ufeff"
 # never ends a line must not fill the memory of the process reading it.
 MAX_EVENT_CHARS = 4 << 20
 
-_decode_json = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode_json = _decoder.decode
+_scan_json = _decoder.raw_decode
 
 
 class LineTooLong(Exception):
@@ -155,11 +157,21 @@ async def iter_json_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[Any]:
 
 
 def parse_json_events(texts: list[str]) -> list[Any]:
-    """Events' data as JSON; unparsable ones (heartbeats, noise) are skipped."""
+    """Events' data as JSON, as ``json.loads`` reads it; unparsable ones (heartbeats, noise) are
+    skipped. A document that fills its text, the usual case, is read by the scanner alone; any
+    other text (surrounding whitespace, extra data, an error) takes ``json.loads``' way."""
     parsed: list[Any] = []
+    append = parsed.append
     for text in texts:
         try:
-            parsed.append(_decode_json(text))
+            value, end = _scan_json(text)
+            if end == len(text):
+                append(value)
+                continue
+        except ValueError:
+            pass
+        try:
+            append(_decode_json(text))
         except ValueError:
             continue
     return parsed
