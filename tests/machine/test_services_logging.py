@@ -53,9 +53,12 @@ def test_a_build_log_line_is_logged_only_when_the_logger_listens_at_info(
     assert logger.calls == ([first] if logged else [second])
 
 
-def test_other_events_are_still_handed_to_the_logger(monkeypatch: pytest.MonkeyPatch) -> None:
-    logger, events = _Logger(logging.WARNING), []  # type: ignore[var-annotated]
+@pytest.mark.parametrize(("level", "logged"), [(logging.INFO, True), (logging.WARNING, False)])
+def test_other_events_are_logged_only_when_the_logger_listens_at_info(
+    level: int, logged: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger, events = _Logger(level), []  # type: ignore[var-annotated]
     state = BuildState(plan=plan_import("python:3.12-slim"))
     _services(logger, events, monkeypatch).status(state, "hello")
     assert events == [StatusEvent("hello")]
-    assert logger.calls == [("status", {"message": "hello"})]
+    assert logger.calls == ([("status", {"message": "hello"})] if logged else [])
