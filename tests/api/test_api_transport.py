@@ -205,3 +205,31 @@ async def test_a_malformed_answer_is_a_protocol_error() -> None:
     async with Server(garbage) as server, create_http_client(settings(server.url)) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(f"{server.url}/x")
+
+
+async def test_an_early_answer_leaves_the_streamed_body_closable_by_its_owner() -> None:
+    # The server answers 502 after the head, before the body: aiohttp's writer is still inside
+    # the body's generator. Once the response is closed, the generator's owner can close it.
+    got_head = asyncio.Event()
+    more = asyncio.Event()
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        got_head.set()
+        await reader.read()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first"
+        await more.wait()  # never set: the generator sits here while the answer arrives
+        yield b"never"
+
+    parts = body()
+    async with Server(refuse) as server, create_http_client(settings(server.url)) as client:
+        request = client.build_request("PUT", f"{server.url}/f", content=parts)
+        response = await client.send(request, stream=True)
+        assert response.status_code == 502
+        await response.aclose()
+        await parts.aclose()  # raised "asynchronous generator is already running" before
+    assert got_head.is_set()

@@ -85,7 +85,7 @@ async def test_a_failed_part_fails_the_attempt_and_the_retry_sends_every_part(
 
     run = await run_to_end(emulator, plan_dockerfile(tmp_path / "Dockerfile"))
 
-    assert run.state.state == "done"
+    assert run.state.state == "done", (run.state.error, run.transitions())
     assert run.state.attempts_in("upload") == 2
     [template] = emulator.templates()
     snapshot = snapshot_files(emulator, template)

@@ -174,6 +174,11 @@ class _ResponseStream(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         # A body read to its end gives the connection back to the pool; otherwise it is closed.
         self._response.release()
+        # An answer that came before the whole request body was sent (a 502, a 411) leaves
+        # aiohttp's writer task inside the body's generator: release() cancelled it, and waiting
+        # for it to end lets whoever owns that generator close it ("aclose(): asynchronous
+        # generator is already running" otherwise).
+        await self._response.wait_for_close()
 
 
 @contextlib.contextmanager
