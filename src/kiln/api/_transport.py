@@ -2,7 +2,7 @@
 
 httpx stays the API every kiln client is written against (requests, responses, streams,
 timeouts, its exceptions); what moves bytes is aiohttp, whose HTTP/1.1 parser is written in C.
-Measured on this project's emulator (benchmarks/ANALYSIS.md, "The transport"), a request through
+Measured on this project's emulator (benchmarks/ANALYSIS.md, its table of changes), a request through
 httpx's own stack (httpcore, h11, anyio) cost ~680 us of CPU, through this transport ~390 us.
 
 All builds of one event loop share one pool: a process that drives many builds (a worker, a
