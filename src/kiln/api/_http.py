@@ -21,7 +21,7 @@ from kiln.api._settings import (
     ENV_PROJECT_ID,
     ApiSettings,
 )
-from kiln.api._transport import SharedTransport
+from kiln.api._transport import SharedTransport, streamed
 from kiln.errors import (
     ApiError,
     AuthenticationError,
@@ -191,7 +191,7 @@ async def send(http: httpx.AsyncClient, request: httpx.Request) -> httpx.Respons
     A call whose body is in memory waits for a place among the event loop's
     CALLS_PER_LOOP calls in flight (see there); a streamed upload does not."""
     try:
-        if _streamed(request):
+        if streamed(request):
             response, body = await _exchange(http, request)
         else:
             async with _calls_of_this_loop():
@@ -228,14 +228,6 @@ def _calls_of_this_loop() -> asyncio.Semaphore:
     if gate is None:
         gate = _call_gates[loop] = asyncio.Semaphore(CALLS_PER_LOOP)
     return gate
-
-
-def _streamed(request: httpx.Request) -> bool:
-    try:
-        request.content  # noqa: B018  (raises for a body still to be streamed)
-    except httpx.RequestNotRead:
-        return True
-    return False
 
 
 async def _exchange(

@@ -124,14 +124,14 @@ class SharedTransport(httpx.AsyncBaseTransport):
 
         session = self._acquire().session
         timeouts = request.extensions.get("timeout", {})
-        headers = [(k, v) for k, v in request.headers.multi_items()]
+        headers = request.headers.multi_items()
         data: bytes | httpx.AsyncByteStream | None
-        try:
-            data = request.content or None
-        except httpx.RequestNotRead:
-            # A streamed body: aiohttp frames it (chunked unless the caller set its length).
+        if streamed(request):
+            # aiohttp frames a streamed body itself (chunked unless the caller set its length).
             data = request.stream  # type: ignore[assignment]
             headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+        else:
+            data = request.content or None
         with _mapped(request):
             response = await session._request(
                 request.method,
@@ -157,6 +157,15 @@ class SharedTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions=extensions,
         )
+
+
+def streamed(request: httpx.Request) -> bool:
+    """Whether the request's body is still to be streamed (not held in memory)."""
+    try:
+        request.content  # noqa: B018  (raises for a body still to be streamed)
+    except httpx.RequestNotRead:
+        return True
+    return False
 
 
 class _ResponseStream(httpx.AsyncByteStream):
